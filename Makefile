@@ -1,0 +1,40 @@
+# Set-up and everyday commands. `make demo` and `make test` each create the environment
+# (.venv, CPU build of torch pinned to 2.13.0) when it is missing, then run.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test lint typecheck unit env weights clean
+
+$(BIN)/dyve: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+env: $(BIN)/dyve
+
+demo: env
+	$(BIN)/dyve demo
+
+test: env lint typecheck unit
+
+lint: env
+	$(BIN)/ruff check src tests scripts benchmarks examples
+	$(BIN)/ruff format --check src tests scripts benchmarks examples
+
+typecheck: env
+	$(BIN)/mypy
+
+unit: env
+	$(BIN)/pytest
+
+# Re-train the shipped weights (hours on a CPU; resumes unfinished runs).
+weights: env
+	$(BIN)/dyve data prepare cifar10-jpeg --source ../shared/data
+	PATH=$(BIN):$$PATH bash scripts/train_zoo.sh runs/zoo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info

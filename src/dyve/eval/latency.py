@@ -1,0 +1,112 @@
+"""Latency measurement: median of repeats, interleaved against a reference in the same run.
+
+Rules this module enforces (see ``benchmarks/NOTES.md``): batch-1 latency on **one
+thread** (two threads at batch 1 are erratic on small CPUs), batch-64 throughput on all
+threads, and candidates timed *interleaved* with the dense reference, so that a speedup is
+a ratio measured under the same machine state.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median and spread of repeated timings, in milliseconds."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    repeats: int
+
+    def as_dict(self) -> dict[str, float]:
+        """JSON-ready form."""
+        return {k: round(v, 4) for k, v in self.__dict__.items()}
+
+
+@contextmanager
+def num_threads(n: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op thread count."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def interleaved(
+    fns: dict[str, Callable[[], Any]], *, repeats: int = 30, warmup: int = 3
+) -> dict[str, Timing]:
+    """Time each callable ``repeats`` times, round-robin, after ``warmup`` untimed rounds.
+
+    Example:
+        >>> t = interleaved({"dense": lambda: model(x), "fast": lambda: fast(x)})  # doctest: +SKIP
+        >>> t["dense"].median_ms / t["fast"].median_ms   # speedup, same run
+    """
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(warmup + repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            dt = (time.perf_counter() - t0) * 1e3
+            if r >= warmup:
+                samples[name].append(dt)
+    out = {}
+    for name, s in samples.items():
+        q = statistics.quantiles(s, n=10) if len(s) > 1 else [s[0]] * 9
+        out[name] = Timing(statistics.median(s), q[0], q[-1], len(s))
+    return out
+
+
+@torch.no_grad()
+def model_latency(
+    models: dict[str, torch.nn.Module],
+    input_shape: tuple[int, int, int],
+    *,
+    repeats: int = 30,
+    batch: int = 1,
+    threads: int | None = 1,
+) -> dict[str, Timing]:
+    """Interleaved latency of several models on a random batch (eval mode, no grad)."""
+    x = torch.randn(batch, *input_shape)
+    for m in models.values():
+        m.eval()
+    with num_threads(threads):
+        fns: dict[str, Callable[[], Any]] = {k: partial(m, x) for k, m in models.items()}
+        return interleaved(fns, repeats=repeats)
+
+
+def machine() -> dict[str, Any]:
+    """What the timings ran on (recorded next to every timing)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import os
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads_default": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }

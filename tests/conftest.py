@@ -1,0 +1,40 @@
+"""Shared fixtures: seeding, the shared data folder (skip when absent), prepared datasets."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+AKAMASTER = SHARED / "weights" / "akamaster-resnet-cifar10"
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    random.seed(0)
+    np.random.seed(0)  # noqa: NPY002  (seeds code that uses the legacy global RNG)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout; tests using it skip when it is absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} not found: the real CIFAR-10/MNIST data and weights are not here")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def prepared(shared_data: Path):  # type: ignore[no-untyped-def]
+    """A function that prepares a dataset from the shared data (once) and returns its name."""
+    from dyve import data
+
+    def _prepare(name: str) -> str:
+        data.prepare(name, source=shared_data)
+        return name
+
+    return _prepare

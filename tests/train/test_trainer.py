@@ -1,0 +1,82 @@
+"""Training: a short real run, atomic checkpoints, resume after a crash, config checks."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from dyve.errors import DyveError
+from dyve.train import trainer
+from dyve.train.trainer import TrainConfig, cosine_lr, train
+
+
+def test_cosine_schedule() -> None:
+    assert cosine_lr(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert cosine_lr(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert cosine_lr(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert cosine_lr(55, 100, 10, 1.0) == pytest.approx(0.5)
+    assert cosine_lr(100, 100, 10, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert all(cosine_lr(s, 100, 0, 1.0) >= cosine_lr(s + 1, 100, 0, 1.0) for s in range(99))
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(DyveError):
+        TrainConfig("caffe_cifar10", epochs=0)
+    with pytest.raises(DyveError, match="unknown training settings"):
+        TrainConfig.from_dict({"model": "caffe_cifar10", "epohcs": 3})
+
+
+def test_train_crash_resume_and_outputs(tmp_path: Path, prepared, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    prepared("cifar10-jpeg")
+    cfg = TrainConfig("caffe_cifar10", epochs=2, batch_size=64, lr=0.01, limit_train=256, threads=1)
+    out = tmp_path / "run"
+    real_evaluate = trainer.evaluate
+    calls = {"n": 0}
+
+    def crashing_evaluate(*a, **k):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:  # end of epoch 2, before its checkpoint
+            raise RuntimeError("simulated crash")
+        return real_evaluate(*a, **k)
+
+    monkeypatch.setattr(trainer, "evaluate", crashing_evaluate)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, out, progress=False)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["epoch"] == 0
+    assert not list(out.glob(".*.tmp")), "a temp file was left behind"
+    with pytest.raises(DyveError, match="already holds a run"):
+        train(cfg, out, progress=False)
+    with pytest.raises(DyveError, match="different config"):
+        train(
+            TrainConfig(
+                "caffe_cifar10", epochs=3, batch_size=64, lr=0.01, limit_train=256, threads=1
+            ),
+            out,
+            resume=True,
+            progress=False,
+        )
+
+    monkeypatch.setattr(trainer, "evaluate", real_evaluate)
+    metrics = train(cfg, out, resume=True, progress=False)
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(math.isfinite(h["train_loss"]) for h in history)
+    assert set(metrics) == {"model", "dataset", "val_top1", "test_top1"}
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["model"] == "caffe_cifar10"
+    assert meta["config"]["epochs"] == 2
+    assert meta["test_top1"] == round(metrics["test_top1"], 2)
+    from dyve import models
+
+    net = models.create("caffe_cifar10", pretrained=out / "model.safetensors")
+    assert net(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_resume_without_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(DyveError, match="nothing to resume"):
+        train(TrainConfig("caffe_cifar10"), tmp_path, resume=True, progress=False)
