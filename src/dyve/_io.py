@@ -26,41 +26,37 @@ def _umask_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temp file beside ``path``; on success rename it over ``path``."""
-    path = Path(path)
+def _temp_beside(path: Path) -> Iterator[str]:
+    """Yield a temp file name next to ``path``; rename it over ``path`` if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _umask_mode())
+        yield tmp
+        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; use the usual mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temp file beside ``path``; on success fsync it and rename it over ``path``."""
+    with _temp_beside(Path(path)) as tmp, open(tmp, mode) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def atomic_save(path: str | os.PathLike[str], writer: Callable[[str], None]) -> None:
     """Atomically create ``path`` with a library writer that takes a file name.
 
-    For writers such as ``np.save``/``safetensors.torch.save_file`` that want a path.
+    For writers such as ``torch.save``/``safetensors.torch.save_file`` that want a path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with _temp_beside(Path(path)) as tmp:
         writer(tmp)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

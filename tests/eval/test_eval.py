@@ -111,3 +111,16 @@ def test_eval_run_on_the_embedded_sample(tmp_path: Path) -> None:
     assert 80 < saved["top1"] <= saved["top5"]
     assert json.loads((tmp_path / "config.json").read_text())["weights"] == "shipped"
     assert np.load(tmp_path / "predictions.npy").shape == (1000,)
+
+
+def test_compare_against_reference() -> None:
+    from dyve.eval.latency import compare
+
+    small = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    big = nn.Sequential(nn.Flatten(), nn.Linear(12, 4096), nn.Linear(4096, 4096))
+    r = compare(small, big, (3, 2, 2), repeats=6, batch_large=8)
+    assert set(r["b1_ms"]) == {"candidate", "reference"}
+    assert r["b8_images_per_s"]["candidate"] > 0
+    # the candidate does ~8,000x less work than the reference: it must time faster
+    assert r["speedup_b1"] > 1
+    assert r["speedup_b8"] > 1

@@ -71,13 +71,15 @@ def _prepare(dirs: list[Path], out: Path, verify: bool) -> None:
     y_test = _read(dirs, "t10k-labels-idx1-ubyte", verify)
     y_train = _read(dirs, "train-labels-idx1-ubyte", verify)
     try:
-        x_train = _read(dirs, "train-images-idx3-ubyte", verify)
-        source = "idx"
-    except DataError:
+        find_file(dirs, ("train-images-idx3-ubyte.gz", "train-images-idx3-ubyte"), ("mnist",))
+    except DataError:  # only a missing file falls back; a corrupt one is an error
         partial = find_file(dirs, ("mnist_train_partial.npz",), ("mnist",))
         with np.load(partial) as z:
             x_train = z["x_train"]
         source = str(partial)
+    else:
+        x_train = _read(dirs, "train-images-idx3-ubyte", verify)
+        source = "idx"
     y_train = y_train[: len(x_train)]
     save_parts(
         out,

@@ -110,3 +110,32 @@ def machine() -> dict[str, Any]:
         "threads_default": torch.get_num_threads(),
         "python": platform.python_version(),
     }
+
+
+def compare(
+    candidate: torch.nn.Module,
+    reference: torch.nn.Module,
+    input_shape: tuple[int, int, int],
+    *,
+    repeats: int = 30,
+    batch_large: int = 64,
+) -> dict[str, Any]:
+    """Candidate against a dense reference, interleaved in one run.
+
+    Batch 1 on one thread (median latency) and batch ``batch_large`` on all threads
+    (throughput in images/s), with the speedups as ratios of medians from the same run.
+    """
+    pair = {"candidate": candidate, "reference": reference}
+    b1 = model_latency(pair, input_shape, repeats=repeats, batch=1, threads=1)
+    bl = model_latency(
+        pair, input_shape, repeats=max(3, repeats // 3), batch=batch_large, threads=None
+    )
+    return {
+        "b1_ms": {k: v.as_dict() for k, v in b1.items()},
+        f"b{batch_large}_images_per_s": {
+            k: round(batch_large / (v.median_ms / 1e3), 1) for k, v in bl.items()
+        },
+        "speedup_b1": b1["reference"].median_ms / b1["candidate"].median_ms,
+        f"speedup_b{batch_large}": bl["reference"].median_ms / bl["candidate"].median_ms,
+        "machine": machine(),
+    }
