@@ -25,6 +25,8 @@ for run in args.runs:
     norm = models.model_info(net).norm
     meta["val_top1"] = round(evaluate(net, data.load(meta["data"], "val"), norm).top1, 2)
     meta["test_top1"] = round(evaluate(net, data.load(meta["data"], "test"), norm).top1, 2)
+    # the 1,017 test images with their original pixels (not JPEG re-encoded)
+    meta["exact_test_top1"] = round(evaluate(net, data.load("cifar10-exact", "test"), norm).top1, 2)
     meta["val_heldout"] = meta["config"]["init"] is None
     if not meta["val_heldout"]:
         meta["val_note"] = (

@@ -13,6 +13,16 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 AKAMASTER = SHARED / "weights" / "akamaster-resnet-cifar10"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``gpu``-marked tests, with the reason, when no CUDA device is present."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; none is present")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     random.seed(0)

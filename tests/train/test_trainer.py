@@ -80,3 +80,13 @@ def test_train_crash_resume_and_outputs(tmp_path: Path, prepared, monkeypatch) -
 def test_resume_without_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(DyveError, match="nothing to resume"):
         train(TrainConfig("caffe_cifar10"), tmp_path, resume=True, progress=False)
+
+
+@pytest.mark.gpu
+def test_train_step_on_gpu(tmp_path: Path, prepared) -> None:  # type: ignore[no-untyped-def]
+    prepared("cifar10-jpeg")
+    cfg = TrainConfig(
+        "caffe_cifar10", epochs=1, batch_size=64, lr=0.01, limit_train=128, device="cuda"
+    )
+    metrics = train(cfg, tmp_path / "gpu", progress=False)
+    assert 0 <= metrics["test_top1"] <= 100

@@ -1,0 +1,200 @@
+"""The dynamic network: a copy of the backbone whose units mechanisms can gate.
+
+``DynamicNet`` is a drop-in ``nn.Module``: ``forward`` returns logits. ``run`` also returns
+a :class:`~dyve.dynamic.trace.Trace` with each unit's per-sample status and each sample's
+cost of what ran. The user's model is deep-copied; equipping never changes it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from dyve.cost.accumulator import CostMode
+from dyve.dynamic.trace import DynamicResult, Trace
+from dyve.dynamic.unit import RunState, Unit
+from dyve.graph.discover import BlockGraph, ExampleInputs, call_model, discover
+
+if TYPE_CHECKING:
+    from dyve.mechanisms.base import Mechanism
+
+BACKENDS = ("emulated", "fast")
+
+
+class DynamicNet(nn.Module):
+    """A backbone plus the units, gates and heads that mechanisms attached.
+
+    Example:
+        >>> net = dyve.equip(backbone, dyve.mechanisms.BlockSkip(threshold=0.2))  # doctest: +SKIP
+        >>> res = net.run(x)
+        >>> res.trace.cost.per_sample, res.trace.units["layer1.1"]
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        graph: BlockGraph | None = None,
+        *,
+        example_inputs: ExampleInputs | None = None,
+        backend: str = "fast",
+        backbone_id: str | None = None,
+    ) -> None:
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        info = getattr(backbone, "dyve_info", None)
+        self.backbone = copy.deepcopy(backbone).eval()
+        self.graph = graph if graph is not None else discover(self.backbone, example_inputs)
+        self.backbone_id = backbone_id or (info.name if info is not None else None)
+        self.backbone_kwargs: dict[str, Any] = dict(info.kwargs) if info is not None else {}
+        self.mechanisms: list[Mechanism] = []
+        self.units: dict[str, Unit] = {}
+        self._state = RunState(backend=backend)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def backend(self) -> str:
+        """``emulated`` (compute then mask; simulated cost) or ``fast`` (really skip)."""
+        return self._state.backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
+        self._state.backend = value
+
+    def unit(self, name: str) -> Unit:
+        """The unit wrapping module ``name`` (a block of the graph), created on first use."""
+        if name in self.units:
+            return self.units[name]
+        block = self.graph.block(name)
+        if block.downsamples and block.shortcut is None:
+            raise ValueError(
+                f"block {name} changes shape and has no shortcut: it cannot be skipped"
+            )
+        parent_name, _, attr = name.rpartition(".")
+        parent = self.backbone.get_submodule(parent_name) if parent_name else self.backbone
+        original = getattr(parent, attr)
+        skip_path = block.shortcut[len(name) + 1 :] if block.shortcut else None
+        skip_macs = self.graph.module_macs.get(block.shortcut, 0) if block.shortcut else 0
+        u = Unit(
+            name, original, self._state, macs=block.macs, skip_path=skip_path, skip_macs=skip_macs
+        )
+        setattr(parent, attr, u)
+        self.units[name] = u
+        return u
+
+    def attach(self, mechanism: Mechanism) -> DynamicNet:
+        """Attach a mechanism (in order; several compose). Returns ``self``."""
+        if any(m.name == mechanism.name for m in self.mechanisms):
+            raise ValueError(f"mechanism {mechanism.name!r} is already attached")
+        mechanism.attach(self)
+        self.mechanisms.append(mechanism)
+        return self
+
+    def mechanism(self, name: str) -> Mechanism:
+        """An attached mechanism by registry name."""
+        for m in self.mechanisms:
+            if m.name == name:
+                return m
+        raise KeyError(
+            f"no mechanism {name!r} attached; attached: {[m.name for m in self.mechanisms]}"
+        )
+
+    # ------------------------------------------------------------------ knobs
+    def knobs(self) -> dict[str, Any]:
+        """All knob values as ``{"mechanism.knob": value}``."""
+        return {f"{m.name}.{k}": v for m in self.mechanisms for k, v in m.knob_values().items()}
+
+    def set_knobs(self, **values: Any) -> None:
+        """Set knobs by ``mechanism__knob=value`` or, when unambiguous, ``knob=value``."""
+        for key, value in values.items():
+            mech_name, _, knob = key.rpartition("__")
+            owners = [
+                m
+                for m in self.mechanisms
+                if (not mech_name or m.name == mech_name) and knob in m.knob_values()
+            ]
+            if len(owners) != 1:
+                raise KeyError(
+                    f"knob {key!r} matches {len(owners)} mechanisms; known: {list(self.knobs())}"
+                )
+            owners[0].set_knob(knob, value)
+
+    # ------------------------------------------------------------------ execution
+    @contextmanager
+    def _running(self, trace: Trace | None, n: int) -> Iterator[None]:
+        st = self._state
+        st.trace, st.rows = trace, torch.arange(n)
+        try:
+            yield
+        finally:
+            st.trace, st.rows = None, None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The backbone's forward with the gates in effect: a drop-in replacement."""
+        x = args[0] if args else next(iter(kwargs.values()))
+        with self._running(None, x.shape[0]):
+            return self.backbone(*args, **kwargs)
+
+    @torch.no_grad()
+    def run(self, inputs: ExampleInputs) -> DynamicResult:
+        """Logits plus the per-sample trace of what ran and its cost."""
+        x = inputs if isinstance(inputs, torch.Tensor) else _first(inputs)
+        n = x.shape[0]
+        mode: CostMode = "simulated" if self.backend == "emulated" else "executed"
+        trace = Trace.new(n, mode)
+        with self._running(trace, n):
+            logits = call_model(self.backbone, inputs)
+        rest = self.graph.total_macs - sum(u.macs for u in self.units.values())
+        trace.cost.add(rest)  # stem, head and every module that is not a unit ran for all
+        return DynamicResult(logits, trace)
+
+    @property
+    def static_macs(self) -> int:
+        """MACs per sample of the dense backbone."""
+        return self.graph.total_macs
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters the mechanisms added (the backbone's own are not included)."""
+        for m in self.mechanisms:
+            yield from m.parameters(self)
+
+    def extra_repr(self) -> str:
+        mechs = ", ".join(m.name for m in self.mechanisms) or "none"
+        return (
+            f"backbone={self.backbone_id}, backend={self.backend}, "
+            f"mechanisms=[{mechs}], units={len(self.units)}"
+        )
+
+
+def _first(inputs: Sequence[Any] | dict[str, Any]) -> torch.Tensor:
+    vals = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
+    for v in vals:
+        if isinstance(v, torch.Tensor):
+            return v
+    raise TypeError("run() needs at least one tensor input")
+
+
+def equip(
+    backbone: nn.Module,
+    mechanisms: Mechanism | Sequence[Mechanism],
+    *,
+    example_inputs: ExampleInputs | None = None,
+    backend: str = "fast",
+) -> DynamicNet:
+    """Copy ``backbone`` and attach one or several mechanisms in order.
+
+    Example:
+        >>> net = equip(dyve.models.create("resnet20_cifar", pretrained=True),
+        ...             dyve.mechanisms.BlockSkip(threshold=0.3))  # doctest: +SKIP
+    """
+    net = DynamicNet(backbone, example_inputs=example_inputs, backend=backend)
+    for m in [mechanisms] if not isinstance(mechanisms, Sequence) else mechanisms:
+        net.attach(m)
+    return net

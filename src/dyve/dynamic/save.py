@@ -1,0 +1,124 @@
+"""Saving and loading dynamic networks: safetensors weights + a JSON description.
+
+``save(net, folder)`` writes ``dynamic.safetensors`` (every tensor of the network: backbone
+and added modules) and ``dynamic.json`` (format version, dyve version, backbone id and its
+kwargs, each mechanism's registry name and config, knob values, back-end), each atomically.
+``load(folder)`` rebuilds the backbone from the zoo (or takes ``backbone=`` for models
+that are not in the zoo), re-attaches the mechanisms from the registry, sets the knobs and
+loads the tensors with a strict key and shape match. Nothing is unpickled: a hostile or
+mismatched file is refused with a :class:`~dyve.errors.DyveError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from dyve._io import atomic_save, write_json
+from dyve.dynamic.net import BACKENDS, DynamicNet
+from dyve.errors import DyveError
+from dyve.version import __version__
+
+FORMAT = "dyve.dynamic/1"
+WEIGHTS, DESCRIPTION = "dynamic.safetensors", "dynamic.json"
+
+
+def describe(net: DynamicNet) -> dict[str, Any]:
+    """The JSON description of ``net`` (what :func:`save` writes)."""
+    return {
+        "format": FORMAT,
+        "dyve_version": __version__,
+        "backbone": net.backbone_id,
+        "backbone_kwargs": net.backbone_kwargs,
+        "backend": net.backend,
+        "mechanisms": [{"name": m.name, "config": m.config_dict()} for m in net.mechanisms],
+        "knobs": {m.name: m.knob_values() for m in net.mechanisms},
+    }
+
+
+def save(net: DynamicNet, folder: str | os.PathLike[str]) -> Path:
+    """Write ``dynamic.safetensors`` and ``dynamic.json`` into ``folder``; return the folder."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    desc = describe(net)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    atomic_save(folder / WEIGHTS, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
+    write_json(folder / DESCRIPTION, json.loads(json.dumps(desc)))
+    return folder
+
+
+def load(folder: str | os.PathLike[str], backbone: nn.Module | None = None) -> DynamicNet:
+    """Rebuild a saved dynamic network (see module docstring).
+
+    Example:
+        >>> net = dyve.dynamic.load("runs/skip")  # doctest: +SKIP
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from dyve.mechanisms import MECHANISMS
+    from dyve.models import create
+
+    folder = Path(folder)
+    desc = _read_description(folder / DESCRIPTION)
+    if backbone is None:
+        if not desc["backbone"]:
+            raise DyveError(f"{folder}: the backbone is not a zoo model; pass backbone=")
+        backbone = create(desc["backbone"], **desc["backbone_kwargs"])
+    net = DynamicNet(backbone, backend=desc["backend"], backbone_id=desc["backbone"])
+    for m in desc["mechanisms"]:
+        cls = MECHANISMS.get(m["name"])
+        try:
+            mech = cls.from_config_dict(m["config"])
+        except (TypeError, ValueError) as exc:
+            raise DyveError(f"{folder / DESCRIPTION}: bad config for {m['name']}: {exc}") from None
+        net.attach(mech)
+        for knob, value in desc["knobs"].get(m["name"], {}).items():
+            mech.set_knob(knob, value)
+    try:
+        tensors = load_file(str(folder / WEIGHTS))
+    except (SafetensorError, OSError) as exc:
+        raise DyveError(f"{folder / WEIGHTS}: not a readable safetensors file ({exc})") from None
+    try:
+        net.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise DyveError(
+            f"{folder / WEIGHTS}: tensors do not fit the described network: {exc}"
+        ) from None
+    return net.eval()
+
+
+def _read_description(path: Path) -> dict[str, Any]:
+    try:
+        desc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DyveError(f"{path}: not found (is this a saved dynamic network?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DyveError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(desc, dict) or desc.get("format") != FORMAT:
+        raise DyveError(f"{path}: not a {FORMAT} description")
+    checks: dict[str, type | tuple[type, ...]] = {
+        "backbone": (str, type(None)),
+        "backbone_kwargs": dict,
+        "backend": str,
+        "mechanisms": list,
+        "knobs": dict,
+    }
+    for key, typ in checks.items():
+        if not isinstance(desc.get(key), typ):
+            raise DyveError(f"{path}: field {key!r} missing or of the wrong type")
+    if desc["backend"] not in BACKENDS:
+        raise DyveError(f"{path}: unknown backend {desc['backend']!r}")
+    for m in desc["mechanisms"]:
+        if not (
+            isinstance(m, dict)
+            and isinstance(m.get("name"), str)
+            and isinstance(m.get("config"), dict)
+        ):
+            raise DyveError(f"{path}: each mechanism needs a 'name' and a 'config' object")
+    return desc

@@ -1,0 +1,69 @@
+"""The per-sample trace of a dynamic run: what each unit did for each sample, and the cost.
+
+Every report reads from the trace, never from the mechanism's internals, so the emulated
+and the fast back-end can be checked against each other decision by decision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dyve.cost.accumulator import CostAccumulator, CostMode
+
+#: Status codes of a unit for one sample.
+RAN, SKIPPED, APPROXIMATED, NOT_REACHED = 0, 1, 2, 3
+STATUS_NAMES = {
+    RAN: "ran",
+    SKIPPED: "skipped",
+    APPROXIMATED: "approximated",
+    NOT_REACHED: "not reached",
+}
+
+
+@dataclass
+class Trace:
+    """Per-sample record of one batch: unit statuses and cost (MACs, scalar ops)."""
+
+    n: int
+    cost: CostAccumulator
+    #: unit name -> int8 status per sample (RAN, SKIPPED, APPROXIMATED, NOT_REACHED)
+    units: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, n: int, cost_mode: CostMode) -> Trace:
+        """An empty trace for ``n`` samples."""
+        return cls(n, CostAccumulator(n, cost_mode))
+
+    def record(self, unit: str, rows: torch.Tensor, status: torch.Tensor | int) -> None:
+        """Set the status of ``unit`` for the samples ``rows`` (indices into the batch)."""
+        if unit not in self.units:
+            self.units[unit] = torch.full((self.n,), NOT_REACHED, dtype=torch.int8)
+        self.units[unit][rows] = torch.as_tensor(status, dtype=torch.int8)
+
+    def decisions(self) -> dict[str, torch.Tensor]:
+        """Unit statuses (copies), for comparing runs."""
+        return {k: v.clone() for k, v in self.units.items()}
+
+    def fraction(self, status: int = RAN) -> dict[str, float]:
+        """Per unit, the fraction of samples with ``status``."""
+        return {k: float((v == status).float().mean()) for k, v in self.units.items()}
+
+    def summary(self) -> dict[str, Any]:
+        """Cost summary plus the share of samples that ran each unit."""
+        return {**self.cost.summary(), "ran_fraction": self.fraction(RAN)}
+
+
+@dataclass(frozen=True)
+class DynamicResult:
+    """What :meth:`DynamicNet.run` returns: logits and the per-sample trace."""
+
+    logits: torch.Tensor
+    trace: Trace
+
+    @property
+    def macs(self) -> torch.Tensor:
+        """Per-sample MACs of what ran."""
+        return self.trace.cost.per_sample

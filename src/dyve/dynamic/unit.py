@@ -1,0 +1,119 @@
+"""A unit: one module of the backbone (a residual block, a stage) that gates may skip per sample.
+
+The unit holds the original module and the gates that mechanisms attached to it. For each
+batch, every gate returns a per-sample bool "run" decision (or None: run all); the unit
+runs where all gates agree. Samples that skip get the unit's *skip output*: the input
+itself, or the block's shortcut for a downsampling residual block (for a post-activation
+ResNet, ``relu(shortcut(x)) == shortcut(x)`` because ``x >= 0``).
+
+Back-ends: ``emulated`` computes everyone and masks (cost ``simulated``); ``fast`` runs
+only the rows that need it (cost ``executed``); at batch 1 that is a plain ``if``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from dyve.dynamic import runtime
+from dyve.dynamic.trace import RAN, SKIPPED, Trace
+
+
+class Gate(Protocol):
+    """What a mechanism attaches to a unit: a per-sample decision and its own cost."""
+
+    def decide(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Bool ``[N]`` (True = run) for the batch ``x``, or None when the gate is off."""
+
+    def overhead_macs(self, x: torch.Tensor) -> float:
+        """MACs the decision itself costs per sample (0 for statistic-only gates)."""
+
+
+@dataclass
+class RunState:
+    """Shared by a DynamicNet and its units during one call."""
+
+    backend: str = "fast"
+    trace: Trace | None = None
+    #: rows of the original batch that the current tensors hold (early exits shrink it)
+    rows: torch.Tensor | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Unit(nn.Module):
+    """A gated wrapper around one backbone module (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        module: nn.Module,
+        state: RunState,
+        *,
+        macs: int,
+        skip_path: str | None = None,
+        skip_macs: int = 0,
+    ) -> None:
+        super().__init__()
+        self.unit_name = name
+        self.module = module
+        self.macs = macs
+        self.skip_macs = skip_macs
+        self.skip_path = skip_path  # submodule of `module` giving the skip output; None = identity
+        self.gates = nn.ModuleDict()
+        self._state = state
+
+    def skip_output(self, x: torch.Tensor) -> torch.Tensor:
+        """What a skipping sample gets: the shortcut's output, or the input itself."""
+        if self.skip_path is None:
+            return x
+        out: torch.Tensor = self.module.get_submodule(self.skip_path)(x)
+        return out
+
+    def add_gate(self, mechanism: str, gate: nn.Module) -> None:
+        """Attach a mechanism's gate (one per mechanism)."""
+        if mechanism in self.gates:
+            raise ValueError(f"{self.unit_name}: {mechanism} already gates this unit")
+        self.gates[mechanism] = gate
+
+    def decide(self, x: torch.Tensor) -> tuple[torch.Tensor | None, float]:
+        """AND of all gates' decisions, and the summed per-sample gate overhead."""
+        run: torch.Tensor | None = None
+        overhead = 0.0
+        for gate in self.gates.values():
+            d = gate.decide(x)  # type: ignore[operator]
+            overhead += float(gate.overhead_macs(x))  # type: ignore[operator]
+            if d is not None:
+                run = d if run is None else run & d
+        return run, overhead
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        st = self._state
+        run, overhead = self.decide(x)
+        n = x.shape[0]
+        if run is None or bool(run.all()):
+            out = self.module(x)
+            run = torch.ones(n, dtype=torch.bool) if run is None else run
+        elif st.backend == "emulated":
+            out = runtime.masked(x, run, self.module, self.skip_output)
+        elif n == 1:
+            out = self.module(x) if bool(run[0]) else self.skip_output(x)
+        else:
+            out = runtime.gather_scatter(x, run, self.module, self.skip_output)
+        if st.trace is not None:
+            self._account(st.trace, st.rows, run.cpu(), overhead)
+        return out
+
+    def _account(
+        self, trace: Trace, rows: torch.Tensor | None, run: torch.Tensor, overhead: float
+    ) -> None:
+        idx = rows if rows is not None else torch.arange(len(run))
+        trace.record(self.unit_name, idx[run], RAN)
+        trace.record(self.unit_name, idx[~run], SKIPPED)
+        trace.cost.add(self.macs, idx[run])
+        if self.skip_macs:
+            trace.cost.add(self.skip_macs, idx[~run])
+        if overhead:
+            trace.cost.add(overhead, idx)

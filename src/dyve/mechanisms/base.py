@@ -1,0 +1,100 @@
+"""The interface every method implements, and the registry of mechanisms.
+
+A mechanism is constructed from a frozen config (*what and where*), attaches gates, heads
+or controllers to a :class:`~dyve.dynamic.net.DynamicNet` (``attach``), exposes its knobs
+(``knob_values``/``set_knob``, with the value that switches it off), and names its
+trainable parameters (``parameters``). Everything else (discovery, units, back-ends,
+trace, cost, saving, sweeps, bench) is the shared core's.
+
+To add one::
+
+    @dataclass(frozen=True)
+    class MyConfig:
+        threshold: float = 0.0
+
+    class MyMechanism(Mechanism):
+        name = "mine"
+        config_class = MyConfig
+        knob_names = ("threshold",)
+        def attach(self, net): ...     # net.unit(block).add_gate(self.name, MyGate(...))
+        def set_knob(self, knob, value): ...
+
+    MECHANISMS.add("mine", MyMechanism)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import asdict, fields, replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import nn
+
+from dyve.registry import Registry
+
+if TYPE_CHECKING:
+    from dyve.dynamic.net import DynamicNet
+
+
+class Mechanism(ABC):
+    """Base class of dynamic-inference methods (see module docstring)."""
+
+    #: Registry name (also the key of its gates on each unit).
+    name: ClassVar[str]
+    #: Frozen dataclass holding the mechanism's settings; knobs are some of its fields.
+    config_class: ClassVar[type]
+    #: Config fields that are knobs (changeable after attach, swept by ``dyve sweep``).
+    knob_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Any = None, **kwargs: Any) -> None:
+        if config is None:
+            config = self.config_class(**kwargs)
+        elif kwargs:
+            config = replace(config, **kwargs)
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{self.name}: config must be {self.config_class.__name__}")
+        self.config: Any = config
+
+    @abstractmethod
+    def attach(self, net: DynamicNet) -> None:
+        """Add this mechanism's gates/heads to ``net`` (called once by ``net.attach``)."""
+
+    @abstractmethod
+    def set_knob(self, knob: str, value: Any) -> None:
+        """Change one knob on the attached modules (and in ``self.config``)."""
+
+    def knob_values(self) -> dict[str, Any]:
+        """Current knob values."""
+        return {k: getattr(self.config, k) for k in self.knob_names}
+
+    def off_knobs(self) -> dict[str, Any]:
+        """Knob values that make the mechanism a no-op (the identity contract)."""
+        return {f.name: f.default for f in fields(self.config) if f.name in self.knob_names}
+
+    def parameters(self, net: DynamicNet) -> Iterator[nn.Parameter]:
+        """Trainable parameters this mechanism added to ``net`` (default: its gates')."""
+        for unit in net.units.values():
+            if self.name in unit.gates:
+                yield from unit.gates[self.name].parameters()
+
+    def config_dict(self) -> dict[str, Any]:
+        """JSON-ready config (tuples become lists)."""
+        return asdict(self.config)
+
+    @classmethod
+    def from_config_dict(cls, d: dict[str, Any]) -> Mechanism:
+        """Rebuild from :meth:`config_dict` output, refusing unknown keys."""
+        known = {f.name for f in fields(cls.config_class)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"{cls.name}: unknown config keys {sorted(unknown)}")
+        conv = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(cls.config_class(**conv))
+
+    def _check_knob(self, knob: str) -> None:
+        if knob not in self.knob_names:
+            raise KeyError(f"{self.name} has no knob {knob!r}; knobs: {self.knob_names}")
+
+
+MECHANISMS: Registry[type[Mechanism]] = Registry("mechanism")
