@@ -8,7 +8,20 @@ Example:
     >>> net = dyve.models.create("resnet20_cifar", pretrained=True)  # doctest: +SKIP
 """
 
-from dyve import cost, data, models
+from dyve import cost, data, dynamic, graph, mechanisms, models
+from dyve.dynamic import DynamicNet, equip
+from dyve.graph import discover
 from dyve.version import __version__
 
-__all__ = ["__version__", "cost", "data", "models"]
+__all__ = [
+    "DynamicNet",
+    "__version__",
+    "cost",
+    "data",
+    "discover",
+    "dynamic",
+    "equip",
+    "graph",
+    "mechanisms",
+    "models",
+]

@@ -72,11 +72,7 @@ class DynamicNet(nn.Module):
         """The unit wrapping module ``name`` (a block of the graph), created on first use."""
         if name in self.units:
             return self.units[name]
-        block = self.graph.block(name)
-        if block.downsamples and block.shortcut is None:
-            raise ValueError(
-                f"block {name} changes shape and has no shortcut: it cannot be skipped"
-            )
+        block = self.graph.block(name)  # a block that changes shape always has a shortcut
         parent_name, _, attr = name.rpartition(".")
         parent = self.backbone.get_submodule(parent_name) if parent_name else self.backbone
         original = getattr(parent, attr)

@@ -72,6 +72,8 @@ def load(folder: str | os.PathLike[str], backbone: nn.Module | None = None) -> D
         backbone = create(desc["backbone"], **desc["backbone_kwargs"])
     net = DynamicNet(backbone, backend=desc["backend"], backbone_id=desc["backbone"])
     for m in desc["mechanisms"]:
+        if m["name"] not in MECHANISMS:
+            raise DyveError(f"{folder / DESCRIPTION}: unknown mechanism {m['name']!r}")
         cls = MECHANISMS.get(m["name"])
         try:
             mech = cls.from_config_dict(m["config"])

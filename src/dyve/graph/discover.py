@@ -130,7 +130,8 @@ class _Call:
     parent: str | None
     inp: torch.Tensor | None
     out: torch.Tensor | None = None
-    merges: list[torch.Tensor] = field(default_factory=list)
+    #: ids of the operands of residual merges done at this module's own level
+    merge_operands: set[int] = field(default_factory=set)
     children_on_input: list[str] = field(default_factory=list)
 
 
@@ -235,9 +236,8 @@ def discover(
     def on_add(args: tuple[Any, ...], out: Any) -> None:
         if stack and all(isinstance(a, torch.Tensor) for a in args[:2]):
             a, b = args[0], args[1]
-            if a.shape == b.shape == out.shape and a.dim() >= 2:
-                keep.append(out)
-                calls[stack[-1]].merges.append(out)
+            if a is not b and a.shape == b.shape == out.shape and a.dim() >= 2:
+                calls[stack[-1]].merge_operands.update((id(a), id(b)))
 
     handles = []
     was_training = model.training
@@ -282,10 +282,19 @@ def _build(
     blocks: list[Block] = []
     for name in order:
         c = calls[name]
-        if not c.merges or c.inp is None or c.out is None:
+        if not c.merge_operands or c.inp is None or c.out is None:
             continue
-        others = [ch for ch in c.children_on_input[1:]]
-        shortcut = others[0] if others else None
+        # the shortcut: a child that read the block's input and whose output is merged
+        shortcut = next(
+            (
+                ch
+                for ch in c.children_on_input
+                if calls[ch].out is not None and id(calls[ch].out) in c.merge_operands
+            ),
+            None,
+        )
+        if shortcut is None and id(c.inp) not in c.merge_operands:
+            continue  # neither a shortcut module nor the input itself is merged: not residual
         if shortcut is not None and isinstance(calls[shortcut].module, nn.Identity):
             shortcut = None
         blocks.append(

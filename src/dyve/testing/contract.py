@@ -1,0 +1,256 @@
+"""The mechanism contract: one case list, one check per property, for every mechanism.
+
+Shipped in the package (captum's pattern) so that a new mechanism's author runs the same
+suite. ``tests/mechanisms/test_contract.py`` runs every check on every case and fails when
+a registered mechanism has no case.
+
+Properties checked:
+
+1. identity: knobs off -> outputs ``torch.equal`` to the backbone's (eval mode) and
+   per-sample cost == static cost, in both back-ends;
+2. no side effects: the user's model (parameters, buffers, hooks) and inputs are unchanged;
+3. batch consistency: a batch gives the same decisions and outputs as its samples one by one;
+4. monotonic knob: a more permissive knob value never raises the mean cost on a fixed batch;
+5. round trip: save -> load gives the same outputs and the same description;
+6. hook hygiene: no hooks remain after discovery, runs, or a forward that raised;
+7. back-ends agree: emulated and fast give the same decisions, the same per-sample cost
+   and outputs equal up to float rounding (sub-batches change accumulation order);
+8. trainable surface: the mechanism's trainable parameters are not the backbone's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dyve.dynamic import describe, equip, load, save
+from dyve.dynamic.net import DynamicNet
+from dyve.mechanisms.base import Mechanism
+
+ATOL = 1e-4  # outputs of different batch compositions agree to this (float32 rounding)
+
+
+@dataclass(frozen=True)
+class ContractCase:
+    """One mechanism on one backbone with inputs and knob values that exercise it."""
+
+    id: str
+    mechanism: str
+    make_backbone: Callable[[], nn.Module]
+    make_mechanism: Callable[[], Mechanism]
+    make_inputs: Callable[[], torch.Tensor]
+    #: values of ``knob`` from least to most permissive (cheapest last)
+    knob: str
+    permissive: tuple[Any, ...]
+    #: knob values under which decisions differ between samples of ``make_inputs()``
+    active: dict[str, Any] = field(default_factory=dict)
+
+
+def _resnet20() -> nn.Module:
+    from dyve.models import create
+
+    torch.manual_seed(0)
+    return create("resnet20_cifar")
+
+
+def _graded_inputs() -> torch.Tensor:
+    """8 samples whose overall scale grows, so activation-based gates split them."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, 32, 32, generator=g)
+    return x * torch.linspace(0.05, 1.5, 8).view(8, 1, 1, 1)
+
+
+def _block_skip() -> Mechanism:
+    from dyve.mechanisms import BlockSkip
+
+    return BlockSkip()
+
+
+CASES: list[ContractCase] = [
+    ContractCase(
+        id="block_skip-resnet20",
+        mechanism="block_skip",
+        make_backbone=_resnet20,
+        make_mechanism=_block_skip,
+        make_inputs=_graded_inputs,
+        knob="threshold",
+        permissive=(0.0, 0.2, 0.5, 1.0, 2.0, 5.0),
+        active={"threshold": 0.5},
+    ),
+]
+
+CHECKS: dict[str, Callable[[ContractCase, Path], None]] = {}
+
+
+def _check(fn: Callable[[ContractCase, Path], None]) -> Callable[[ContractCase, Path], None]:
+    CHECKS[fn.__name__.removeprefix("check_")] = fn
+    return fn
+
+
+def _equip(
+    case: ContractCase, backbone: nn.Module | None = None, backend: str = "fast"
+) -> DynamicNet:
+    bb = backbone if backbone is not None else case.make_backbone()
+    return equip(
+        bb.eval(), case.make_mechanism(), example_inputs=case.make_inputs()[:1], backend=backend
+    )
+
+
+def _off(net: DynamicNet) -> None:
+    for m in net.mechanisms:
+        for k, v in m.off_knobs().items():
+            m.set_knob(k, v)
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in model.modules()
+    )
+
+
+@_check
+def check_identity(case: ContractCase, tmp: Path) -> None:
+    backbone = case.make_backbone().eval()
+    x = case.make_inputs()
+    with torch.no_grad():
+        ref = backbone(x)
+    for backend in ("fast", "emulated"):
+        net = _equip(case, backbone, backend)
+        _off(net)
+        with torch.no_grad():
+            out = net(x)
+        assert torch.equal(out, ref), f"{backend}: knobs off must reproduce the backbone exactly"
+        res = net.run(x)
+        assert torch.equal(res.logits, ref), f"{backend}: run() with knobs off differs"
+        static = float(net.static_macs)
+        assert torch.all(res.macs == static), (
+            f"{backend}: cost {res.macs.tolist()} != static {static}"
+        )
+
+
+@_check
+def check_no_side_effects(case: ContractCase, tmp: Path) -> None:
+    backbone = case.make_backbone().eval()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    hooks = _hooks(backbone)
+    modules = [type(m) for m in backbone.modules()]
+    x = case.make_inputs()
+    x_before = x.clone()
+    net = _equip(case, backbone)
+    net.set_knobs(**case.active)
+    net.run(x)
+    net(x)
+    after = backbone.state_dict()
+    assert before.keys() == after.keys(), "equipping changed the user's model's state keys"
+    assert all(torch.equal(before[k], after[k]) for k in before), "user's model tensors changed"
+    assert _hooks(backbone) == hooks, "hooks were added to the user's model"
+    assert [type(m) for m in backbone.modules()] == modules, "the user's modules were replaced"
+    assert torch.equal(x, x_before), "the input tensor was modified"
+
+
+@_check
+def check_batch_consistency(case: ContractCase, tmp: Path) -> None:
+    x = case.make_inputs()
+    for backend in ("fast", "emulated"):
+        net = _equip(case, backend=backend)
+        net.set_knobs(**case.active)
+        full = net.run(x)
+        for i in range(len(x)):
+            one = net.run(x[i : i + 1])
+            for unit, status in full.trace.units.items():
+                assert one.trace.units[unit][0] == status[i], (
+                    f"{backend}: {unit} decided differently alone (sample {i})"
+                )
+            assert torch.allclose(one.logits[0], full.logits[i], atol=ATOL), (
+                f"{backend}: sample {i} output differs alone"
+            )
+            assert one.macs[0] == full.macs[i], f"{backend}: sample {i} cost differs alone"
+    mixed = [bool((s != s[0]).any()) for s in full.trace.units.values()]
+    assert any(mixed), "the case's active knobs should give different decisions across samples"
+
+
+@_check
+def check_monotonic_knob(case: ContractCase, tmp: Path) -> None:
+    net = _equip(case)
+    x = case.make_inputs()
+    costs = []
+    for value in case.permissive:
+        net.set_knobs(**{case.knob: value})
+        costs.append(float(net.run(x).macs.mean()))
+    assert all(a >= b for a, b in itertools.pairwise(costs)), f"mean cost rose: {costs}"
+    assert costs[-1] < costs[0], f"the most permissive value saved nothing: {costs}"
+
+
+@_check
+def check_round_trip(case: ContractCase, tmp: Path) -> None:
+    net = _equip(case)
+    net.set_knobs(**case.active)
+    save(net, tmp / "saved")
+    again = load(tmp / "saved", backbone=case.make_backbone())
+    x = case.make_inputs()
+    with torch.no_grad():
+        assert torch.equal(net(x), again(x)), "outputs differ after save/load"
+    assert describe(again) == describe(net), "the description changed after save/load"
+
+
+@_check
+def check_hook_hygiene(case: ContractCase, tmp: Path) -> None:
+    net = _equip(case)
+    net.set_knobs(**case.active)
+    x = case.make_inputs()
+    net.run(x)
+    assert _hooks(net) == 0, "hooks left on the dynamic network after run()"
+    bad = torch.zeros(1, x.shape[1] + 1, *x.shape[2:])
+    with contextlib.suppress(RuntimeError):
+        net.run(bad)
+    assert _hooks(net) == 0, "hooks left after a run that raised"
+    from dyve.graph import discover
+
+    bb = case.make_backbone()
+    with contextlib.suppress(RuntimeError):
+        discover(bb, bad)
+    assert _hooks(bb) == 0, "discover() left hooks after a pass that raised"
+
+
+@_check
+def check_backends_agree(case: ContractCase, tmp: Path) -> None:
+    x = case.make_inputs()
+    fast = _equip(case, backend="fast")
+    emu = copy.deepcopy(fast)
+    emu.backend = "emulated"
+    for value in case.permissive:
+        fast.set_knobs(**{case.knob: value})
+        emu.set_knobs(**{case.knob: value})
+        a, b = fast.run(x), emu.run(x)
+        assert a.trace.units.keys() == b.trace.units.keys()
+        for unit in a.trace.units:
+            assert torch.equal(a.trace.units[unit], b.trace.units[unit]), (
+                f"{unit}: decisions differ at {value}"
+            )
+        assert torch.equal(a.macs, b.macs), f"per-sample cost differs at {value}"
+        assert torch.allclose(a.logits, b.logits, atol=ATOL), f"outputs differ at {value}"
+        assert a.trace.cost.cost_mode == "executed"
+        assert b.trace.cost.cost_mode == "simulated"
+
+
+@_check
+def check_trainable_surface(case: ContractCase, tmp: Path) -> None:
+    net = _equip(case)
+    backbone_ids = {id(p) for p in net.backbone.parameters() if not _in_gate(net, p)}
+    added = list(net.trainable_parameters())
+    assert not any(id(p) in backbone_ids for p in added), (
+        "trainable parameters include backbone weights"
+    )
+
+
+def _in_gate(net: DynamicNet, p: nn.Parameter) -> bool:
+    return any(p is q for u in net.units.values() for q in u.gates.parameters())

@@ -1,0 +1,196 @@
+"""The dynamic network: units, knobs, composition, compaction helpers, saving and refusing files."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from dyve import models
+from dyve.dynamic import DynamicNet, equip, load, runtime, save
+from dyve.dynamic.trace import RAN, SKIPPED
+from dyve.errors import DyveError
+from dyve.mechanisms import BlockSkip
+from dyve.mechanisms.base import Mechanism
+
+
+@pytest.fixture(scope="module")
+def backbone() -> nn.Module:
+    torch.manual_seed(0)
+    return models.create("resnet20_cifar")
+
+
+def test_fixed_skipping_records_and_costs(backbone: nn.Module) -> None:
+    net = equip(backbone, BlockSkip(always=("layer1.1", "layer3.2")))
+    res = net.run(torch.randn(3, 3, 32, 32))
+    assert (res.trace.units["layer1.1"] == SKIPPED).all()
+    assert (res.trace.units["layer1.0"] == RAN).all()
+    block = net.graph.block("layer1.1").macs + net.graph.block("layer3.2").macs
+    assert torch.all(res.macs == net.static_macs - block)
+    assert res.trace.cost.cost_mode == "executed"
+    assert res.trace.fraction()["layer3.2"] == 0.0
+
+
+def test_skipped_block_passes_its_input_through(backbone: nn.Module) -> None:
+    net = equip(backbone, BlockSkip(always=("layer1.1",)))
+    seen: dict[str, torch.Tensor] = {}
+    net.backbone.layer1[0].register_forward_hook(lambda m, i, o: seen.update(a=o))
+    net.backbone.layer1[2].register_forward_pre_hook(lambda m, i: seen.update(b=i[0]))
+    net(torch.randn(2, 3, 32, 32))
+    assert torch.equal(seen["a"], seen["b"])
+
+
+def test_knobs_and_errors(backbone: nn.Module) -> None:
+    net = equip(backbone, BlockSkip())
+    net.set_knobs(threshold=0.3)
+    assert net.knobs()["block_skip.threshold"] == 0.3
+    net.set_knobs(block_skip__threshold=0.1)
+    assert net.mechanism("block_skip").config.threshold == 0.1
+    with pytest.raises(KeyError, match="knob 'nope'"):
+        net.set_knobs(nope=1)
+    with pytest.raises(ValueError, match="cannot skip"):
+        net.set_knobs(always=("stem",))
+    with pytest.raises(ValueError, match="already attached"):
+        net.attach(BlockSkip())
+    with pytest.raises(ValueError, match="backend"):
+        net.backend = "gpu"
+
+
+@dataclass(frozen=True)
+class EvenConfig:
+    on: bool = False
+
+
+class SkipEvenRows(Mechanism):
+    """Test-only mechanism: skips layer2.1 for even rows of each batch when on."""
+
+    name = "skip_even"
+    config_class = EvenConfig
+    knob_names = ("on",)
+
+    def attach(self, net: DynamicNet) -> None:
+        self.gate = _EvenGate(self.config.on)
+        net.unit("layer2.1").add_gate(self.name, self.gate)
+
+    def set_knob(self, knob: str, value: Any) -> None:
+        self.config = replace(self.config, on=bool(value))
+        self.gate.on = bool(value)
+
+
+class _EvenGate(nn.Module):
+    def __init__(self, on: bool) -> None:
+        super().__init__()
+        self.on = on
+        self.proj = nn.Linear(1, 1)  # a trainable parameter, to test the trainable surface
+
+    def decide(self, x: torch.Tensor) -> torch.Tensor | None:
+        if not self.on:
+            return None
+        return torch.arange(x.shape[0]) % 2 == 1
+
+    def overhead_macs(self, x: torch.Tensor) -> float:
+        return 5.0 if self.on else 0.0
+
+
+def test_composition_is_and_of_gates(backbone: nn.Module) -> None:
+    net = equip(backbone, [BlockSkip(), SkipEvenRows()])
+    x = torch.randn(4, 3, 32, 32)
+    net.set_knobs(on=True)
+    res = net.run(x)
+    assert res.trace.units["layer2.1"].tolist() == [SKIPPED, RAN, SKIPPED, RAN]
+    # skipped rows save the block, and every row pays the gate's 5-MAC overhead
+    saved = net.graph.block("layer2.1").macs
+    assert res.macs.tolist() == [net.static_macs - saved + 5, net.static_macs + 5] * 2
+    net.set_knobs(always=("layer2.1",))
+    assert (net.run(x).trace.units["layer2.1"] == SKIPPED).all()
+    params = list(net.trainable_parameters())
+    assert len(params) == 2  # the gate's Linear weight and bias
+    assert not any(p is q for p in params for q in backbone.parameters())
+
+
+def test_downsampling_block_without_shortcut_is_refused() -> None:
+    class Down(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return y + y
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.down = Down()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.down(x)
+
+    net = DynamicNet(Net(), example_inputs=torch.randn(1, 3, 8, 8))
+    assert net.graph.blocks == ()  # y + y merges one tensor with itself: not a residual block
+    with pytest.raises(KeyError, match="no block 'down'"):
+        net.unit("down")
+
+
+def test_runtime_helpers_agree() -> None:
+    fn = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+    x = torch.randn(9, 4, 6, 6)
+    run = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0, 1], dtype=torch.bool)
+    with torch.no_grad():
+        m = runtime.masked(x, run, fn, lambda t: t)
+        g = runtime.gather_scatter(x, run, fn, lambda t: t)
+        assert torch.allclose(m, g, atol=1e-6)
+        assert torch.equal(g[~run], x[~run])
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        assert runtime.gather_scatter(x_cl, run, fn, lambda t: t).shape == x.shape
+        patterns = torch.stack([run, ~run], 1)
+        groups = runtime.group_by_pattern(patterns)
+        assert [idx.tolist() for _, idx in groups] == [[0, 2, 3, 6, 8], [1, 4, 5, 7]]
+        out = runtime.run_grouped(x, patterns, lambda xs, p: fn(xs) if bool(p[0]) else xs)
+        assert torch.allclose(out, m, atol=1e-6)
+
+
+def test_save_load_refuses_bad_files(tmp_path: Path, backbone: nn.Module) -> None:
+    net = equip(backbone, BlockSkip(threshold=0.2))
+    save(net, tmp_path / "ok")
+    assert load(tmp_path / "ok").knobs() == net.knobs()
+
+    with pytest.raises(DyveError, match="not found"):
+        load(tmp_path / "missing")
+
+    def variant(name: str, mutate: Any) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "dynamic.safetensors").write_bytes(
+            (tmp_path / "ok" / "dynamic.safetensors").read_bytes()
+        )
+        desc = json.loads((tmp_path / "ok" / "dynamic.json").read_text())
+        mutate(desc, d)
+        if not (d / "dynamic.json").exists():
+            (d / "dynamic.json").write_text(json.dumps(desc))
+        return d
+
+    cases = {
+        "format": (lambda d, p: d.update(format="other/9"), "not a dyve.dynamic/1"),
+        "types": (lambda d, p: d.update(mechanisms="block_skip"), "field 'mechanisms'"),
+        "mech": (lambda d, p: d["mechanisms"][0].update(name="evil"), "unknown mechanism 'evil'"),
+        "config": (lambda d, p: d["mechanisms"][0]["config"].update(x=1), "bad config"),
+        "backbone": (
+            lambda d, p: d.update(backbone="resnet32_cifar", backbone_kwargs={"depth": 32}),
+            "do not fit",
+        ),
+        "json": (lambda d, p: (p / "dynamic.json").write_text("{not json"), "not valid JSON"),
+        "pickle": (
+            lambda d, p: (p / "dynamic.safetensors").write_bytes(pickle.dumps({"a": 1})),
+            "not a readable safetensors",
+        ),
+    }
+    for name, (mutate, message) in cases.items():
+        with pytest.raises(DyveError, match=message):
+            load(variant(name, mutate))

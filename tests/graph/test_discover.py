@@ -1,0 +1,126 @@
+"""Discovery on every zoo model and on models defined only here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dyve import models
+from dyve.graph import discover, fold_bn
+
+EXPECTED_BLOCKS = {
+    "resnet20_cifar": 9,
+    "resnet32_cifar": 15,
+    "resnet44_cifar": 21,
+    "resnet56_cifar": 27,
+}
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_zoo_models(name: str) -> None:
+    net = models.create(name)
+    g = discover(net)
+    convs = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert [s.name for s in g.sites] == convs  # every conv/linear, in execution order
+    assert sum(s.macs for s in g.sites) == g.total_macs
+    assert [s.name for s in g.stages] == list(models.model_info(net).stages)
+    assert set(g.exit_points) >= {s.name for s in g.stages}
+    if name in EXPECTED_BLOCKS:
+        assert len(g.blocks) == EXPECTED_BLOCKS[name]
+        assert sum(b.downsamples for b in g.blocks) == 2
+        for b in g.blocks:
+            assert b.stage == b.name.split(".")[0]
+            assert (b.shortcut is not None) == b.downsamples
+        assert all(s.bn for s in g.sites if s.kind == "conv")
+    if name.startswith("vgg"):
+        assert g.blocks == ()
+        assert all(s.bn and s.act for s in g.sites if s.kind == "conv")
+
+
+class Bottleneck(nn.Module):
+    """torchvision-style block with a conv+BN downsample shortcut and in-place add."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out // 2)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out // 2, c_out, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            if stride != 1 or c_in != c_out
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        out += identity
+        return self.relu(out)
+
+
+class DictNet(nn.Module):
+    """A model with an unusual forward signature: keyword inputs and a dict output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Sequential(Bottleneck(8, 8, 1), Bottleneck(8, 16, 2), Bottleneck(16, 16, 1))
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, image: torch.Tensor, scale: float = 1.0) -> dict[str, torch.Tensor]:
+        y = self.body(self.stem(image * scale))
+        return {"logits": self.head(y.mean((2, 3)))}
+
+
+def test_model_defined_in_the_test_with_keyword_inputs() -> None:
+    net = DictNet()
+    g = discover(net, {"image": torch.randn(2, 3, 16, 16), "scale": 0.5})
+    assert [b.name for b in g.blocks] == ["body.0", "body.1", "body.2"]
+    b0, b1, _ = g.blocks
+    assert b0.shortcut is None
+    assert not b0.downsamples
+    assert b1.shortcut == "body.1.downsample"
+    assert b1.downsamples
+    assert b1.out_shape == (16, 8, 8)
+    assert [s.name for s in g.stages] == ["body"]
+    site = g.site("body.1.conv1")
+    assert site.bn == "body.1.bn1"
+    assert site.act == "body.1.relu"
+    assert site.block == "body.1"
+    # conv 1x1 8->8 on 16x16: 8*16*16*8 = 16,384 MACs
+    assert g.site("body.1.downsample.0").macs == 16 * 8 * 8 * 8
+    assert g.site("head").kind == "linear"
+    assert "block body.1" in str(g)
+
+
+def test_discover_needs_inputs_for_foreign_models() -> None:
+    with pytest.raises(ValueError, match="example_inputs"):
+        discover(DictNet())
+
+
+def test_hooks_removed_when_the_pass_raises() -> None:
+    net = DictNet()
+    with pytest.raises(RuntimeError):
+        discover(net, {"image": torch.randn(1, 4, 16, 16)})
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+    assert net.training, "discover must restore the training flag"
+
+
+def test_fold_bn_matches_and_leaves_the_original() -> None:
+    net = models.create("resnet20_cifar")
+    # give BN non-trivial statistics
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(16, 3, 32, 32))
+    net.eval()
+    g = discover(net)
+    folded = fold_bn(net, g)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), net(x), atol=1e-4, rtol=1e-4)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == 0
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 19
