@@ -15,6 +15,12 @@ def add_all(sub: Any) -> None:
     _add_cost(sub)
     _add_eval(sub)
     _add_train(sub)
+    from dyve.cli import bench_cmd
+
+    bench_cmd.add(sub)
+    from dyve.cli import sweep_cmd
+
+    sweep_cmd.add(sub)
 
 
 def _add_demo(sub: Any) -> None:

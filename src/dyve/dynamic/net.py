@@ -107,20 +107,28 @@ class DynamicNet(nn.Module):
         """All knob values as ``{"mechanism.knob": value}``."""
         return {f"{m.name}.{k}": v for m in self.mechanisms for k, v in m.knob_values().items()}
 
+    def resolve_knob(self, knob: str) -> tuple[Mechanism, str]:
+        """The mechanism owning ``knob`` (``knob`` or ``mechanism__knob``) and the bare name.
+
+        Raises ``KeyError`` naming the known knobs when it matches no or several mechanisms.
+        """
+        mech_name, _, name = knob.rpartition("__")
+        owners = [
+            m
+            for m in self.mechanisms
+            if (not mech_name or m.name == mech_name) and name in m.knob_values()
+        ]
+        if len(owners) != 1:
+            known = ", ".join(self.knobs()) or "(no mechanism attached)"
+            what = "no" if not owners else f"{len(owners)}"
+            raise KeyError(f"knob {knob!r} matches {what} mechanisms; known knobs: {known}")
+        return owners[0], name
+
     def set_knobs(self, **values: Any) -> None:
         """Set knobs by ``mechanism__knob=value`` or, when unambiguous, ``knob=value``."""
         for key, value in values.items():
-            mech_name, _, knob = key.rpartition("__")
-            owners = [
-                m
-                for m in self.mechanisms
-                if (not mech_name or m.name == mech_name) and knob in m.knob_values()
-            ]
-            if len(owners) != 1:
-                raise KeyError(
-                    f"knob {key!r} matches {len(owners)} mechanisms; known: {list(self.knobs())}"
-                )
-            owners[0].set_knob(knob, value)
+            mech, name = self.resolve_knob(key)
+            mech.set_knob(name, value)
 
     # ------------------------------------------------------------------ execution
     @contextmanager
@@ -150,6 +158,20 @@ class DynamicNet(nn.Module):
         rest = self.graph.total_macs - sum(u.macs for u in self.units.values())
         trace.cost.add(rest)  # stem, head and every module that is not a unit ran for all
         return DynamicResult(logits, trace)
+
+    def detach(self) -> nn.Module:
+        """A plain copy of the backbone: every unit replaced by the module it wraps.
+
+        Gates and heads are dropped; the weights are this network's own, so in eval mode
+        the result equals the original backbone bit for bit (the dense baseline of a bench).
+        """
+        dense = copy.deepcopy(self.backbone)
+        units = [(name, m) for name, m in dense.named_modules() if isinstance(m, Unit)]
+        for name, unit in sorted(units, key=lambda t: t[0].count("."), reverse=True):
+            parent_name, _, attr = name.rpartition(".")
+            parent = dense.get_submodule(parent_name) if parent_name else dense
+            setattr(parent, attr, unit.module)
+        return dense.eval()
 
     @property
     def static_macs(self) -> int:

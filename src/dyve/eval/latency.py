@@ -67,7 +67,7 @@ def interleaved(
                 samples[name].append(dt)
     out = {}
     for name, s in samples.items():
-        q = statistics.quantiles(s, n=10) if len(s) > 1 else [s[0]] * 9
+        q = statistics.quantiles(s, n=10, method="inclusive") if len(s) > 1 else [s[0]] * 9
         out[name] = Timing(statistics.median(s), q[0], q[-1], len(s))
     return out
 

@@ -1,0 +1,213 @@
+"""Latency of a dynamic network against its dense backbone, eager and compiled, in one run.
+
+:func:`bench` times three things interleaved (same machine state, see
+:mod:`dyve.eval.latency`): the dense backbone in eager mode, the dense backbone under
+``torch.compile`` (inductor with ``freezing``: BN folded into the convs and weights
+pre-packed, the strongest dense baseline a CPU user would pick), and the dynamic network on
+the ``fast`` back-end. Batch 1 runs on one thread, one image per call, cycling through the
+given images; the large batch runs on two threads. A speedup is a ratio of medians from the
+same run. ``net.run`` over the same images gives the mean executed MACs per sample, so the
+cost reduction (static / executed) sits next to the measured speedup.
+
+``dyve bench RUN_DIR`` (see :mod:`dyve.cli.bench_cmd`) writes the result to
+``RUN_DIR/bench.json``.
+
+Mechanism & limitations: the eager paths run in NCHW without BN folding, exactly as the
+backbone was given, so "dense eager" and "dynamic" differ only by the gates. The compiled
+baseline is compiled once per batch shape and thread count and warmed up before timing;
+the dynamic network is not compiled (its control flow depends on the data).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from dyve.dynamic.net import DynamicNet
+from dyve.dynamic.save import describe
+from dyve.errors import DyveError
+from dyve.eval.latency import Timing, interleaved, machine, num_threads
+from dyve.version import __version__
+
+FORMAT = "dyve.bench/1"
+#: Inductor options of the compiled dense baseline.
+COMPILE_OPTIONS: dict[str, Any] = {"freezing": True}
+#: The timed variants, in the order they run in each round.
+VARIANTS = ("dense_eager", "dense_compiled", "dynamic")
+
+
+def _cycling(
+    fn: Callable[[torch.Tensor], Any], batches: Sequence[torch.Tensor]
+) -> Callable[[], Any]:
+    it = itertools.cycle(batches)
+    return lambda: fn(next(it))
+
+
+def _compiled(dense: nn.Module, warm: torch.Tensor) -> Callable[[torch.Tensor], Any]:
+    """``torch.compile`` of a fresh copy of ``dense`` for ``warm``'s shape, warmed up."""
+    fn = torch.compile(copy.deepcopy(dense), dynamic=False, options=COMPILE_OPTIONS)
+    try:
+        fn(warm)
+        fn(warm)
+    except Exception as exc:  # inductor needs a working C++ compiler on CPU
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DyveError(
+            f"torch.compile failed ({type(exc).__name__}: {first[:200]}); "
+            "rerun with --no-compile (compile=False) to skip the compiled baseline"
+        ) from exc
+    return fn
+
+
+def _setting(
+    net: DynamicNet,
+    dense: nn.Module,
+    batches: list[torch.Tensor],
+    *,
+    threads: int,
+    repeats: int,
+    compile: bool,
+) -> dict[str, Any]:
+    """Time one batch setting and count its executed MACs."""
+    with num_threads(threads):
+        fns: dict[str, Callable[[], Any]] = {"dense_eager": _cycling(dense, batches)}
+        if compile:
+            fns["dense_compiled"] = _cycling(_compiled(dense, batches[0]), batches)
+        fns["dynamic"] = _cycling(net, batches)
+        t = interleaved(fns, repeats=repeats)
+    res = net.run(torch.cat(batches))
+    mean_macs = float(res.macs.mean())
+    out: dict[str, Any] = {
+        "batch": int(batches[0].shape[0]),
+        "threads": threads,
+        "repeats": repeats,
+        "images": sum(int(b.shape[0]) for b in batches),
+    }
+    timings: dict[str, Timing | None] = {k: t.get(k) for k in VARIANTS}
+    for k, tk in timings.items():
+        out[f"{k}_ms"] = round(tk.median_ms, 4) if tk else None
+        out[f"{k}_p10_ms"] = round(tk.p10_ms, 4) if tk else None
+        out[f"{k}_p90_ms"] = round(tk.p90_ms, 4) if tk else None
+    dyn = t["dynamic"].median_ms
+    comp = timings["dense_compiled"]
+    out["speedup_vs_eager"] = round(t["dense_eager"].median_ms / dyn, 4)
+    out["speedup_vs_compiled"] = round(comp.median_ms / dyn, 4) if comp else None
+    out["static_macs"] = net.static_macs
+    out["mean_macs"] = mean_macs
+    out["cost_reduction"] = net.static_macs / mean_macs
+    out["cost_mode"] = res.trace.cost.cost_mode
+    return out
+
+
+def bench(
+    net: DynamicNet,
+    data_batch1: torch.Tensor,
+    data_batch64: torch.Tensor,
+    *,
+    repeats: int = 30,
+    compile: bool = True,
+    repeats_b64: int | None = None,
+    threads_b1: int = 1,
+    threads_b64: int = 2,
+) -> dict[str, Any]:
+    """Time ``net`` (fast back-end) against its dense backbone, eager and compiled.
+
+    Args:
+        net: the dynamic network (its back-end is set to ``fast`` for the run, then restored).
+        data_batch1: normalised images ``[N, C, H, W]``; each batch-1 call takes the next one
+            (cycling), so pass ``repeats`` images for each to be timed once.
+        data_batch64: one normalised batch, timed whole (its size is recorded as ``batch``).
+        repeats: timed repeats at batch 1 (median reported, with p10/p90).
+        compile: also time the dense backbone under ``torch.compile`` (else recorded null).
+        repeats_b64: timed repeats of the large batch (default ``max(3, repeats // 3)``).
+        threads_b1, threads_b64: torch intra-op threads of each setting.
+
+    Returns:
+        The ``bench.json`` content: ``b1`` and ``b64`` settings plus the run's description.
+
+    Example:
+        >>> r = bench(net, x[:30], x[:64], repeats=30)  # doctest: +SKIP
+        >>> r["b1"]["speedup_vs_compiled"], r["b1"]["cost_reduction"]  # doctest: +SKIP
+    """
+    if repeats < 1 or (repeats_b64 is not None and repeats_b64 < 1):
+        raise DyveError("repeats must be >= 1")
+    if data_batch1.dim() < 2 or len(data_batch1) == 0 or len(data_batch64) == 0:
+        raise DyveError("bench needs at least one image for each batch setting")
+    r64 = repeats_b64 if repeats_b64 is not None else max(3, repeats // 3)
+    dense = net.detach()
+    old_backend, was_training = net.backend, net.training
+    net.backend = "fast"
+    net.eval()
+    try:
+        with torch.no_grad():
+            b1 = _setting(
+                net,
+                dense,
+                [data_batch1[i : i + 1] for i in range(len(data_batch1))],
+                threads=threads_b1,
+                repeats=repeats,
+                compile=compile,
+            )
+            b64 = _setting(
+                net, dense, [data_batch64], threads=threads_b64, repeats=r64, compile=compile
+            )
+    finally:
+        net.backend = old_backend
+        net.train(was_training)
+    desc = describe(net)
+    return {
+        "format": FORMAT,
+        "dyve_version": __version__,
+        "torch": torch.__version__,
+        "machine": machine(),
+        "backbone": net.backbone_id,
+        "backbone_kwargs": desc["backbone_kwargs"],
+        "mechanisms": desc["mechanisms"],
+        "knobs": json.loads(json.dumps(net.knobs())),
+        "backend": "fast",
+        "compile": compile,
+        "compile_options": dict(COMPILE_OPTIONS) if compile else None,
+        "eager": {"memory_format": "contiguous", "bn_folded": False},
+        "static_macs": net.static_macs,
+        "b1": b1,
+        "b64": b64,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The readable table ``dyve bench`` prints."""
+
+    def ms(v: float | None) -> str:
+        return f"{v:.3f}" if v is not None else "-"
+
+    def x(v: float | None) -> str:
+        return f"{v:.2f}x" if v is not None else "-"
+
+    mechs = ", ".join(m["name"] for m in result["mechanisms"]) or "none"
+    lines = [
+        f"{result['backbone']} + {mechs}  (knobs: {result['knobs']})",
+        "times: median ms per call (p10-p90 in bench.json), interleaved in one run; "
+        "costs: MACs per sample (executed)",
+        f"{'setting':<8} {'threads':>7} {'dense eager':>11} {'dense compiled':>14} "
+        f"{'dynamic':>9} {'vs eager':>9} {'vs compiled':>11} {'MACs/sample':>12} "
+        f"{'static/exec':>11}",
+    ]
+    for key in ("b1", "b64"):
+        s = result[key]
+        lines.append(
+            f"{'b=' + str(s['batch']):<8} {s['threads']:>7} {ms(s['dense_eager_ms']):>11} "
+            f"{ms(s['dense_compiled_ms']):>14} {ms(s['dynamic_ms']):>9} "
+            f"{x(s['speedup_vs_eager']):>9} {x(s['speedup_vs_compiled']):>11} "
+            f"{s['mean_macs'] / 1e6:>10.2f} M {x(s['cost_reduction']):>11}"
+        )
+    lines.append(
+        f"static: {result['static_macs'] / 1e6:.2f} M MACs/sample; speedups are dense median / "
+        "dynamic median; static/exec = static MACs / mean executed MACs"
+    )
+    lines.append(f"machine: {result['machine']['cpu']}, torch {result['torch']}")
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""``dyve bench RUN_DIR``: time a saved dynamic network against its dense backbone.
+
+Reads ``RUN_DIR/dynamic.json`` + ``dynamic.safetensors`` (written by ``dyve.dynamic.save``),
+times it on real images (the embedded CIFAR-10 sample by default) and writes
+``RUN_DIR/bench.json`` (see :mod:`dyve.bench`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def add(sub: Any) -> None:
+    """Register ``bench`` on the ``add_subparsers`` object."""
+    p = sub.add_parser(
+        "bench",
+        help="time a saved dynamic network against its dense backbone (eager and compiled)",
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="folder of a saved dynamic net")
+    p.add_argument(
+        "--data", default=None, help="dataset id or folder:PATH (default: the embedded sample)"
+    )
+    p.add_argument("--split", default="test", help="split of --data (default: test)")
+    p.add_argument("--data-dir", default=None, help="dataset cache folder")
+    p.add_argument(
+        "--repeats", type=int, default=30, help="timed repeats at batch 1 (batch 64: a third)"
+    )
+    p.add_argument(
+        "--no-compile", action="store_true", help="skip the torch.compile baseline (null)"
+    )
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Load the run, time it, write ``bench.json`` and print the table."""
+    from dyve import data
+    from dyve._io import write_json
+    from dyve.bench import bench, format_table
+    from dyve.dynamic import load
+    from dyve.errors import DyveError
+    from dyve.models import create, model_info
+
+    run_dir: Path = args.run_dir
+    if not run_dir.is_dir():
+        raise DyveError(f"{run_dir}: no such run directory")
+    if args.repeats < 1:
+        raise DyveError(f"--repeats must be >= 1, got {args.repeats}")
+    net = load(run_dir)
+    try:
+        info = model_info(net.backbone)
+    except DyveError:
+        info = model_info(create(str(net.backbone_id), **net.backbone_kwargs))
+    if args.data is None:
+        images, source = data.load_sample(), {"dataset": "sample", "split": "test-sample"}
+    else:
+        images = data.load(args.data, args.split, args.data_dir)
+        source = {"dataset": args.data, "split": args.split}
+    if images.shape != info.input_size:
+        raise DyveError(
+            f"{source['dataset']} images are {images.shape}, "
+            f"{net.backbone_id} expects {info.input_size}"
+        )
+    if len(images) == 0:
+        raise DyveError(f"{source['dataset']}/{source['split']} holds no images")
+    n1, n64 = min(args.repeats, len(images)), min(64, len(images))
+    x = info.norm.apply(_uint8(images.images[: max(n1, n64)]))
+    result = bench(net, x[:n1], x[:n64], repeats=args.repeats, compile=not args.no_compile)
+    result["data"] = {**source, "images_b1": n1, "images_b64": n64}
+    result["run_dir"] = str(run_dir)
+    write_json(run_dir / "bench.json", result)
+    print(format_table(result))
+    print(f"wrote {run_dir / 'bench.json'}")
+    return 0
+
+
+def _uint8(a: Any) -> Any:
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a))

@@ -1,0 +1,206 @@
+"""Sweeps: run a dynamic network over a dataset at several values of one knob.
+
+For each value, :func:`sweep` sets the knob, runs :meth:`DynamicNet.run` over every batch
+and records top-1/top-5, the per-sample cost from the trace (mean, p50, p95; ``executed``
+or ``simulated``), the share of samples that ran each unit, and the batch-1 latency on one
+thread, timed interleaved with the dense backbone in the same run on a few real samples.
+A dense reference point (every mechanism's :meth:`~Mechanism.off_knobs`) comes first.
+Every knob is restored afterwards, also when the sweep fails.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from dyve.cost.accumulator import CostAccumulator
+from dyve.data.core import ImageSet
+from dyve.data.loader import Normalization, batches
+from dyve.dynamic.net import DynamicNet
+from dyve.dynamic.trace import RAN
+from dyve.eval.curve import CurvePoint, TradeoffCurve
+from dyve.eval.latency import interleaved, machine, num_threads
+
+if TYPE_CHECKING:
+    pass
+
+#: Real samples cycled through for the batch-1 latency (the same sample for both models
+#: in a round).
+LATENCY_SAMPLES = 4
+
+
+@contextmanager
+def restored_knobs(net: DynamicNet) -> Iterator[None]:
+    """Put every knob of every mechanism back to its current value when the block ends."""
+    saved = [(m, dict(m.knob_values())) for m in net.mechanisms]
+    try:
+        yield
+    finally:
+        for m, values in saved:
+            for k, v in values.items():
+                m.set_knob(k, v)
+
+
+def apply_point(net: DynamicNet, point: CurvePoint) -> None:
+    """Set every knob of ``net`` to its value at ``point`` (e.g. the operating point)."""
+    for key, value in point.knobs.items():
+        mech_name, _, knob = key.partition(".")
+        net.mechanism(mech_name).set_knob(knob, value)
+
+
+def sweep(
+    net: DynamicNet,
+    data: ImageSet,
+    knob: str,
+    values: Sequence[Any],
+    *,
+    norm: Normalization,
+    batch_size: int = 256,
+    latency_repeats: int = 10,
+    progress: bool = True,
+) -> TradeoffCurve:
+    """Measure accuracy, per-sample cost and batch-1 latency at each value of ``knob``.
+
+    Args:
+        net: the equipped network (its knobs are restored afterwards).
+        data: the images (use a validation split: the operating point is chosen on it).
+        knob: a knob name as :meth:`DynamicNet.set_knobs` takes it (``threshold`` or
+            ``block_skip__threshold``).
+        values: the knob values, in sweep order.
+        norm: the backbone's input normalisation.
+        batch_size: batch size of the accuracy and cost pass.
+        latency_repeats: timed batch-1 rounds per point (0: do not time).
+        progress: show a progress bar over the points.
+
+    Example:
+        >>> curve = sweep(net, val, "threshold", [0.2, 0.5, 1.0], norm=CIFAR_NORM)  # doctest: +SKIP
+        >>> curve.operating_point(1.0)  # doctest: +SKIP
+    """
+    from tqdm import tqdm
+
+    if not values:
+        raise ValueError("sweep needs at least one knob value")
+    if len(data) == 0:
+        raise ValueError(f"{data.name}/{data.split}: no images to sweep over")
+    if latency_repeats < 0:
+        raise ValueError(f"latency_repeats must be >= 0, got {latency_repeats}")
+    mech, name = net.resolve_knob(knob)
+    off = {f"{m.name}__{k}": v for m in net.mechanisms for k, v in m.off_knobs().items()}
+    # swept points keep every other knob at its current value (the reference turned them off)
+    now = {f"{m.name}__{k}": v for m in net.mechanisms for k, v in m.knob_values().items()}
+    now.pop(f"{mech.name}__{name}")
+    settings: list[tuple[Any, dict[str, Any], bool]] = [(mech.off_knobs()[name], off, True)]
+    settings += [(v, {**now, knob: v}, False) for v in values]
+    points = []
+    was_training = net.training
+    bar = tqdm(settings, desc=f"sweep {knob}", disable=not progress, leave=False)
+    try:
+        net.eval()
+        timer = _Timer(net, data, norm, latency_repeats) if latency_repeats else None
+        with restored_knobs(net):
+            for value, knobs, is_ref in bar:
+                net.set_knobs(**knobs)
+                points.append(_measure(net, data, norm, batch_size, knob, value, is_ref, timer))
+    finally:
+        bar.close()
+        net.train(was_training)
+    return TradeoffCurve(
+        knob=knob,
+        points=tuple(points),
+        static_macs=float(net.static_macs),
+        dataset=data.name,
+        split=data.split,
+        n=len(data),
+        backbone=net.backbone_id,
+        mechanisms=tuple(m.name for m in net.mechanisms),
+        backend=net.backend,
+        machine=machine() if timer else {},
+    )
+
+
+def _measure(
+    net: DynamicNet,
+    data: ImageSet,
+    norm: Normalization,
+    batch_size: int,
+    knob: str,
+    value: Any,
+    reference: bool,
+    timer: _Timer | None,
+) -> CurvePoint:
+    """One point: accuracy and cost over ``data`` at the current knobs, then latency."""
+    correct1 = correct5 = 0
+    cost: CostAccumulator | None = None
+    ran: dict[str, int] = {}
+    for x, y in batches(data, batch_size, norm):
+        res = net.run(x)
+        k = min(5, res.logits.shape[1])
+        top = res.logits.topk(k, dim=1).indices
+        correct1 += int((top[:, 0] == y).sum())
+        correct5 += int((top == y[:, None]).any(1).sum())
+        if cost is None:
+            cost = CostAccumulator(0, res.trace.cost.cost_mode)
+        cost.extend(res.trace.cost)
+        for unit, status in res.trace.units.items():
+            ran[unit] = ran.get(unit, 0) + int((status == RAN).sum())
+    assert cost is not None  # data is not empty
+    n = len(data)
+    s = cost.summary()
+    lat, dense_lat = timer.time() if timer is not None else (None, None)
+    macs_mean = float(s["macs_mean"])
+    return CurvePoint(
+        knob=knob,
+        value=_jsonable(value),
+        top1=100.0 * correct1 / n,
+        top5=100.0 * correct5 / n,
+        macs_mean=macs_mean,
+        macs_p50=float(s["macs_p50"]),
+        macs_p95=float(s["macs_p95"]),
+        cost_mode=cost.cost_mode,
+        latency_ms=lat,
+        dense_latency_ms=dense_lat,
+        speedup_b1=dense_lat / lat if lat and dense_lat else None,
+        cost_reduction=net.static_macs / macs_mean if macs_mean > 0 else float("inf"),
+        n=n,
+        dataset=data.name,
+        split=data.split,
+        reference=reference,
+        knobs={k: _jsonable(v) for k, v in net.knobs().items()},
+        ran_fraction={u: c / n for u, c in ran.items()},
+    )
+
+
+class _Timer:
+    """Batch-1, one-thread latency of ``net`` against its dense backbone, interleaved."""
+
+    def __init__(self, net: DynamicNet, data: ImageSet, norm: Normalization, repeats: int) -> None:
+        self.net, self.repeats = net, repeats
+        self.dense = net.detach()
+        x, _ = next(batches(data, min(LATENCY_SAMPLES, len(data)), norm))
+        self.samples = [x[i : i + 1] for i in range(len(x))]
+
+    def time(self) -> tuple[float, float]:
+        """(dynamic, dense) median ms; both see the same sample in each round."""
+        with torch.no_grad(), num_threads(1):
+            fns = {
+                "dynamic": _cycling(self.net, self.samples),
+                "dense": _cycling(self.dense, self.samples),
+            }
+            t = interleaved(fns, repeats=self.repeats, warmup=2)
+        return t["dynamic"].median_ms, t["dense"].median_ms
+
+
+def _cycling(model: nn.Module, samples: list[torch.Tensor]) -> Callable[[], Any]:
+    it = itertools.cycle(samples)
+    return lambda: model(next(it))
+
+
+def _jsonable(v: Any) -> Any:
+    """``v`` as it reads back from JSON (tuples become lists), so curves round-trip exactly."""
+    return json.loads(json.dumps(v))

@@ -1,0 +1,188 @@
+"""``dyve.bench`` and ``dyve bench``: keys of bench.json, consistency of ratios and costs.
+
+Timings are never asserted (see benchmarks/NOTES.md); only their structure and the ratios
+derived from them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import dyve.bench
+from dyve import data, models
+from dyve.bench import bench
+from dyve.cli.main import main
+from dyve.dynamic import DynamicNet, Unit, equip, load, save
+from dyve.errors import DyveError
+from dyve.mechanisms import BlockSkip
+
+TIMING = ("dense_eager", "dense_compiled", "dynamic")
+SETTING_KEYS = {
+    "batch",
+    "threads",
+    "repeats",
+    "images",
+    "speedup_vs_eager",
+    "speedup_vs_compiled",
+    "static_macs",
+    "mean_macs",
+    "cost_reduction",
+    "cost_mode",
+} | {f"{t}{s}_ms" for t in TIMING for s in ("", "_p10", "_p90")}
+TOP_KEYS = {
+    "format",
+    "dyve_version",
+    "torch",
+    "machine",
+    "backbone",
+    "backbone_kwargs",
+    "mechanisms",
+    "knobs",
+    "backend",
+    "compile",
+    "compile_options",
+    "eager",
+    "static_macs",
+    "b1",
+    "b64",
+}
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    """The first 8 sample images, normalised for the CIFAR ResNets."""
+    sample = data.load_sample()
+    return models.CIFAR_NORM.apply(torch.from_numpy(sample.images[:8]))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved resnet20 + block_skip whose threshold skips some samples but not all."""
+    torch.manual_seed(0)
+    net = equip(models.create("resnet20_cifar"), BlockSkip(threshold=0.5))
+    return save(net, tmp_path_factory.mktemp("bench") / "run")
+
+
+@pytest.fixture
+def net(run_dir: Path) -> DynamicNet:
+    return load(run_dir)
+
+
+def _check_setting(s: dict, net: DynamicNet, x: torch.Tensor, *, compiled: bool) -> None:
+    assert set(s) == SETTING_KEYS
+    for t in ("dense_eager", "dynamic"):
+        assert s[f"{t}_ms"] > 0
+    assert s["speedup_vs_eager"] == pytest.approx(s["dense_eager_ms"] / s["dynamic_ms"], rel=1e-3)
+    if compiled:
+        assert s["dense_compiled_ms"] > 0
+        assert s["speedup_vs_compiled"] == pytest.approx(
+            s["dense_compiled_ms"] / s["dynamic_ms"], rel=1e-3
+        )
+    else:
+        assert s["speedup_vs_compiled"] is None
+        assert all(s[f"dense_compiled{p}_ms"] is None for p in ("", "_p10", "_p90"))
+    net.backend = "fast"
+    mean = float(net.run(x).macs.mean())
+    assert s["mean_macs"] == pytest.approx(mean)
+    assert s["static_macs"] == net.static_macs
+    assert s["cost_reduction"] == pytest.approx(net.static_macs / mean, rel=1e-12)
+    assert s["cost_mode"] == "executed"
+    assert s["images"] == len(x)
+
+
+def test_detach_unwraps_every_unit(net: DynamicNet, images: torch.Tensor) -> None:
+    dense = net.detach()
+    assert net.units, "the fixture should have gated units"
+    assert not any(isinstance(m, Unit) for m in dense.modules())
+    assert any(isinstance(m, Unit) for m in net.modules()), "the net itself is unchanged"
+    reference = models.create("resnet20_cifar")
+    reference.load_state_dict(dense.state_dict())
+    with torch.no_grad():
+        assert torch.equal(dense(images), reference(images))
+
+
+def test_bench_keys_ratios_and_costs(net: DynamicNet, images: torch.Tensor) -> None:
+    net.backend = "emulated"
+    r = bench(net, images[:3], images, repeats=2, repeats_b64=1, compile=False, threads_b64=1)
+    assert net.backend == "emulated", "the back-end is restored"
+    assert set(r) == TOP_KEYS
+    assert r["backbone"] == "resnet20_cifar"
+    assert [m["name"] for m in r["mechanisms"]] == ["block_skip"]
+    assert r["knobs"] == {"block_skip.threshold": 0.5, "block_skip.always": []}
+    assert r["torch"] == torch.__version__
+    assert r["machine"]["cores"] >= 1
+    assert r["compile"] is False
+    assert r["compile_options"] is None
+    assert (r["b1"]["batch"], r["b1"]["threads"], r["b1"]["repeats"]) == (1, 1, 2)
+    assert (r["b64"]["batch"], r["b64"]["threads"], r["b64"]["repeats"]) == (8, 1, 1)
+    _check_setting(r["b1"], net, images[:3], compiled=False)
+    _check_setting(r["b64"], net, images, compiled=False)
+    assert 1.0 < r["b64"]["cost_reduction"] < 10.0, "threshold 0.5 skips some samples"
+    json.dumps(r)  # JSON-ready
+
+
+def test_bench_rejects_bad_arguments(net: DynamicNet, images: torch.Tensor) -> None:
+    with pytest.raises(DyveError, match="repeats"):
+        bench(net, images[:1], images, repeats=0, compile=False)
+    with pytest.raises(DyveError, match="at least one image"):
+        bench(net, images[:0], images, repeats=1, compile=False)
+
+
+def test_cli_writes_bench_json(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small = data.load_sample().subset(slice(0, 4))  # keeps the "b64" setting at 4 images
+    monkeypatch.setattr(data, "load_sample", lambda: small)
+    # one thread for the large batch: 2 threads crawl when the CPU is shared (OpenMP spin)
+    monkeypatch.setattr(dyve.bench, "bench", functools.partial(bench, threads_b64=1))
+    assert main(["bench", str(run_dir), "--no-compile", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "median" in out
+    assert "MACs" in out
+    assert "executed" in out
+    r = json.loads((run_dir / "bench.json").read_text())
+    assert set(r) == TOP_KEYS | {"data", "run_dir"}
+    assert r["data"] == {
+        "dataset": "sample",
+        "split": "test-sample",
+        "images_b1": 2,
+        "images_b64": 4,
+    }
+    net = load(run_dir)
+    x = models.CIFAR_NORM.apply(torch.from_numpy(small.images))
+    _check_setting(r["b1"], net, x[:2], compiled=False)
+    _check_setting(r["b64"], net, x, compiled=False)
+    assert r["b1"]["repeats"] == 2
+    assert r["b64"]["repeats"] == 3
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "corrupt"])
+def test_cli_errors_are_one_line(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "run"
+    if case != "missing":
+        target.mkdir()
+    if case == "corrupt":
+        (target / "dynamic.json").write_text("{not json")
+    assert main(["bench", str(target), "--no-compile", "--repeats", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dyve: error:")
+    assert len(err.splitlines()) == 1
+    assert str(target) in err
+    assert not (target / "bench.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_bench_with_compile(net: DynamicNet, images: torch.Tensor) -> None:
+    r = bench(net, images[:2], images, repeats=2, repeats_b64=1, compile=True)
+    assert r["compile"] is True
+    assert r["compile_options"] == {"freezing": True}
+    _check_setting(r["b1"], net, images[:2], compiled=True)
+    _check_setting(r["b64"], net, images, compiled=True)
