@@ -178,3 +178,11 @@ def test_demo(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "metrics.json").read_text())["rows"]
     assert {r["model"] for r in rows} == set(shipped)
     assert all(r["latency_ms_b1"] > 0 and r["macs"] > 0 for r in rows)
+
+
+def test_discover(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(capsys, "discover", "--model", "resnet20_cifar")
+    assert rc == 0
+    assert "9 blocks, 3 stages" in out
+    assert "block layer2.0" in out
+    assert "shortcut=layer2.0.shortcut" in out

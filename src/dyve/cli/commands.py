@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from dyve.cli import bench_cmd, sweep_cmd
+
 
 def add_all(sub: Any) -> None:
     """Register every sub-command on the ``add_subparsers`` object."""
@@ -15,12 +17,24 @@ def add_all(sub: Any) -> None:
     _add_cost(sub)
     _add_eval(sub)
     _add_train(sub)
-    from dyve.cli import bench_cmd
-
-    bench_cmd.add(sub)
-    from dyve.cli import sweep_cmd
-
+    _add_discover(sub)
     sweep_cmd.add(sub)
+    bench_cmd.add(sub)
+
+
+def _add_discover(sub: Any) -> None:
+    p = sub.add_parser("discover", help="sites, residual blocks and stages of a zoo model")
+    p.add_argument("--model", required=True)
+    p.set_defaults(func=cmd_discover)
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    """Print what structure discovery finds in a model."""
+    from dyve import models
+    from dyve.graph import discover
+
+    print(discover(models.create(args.model)))
+    return 0
 
 
 def _add_demo(sub: Any) -> None:

@@ -132,9 +132,9 @@ class DynamicNet(nn.Module):
 
     # ------------------------------------------------------------------ execution
     @contextmanager
-    def _running(self, trace: Trace | None, n: int) -> Iterator[None]:
+    def _running(self, trace: Trace | None) -> Iterator[None]:
         st = self._state
-        st.trace, st.rows = trace, torch.arange(n)
+        st.trace, st.rows = trace, None  # None: the tensors hold every row of the batch
         try:
             yield
         finally:
@@ -142,8 +142,7 @@ class DynamicNet(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The backbone's forward with the gates in effect: a drop-in replacement."""
-        x = args[0] if args else next(iter(kwargs.values()))
-        with self._running(None, x.shape[0]):
+        with self._running(None):
             return self.backbone(*args, **kwargs)
 
     @torch.no_grad()
@@ -153,7 +152,7 @@ class DynamicNet(nn.Module):
         n = x.shape[0]
         mode: CostMode = "simulated" if self.backend == "emulated" else "executed"
         trace = Trace.new(n, mode)
-        with self._running(trace, n):
+        with self._running(trace):
             logits = call_model(self.backbone, inputs)
         rest = self.graph.total_macs - sum(u.macs for u in self.units.values())
         trace.cost.add(rest)  # stem, head and every module that is not a unit ran for all

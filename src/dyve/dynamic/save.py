@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from dyve._io import atomic_save, write_json
+from dyve._io import atomic_save, read_json, write_json
 from dyve.dynamic.net import BACKENDS, DynamicNet
 from dyve.errors import DyveError
 from dyve.version import __version__
@@ -96,12 +96,7 @@ def load(folder: str | os.PathLike[str], backbone: nn.Module | None = None) -> D
 
 
 def _read_description(path: Path) -> dict[str, Any]:
-    try:
-        desc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DyveError(f"{path}: not found (is this a saved dynamic network?)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DyveError(f"{path}: not valid JSON ({exc})") from None
+    desc = read_json(path)
     if not isinstance(desc, dict) or desc.get("format") != FORMAT:
         raise DyveError(f"{path}: not a {FORMAT} description")
     checks: dict[str, type | tuple[type, ...]] = {

@@ -37,11 +37,13 @@ class Trace:
         """An empty trace for ``n`` samples."""
         return cls(n, CostAccumulator(n, cost_mode))
 
-    def record(self, unit: str, rows: torch.Tensor, status: torch.Tensor | int) -> None:
-        """Set the status of ``unit`` for the samples ``rows`` (indices into the batch)."""
+    def record(self, unit: str, rows: torch.Tensor | None, status: torch.Tensor | int) -> None:
+        """Set the status of ``unit`` for the samples ``rows`` (indices; None = all)."""
         if unit not in self.units:
             self.units[unit] = torch.full((self.n,), NOT_REACHED, dtype=torch.int8)
-        self.units[unit][rows] = torch.as_tensor(status, dtype=torch.int8)
+        self.units[unit][slice(None) if rows is None else rows] = torch.as_tensor(
+            status, dtype=torch.int8
+        )
 
     def decisions(self) -> dict[str, torch.Tensor]:
         """Unit statuses (copies), for comparing runs."""

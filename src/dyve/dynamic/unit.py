@@ -38,7 +38,8 @@ class RunState:
 
     backend: str = "fast"
     trace: Trace | None = None
-    #: rows of the original batch that the current tensors hold (early exits shrink it)
+    #: rows of the original batch that the current tensors hold (None = all of them;
+    #: a mechanism that drops samples mid-network, such as an early exit, narrows it)
     rows: torch.Tensor | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -109,11 +110,8 @@ class Unit(nn.Module):
     def _account(
         self, trace: Trace, rows: torch.Tensor | None, run: torch.Tensor, overhead: float
     ) -> None:
-        idx = rows if rows is not None else torch.arange(len(run))
-        trace.record(self.unit_name, idx[run], RAN)
-        trace.record(self.unit_name, idx[~run], SKIPPED)
-        trace.cost.add(self.macs, idx[run])
-        if self.skip_macs:
-            trace.cost.add(self.skip_macs, idx[~run])
-        if overhead:
-            trace.cost.add(overhead, idx)
+        # a handful of whole-vector ops: this runs once per unit per batch (see NOTES.md)
+        status = torch.where(run, RAN, SKIPPED).to(torch.int8)
+        cost = torch.where(run, float(self.macs), float(self.skip_macs)).double() + overhead
+        trace.record(self.unit_name, rows, status)
+        trace.cost.add(cost, rows)

@@ -14,14 +14,13 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from dyve._io import atomic_save, write_json
+from dyve._io import atomic_save, read_json, write_json
 from dyve.cost import CONVENTION
 from dyve.errors import DyveError
 
@@ -153,12 +152,7 @@ class TradeoffCurve:
     def from_json(cls, path: str | os.PathLike[str]) -> TradeoffCurve:
         """Read a curve written by :meth:`to_json` (the round trip is exact)."""
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise DyveError(f"{path}: file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DyveError(f"{path}: not valid JSON ({exc})") from None
+        d = read_json(path)
         try:
             return cls.from_dict(d)
         except DyveError as exc:
