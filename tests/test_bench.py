@@ -137,7 +137,7 @@ def test_cli_writes_bench_json(
     run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     small = data.load_sample().subset(slice(0, 4))  # keeps the "b64" setting at 4 images
-    monkeypatch.setattr(data, "load_sample", lambda: small)
+    monkeypatch.setattr(dyve.data.sample, "load_sample", lambda: small)
     # one thread for the large batch: 2 threads crawl when the CPU is shared (OpenMP spin)
     monkeypatch.setattr(dyve.bench, "bench", functools.partial(bench, threads_b64=1))
     assert main(["bench", str(run_dir), "--no-compile", "--repeats", "2"]) == 0

@@ -57,6 +57,8 @@ def atomic_save(path: str | os.PathLike[str], writer: Callable[[str], None]) -> 
     """
     with _temp_beside(Path(path)) as tmp:
         writer(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -21,9 +21,8 @@ the dynamic network is not compiled (its control flow depends on the data).
 from __future__ import annotations
 
 import copy
-import itertools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -32,7 +31,7 @@ from torch import nn
 from dyve.dynamic.net import DynamicNet
 from dyve.dynamic.save import describe
 from dyve.errors import DyveError
-from dyve.eval.latency import Timing, interleaved, machine, num_threads
+from dyve.eval.latency import Timing, cycling, interleaved, machine, num_threads
 from dyve.version import __version__
 
 FORMAT = "dyve.bench/1"
@@ -40,13 +39,6 @@ FORMAT = "dyve.bench/1"
 COMPILE_OPTIONS: dict[str, Any] = {"freezing": True}
 #: The timed variants, in the order they run in each round.
 VARIANTS = ("dense_eager", "dense_compiled", "dynamic")
-
-
-def _cycling(
-    fn: Callable[[torch.Tensor], Any], batches: Sequence[torch.Tensor]
-) -> Callable[[], Any]:
-    it = itertools.cycle(batches)
-    return lambda: fn(next(it))
 
 
 def _compiled(dense: nn.Module, warm: torch.Tensor) -> Callable[[torch.Tensor], Any]:
@@ -75,10 +67,10 @@ def _setting(
 ) -> dict[str, Any]:
     """Time one batch setting and count its executed MACs."""
     with num_threads(threads):
-        fns: dict[str, Callable[[], Any]] = {"dense_eager": _cycling(dense, batches)}
+        fns: dict[str, Callable[[], Any]] = {"dense_eager": cycling(dense, batches)}
         if compile:
-            fns["dense_compiled"] = _cycling(_compiled(dense, batches[0]), batches)
-        fns["dynamic"] = _cycling(net, batches)
+            fns["dense_compiled"] = cycling(_compiled(dense, batches[0]), batches)
+        fns["dynamic"] = cycling(net, batches)
         t = interleaved(fns, repeats=repeats)
     res = net.run(torch.cat(batches))
     mean_macs = float(res.macs.mean())

@@ -15,3 +15,10 @@ class DataError(DyveError):
 
 class ChecksumError(DataError):
     """A file's checksum differs from the expected one; dyve refuses to load it."""
+
+
+class UnknownNameError(DyveError, KeyError):
+    """A name (model, dataset, mechanism, knob) that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

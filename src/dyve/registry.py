@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from dyve.errors import UnknownNameError
+
 T = TypeVar("T")
 
 
@@ -43,12 +45,12 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
-        """Return the object registered as ``name`` or raise ``KeyError`` naming the options."""
+        """Return the object registered as ``name``; :class:`UnknownNameError` names the options."""
         try:
             return self._items[name]
         except KeyError:
             known = ", ".join(self._items) or "(none)"
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
     def names(self) -> list[str]:
         """Registered names in registration order."""

@@ -48,8 +48,8 @@ def test_analytic_golden_counts() -> None:
 
 
 def test_batch_costs_are_per_sample() -> None:
-    one = static_cost(Tiny(), example_input=torch.randn(1, 3, 8, 8))
-    four = static_cost(Tiny(), example_input=torch.randn(4, 3, 8, 8))
+    one = static_cost(Tiny(), example_inputs=torch.randn(1, 3, 8, 8))
+    four = static_cost(Tiny(), example_inputs=torch.randn(4, 3, 8, 8))
     assert one.total_macs == four.total_macs
     assert one.total_other == four.total_other
 

@@ -180,7 +180,11 @@ def test_save_load_refuses_bad_files(tmp_path: Path, backbone: nn.Module) -> Non
         "format": (lambda d, p: d.update(format="other/9"), "not a dyve.dynamic/1"),
         "types": (lambda d, p: d.update(mechanisms="block_skip"), "field 'mechanisms'"),
         "mech": (lambda d, p: d["mechanisms"][0].update(name="evil"), "unknown mechanism 'evil'"),
-        "config": (lambda d, p: d["mechanisms"][0]["config"].update(x=1), "bad config"),
+        "config": (lambda d, p: d["mechanisms"][0]["config"].update(x=1), "cannot rebuild"),
+        "knob": (lambda d, p: d["knobs"]["block_skip"].update(threshold="abc"), "cannot rebuild"),
+        "always": (lambda d, p: d["knobs"]["block_skip"].update(always=["stem"]), "cannot rebuild"),
+        "knobs": (lambda d, p: d["knobs"].update(block_skip=3), "must be an object"),
+        "kwargs": (lambda d, p: d.update(backbone_kwargs={"depth": 21}), "cannot rebuild"),
         "backbone": (
             lambda d, p: d.update(backbone="resnet32_cifar", backbone_kwargs={"depth": 32}),
             "do not fit",
@@ -194,3 +198,111 @@ def test_save_load_refuses_bad_files(tmp_path: Path, backbone: nn.Module) -> Non
     for name, (mutate, message) in cases.items():
         with pytest.raises(DyveError, match=message):
             load(variant(name, mutate))
+
+
+def test_conv_shortcut_costs_and_post_activation() -> None:
+    from dyve.testing.toy import toy_bottleneck_net
+
+    toy = toy_bottleneck_net()
+    x = torch.randn(3, 3, 16, 16)
+    net = equip(
+        toy,
+        BlockSkip(always=("stage1.0", "stage1.1", "stage2.0", "stage2.1")),
+        example_inputs=x[:1],
+    )
+    g = net.graph
+    down = g.block("stage2.0")
+    assert down.shortcut == "stage2.0.downsample"
+    assert down.post_act == "stage2.0.relu"  # the shared ReLU also runs after the merge
+    # 1x1 conv 8->16 at 8x8 output: 16*64*8 = 8,192 MACs, charged to skipping samples
+    assert down.shortcut_macs == 8_192
+    res = net.run(x)
+    skipped = sum(b.macs for b in g.blocks) - 8_192
+    assert torch.all(res.macs == g.total_macs - skipped)
+    # a skipped block yields relu(downsample(x)): never negative, like the dense block
+    seen: dict[str, torch.Tensor] = {}
+    net.backbone.stage2[0].register_forward_hook(lambda m, i, o: seen.update(out=o))
+    net(x)
+    assert seen["out"].min() >= 0
+    # stage1 is skipped too, so stage2.0 reads relu(stem(x)) unchanged
+    ref = torch.relu(toy.stage2[0].downsample(torch.relu(toy.stem(x))))
+    assert torch.allclose(seen["out"], ref, atol=1e-6)
+
+
+def test_branch_called_inside_the_add_is_not_the_shortcut() -> None:
+    class Res(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.body(x)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.Sequential(Res(), Res())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.blocks(x)
+
+    x = torch.randn(2, 4, 6, 6)
+    net = equip(Net(), BlockSkip(always=("blocks.0",)), example_inputs=x[:1])
+    assert net.graph.block("blocks.0").shortcut is None  # identity, not `body`
+    with torch.no_grad():
+        assert torch.equal(net(x), net.backbone.blocks[1](x))
+
+
+def test_nested_units_are_refused_and_defaults_avoid_them() -> None:
+    class Inner(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.conv(x)
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = Inner()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.inner(x)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.outer = Outer()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.outer(x)
+
+    x = torch.randn(2, 4, 6, 6)
+    net = equip(Net(), BlockSkip(), example_inputs=x[:1])
+    assert [b.name for b in net.graph.blocks] == ["outer", "outer.inner"]
+    assert list(net.units) == ["outer.inner"]  # only the innermost block is gated
+    with pytest.raises(DyveError, match="nests with"):
+        net.unit("outer")
+
+
+def test_eval_mode_input_checks_and_knob_spellings(backbone: nn.Module) -> None:
+    net = equip(backbone, BlockSkip())
+    assert not net.training
+    with pytest.raises(DyveError, match="costs were counted for"):
+        net.run(torch.randn(1, 3, 64, 64))
+    net.set_knobs(**{"block_skip.threshold": 0.2})
+    assert net.knobs()["block_skip.threshold"] == 0.2
+    net.set_knobs(always="layer1.1")  # one name, not its characters
+    assert net.mechanism("block_skip").config.always == ("layer1.1",)
+
+
+def test_save_load_keeps_model_overrides(tmp_path: Path) -> None:
+    bb = models.create("resnet20_cifar", num_classes=100)
+    net = equip(bb, BlockSkip(threshold=0.1))
+    save(net, tmp_path / "r")
+    again = load(tmp_path / "r")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert again(x).shape == (2, 100)
+        assert torch.equal(again(x), net(x))

@@ -88,8 +88,7 @@ def test_eval_run_on_the_embedded_sample(tmp_path: Path) -> None:
     from dyve import models
     from dyve.eval.run import eval_run
 
-    if "resnet20_cifar" not in models.shipped_models():
-        pytest.skip("resnet20_cifar weights are not shipped yet")
+    assert "resnet20_cifar" in models.shipped_models()
     m = eval_run("resnet20_cifar", "sample", "test", tmp_path, progress=False)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == m

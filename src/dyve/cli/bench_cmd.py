@@ -48,24 +48,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise DyveError(f"--repeats must be >= 1, got {args.repeats}")
     net = load(run_dir)
-    try:
-        info = model_info(net.backbone)
-    except DyveError:
-        info = model_info(create(str(net.backbone_id), **net.backbone_kwargs))
-    if args.data is None:
-        images, source = data.load_sample(), {"dataset": "sample", "split": "test-sample"}
-    else:
-        images = data.load(args.data, args.split, args.data_dir)
-        source = {"dataset": args.data, "split": args.split}
-    if images.shape != info.input_size:
-        raise DyveError(
-            f"{source['dataset']} images are {images.shape}, "
-            f"{net.backbone_id} expects {info.input_size}"
-        )
-    if len(images) == 0:
-        raise DyveError(f"{source['dataset']}/{source['split']} holds no images")
+    info = model_info(create(str(net.backbone_id), **net.backbone_kwargs))
+    dataset = args.data or "sample"
+    images = data.load_images(dataset, args.split, args.data_dir, shape=info.input_size)
+    source = {"dataset": dataset, "split": images.split}
     n1, n64 = min(args.repeats, len(images)), min(64, len(images))
-    x = info.norm.apply(_uint8(images.images[: max(n1, n64)]))
+    x, _ = next(data.batches(images, max(n1, n64), info.norm))
     result = bench(net, x[:n1], x[:n64], repeats=args.repeats, compile=not args.no_compile)
     result["data"] = {**source, "images_b1": n1, "images_b64": n64}
     result["run_dir"] = str(run_dir)
@@ -73,10 +61,3 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(format_table(result))
     print(f"wrote {run_dir / 'bench.json'}")
     return 0
-
-
-def _uint8(a: Any) -> Any:
-    import numpy as np
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(a))

@@ -34,9 +34,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DyveError as exc:
         print(f"dyve: error: {exc}", file=sys.stderr)
         return 2
-    except KeyError as exc:  # unknown registry names
-        print(f"dyve: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("dyve: interrupted", file=sys.stderr)
         return 130

@@ -76,22 +76,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from dyve.version import __version__
 
     _check_numbers(args)
-    try:
-        mech_cls = MECHANISMS.get(args.mechanism)
-    except KeyError as exc:
-        raise DyveError(exc.args[0]) from None
-    mech = build_mechanism(mech_cls, args.set)
+    mech = build_mechanism(MECHANISMS.get(args.mechanism), args.set)
     values = parse_values(args.values)
-    images = _load_images(args)
-    try:
-        backbone = create(args.model, pretrained=args.weights if args.weights else True)
-    except KeyError as exc:
-        raise DyveError(exc.args[0]) from None
+    backbone = create(args.model, pretrained=args.weights if args.weights else True)
     info = model_info(backbone)
-    if images.shape != info.input_size:
-        raise DyveError(
-            f"{args.data} images are {images.shape}, {args.model} expects {info.input_size}"
-        )
+    images = _load_images(args, info.input_size)
     try:
         net = equip(backbone, mech, backend=args.backend)
     except (ValueError, TypeError) as exc:
@@ -238,24 +227,18 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise DyveError(f"--budget must be >= 0 (top-1 points), got {args.budget}")
 
 
-def _load_images(args: argparse.Namespace) -> ImageSet:
+def _load_images(args: argparse.Namespace, shape: tuple[int, int, int]) -> ImageSet:
     from dyve import data as dyve_data
 
-    if args.data == "sample":
-        images = dyve_data.load_sample()
-    else:
-        if args.split == "test":
-            print(
-                "dyve: warning: sweeping on test chooses an operating point on test data; "
-                "use --split val for calibration",
-                file=sys.stderr,
-            )
-        images = dyve_data.load(args.data, args.split, args.data_dir)
-    if args.limit is not None:
-        images = images.subset(slice(0, args.limit))
-    if len(images) == 0:
-        raise DyveError(f"{args.data}/{images.split}: no images")
-    return images
+    if args.data != "sample" and args.split == "test":
+        print(
+            "dyve: warning: sweeping on test chooses an operating point on test data; "
+            "use --split val for calibration",
+            file=sys.stderr,
+        )
+    return dyve_data.load_images(
+        args.data, args.split, args.data_dir, limit=args.limit, shape=shape
+    )
 
 
 def _check_knob(net: DynamicNet, knob: str, values: list[Any]) -> str:

@@ -57,9 +57,9 @@ class CostAccumulator:
         selected sample.
         """
         idx = slice(None) if where is None else where.to("cpu")
-        self.macs[idx] += torch.as_tensor(macs, dtype=torch.float64)
+        self.macs[idx] += torch.as_tensor(macs, dtype=torch.float64).cpu()
         if not (isinstance(scalar_ops, float | int) and scalar_ops == 0):
-            self.scalar_ops[idx] += torch.as_tensor(scalar_ops, dtype=torch.float64)
+            self.scalar_ops[idx] += torch.as_tensor(scalar_ops, dtype=torch.float64).cpu()
 
     def extend(self, other: CostAccumulator) -> None:
         """Append another batch's samples (cost modes must match, or the result is simulated)."""

@@ -22,12 +22,15 @@ from typing import Any
 
 import torch
 
+from dyve.registry import Registry
+
 aten = torch.ops.aten
 
 #: A handle gets the op's positional args and its output; returns (MACs, other ops).
 Handle = Callable[[Sequence[Any], Any], tuple[int, int]]
 
-_HANDLES: dict[Any, Handle] = {}
+#: Handles keyed by the op's name, e.g. ``"aten.convolution"``.
+HANDLES: Registry[Handle] = Registry("cost handle")
 #: Ops that move or reinterpret data without arithmetic (counted as free, not unsupported).
 FREE_OPS = {
     aten.view,
@@ -92,15 +95,13 @@ FREE_OPS = {
 
 def register_handle(op: Any, fn: Handle, *, replace: bool = False) -> None:
     """Register the cost formula of an aten op (overload packet, e.g. ``aten.convolution``)."""
-    if op in _HANDLES and not replace:
-        raise KeyError(f"a cost handle for {op} exists; pass replace=True to override it")
-    _HANDLES[op] = fn
+    HANDLES.add(str(op), fn, replace=replace)
 
 
 def get_handle(op: Any) -> Handle | None:
     """The handle of an op overload or packet, or None."""
-    packet = getattr(op, "overloadpacket", op)
-    return _HANDLES.get(packet)
+    name = str(getattr(op, "overloadpacket", op))
+    return HANDLES.get(name) if name in HANDLES else None
 
 
 def _numel(t: Any) -> int:

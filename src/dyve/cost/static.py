@@ -89,34 +89,34 @@ class CostTable:
 def static_cost(
     model: nn.Module,
     input_shape: tuple[int, ...] | None = None,
-    example_input: torch.Tensor | None = None,
+    example_inputs: torch.Tensor | None = None,
 ) -> CostTable:
     """Count the per-sample static cost of ``model``.
 
     Args:
         model: any module; run in eval mode on a batch of one.
         input_shape: ``(C, H, W)``; default: ``model.dyve_info.input_size``.
-        example_input: a batch to use instead (costs are divided by its batch size).
+        example_inputs: a batch to use instead (costs are divided by its batch size).
 
     Example:
         >>> t = static_cost(dyve.models.create("resnet20_cifar"))  # doctest: +SKIP
         >>> t.total_macs
-        40551424
+        40551040
     """
-    if example_input is None:
+    if example_inputs is None:
         if input_shape is None:
             info = getattr(model, "dyve_info", None)
             if info is None:
-                raise ValueError("give input_shape or example_input for a model not from the zoo")
+                raise ValueError("give input_shape or example_inputs for a model not from the zoo")
             input_shape = info.input_size
         p = next(model.parameters(), None)
-        example_input = torch.zeros((1, *input_shape), device=p.device if p is not None else "cpu")
-    n = example_input.shape[0]
+        example_inputs = torch.zeros((1, *input_shape), device=p.device if p is not None else "cpu")
+    n = example_inputs.shape[0]
     was_training = model.training
     model.eval()
     try:
         with CostCounter(model) as cc:
-            model(example_input)
+            model(example_inputs)
     finally:
         model.train(was_training)
     modules = dict(model.named_modules())
@@ -141,6 +141,6 @@ def static_cost(
         tuple(rows),
         cc.total_macs // n,
         cc.total_other // n,
-        tuple(example_input.shape[1:]),
+        tuple(example_inputs.shape[1:]),
         cc.unsupported_ops(),
     )

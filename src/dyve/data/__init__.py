@@ -14,6 +14,7 @@ from dyve.data.core import (
     data_dir,
     is_prepared,
     load,
+    load_images,
     prepare,
 )
 from dyve.data.loader import Normalization, augment_crop_flip, batches
@@ -32,6 +33,7 @@ __all__ = [
     "data_dir",
     "is_prepared",
     "load",
+    "load_images",
     "load_sample",
     "prepare",
 ]

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from dyve._io import file_digest, verify_digest
-from dyve.data.core import DATASETS, DatasetSpec, data_dir, find_file, save_parts
+from dyve.data.core import DATASETS, DatasetSpec, find_file, load_npz, save_parts
 from dyve.errors import ChecksumError, DataError
 
 CLASSES = (
@@ -168,7 +168,7 @@ def _prepare_python(dirs: list[Path], out: Path, verify: bool) -> None:
     try:
         path = find_file(dirs, (ARCHIVE, "cifar-10-batches-py"))
     except DataError:
-        path = download(data_dir() / "downloads")
+        path = download(out.parent / "downloads")
     arrays = read_python_archive(path, verify)
     save_parts(out, {k: (x, y, None) for k, (x, y) in arrays.items()}, {"archive": str(path)})
 
@@ -224,22 +224,11 @@ def _checked(path: Path, verify: bool) -> Path:
     return path
 
 
-def _load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path) as z:
-            missing = [k for k in keys if k not in z.files]
-            if missing:
-                raise DataError(f"{path}: missing arrays {missing}; expected {list(keys)}")
-            return {k: z[k] for k in keys}
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
-
-
 def _prepare_jpeg(dirs: list[Path], out: Path, verify: bool) -> None:
     sub = ("cifar10-jpeg",)
     tar_path = _checked(find_file(dirs, ("cifar10_jpeg.tar.gz",), sub), verify)
     lab_path = _checked(find_file(dirs, ("cifar10_labels_canonical.npz",), sub), verify)
-    lab = _load_npz(lab_path, ("y_train", "y_test"))
+    lab = load_npz(lab_path, ("y_train", "y_test"))
     arrays = decode_jpeg_tree(tar_path, lab["y_train"], lab["y_test"])
     save_parts(
         out,
@@ -254,7 +243,7 @@ def _prepare_exact(dirs: list[Path], out: Path, verify: bool) -> None:
         find_file(dirs, ("cifar10_exact_partial.npz",), ("cifar10-exact-partial",)), verify
     )
     keys = tuple(f"{p}_data_batch_{i}" for p in "xy" for i in range(1, 6))
-    z = _load_npz(path, (*keys, "x_test_batch", "y_test_batch"))
+    z = load_npz(path, (*keys, "x_test_batch", "y_test_batch"))
     xs, ys, idx = [], [], []
     for i in range(1, 6):
         x = z[f"x_data_batch_{i}"]

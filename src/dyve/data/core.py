@@ -267,3 +267,45 @@ def find_file(dirs: list[Path], names: tuple[str, ...], subdirs: tuple[str, ...]
                     return p
     looked = ", ".join(str(d) for d in dirs)
     raise DataError(f"could not find {' or '.join(names)} in {looked}")
+
+
+def load_images(
+    name: str,
+    split: str,
+    root: str | os.PathLike[str] | None = None,
+    *,
+    limit: int | None = None,
+    shape: tuple[int, int, int] | None = None,
+) -> ImageSet:
+    """Images for a command: ``name`` may be ``sample`` (the embedded sample) or ``folder:ROOT``.
+
+    Keeps the first ``limit`` images, and refuses an empty result or images whose
+    ``(C, H, W)`` differ from ``shape`` with one clear :class:`DataError`.
+    """
+    if name == "sample":
+        from dyve.data.sample import load_sample
+
+        images = load_sample()
+    else:
+        images = load(name, split, root)
+    if limit is not None:
+        if limit < 1:
+            raise DataError(f"limit must be >= 1, got {limit}")
+        images = images.subset(slice(0, limit))
+    if len(images) == 0:
+        raise DataError(f"{name}/{images.split}: no images")
+    if shape is not None and images.shape != tuple(shape):
+        raise DataError(f"{name} images are {images.shape}, the model expects {tuple(shape)}")
+    return images
+
+
+def load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of an ``.npz`` file, with one clear error if any is missing."""
+    try:
+        with np.load(path) as z:
+            missing = [k for k in keys if k not in z.files]
+            if missing:
+                raise DataError(f"{path}: missing arrays {missing}; expected {list(keys)}")
+            return {k: z[k] for k in keys}
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None

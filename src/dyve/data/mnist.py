@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dyve._io import verify_digest
-from dyve.data.core import DATASETS, DatasetSpec, find_file, save_parts
+from dyve.data.core import DATASETS, DatasetSpec, find_file, load_npz, save_parts
 from dyve.errors import DataError
 
 CLASSES = tuple(str(i) for i in range(10))
@@ -74,8 +74,7 @@ def _prepare(dirs: list[Path], out: Path, verify: bool) -> None:
         find_file(dirs, ("train-images-idx3-ubyte.gz", "train-images-idx3-ubyte"), ("mnist",))
     except DataError:  # only a missing file falls back; a corrupt one is an error
         partial = find_file(dirs, ("mnist_train_partial.npz",), ("mnist",))
-        with np.load(partial) as z:
-            x_train = z["x_train"]
+        x_train = load_npz(partial, ("x_train",))["x_train"]
         source = str(partial)
     else:
         x_train = _read(dirs, "train-images-idx3-ubyte", verify)

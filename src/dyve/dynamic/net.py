@@ -18,7 +18,9 @@ from torch import nn
 from dyve.cost.accumulator import CostMode
 from dyve.dynamic.trace import DynamicResult, Trace
 from dyve.dynamic.unit import RunState, Unit
-from dyve.graph.discover import BlockGraph, ExampleInputs, call_model, discover
+from dyve.errors import DyveError, UnknownNameError
+from dyve.graph.blocks import BlockGraph
+from dyve.graph.discover import ExampleInputs, call_model, discover, first_tensor
 
 if TYPE_CHECKING:
     from dyve.mechanisms.base import Mechanism
@@ -55,6 +57,7 @@ class DynamicNet(nn.Module):
         self.mechanisms: list[Mechanism] = []
         self.units: dict[str, Unit] = {}
         self._state = RunState(backend=backend)
+        self.eval()  # like the backbone copy; training code calls .train() explicitly
 
     # ------------------------------------------------------------------ structure
     @property
@@ -73,13 +76,24 @@ class DynamicNet(nn.Module):
         if name in self.units:
             return self.units[name]
         block = self.graph.block(name)  # a block that changes shape always has a shortcut
+        nested = [u for u in self.units if u.startswith(name + ".") or name.startswith(u + ".")]
+        if nested:
+            raise DyveError(f"block {name} nests with the gated block {nested[0]}; gate only one")
         parent_name, _, attr = name.rpartition(".")
         parent = self.backbone.get_submodule(parent_name) if parent_name else self.backbone
         original = getattr(parent, attr)
-        skip_path = block.shortcut[len(name) + 1 :] if block.shortcut else None
-        skip_macs = self.graph.module_macs.get(block.shortcut, 0) if block.shortcut else 0
+
+        def relative(path: str | None) -> str | None:
+            return path[len(name) + 1 :] if path else None
+
         u = Unit(
-            name, original, self._state, macs=block.macs, skip_path=skip_path, skip_macs=skip_macs
+            name,
+            original,
+            self._state,
+            macs=block.macs,
+            skip_path=relative(block.shortcut),
+            skip_macs=block.shortcut_macs,
+            skip_act=relative(block.post_act),
         )
         setattr(parent, attr, u)
         self.units[name] = u
@@ -108,11 +122,15 @@ class DynamicNet(nn.Module):
         return {f"{m.name}.{k}": v for m in self.mechanisms for k, v in m.knob_values().items()}
 
     def resolve_knob(self, knob: str) -> tuple[Mechanism, str]:
-        """The mechanism owning ``knob`` (``knob`` or ``mechanism__knob``) and the bare name.
+        """The mechanism owning ``knob`` and the bare knob name.
+
+        ``knob`` is ``name``, ``mechanism.name`` (as :meth:`knobs` lists them) or
+        ``mechanism__name`` (usable as a Python keyword in :meth:`set_knobs`).
 
         Raises ``KeyError`` naming the known knobs when it matches no or several mechanisms.
         """
-        mech_name, _, name = knob.rpartition("__")
+        sep = "__" if "__" in knob else "."
+        mech_name, _, name = knob.rpartition(sep)
         owners = [
             m
             for m in self.mechanisms
@@ -121,7 +139,7 @@ class DynamicNet(nn.Module):
         if len(owners) != 1:
             known = ", ".join(self.knobs()) or "(no mechanism attached)"
             what = "no" if not owners else f"{len(owners)}"
-            raise KeyError(f"knob {knob!r} matches {what} mechanisms; known knobs: {known}")
+            raise UnknownNameError(f"knob {knob!r} matches {what} mechanisms; known knobs: {known}")
         return owners[0], name
 
     def set_knobs(self, **values: Any) -> None:
@@ -148,7 +166,14 @@ class DynamicNet(nn.Module):
     @torch.no_grad()
     def run(self, inputs: ExampleInputs) -> DynamicResult:
         """Logits plus the per-sample trace of what ran and its cost."""
-        x = inputs if isinstance(inputs, torch.Tensor) else _first(inputs)
+        x = first_tensor(inputs)
+        if x is None:
+            raise DyveError("run() needs at least one tensor input")
+        if tuple(x.shape[1:]) != self.graph.input_shape:
+            raise DyveError(
+                f"input of shape {list(x.shape[1:])}, but costs were counted for "
+                f"{list(self.graph.input_shape)}; equip with example_inputs of this size"
+            )
         n = x.shape[0]
         mode: CostMode = "simulated" if self.backend == "emulated" else "executed"
         trace = Trace.new(n, mode)
@@ -188,14 +213,6 @@ class DynamicNet(nn.Module):
             f"backbone={self.backbone_id}, backend={self.backend}, "
             f"mechanisms=[{mechs}], units={len(self.units)}"
         )
-
-
-def _first(inputs: Sequence[Any] | dict[str, Any]) -> torch.Tensor:
-    vals = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
-    for v in vals:
-        if isinstance(v, torch.Tensor):
-            return v
-    raise TypeError("run() needs at least one tensor input")
 
 
 def equip(

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from dyve._io import atomic_save, read_json, write_json
@@ -35,6 +36,7 @@ def describe(net: DynamicNet) -> dict[str, Any]:
         "backbone": net.backbone_id,
         "backbone_kwargs": net.backbone_kwargs,
         "backend": net.backend,
+        "input_shape": list(net.graph.input_shape),
         "mechanisms": [{"name": m.name, "config": m.config_dict()} for m in net.mechanisms],
         "knobs": {m.name: m.knob_values() for m in net.mechanisms},
     }
@@ -65,23 +67,31 @@ def load(folder: str | os.PathLike[str], backbone: nn.Module | None = None) -> D
     from dyve.models import create
 
     folder = Path(folder)
-    desc = _read_description(folder / DESCRIPTION)
-    if backbone is None:
-        if not desc["backbone"]:
-            raise DyveError(f"{folder}: the backbone is not a zoo model; pass backbone=")
-        backbone = create(desc["backbone"], **desc["backbone_kwargs"])
-    net = DynamicNet(backbone, backend=desc["backend"], backbone_id=desc["backbone"])
-    for m in desc["mechanisms"]:
-        if m["name"] not in MECHANISMS:
-            raise DyveError(f"{folder / DESCRIPTION}: unknown mechanism {m['name']!r}")
-        cls = MECHANISMS.get(m["name"])
-        try:
-            mech = cls.from_config_dict(m["config"])
-        except (TypeError, ValueError) as exc:
-            raise DyveError(f"{folder / DESCRIPTION}: bad config for {m['name']}: {exc}") from None
-        net.attach(mech)
-        for knob, value in desc["knobs"].get(m["name"], {}).items():
-            mech.set_knob(knob, value)
+    where = folder / DESCRIPTION
+    desc = _read_description(where)
+    try:
+        if backbone is None:
+            if not desc["backbone"]:
+                raise DyveError(f"{folder}: the backbone is not a zoo model; pass backbone=")
+            backbone = create(desc["backbone"], **desc["backbone_kwargs"])
+        example = torch.zeros(1, *desc["input_shape"])
+        net = DynamicNet(
+            backbone, example_inputs=example, backend=desc["backend"], backbone_id=desc["backbone"]
+        )
+        for m in desc["mechanisms"]:
+            if m["name"] not in MECHANISMS:
+                raise DyveError(f"{where}: unknown mechanism {m['name']!r}")
+            mech = MECHANISMS.get(m["name"]).from_config_dict(m["config"])
+            net.attach(mech)
+            knobs = desc["knobs"].get(m["name"], {})
+            if not isinstance(knobs, dict):
+                raise DyveError(f"{where}: knobs of {m['name']} must be an object")
+            for knob, value in knobs.items():
+                mech.set_knob(knob, value)
+    except DyveError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
+        raise DyveError(f"{where}: cannot rebuild the network it describes: {exc}") from None
     try:
         tensors = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError) as exc:
@@ -105,6 +115,7 @@ def _read_description(path: Path) -> dict[str, Any]:
         "backend": str,
         "mechanisms": list,
         "knobs": dict,
+        "input_shape": list,
     }
     for key, typ in checks.items():
         if not isinstance(desc.get(key), typ):

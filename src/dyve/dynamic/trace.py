@@ -41,9 +41,8 @@ class Trace:
         """Set the status of ``unit`` for the samples ``rows`` (indices; None = all)."""
         if unit not in self.units:
             self.units[unit] = torch.full((self.n,), NOT_REACHED, dtype=torch.int8)
-        self.units[unit][slice(None) if rows is None else rows] = torch.as_tensor(
-            status, dtype=torch.int8
-        )
+        idx = slice(None) if rows is None else rows.cpu()
+        self.units[unit][idx] = torch.as_tensor(status, dtype=torch.int8).cpu()
 
     def decisions(self) -> dict[str, torch.Tensor]:
         """Unit statuses (copies), for comparing runs."""

@@ -2,9 +2,10 @@
 
 The unit holds the original module and the gates that mechanisms attached to it. For each
 batch, every gate returns a per-sample bool "run" decision (or None: run all); the unit
-runs where all gates agree. Samples that skip get the unit's *skip output*: the input
-itself, or the block's shortcut for a downsampling residual block (for a post-activation
-ResNet, ``relu(shortcut(x)) == shortcut(x)`` because ``x >= 0``).
+runs where all gates agree. Samples that skip get the unit's *skip output*: what the block
+computes with its residual branch removed, ``act(shortcut(x))`` (the shortcut is the input
+itself for an identity shortcut; ``act`` is the block's activation after the merge, if it
+is a module).
 
 Back-ends: ``emulated`` computes everyone and masks (cost ``simulated``); ``fast`` runs
 only the rows that need it (cost ``executed``); at batch 1 that is a plain ``if``.
@@ -12,7 +13,7 @@ only the rows that need it (cost ``executed``); at batch 1 that is a plain ``if`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -29,7 +30,7 @@ class Gate(Protocol):
         """Bool ``[N]`` (True = run) for the batch ``x``, or None when the gate is off."""
 
     def overhead_macs(self, x: torch.Tensor) -> float:
-        """MACs the decision itself costs per sample (0 for statistic-only gates)."""
+        """MACs the decision costs per sample when the gate is on (0 for statistics only)."""
 
 
 @dataclass
@@ -41,7 +42,6 @@ class RunState:
     #: rows of the original batch that the current tensors hold (None = all of them;
     #: a mechanism that drops samples mid-network, such as an early exit, narrows it)
     rows: torch.Tensor | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class Unit(nn.Module):
@@ -56,38 +56,50 @@ class Unit(nn.Module):
         macs: int,
         skip_path: str | None = None,
         skip_macs: int = 0,
+        skip_act: str | None = None,
     ) -> None:
         super().__init__()
-        self.unit_name = name
+        self.name = name
         self.module = module
         self.macs = macs
         self.skip_macs = skip_macs
         self.skip_path = skip_path  # submodule of `module` giving the skip output; None = identity
+        self.skip_act = skip_act  # submodule of `module` applied after the merge; None = none
         self.gates = nn.ModuleDict()
         self._state = state
 
     def skip_output(self, x: torch.Tensor) -> torch.Tensor:
-        """What a skipping sample gets: the shortcut's output, or the input itself."""
-        if self.skip_path is None:
-            return x
-        out: torch.Tensor = self.module.get_submodule(self.skip_path)(x)
+        """What a skipping sample gets: ``act(shortcut(x))``."""
+        out: torch.Tensor = x
+        if self.skip_path is not None:
+            out = self.module.get_submodule(self.skip_path)(out)
+        if self.skip_act is not None:
+            act = self.module.get_submodule(self.skip_act)
+            if out is x and getattr(act, "inplace", False):
+                out = out.clone()  # never modify the block's input in place
+            out = act(out)
         return out
 
     def add_gate(self, mechanism: str, gate: nn.Module) -> None:
         """Attach a mechanism's gate (one per mechanism)."""
         if mechanism in self.gates:
-            raise ValueError(f"{self.unit_name}: {mechanism} already gates this unit")
+            raise ValueError(f"{self.name}: {mechanism} already gates this unit")
         self.gates[mechanism] = gate
 
     def decide(self, x: torch.Tensor) -> tuple[torch.Tensor | None, float]:
-        """AND of all gates' decisions, and the summed per-sample gate overhead."""
+        """AND of all gates' decisions, and the summed per-sample overhead of active gates.
+
+        A gate that returns None is off: it neither decides nor costs anything.
+        """
         run: torch.Tensor | None = None
         overhead = 0.0
         for gate in self.gates.values():
             d = gate.decide(x)  # type: ignore[operator]
+            if d is None:
+                continue
             overhead += float(gate.overhead_macs(x))  # type: ignore[operator]
-            if d is not None:
-                run = d if run is None else run & d
+            d = d.to(device=x.device, dtype=torch.bool)
+            run = d if run is None else run & d
         return run, overhead
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,5 +125,5 @@ class Unit(nn.Module):
         # a handful of whole-vector ops: this runs once per unit per batch (see NOTES.md)
         status = torch.where(run, RAN, SKIPPED).to(torch.int8)
         cost = torch.where(run, float(self.macs), float(self.skip_macs)).double() + overhead
-        trace.record(self.unit_name, rows, status)
+        trace.record(self.name, rows, status)
         trace.cost.add(cost, rows)

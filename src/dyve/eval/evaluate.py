@@ -10,6 +10,7 @@ from torch import nn
 
 from dyve.data.core import ImageSet
 from dyve.data.loader import Normalization, batches
+from dyve.errors import DyveError
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,12 @@ class Accuracy:
     top1: float
     top5: float
     predictions: np.ndarray
+
+
+def topk_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[int, int, torch.Tensor]:
+    """Correct top-1 and top-5 counts of a batch (top-k capped at the class count), and top-1."""
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    return int((top[:, 0] == y).sum()), int((top == y[:, None]).any(1).sum()), top[:, 0]
 
 
 @torch.no_grad()
@@ -40,6 +47,8 @@ def evaluate(
     """
     from tqdm import tqdm
 
+    if batch_size < 1:
+        raise DyveError(f"batch size must be >= 1, got {batch_size}")
     was_training = model.training
     model.eval()
     preds, correct1, correct5 = [], 0, 0
@@ -47,13 +56,10 @@ def evaluate(
     bar = tqdm(it, total=-(-len(data) // batch_size), desc=desc, disable=not progress, leave=False)
     try:
         for x, y in bar:
-            logits = model(x.to(device))
-            y = y.to(device)
-            k = min(5, logits.shape[1])
-            top = logits.topk(k, dim=1).indices
-            correct1 += int((top[:, 0] == y).sum())
-            correct5 += int((top == y[:, None]).any(1).sum())
-            preds.append(top[:, 0].cpu().numpy())
+            c1, c5, top1 = topk_correct(model(x.to(device)), y.to(device))
+            correct1 += c1
+            correct5 += c5
+            preds.append(top1.cpu().numpy())
     finally:
         model.train(was_training)
     n = len(data)

@@ -8,10 +8,11 @@ a ratio measured under the same machine state.
 
 from __future__ import annotations
 
+import itertools
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -32,6 +33,12 @@ class Timing:
     def as_dict(self) -> dict[str, float]:
         """JSON-ready form."""
         return {k: round(v, 4) for k, v in self.__dict__.items()}
+
+
+def cycling(fn: Callable[[Any], Any], items: Sequence[Any]) -> Callable[[], Any]:
+    """A no-argument callable that applies ``fn`` to the next item, round and round."""
+    it = itertools.cycle(items)
+    return lambda: fn(next(it))
 
 
 @contextmanager

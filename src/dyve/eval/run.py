@@ -45,14 +45,7 @@ def eval_run(
     }
     net = create(model, pretrained=weights if weights else True)
     info = model_info(net)
-    if dataset == "sample":
-        images = dyve_data.load_sample()
-    else:
-        images = dyve_data.load(dataset, split, data_root)
-    if images.shape != info.input_size:
-        from dyve.errors import DyveError
-
-        raise DyveError(f"{dataset} images are {images.shape}, {model} expects {info.input_size}")
+    images = dyve_data.load_images(dataset, split, data_root, shape=info.input_size)
     acc = evaluate(net, images, info.norm, batch_size=batch_size, progress=progress, desc=model)
     table = static_cost(net)
     # A static network runs every layer for every sample: executed cost = static cost.

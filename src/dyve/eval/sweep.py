@@ -10,14 +10,12 @@ Every knob is restored afterwards, also when the sweep fails.
 
 from __future__ import annotations
 
-import itertools
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch import nn
 
 from dyve.cost.accumulator import CostAccumulator
 from dyve.data.core import ImageSet
@@ -25,10 +23,8 @@ from dyve.data.loader import Normalization, batches
 from dyve.dynamic.net import DynamicNet
 from dyve.dynamic.trace import RAN
 from dyve.eval.curve import CurvePoint, TradeoffCurve
-from dyve.eval.latency import interleaved, machine, num_threads
-
-if TYPE_CHECKING:
-    pass
+from dyve.eval.evaluate import topk_correct
+from dyve.eval.latency import cycling, interleaved, machine, num_threads
 
 #: Real samples cycled through for the batch-1 latency (the same sample for both models
 #: in a round).
@@ -140,10 +136,9 @@ def _measure(
     ran: dict[str, int] = {}
     for x, y in batches(data, batch_size, norm):
         res = net.run(x)
-        k = min(5, res.logits.shape[1])
-        top = res.logits.topk(k, dim=1).indices
-        correct1 += int((top[:, 0] == y).sum())
-        correct5 += int((top == y[:, None]).any(1).sum())
+        c1, c5, _ = topk_correct(res.logits, y)
+        correct1 += c1
+        correct5 += c5
         if cost is None:
             cost = CostAccumulator(0, res.trace.cost.cost_mode)
         cost.extend(res.trace.cost)
@@ -189,16 +184,11 @@ class _Timer:
         """(dynamic, dense) median ms; both see the same sample in each round."""
         with torch.no_grad(), num_threads(1):
             fns = {
-                "dynamic": _cycling(self.net, self.samples),
-                "dense": _cycling(self.dense, self.samples),
+                "dynamic": cycling(self.net, self.samples),
+                "dense": cycling(self.dense, self.samples),
             }
             t = interleaved(fns, repeats=self.repeats, warmup=2)
         return t["dynamic"].median_ms, t["dense"].median_ms
-
-
-def _cycling(model: nn.Module, samples: list[torch.Tensor]) -> Callable[[], Any]:
-    it = itertools.cycle(samples)
-    return lambda: model(next(it))
 
 
 def _jsonable(v: Any) -> Any:

@@ -19,9 +19,8 @@ something other than one tensor get ``example_inputs`` as a tuple (positional) o
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -29,98 +28,10 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dyve.cost.counter import CostCounter
+from dyve.graph.blocks import Block, BlockGraph, Site, Stage
 
 ExampleInputs = torch.Tensor | tuple[Any, ...] | dict[str, Any]
 _ADD_OPS = {torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor}
-
-
-@dataclass(frozen=True)
-class Site:
-    """A conv/linear layer a mechanism can act on, with its BN and activation."""
-
-    name: str
-    kind: str
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    macs: int
-    bn: str | None = None
-    act: str | None = None
-    block: str | None = None
-
-
-@dataclass(frozen=True)
-class Block:
-    """A residual block: ``merge(branch(x), shortcut(x))``."""
-
-    name: str
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    macs: int
-    sites: tuple[str, ...]
-    shortcut: str | None
-    stage: str | None = None
-
-    @property
-    def downsamples(self) -> bool:
-        """True when the block changes the shape (its residual branch cannot be dropped alone)."""
-        return self.in_shape != self.out_shape
-
-
-@dataclass(frozen=True)
-class Stage:
-    """Consecutive blocks (or declared stage modules) ending at one exit point."""
-
-    name: str
-    blocks: tuple[str, ...]
-    out_shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class BlockGraph:
-    """What discovery found; immutable, with a readable table as ``str``."""
-
-    model_type: str
-    input_shape: tuple[int, ...]
-    total_macs: int
-    sites: tuple[Site, ...]
-    blocks: tuple[Block, ...]
-    stages: tuple[Stage, ...]
-    exit_points: tuple[str, ...]
-    module_macs: dict[str, int] = field(default_factory=dict, repr=False)
-
-    def site(self, name: str) -> Site:
-        """Look up a site by module name."""
-        for s in self.sites:
-            if s.name == name:
-                return s
-        raise KeyError(f"no site {name!r}; sites: {[s.name for s in self.sites]}")
-
-    def block(self, name: str) -> Block:
-        """Look up a block by module name."""
-        for b in self.blocks:
-            if b.name == name:
-                return b
-        raise KeyError(f"no block {name!r}; blocks: {[b.name for b in self.blocks]}")
-
-    def __str__(self) -> str:
-        lines = [
-            f"BlockGraph of {self.model_type}: input {list(self.input_shape)}, "
-            f"{self.total_macs:,} MACs/sample, {len(self.sites)} sites, "
-            f"{len(self.blocks)} blocks, {len(self.stages)} stages"
-        ]
-        for st in self.stages:
-            lines.append(f"stage {st.name}: {len(st.blocks)} blocks -> {list(st.out_shape)}")
-        for b in self.blocks:
-            sc = "identity" if b.shortcut is None else b.shortcut
-            ds = " (downsample)" if b.downsamples else ""
-            lines.append(
-                f"  block {b.name:<14} {list(b.in_shape)} -> {list(b.out_shape)}{ds} "
-                f"shortcut={sc} MACs={b.macs:,}"
-            )
-        for s in self.sites:
-            extra = ", ".join(f"{k}={v}" for k, v in (("bn", s.bn), ("act", s.act)) if v)
-            lines.append(f"  site {s.name:<22} {s.kind:<6} MACs={s.macs:>11,} {extra}")
-        return "\n".join(lines)
 
 
 @dataclass
@@ -130,8 +41,11 @@ class _Call:
     parent: str | None
     inp: torch.Tensor | None
     out: torch.Tensor | None = None
-    #: ids of the operands of residual merges done at this module's own level
+    #: ids of the operands and results of residual merges done at this module's own level
     merge_operands: set[int] = field(default_factory=set)
+    merge_outputs: set[int] = field(default_factory=set)
+    #: ids of the inputs of every call (a module such as a shared ReLU may run twice)
+    inputs_seen: set[int] = field(default_factory=set)
     children_on_input: list[str] = field(default_factory=list)
 
 
@@ -147,16 +61,17 @@ class _AddWatcher(TorchDispatchMode):  # type: ignore[no-untyped-call]
         return out
 
 
-def _first_tensor(obj: Any) -> torch.Tensor | None:
+def first_tensor(obj: Any) -> torch.Tensor | None:
+    """The first tensor in a tensor, list/tuple or dict of inputs (None if there is none)."""
     if isinstance(obj, torch.Tensor):
         return obj
     if isinstance(obj, list | tuple):
         for o in obj:
-            t = _first_tensor(o)
+            t = first_tensor(o)
             if t is not None:
                 return t
     if isinstance(obj, dict):
-        return _first_tensor(list(obj.values()))
+        return first_tensor(list(obj.values()))
     return None
 
 
@@ -194,10 +109,13 @@ def discover(
     if example_inputs is None:
         if info is None:
             raise ValueError("discover() needs example_inputs for a model not from the zoo")
-        example_inputs = torch.zeros(1, *info.input_size)
+        p = next(model.parameters(), None)
+        example_inputs = torch.zeros(
+            1, *info.input_size, device=p.device if p is not None else None
+        )
     if stages is None and info is not None:
         stages = tuple(info.stages)
-    first = _first_tensor(example_inputs)
+    first = first_tensor(example_inputs)
     n = first.shape[0] if first is not None else 1
 
     calls: dict[str, _Call] = {}
@@ -207,13 +125,15 @@ def discover(
 
     def pre(name: str) -> Callable[..., None]:
         def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            inp = _first_tensor(args) if args else _first_tensor(kwargs)
+            inp = first_tensor(args) if args else first_tensor(kwargs)
             if inp is not None:
                 keep.append(inp)
             parent = stack[-1] if stack else None
             if name not in calls:
                 calls[name] = _Call(name, mod, parent, inp)
                 order.append(name)
+            if inp is not None:
+                calls[name].inputs_seen.add(id(inp))
                 if parent is not None and parent in calls:
                     p = calls[parent]
                     if inp is not None and p.inp is not None and inp is p.inp:
@@ -226,7 +146,7 @@ def discover(
         def hook(mod: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
             if stack and stack[-1] == name:
                 stack.pop()
-            t = _first_tensor(out)
+            t = first_tensor(out)
             if t is not None and calls[name].out is None:
                 keep.append(t)
                 calls[name].out = t
@@ -237,7 +157,9 @@ def discover(
         if stack and all(isinstance(a, torch.Tensor) for a in args[:2]):
             a, b = args[0], args[1]
             if a is not b and a.shape == b.shape == out.shape and a.dim() >= 2:
+                keep.append(out)
                 calls[stack[-1]].merge_operands.update((id(a), id(b)))
+                calls[stack[-1]].merge_outputs.add(id(out))
 
     handles = []
     was_training = model.training
@@ -284,21 +206,42 @@ def _build(
         c = calls[name]
         if not c.merge_operands or c.inp is None or c.out is None:
             continue
-        # the shortcut: a child that read the block's input and whose output is merged
-        shortcut = next(
-            (
-                ch
-                for ch in c.children_on_input
-                if calls[ch].out is not None and id(calls[ch].out) in c.merge_operands
-            ),
-            None,
-        )
-        if shortcut is None and id(c.inp) not in c.merge_operands:
+        # the shortcut: the input itself when it is merged, else the cheapest child that
+        # read the block's input and whose output is merged (e.g. option A, conv+BN)
+        candidates = [
+            ch
+            for ch in c.children_on_input
+            if calls[ch].out is not None and id(calls[ch].out) in c.merge_operands
+        ]
+        if id(c.inp) in c.merge_operands:
+            shortcut = None
+        elif candidates:
+            shortcut = min(candidates, key=lambda ch: _subtree_macs(ch, macs))
+        else:
             continue  # neither a shortcut module nor the input itself is merged: not residual
         if shortcut is not None and isinstance(calls[shortcut].module, nn.Identity):
             shortcut = None
+        post_act = next(
+            (
+                ch
+                for ch in order
+                if calls[ch].parent == name
+                and calls[ch].inputs_seen & c.merge_outputs
+                and isinstance(calls[ch].module, nn.ReLU | nn.ReLU6 | nn.Hardtanh)
+            ),
+            None,
+        )
         blocks.append(
-            Block(name, _shape(c.inp), _shape(c.out), _subtree_macs(name, macs), (), shortcut)
+            Block(
+                name,
+                _shape(c.inp),
+                _shape(c.out),
+                _subtree_macs(name, macs),
+                (),
+                shortcut,
+                shortcut_macs=_subtree_macs(shortcut, macs) if shortcut else 0,
+                post_act=post_act,
+            )
         )
     block_names = [b.name for b in blocks]
 
@@ -357,20 +300,14 @@ def _build(
         stages.append(Stage(st, members, _shape(calls[st].out)))
     stage_of = {b: st.name for st in stages for b in st.blocks}
     blocks = [
-        Block(
-            b.name,
-            b.in_shape,
-            b.out_shape,
-            b.macs,
-            tuple(s.name for s in sites if s.block == b.name),
-            b.shortcut,
-            stage_of.get(b.name),
+        replace(
+            b, sites=tuple(s.name for s in sites if s.block == b.name), stage=stage_of.get(b.name)
         )
         for b in blocks
     ]
     exits = list(dict.fromkeys([*block_names, *stage_names]))
     exits.sort(key=order.index)
-    first = _first_tensor(example_inputs)
+    first = first_tensor(example_inputs)
     return BlockGraph(
         type(model).__name__,
         _shape(first),
@@ -381,32 +318,3 @@ def _build(
         tuple(exits),
         macs,
     )
-
-
-@torch.no_grad()
-def fold_bn(model: nn.Module, graph: BlockGraph) -> nn.Module:
-    """A copy of ``model`` (eval mode) with every BN that follows a conv folded into the conv.
-
-    The folded BN is replaced by ``nn.Identity``. Outputs equal the original's up to float
-    rounding (not bit for bit), so back-ends that must match the backbone exactly do not
-    fold; deployment and benchmarks do.
-    """
-    folded = copy.deepcopy(model).eval()
-    mods = dict(folded.named_modules())
-    for s in graph.sites:
-        if s.kind != "conv" or s.bn is None:
-            continue
-        conv, bn = mods[s.name], mods[s.bn]
-        if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
-            continue
-        if bn.running_var is None or bn.running_mean is None:
-            continue
-        scale = (bn.weight if bn.weight is not None else 1.0) / torch.sqrt(bn.running_var + bn.eps)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        shift = bn.bias if bn.bias is not None else 0.0
-        conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        conv.bias = nn.Parameter((bias - bn.running_mean) * scale + shift)
-        parent_name, _, attr = s.bn.rpartition(".")
-        parent = mods[parent_name] if parent_name else folded
-        setattr(parent, attr, nn.Identity())
-    return folded

@@ -32,7 +32,7 @@ class BlockSkipConfig:
     threshold: float = 0.0
     #: Blocks skipped for every sample. Knob.
     always: tuple[str, ...] = ()
-    #: Blocks that may be skipped (default: every block that can be).
+    #: Blocks that may be skipped (default: every residual block that holds no other).
     blocks: tuple[str, ...] | None = None
 
 
@@ -67,8 +67,10 @@ class BlockSkip(Mechanism):
 
     def attach(self, net: DynamicNet) -> None:
         cfg = self.config
+        names = [b.name for b in net.graph.blocks]
+        # default: every block that contains no other block (units must not nest)
         blocks = cfg.blocks or tuple(
-            b.name for b in net.graph.blocks if not b.downsamples or b.shortcut is not None
+            n for n in names if not any(m.startswith(n + ".") for m in names)
         )
         unknown = set(cfg.always) - set(blocks)
         if unknown:
@@ -88,7 +90,7 @@ class BlockSkip(Mechanism):
             for g in self._gates.values():
                 g.threshold = float(value)
         else:
-            always = tuple(value)
+            always = (value,) if isinstance(value, str) else tuple(value)
             unknown = set(always) - set(self._gates)
             if unknown:
                 raise ValueError(f"block_skip: cannot skip {sorted(unknown)}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +78,9 @@ def create(
     info = MODELS.get(name)
     merged = {**info.kwargs, **{k: v for k, v in kwargs.items() if v is not None}}
     model = info.builder(**merged)
-    if "num_classes" in kwargs:
-        info = ModelInfo(**{**info.__dict__, "num_classes": int(kwargs["num_classes"])})
+    info = replace(
+        info, kwargs=merged, num_classes=int(merged.get("num_classes", info.num_classes))
+    )
     model.dyve_info = info  # type: ignore[assignment]
     if pretrained is True:
         path = weights.shipped_path(name)

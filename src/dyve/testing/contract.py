@@ -68,6 +68,18 @@ def _graded_inputs() -> torch.Tensor:
     return x * torch.linspace(0.05, 1.5, 8).view(8, 1, 1, 1)
 
 
+def _toy() -> nn.Module:
+    from dyve.testing.toy import toy_bottleneck_net
+
+    return toy_bottleneck_net()
+
+
+def _graded_small_inputs() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 3, 16, 16, generator=g)
+    return x * torch.linspace(0.05, 2.0, 8).view(8, 1, 1, 1)
+
+
 def _block_skip() -> Mechanism:
     from dyve.mechanisms import BlockSkip
 
@@ -84,6 +96,17 @@ CASES: list[ContractCase] = [
         knob="threshold",
         permissive=(0.0, 0.2, 0.5, 1.0, 2.0, 5.0),
         active={"threshold": 0.5},
+    ),
+    ContractCase(
+        # conv+BN downsample shortcuts that cost MACs, in-place merge, ReLU after the merge
+        id="block_skip-toy_bottleneck",
+        mechanism="block_skip",
+        make_backbone=_toy,
+        make_mechanism=_block_skip,
+        make_inputs=_graded_small_inputs,
+        knob="threshold",
+        permissive=(0.0, 0.1, 0.3, 0.6, 1.0, 3.0),
+        active={"threshold": 0.3},
     ),
 ]
 
@@ -211,8 +234,8 @@ def check_hook_hygiene(case: ContractCase, tmp: Path) -> None:
     assert _hooks(net) == 0, "hooks left on the dynamic network after run()"
     bad = torch.zeros(1, x.shape[1] + 1, *x.shape[2:])
     with contextlib.suppress(RuntimeError):
-        net.run(bad)
-    assert _hooks(net) == 0, "hooks left after a run that raised"
+        net(bad)
+    assert _hooks(net) == 0, "hooks left after a forward that raised"
     from dyve.graph import discover
 
     bb = case.make_backbone()

@@ -3,9 +3,11 @@
 A training run is a directory:
 
 * ``config.json``  the resolved :class:`TrainConfig` and the command line;
-* ``checkpoint.pt`` model, optimiser and RNG state after the last finished epoch,
-  written atomically (temp file + rename) and read back with ``weights_only=True``;
-* ``history.jsonl`` one line of metrics per epoch;
+* ``checkpoint.pt`` model and optimiser state after the last finished epoch, written
+  atomically (temp file + rename) and read back with ``weights_only=True``; no RNG state
+  is needed because every epoch's shuffling and augmentation are seeded from
+  ``(seed, epoch)``;
+* ``history.jsonl`` one line of metrics per epoch (rewritten atomically each epoch);
 * at the end ``model.safetensors`` + ``model.json`` (the shippable weights and their
   metadata) and ``metrics.json`` (final val and test top-1).
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -28,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from dyve import data as dyve_data
-from dyve._io import atomic_save, file_digest, read_json, write_json
+from dyve._io import atomic_save, atomic_write, file_digest, read_json, write_json
 from dyve.errors import DyveError
 from dyve.eval.evaluate import evaluate
 from dyve.models import create, model_info
@@ -112,8 +115,6 @@ def train(
         if saved != asdict(cfg):
             diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v}
             raise DyveError(f"--resume with a different config: {diff}")
-    else:
-        write_json(out / "config.json", {"config": asdict(cfg), "command": _command()})
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _device(cfg.device)
@@ -124,10 +125,17 @@ def train(
     info = model_info(model)
     mem = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=mem)  # type: ignore[call-overload]
-    train_set = dyve_data.load(cfg.data, "train")
-    if cfg.limit_train:
-        train_set = train_set.subset(slice(0, cfg.limit_train))
-    val_set = dyve_data.load(cfg.data, "val")
+    train_set = dyve_data.load_images(
+        cfg.data, "train", limit=cfg.limit_train, shape=info.input_size
+    )
+    val_set = dyve_data.load_images(cfg.data, "val", shape=info.input_size)
+    if len(train_set) < cfg.batch_size:
+        raise DyveError(
+            f"{len(train_set)} training images make no batch of {cfg.batch_size}; "
+            "lower --batch-size"
+        )
+    if not resume:  # written once everything the run needs has loaded
+        write_json(out / "config.json", {"config": asdict(cfg), "command": _command()})
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
@@ -199,8 +207,9 @@ def train(
         }
         ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch}
         atomic_save(ckpt_path, partial(_save_torch, ck))
-        with open(out / "history.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        history = [*_read_history(out)[:epoch], row]
+        with atomic_write(out / "history.jsonl", "w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in history)
         print(json.dumps(row), file=sys.stderr, flush=True)
     cpu_model = model.to(device="cpu", memory_format=torch.contiguous_format)
     return finalize(cfg, out, cpu_model)
@@ -219,7 +228,7 @@ def finalize(cfg: TrainConfig, out: Path, model: torch.nn.Module) -> dict[str, A
         "architecture": info.description,
         "kwargs": info.kwargs,
         "data": cfg.data,
-        "train_split": "train (first 45,000 training images)",
+        "train_split": "train" + (f" (first {cfg.limit_train} images)" if cfg.limit_train else ""),
         "normalization": {"mean": list(info.norm.mean), "std": list(info.norm.std)},
         "val_top1": round(val.top1, 2),
         "test_top1": round(test.top1, 2),
@@ -243,9 +252,14 @@ def _save_torch(obj: dict[str, Any], path: str) -> None:
     torch.save(obj, path)
 
 
+def _read_history(out: Path) -> list[dict[str, Any]]:
+    path = out / "history.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _command() -> str:
-    return (
-        " ".join(["dyve", *sys.argv[1:]])
-        if Path(sys.argv[0]).name == "dyve"
-        else " ".join(sys.argv)
-    )
+    """The command line, quoted so that it can be pasted into a shell."""
+    argv = ["dyve", *sys.argv[1:]] if Path(sys.argv[0]).name == "dyve" else sys.argv
+    return shlex.join(argv)
