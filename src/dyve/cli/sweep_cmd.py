@@ -245,10 +245,7 @@ def _check_knob(net: DynamicNet, knob: str, values: list[Any]) -> str:
     """Refuse unknown knobs and values the knob does not take; return ``mechanism.knob``."""
     from dyve.eval.sweep import restored_knobs
 
-    try:
-        mech, name = net.resolve_knob(knob)
-    except KeyError as exc:
-        raise DyveError(exc.args[0]) from None
+    mech, name = net.resolve_knob(knob)
     with restored_knobs(net):
         for v in values:
             try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dyve.errors import UnknownNameError
+
 
 @dataclass(frozen=True)
 class Site:
@@ -70,14 +72,14 @@ class BlockGraph:
         for s in self.sites:
             if s.name == name:
                 return s
-        raise KeyError(f"no site {name!r}; sites: {[s.name for s in self.sites]}")
+        raise UnknownNameError(f"no site {name!r}; sites: {[s.name for s in self.sites]}")
 
     def block(self, name: str) -> Block:
         """Look up a block by module name."""
         for b in self.blocks:
             if b.name == name:
                 return b
-        raise KeyError(f"no block {name!r}; blocks: {[b.name for b in self.blocks]}")
+        raise UnknownNameError(f"no block {name!r}; blocks: {[b.name for b in self.blocks]}")
 
     def __str__(self) -> str:
         lines = [

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
+from dyve.errors import UnknownNameError
 from dyve.registry import Registry
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ class Mechanism(ABC):
 
     def _check_knob(self, knob: str) -> None:
         if knob not in self.knob_names:
-            raise KeyError(f"{self.name} has no knob {knob!r}; knobs: {self.knob_names}")
+            raise UnknownNameError(f"{self.name} has no knob {knob!r}; knobs: {self.knob_names}")
 
 
 MECHANISMS: Registry[type[Mechanism]] = Registry("mechanism")
