@@ -48,3 +48,24 @@ def prepared(shared_data: Path):  # type: ignore[no-untyped-def]
         return name
 
     return _prepare
+
+
+@pytest.fixture
+def run_snippet(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Run Python source in a fresh interpreter in a temp folder; fail with its stderr."""
+    import subprocess
+    import sys
+
+    def _run(code: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    return _run

@@ -8,6 +8,7 @@ from torch import nn
 
 from dyve import models
 from dyve.graph import discover, fold_bn
+from dyve.testing.toy import Bottleneck
 
 EXPECTED_BLOCKS = {
     "resnet20_cifar": 9,
@@ -36,29 +37,6 @@ def test_zoo_models(name: str) -> None:
     if name.startswith("vgg"):
         assert g.blocks == ()
         assert all(s.bn and s.act for s in g.sites if s.kind == "conv")
-
-
-class Bottleneck(nn.Module):
-    """torchvision-style block with a conv+BN downsample shortcut and in-place add."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out // 2)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(c_out // 2, c_out, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.downsample = (
-            nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-            if stride != 1 or c_in != c_out
-            else None
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        out += identity
-        return self.relu(out)
 
 
 class DictNet(nn.Module):

@@ -25,6 +25,7 @@ import copy
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,23 +62,17 @@ def _resnet20() -> nn.Module:
     return create("resnet20_cifar")
 
 
-def _graded_inputs() -> torch.Tensor:
-    """8 samples whose overall scale grows, so activation-based gates split them."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(8, 3, 32, 32, generator=g)
-    return x * torch.linspace(0.05, 1.5, 8).view(8, 1, 1, 1)
+def graded_inputs(size: int, seed: int = 0, top: float = 1.5) -> torch.Tensor:
+    """8 random images whose overall scale grows, so activation-based gates split them."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(8, 3, size, size, generator=g)
+    return x * torch.linspace(0.05, top, 8).view(8, 1, 1, 1)
 
 
 def _toy() -> nn.Module:
     from dyve.testing.toy import toy_bottleneck_net
 
     return toy_bottleneck_net()
-
-
-def _graded_small_inputs() -> torch.Tensor:
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(8, 3, 16, 16, generator=g)
-    return x * torch.linspace(0.05, 2.0, 8).view(8, 1, 1, 1)
 
 
 def _block_skip() -> Mechanism:
@@ -92,7 +87,7 @@ CASES: list[ContractCase] = [
         mechanism="block_skip",
         make_backbone=_resnet20,
         make_mechanism=_block_skip,
-        make_inputs=_graded_inputs,
+        make_inputs=partial(graded_inputs, 32),
         knob="threshold",
         permissive=(0.0, 0.2, 0.5, 1.0, 2.0, 5.0),
         active={"threshold": 0.5},
@@ -103,7 +98,7 @@ CASES: list[ContractCase] = [
         mechanism="block_skip",
         make_backbone=_toy,
         make_mechanism=_block_skip,
-        make_inputs=_graded_small_inputs,
+        make_inputs=partial(graded_inputs, 16, 1, 2.0),
         knob="threshold",
         permissive=(0.0, 0.1, 0.3, 0.6, 1.0, 3.0),
         active={"threshold": 0.3},
