@@ -44,10 +44,6 @@ class Trace:
         idx = slice(None) if rows is None else rows.cpu()
         self.units[unit][idx] = torch.as_tensor(status, dtype=torch.int8).cpu()
 
-    def decisions(self) -> dict[str, torch.Tensor]:
-        """Unit statuses (copies), for comparing runs."""
-        return {k: v.clone() for k, v in self.units.items()}
-
     def fraction(self, status: int = RAN) -> dict[str, float]:
         """Per unit, the fraction of samples with ``status``."""
         return {k: float((v == status).float().mean()) for k, v in self.units.items()}
