@@ -14,6 +14,7 @@ from pathlib import Path
 from dyve import data, models
 from dyve.eval.evaluate import evaluate
 from dyve.models.weights import save_weights, weights_dir
+from dyve.train.trainer import TrainConfig, train_command
 
 ap = argparse.ArgumentParser(description=__doc__)
 ap.add_argument("runs", nargs="+", type=Path)
@@ -27,6 +28,8 @@ for run in args.runs:
     meta["test_top1"] = round(evaluate(net, data.load(meta["data"], "test"), norm).top1, 2)
     # the 1,017 test images with their original pixels (not JPEG re-encoded)
     meta["exact_test_top1"] = round(evaluate(net, data.load("cifar10-exact", "test"), norm).top1, 2)
+    # a shell-quoted command rebuilt from the run's config (older runs joined argv unquoted)
+    meta["command"] = train_command(TrainConfig.from_dict(meta["config"]))
     meta["val_heldout"] = meta["config"]["init"] is None
     if not meta["val_heldout"]:
         meta["val_note"] = (

@@ -90,3 +90,31 @@ def test_train_step_on_gpu(tmp_path: Path, prepared) -> None:  # type: ignore[no
     )
     metrics = train(cfg, tmp_path / "gpu", progress=False)
     assert 0 <= metrics["test_top1"] <= 100
+
+
+def test_train_command_reproduces_the_config() -> None:
+    """The command stored with shipped weights parses back into the same config."""
+    import shlex
+
+    from dyve.cli.commands import train_config
+    from dyve.cli.main import build_parser
+    from dyve.train.trainer import train_command
+
+    cfg = TrainConfig(
+        "resnet20_cifar",
+        init="weights dir/r20.th",
+        origin="someone's weights (BSD-2), fine-tuned",
+        epochs=7,
+        lr=0.02,
+        weight_decay=1e-4,
+        nesterov=False,
+        augment=False,
+        channels_last=False,
+        warmup_epochs=0.5,
+        limit_train=1000,
+    )
+    argv = shlex.split(train_command(cfg, out="runs/x y"))
+    assert argv[:2] == ["dyve", "train"]
+    args = build_parser().parse_args(argv[1:])
+    assert train_config(args) == cfg
+    assert str(args.out) == "runs/x y"

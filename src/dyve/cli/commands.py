@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dyve.cli import bench_cmd, sweep_cmd
+
+if TYPE_CHECKING:
+    from dyve.train.trainer import TrainConfig
 
 
 def add_all(sub: Any) -> None:
@@ -224,16 +227,15 @@ def _add_train(sub: Any) -> None:
         p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=default)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--no-nesterov", action="store_true")
+    p.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format")
     p.set_defaults(func=cmd_train)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train a model and print its final metrics."""
-    import json
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` that ``dyve train`` arguments describe."""
+    from dyve.train.trainer import TrainConfig
 
-    from dyve.train.trainer import TrainConfig, train
-
-    cfg = TrainConfig(
+    return TrainConfig(
         model=args.model,
         data=args.data,
         init=args.init,
@@ -244,6 +246,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         momentum=args.momentum,
         weight_decay=args.weight_decay,
         nesterov=not args.no_nesterov,
+        channels_last=not args.no_channels_last,
         warmup_epochs=args.warmup_epochs,
         augment=not args.no_augment,
         seed=args.seed,
@@ -251,6 +254,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         limit_train=args.limit_train,
     )
-    metrics = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model and print its final metrics."""
+    import json
+
+    from dyve.train.trainer import train
+
+    metrics = train(train_config(args), args.out, resume=args.resume, progress=not args.no_progress)
     print(json.dumps(metrics, indent=2))
     return 0

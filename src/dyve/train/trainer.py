@@ -232,7 +232,7 @@ def finalize(cfg: TrainConfig, out: Path, model: torch.nn.Module) -> dict[str, A
         "normalization": {"mean": list(info.norm.mean), "std": list(info.norm.std)},
         "val_top1": round(val.top1, 2),
         "test_top1": round(test.top1, 2),
-        "command": read_json(out / "config.json")["command"],
+        "command": train_command(cfg),
         "config": asdict(cfg),
         "init_sha256": init_sha,
         "origin": cfg.origin,
@@ -250,6 +250,22 @@ def finalize(cfg: TrainConfig, out: Path, model: torch.nn.Module) -> dict[str, A
 
 def _save_torch(obj: dict[str, Any], path: str) -> None:
     torch.save(obj, path)
+
+
+def train_command(cfg: TrainConfig, out: str = "RUN_DIR") -> str:
+    """A shell-quoted ``dyve train`` command that reproduces ``cfg`` (non-default settings)."""
+    default = TrainConfig(cfg.model)
+    argv = ["dyve", "train", "--model", cfg.model, "--out", out]
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name == "model" or value == getattr(default, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):  # the CLI only has switches that turn a default off
+            argv.append(f"--no-{f.name.replace('_', '-')}")
+        else:
+            argv += [flag, str(value)]
+    return shlex.join(argv)
 
 
 def _read_history(out: Path) -> list[dict[str, Any]]:
