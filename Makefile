@@ -1,5 +1,5 @@
 # Set-up and everyday commands. `make demo` and `make test` each create the environment
-# (.venv, CPU build of torch pinned to 2.13.0) when it is missing, then run.
+# (.venv, torch pinned to 2.13.0: the CPU build where one is provided) when missing, then run.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin

@@ -77,9 +77,23 @@ def test_train_crash_resume_and_outputs(tmp_path: Path, prepared, monkeypatch) -
     assert net(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 
-def test_resume_without_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(DyveError, match="nothing to resume"):
+def test_resume_without_a_run(tmp_path: Path) -> None:
+    with pytest.raises(DyveError, match="no run to resume"):
         train(TrainConfig("caffe_cifar10"), tmp_path, resume=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"momentum": 0.0}, "Nesterov"),
+        ({"weight_decay": -1.0}, ">= 0"),
+        ({"threads": 0}, "threads"),
+        ({"data": "sample"}, "test images"),
+    ],
+)
+def test_config_checks(kwargs: dict, message: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(DyveError, match=message):
+        TrainConfig("caffe_cifar10", **kwargs)
 
 
 @pytest.mark.gpu

@@ -34,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DyveError as exc:
         print(f"dyve: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an output or data path that cannot be created or read
+        print(f"dyve: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("dyve: interrupted", file=sys.stderr)
         return 130

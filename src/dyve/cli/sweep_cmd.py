@@ -198,9 +198,13 @@ def build_mechanism(cls: type[Mechanism], items: list[str]) -> Mechanism:
 
 def _coerce(mech: str, key: str, value: Any, default: Any) -> Any:
     """Check ``value`` against the type of the field's default (None default: anything)."""
-    if default is MISSING or default is None or value is None:
+    if default is MISSING:
         return value
-    if isinstance(default, tuple):
+    if value is None:
+        if default is None:
+            return value
+        raise DyveError(f"--set {key}=null: {mech}.{key} takes a {type(default).__name__}")
+    if default is None or isinstance(default, tuple):  # tuple fields: one name is a 1-list
         return [value] if isinstance(value, str) else value
     if isinstance(default, bool):
         ok = isinstance(value, bool)

@@ -185,6 +185,11 @@ def load(
         raise DataError(f"{name}: split {split!r} is not available. {spec.notes.get(split, '')}")
     folder = prepare(name, source, root)
     meta = read_json(folder / "meta.json")
+    if not isinstance(meta.get("parts"), dict) or part not in meta["parts"]:
+        raise DataError(
+            f"{folder / 'meta.json'}: damaged cache description; "
+            f"run `dyve data prepare {name} --force`"
+        )
     x = _load_array(folder / f"{part}_x.npy")
     y = _load_array(folder / f"{part}_y.npy")
     idx = (
@@ -220,13 +225,14 @@ def load(
 
 
 def _load_array(path: Path) -> np.ndarray:
+    fix = f"run `dyve data prepare {path.parent.name} --force`"
     try:
         arr: np.ndarray = np.load(path, mmap_mode="r")
         return arr
     except FileNotFoundError:
-        raise DataError(f"{path}: cache file missing; run `dyve data prepare --force`") from None
+        raise DataError(f"{path}: cache file missing; {fix}") from None
     except ValueError as exc:
-        raise DataError(f"{path}: cache file is corrupt ({exc}); re-run prepare --force") from None
+        raise DataError(f"{path}: cache file is corrupt ({exc}); {fix}") from None
 
 
 def save_parts(

@@ -15,6 +15,7 @@ import numpy as np
 from dyve.data.core import ImageSet
 from dyve.errors import DataError
 
+KNOWN_SPLITS = {"train", "val", "test", "trainval"}
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -25,6 +26,9 @@ def load_folder(root: Path, split: str) -> ImageSet:
     root = root.expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: image folder does not exist")
+    splits = [d.name for d in root.iterdir() if d.is_dir() and d.name in KNOWN_SPLITS]
+    if splits and not (root / split).is_dir():
+        raise DataError(f"{root}: no {split!r} folder (split folders here: {sorted(splits)})")
     base = root / split if (root / split).is_dir() else root
     classes = sorted(p.name for p in base.iterdir() if p.is_dir())
     if not classes:

@@ -54,7 +54,7 @@ def eval_run(
     metrics = {
         "model": model,
         "dataset": dataset,
-        "split": split,
+        "split": images.split,
         "n": acc.n,
         "top1": round(acc.top1, 4),
         "top5": round(acc.top5, 4),

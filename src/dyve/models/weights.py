@@ -56,7 +56,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return dict(load_file(str(path)))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # safetensors/pickle raise many types for broken files
-        raise DataError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DataError(f"{path}: cannot read weights ({type(exc).__name__}: {first})") from None
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -69,8 +70,23 @@ def load_into(model: nn.Module, path: Path) -> None:
     sd = read_state_dict(path)
     try:
         model.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        raise DyveError(f"{path}: weights do not fit {type(model).__name__}: {exc}") from None
+    except RuntimeError:
+        # torch's message lists every key; name the counts and a few examples instead
+        own = model.state_dict()
+        missing = sorted(set(own) - set(sd))
+        extra = sorted(set(sd) - set(own))
+        shape = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
+        parts = [
+            f"{len(v)} {what} (e.g. {', '.join(v[:3])})"
+            for what, v in (
+                ("missing", missing),
+                ("unexpected", extra),
+                ("of another shape", shape),
+            )
+            if v
+        ]
+        name = type(model).__name__
+        raise DyveError(f"{path}: weights do not fit {name}: {'; '.join(parts)}") from None
 
 
 def save_weights(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:

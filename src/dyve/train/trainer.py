@@ -66,6 +66,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise DyveError("epochs, batch_size and lr must be positive")
+        if self.weight_decay < 0 or self.momentum < 0 or self.warmup_epochs < 0:
+            raise DyveError("weight_decay, momentum and warmup_epochs must be >= 0")
+        if self.nesterov and self.momentum == 0:
+            raise DyveError("Nesterov momentum needs momentum > 0 (or pass --no-nesterov)")
+        if self.threads is not None and self.threads < 1:
+            raise DyveError(f"threads must be >= 1, got {self.threads}")
+        if self.limit_train is not None and self.limit_train < 1:
+            raise DyveError(f"limit_train must be >= 1, got {self.limit_train}")
+        if self.data == "sample":
+            raise DyveError(
+                "the embedded sample holds test images; train on a dataset's train split"
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -80,7 +92,13 @@ class TrainConfig:
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise DyveError(f"--device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DyveError(f"--device {name!r}: no CUDA device is available (use cpu or auto)")
+    return device
 
 
 def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
@@ -102,15 +120,14 @@ def train(
     """
     from tqdm import tqdm
 
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     if (out / "config.json").exists() and not resume:
         raise DyveError(
             f"{out} already holds a run; pass --resume to continue it or pick a new --out"
         )
     if resume:
-        if not ckpt_path.exists():
-            raise DyveError(f"{ckpt_path}: nothing to resume")
+        if not (out / "config.json").exists():
+            raise DyveError(f"{out}: no run to resume (config.json missing)")
         saved = read_json(out / "config.json")["config"]
         if saved != asdict(cfg):
             diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v}
@@ -134,8 +151,6 @@ def train(
             f"{len(train_set)} training images make no batch of {cfg.batch_size}; "
             "lower --batch-size"
         )
-    if not resume:  # written once everything the run needs has loaded
-        write_json(out / "config.json", {"config": asdict(cfg), "command": _command()})
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
@@ -152,8 +167,10 @@ def train(
     steps_per_epoch = len(train_set) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    if not resume:  # written once everything the run needs exists
+        write_json(out / "config.json", {"config": asdict(cfg), "command": _command()})
     start_epoch = 0
-    if resume:
+    if resume and ckpt_path.exists():  # else interrupted before the first checkpoint
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
