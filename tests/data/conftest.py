@@ -8,26 +8,38 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dyve import data
 from dyve.data import cifar10
-
-#: ``../shared/data`` seen from the repository root.
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def _shared_path(*parts: str) -> Path:
-    """A path under the shared data folder, or skip the test when it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"../shared/data not found: {SHARED_DATA} is missing (real-data test)")
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"../shared/data not found: {path} is missing (real-data test)")
-    return path
 
 
 @pytest.fixture(scope="session")
-def shared_path() -> Callable[..., Path]:
+def shared_path(shared_data: Path) -> Callable[..., Path]:
     """``shared_path("mnist", "x.gz")``: a path under ../shared/data; skips when absent."""
-    return _shared_path
+
+    def _path(*parts: str) -> Path:
+        path = shared_data.joinpath(*parts)
+        if not path.exists():
+            pytest.skip(f"../shared/data not found: {path} is missing (real-data test)")
+        return path
+
+    return _path
+
+
+def _cache_root(
+    request: pytest.FixtureRequest, name: str, source: Path, factory: pytest.TempPathFactory
+) -> Path | None:
+    if request.param == "default-cache":
+        return None
+    fresh = factory.mktemp(f"{name}-root")
+    data.prepare(name, source=source, root=fresh, verify=True)
+    return fresh
+
+
+@pytest.fixture(scope="session")
+def cache_root() -> Callable[..., Path | None]:
+    """For a fixture parametrised over "default-cache"/"fresh-cache": the default data dir
+    (None), or a cache of the dataset prepared now, with checksums, in a temp dir."""
+    return _cache_root
 
 
 @pytest.fixture(autouse=True)
@@ -41,8 +53,8 @@ def _no_download(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def exact_npz() -> dict[str, np.ndarray]:
+def exact_npz(shared_path: Callable[..., Path]) -> dict[str, np.ndarray]:
     """The arrays of ``cifar10_exact_partial.npz`` (original CIFAR-10 pixels)."""
-    path = _shared_path("cifar10-exact-partial", "cifar10_exact_partial.npz")
+    path = shared_path("cifar10-exact-partial", "cifar10_exact_partial.npz")
     with np.load(path) as z:
         return {k: z[k] for k in z.files}

@@ -21,14 +21,12 @@ def exact_dir(shared_path: Callable[..., Path]) -> Path:
 
 @pytest.fixture(scope="module", params=["default-cache", "fresh-cache"])
 def root(
-    request: pytest.FixtureRequest, exact_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    exact_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    cache_root: Callable[..., Path | None],
 ) -> Path | None:
-    """The default data dir, and a cache prepared now (with checksums) in a temp dir."""
-    if request.param == "default-cache":
-        return None
-    fresh = tmp_path_factory.mktemp("exact-root")
-    data.prepare("cifar10-exact", source=exact_dir, root=fresh, verify=True)
-    return fresh
+    return cache_root(request, "cifar10-exact", exact_dir, tmp_path_factory)
 
 
 def load_exact(split: str, source: Path, root: Path | None) -> data.ImageSet:

@@ -38,14 +38,12 @@ def mnist_dir(shared_path: Callable[..., Path]) -> Path:
 
 @pytest.fixture(scope="module", params=["default-cache", "fresh-cache"])
 def root(
-    request: pytest.FixtureRequest, mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    mnist_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    cache_root: Callable[..., Path | None],
 ) -> Path | None:
-    """The default data dir, and a cache prepared now (official MD5s checked) in a temp dir."""
-    if request.param == "default-cache":
-        return None
-    fresh = tmp_path_factory.mktemp("mnist-root")
-    data.prepare("mnist", source=mnist_dir, root=fresh, verify=True)
-    return fresh
+    return cache_root(request, "mnist", mnist_dir, tmp_path_factory)
 
 
 # ---------------------------------------------------------------- read_idx
