@@ -49,17 +49,20 @@ class CostAccumulator:
         macs: float | torch.Tensor,
         where: torch.Tensor | None = None,
         *,
-        scalar_ops: float | torch.Tensor = 0.0,
+        scalar_ops: float | torch.Tensor | None = None,
     ) -> None:
         """Add a unit's cost for the samples in ``where`` (bool mask or indices; None = all).
 
         ``macs`` is a scalar (the same cost for each selected sample) or one value per
-        selected sample.
+        selected sample. ``scalar_ops`` (multiplies + adds + compares) defaults to
+        ``2 * macs``: a unit without overheads of its own does one multiply and one add
+        per MAC.
         """
         idx = slice(None) if where is None else where.to("cpu")
-        self.macs[idx] += torch.as_tensor(macs, dtype=torch.float64).cpu()
-        if not (isinstance(scalar_ops, float | int) and scalar_ops == 0):
-            self.scalar_ops[idx] += torch.as_tensor(scalar_ops, dtype=torch.float64).cpu()
+        m = torch.as_tensor(macs, dtype=torch.float64).cpu()
+        self.macs[idx] += m
+        ops = 2 * m if scalar_ops is None else torch.as_tensor(scalar_ops, dtype=torch.float64)
+        self.scalar_ops[idx] += ops.cpu()
 
     def extend(self, other: CostAccumulator) -> None:
         """Append another batch's samples (cost modes must match, or the result is simulated)."""
@@ -74,7 +77,7 @@ class CostAccumulator:
         return self.macs
 
     def summary(self) -> dict[str, float | str]:
-        """Mean, p50, p95, min and max per-sample MACs, with the cost mode."""
+        """Mean, p50, p95, min and max per-sample MACs, mean scalar ops, and the cost mode."""
         m = self.macs.numpy()
         if len(m) == 0:
             return {"cost_mode": self.cost_mode, "n": 0}
@@ -86,4 +89,5 @@ class CostAccumulator:
             "macs_p95": float(np.percentile(m, 95)),
             "macs_min": float(m.min()),
             "macs_max": float(m.max()),
+            "scalar_ops_mean": float(self.scalar_ops.mean()),
         }

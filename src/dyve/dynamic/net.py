@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from dyve.cost.accumulator import CostMode
+from dyve.dynamic.site import SiteUnit, Tail
 from dyve.dynamic.trace import DynamicResult, Trace
 from dyve.dynamic.unit import RunState, Unit
 from dyve.errors import DyveError, UnknownNameError
@@ -56,6 +57,7 @@ class DynamicNet(nn.Module):
         self.backbone_kwargs: dict[str, Any] = dict(info.kwargs) if info is not None else {}
         self.mechanisms: list[Mechanism] = []
         self.units: dict[str, Unit] = {}
+        self.sites: dict[str, SiteUnit] = {}
         self._state = RunState(backend=backend)
         self.eval()  # like the backbone copy; training code calls .train() explicitly
 
@@ -77,27 +79,66 @@ class DynamicNet(nn.Module):
             return self.units[name]
         block = self.graph.block(name)  # a block that changes shape always has a shortcut
         nested = [u for u in self.units if u.startswith(name + ".") or name.startswith(u + ".")]
+        nested += [s for s in self.sites if s.startswith(name + ".")]
         if nested:
-            raise DyveError(f"block {name} nests with the gated block {nested[0]}; gate only one")
-        parent_name, _, attr = name.rpartition(".")
-        parent = self.backbone.get_submodule(parent_name) if parent_name else self.backbone
-        original = getattr(parent, attr)
+            raise DyveError(f"block {name} nests with the gated {nested[0]}; gate only one")
 
         def relative(path: str | None) -> str | None:
             return path[len(name) + 1 :] if path else None
 
         u = Unit(
             name,
-            original,
+            self.backbone.get_submodule(name),
             self._state,
             macs=block.macs,
             skip_path=relative(block.shortcut),
             skip_macs=block.shortcut_macs,
             skip_act=relative(block.post_act),
         )
-        setattr(parent, attr, u)
+        self._swap(name, u)
         self.units[name] = u
         return u
+
+    def site_unit(self, name: str) -> SiteUnit:
+        """The unit wrapping site ``name`` (a conv/linear layer), created on first use.
+
+        Its batch norm (a ``BatchNorm``) and activation (a plain ``nn.ReLU``), as discovery
+        found them, become tails the unit may fuse; see :mod:`dyve.dynamic.site`.
+        """
+        if name in self.sites:
+            return self.sites[name]
+        site = self.graph.site(name)
+        inside = [u for u in self.units if name.startswith(u + ".")]
+        if inside:
+            raise DyveError(f"site {name} lies in the gated block {inside[0]}; gate only one")
+        su = SiteUnit(site, self.backbone.get_submodule(name), self._state)
+        self._swap(name, su)
+        self.sites[name] = su
+        bn = self._unwrapped(site.bn) if site.bn else None
+        act = self._unwrapped(site.act) if site.act else None
+        foldable = isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d) and bn.track_running_stats
+        if bn is None or foldable:
+            if site.bn is not None:
+                self._add_tail(su, "bn", site.bn)
+            if site.act is not None and type(act) is nn.ReLU:
+                self._add_tail(su, "act", site.act)
+        return su
+
+    def _add_tail(self, su: SiteUnit, role: str, path: str) -> None:
+        current = self.backbone.get_submodule(path)
+        if not isinstance(current, Tail):
+            current = Tail(current, role)
+            self._swap(path, current)
+        su.add_tail(role, current)
+
+    def _unwrapped(self, path: str) -> nn.Module:
+        m = self.backbone.get_submodule(path)
+        return m.module if isinstance(m, Tail) else m
+
+    def _swap(self, name: str, new: nn.Module) -> None:
+        parent_name, _, attr = name.rpartition(".")
+        parent = self.backbone.get_submodule(parent_name) if parent_name else self.backbone
+        setattr(parent, attr, new)
 
     def attach(self, mechanism: Mechanism) -> DynamicNet:
         """Attach a mechanism (in order; several compose). Returns ``self``."""
@@ -105,7 +146,7 @@ class DynamicNet(nn.Module):
             raise ValueError(f"mechanism {mechanism.name!r} is already attached")
         mechanism.attach(self)
         self.mechanisms.append(mechanism)
-        return self
+        return self.train(self.training)  # wrappers it added follow the network's mode
 
     def mechanism(self, name: str) -> Mechanism:
         """An attached mechanism by registry name."""
@@ -175,22 +216,33 @@ class DynamicNet(nn.Module):
                 f"{list(self.graph.input_shape)}; equip with example_inputs of this size"
             )
         n = x.shape[0]
-        mode: CostMode = "simulated" if self.backend == "emulated" else "executed"
-        trace = Trace.new(n, mode)
+        trace = Trace.new(n, self.cost_mode)
         with self._running(trace):
             logits = call_model(self.backbone, inputs)
         rest = self.graph.total_macs - sum(u.macs for u in self.units.values())
+        rest -= sum(s.macs for s in self.sites.values())
         trace.cost.add(rest)  # stem, head and every module that is not a unit ran for all
         return DynamicResult(logits, trace)
 
+    @property
+    def cost_mode(self) -> CostMode:
+        """``executed`` when the fast back-end runs and every mechanism really skips in it."""
+        fast = self.backend == "fast" and all(m.executes_fast for m in self.mechanisms)
+        return "executed" if fast else "simulated"
+
     def detach(self) -> nn.Module:
-        """A plain copy of the backbone: every unit replaced by the module it wraps.
+        """A plain copy of the backbone: every unit and tail replaced by the module it wraps.
 
         Gates and heads are dropped; the weights are this network's own, so in eval mode
         the result equals the original backbone bit for bit (the dense baseline of a bench).
         """
         dense = copy.deepcopy(self.backbone)
-        units = [(name, m) for name, m in dense.named_modules() if isinstance(m, Unit)]
+        wrappers = (Unit, SiteUnit, Tail)
+        units = [
+            (name, m)
+            for name, m in dense.named_modules(remove_duplicate=False)
+            if isinstance(m, wrappers)
+        ]
         for name, unit in sorted(units, key=lambda t: t[0].count("."), reverse=True):
             parent_name, _, attr = name.rpartition(".")
             parent = dense.get_submodule(parent_name) if parent_name else dense

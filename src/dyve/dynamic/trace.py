@@ -31,6 +31,9 @@ class Trace:
     cost: CostAccumulator
     #: unit name -> int8 status per sample (RAN, SKIPPED, APPROXIMATED, NOT_REACHED)
     units: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: unit name -> cost component ("macs", "scalar_ops", or a mechanism's own parts such
+    #: as "spet_saved") -> float64 per sample: the per-unit breakdown of ``cost``
+    detail: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
     def new(cls, n: int, cost_mode: CostMode) -> Trace:
@@ -43,6 +46,36 @@ class Trace:
             self.units[unit] = torch.full((self.n,), NOT_REACHED, dtype=torch.int8)
         idx = slice(None) if rows is None else rows.cpu()
         self.units[unit][idx] = torch.as_tensor(status, dtype=torch.int8).cpu()
+
+    def charge(
+        self,
+        unit: str,
+        rows: torch.Tensor | None,
+        status: torch.Tensor | int,
+        macs: float | torch.Tensor,
+        scalar_ops: float | torch.Tensor | None = None,
+        parts: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Record ``unit``'s status and cost for the samples ``rows`` (None = all).
+
+        The cost goes into the batch total and into :attr:`detail` under the unit's name;
+        ``scalar_ops`` defaults to ``2 * macs`` (see :class:`CostAccumulator`).
+        """
+        self.record(unit, rows, status)
+        self.cost.add(macs, rows, scalar_ops=scalar_ops)
+        m = torch.as_tensor(macs, dtype=torch.float64).cpu()
+        ops = 2 * m if scalar_ops is None else torch.as_tensor(scalar_ops, dtype=torch.float64)
+        idx = slice(None) if rows is None else rows.cpu()
+        comps = {"macs": m, "scalar_ops": ops.cpu(), **(parts or {})}
+        mine = self.detail.setdefault(unit, {})
+        for key, value in comps.items():
+            if key not in mine:
+                mine[key] = torch.zeros(self.n, dtype=torch.float64)
+            mine[key][idx] += torch.as_tensor(value, dtype=torch.float64).cpu()
+
+    def breakdown(self) -> dict[str, dict[str, float]]:
+        """Per unit, the mean over samples of each cost component."""
+        return {u: {k: float(v.mean()) for k, v in d.items()} for u, d in self.detail.items()}
 
     def fraction(self, status: int = RAN) -> dict[str, float]:
         """Per unit, the fraction of samples with ``status``."""

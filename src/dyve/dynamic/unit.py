@@ -125,5 +125,4 @@ class Unit(nn.Module):
         # a handful of whole-vector ops: this runs once per unit per batch (see NOTES.md)
         status = torch.where(run, RAN, SKIPPED).to(torch.int8)
         cost = torch.where(run, float(self.macs), float(self.skip_macs)).double() + overhead
-        trace.record(self.name, rows, status)
-        trace.cost.add(cost, rows)
+        trace.charge(self.name, rows, status, cost)

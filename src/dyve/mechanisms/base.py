@@ -47,6 +47,9 @@ class Mechanism(ABC):
     config_class: ClassVar[type]
     #: Config fields that are knobs (changeable after attach, swept by ``dyve sweep``).
     knob_names: ClassVar[tuple[str, ...]] = ()
+    #: True when the ``fast`` back-end really skips this mechanism's work; False when it
+    #: still computes and masks, so that costs are reported as ``simulated`` there too.
+    executes_fast: ClassVar[bool] = True
 
     def __init__(self, config: Any = None, **kwargs: Any) -> None:
         if config is None:
