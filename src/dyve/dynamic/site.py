@@ -104,10 +104,12 @@ class SiteUnit(nn.Module):
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Weight and bias of ``bn(layer(x))`` as one layer, cached until the weights change."""
         bn = self.tails["bn"].module if "bn" in self.tails else None
-        tensors = [self.module.weight, self.module.bias]
+        tensors: list[object] = [self.module.weight, self.module.bias]
         if bn is not None:
             tensors += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
-        key = tuple(v for t in tensors if t is not None for v in (t._version, t.data_ptr()))
+        key = tuple(
+            v for t in tensors if isinstance(t, torch.Tensor) for v in (t._version, t.data_ptr())
+        )
         if self._folded is None or self._folded[0] != key:
             with torch.no_grad():
                 w = self.module.weight.detach().clone()

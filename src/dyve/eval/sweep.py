@@ -17,14 +17,12 @@ from typing import Any
 
 import torch
 
-from dyve.cost.accumulator import CostAccumulator
 from dyve.data.core import ImageSet
 from dyve.data.loader import Normalization, batches
 from dyve.dynamic.net import DynamicNet
-from dyve.dynamic.trace import RAN
 from dyve.eval.curve import CurvePoint, TradeoffCurve
-from dyve.eval.evaluate import topk_correct
 from dyve.eval.latency import cycling, interleaved, machine, num_threads
+from dyve.eval.measure import measure
 
 #: Real samples cycled through for the batch-1 latency (the same sample for both models
 #: in a round).
@@ -131,33 +129,20 @@ def _measure(
     timer: _Timer | None,
 ) -> CurvePoint:
     """One point: accuracy and cost over ``data`` at the current knobs, then latency."""
-    correct1 = correct5 = 0
-    cost: CostAccumulator | None = None
-    ran: dict[str, int] = {}
-    for x, y in batches(data, batch_size, norm):
-        res = net.run(x)
-        c1, c5, _ = topk_correct(res.logits, y)
-        correct1 += c1
-        correct5 += c5
-        if cost is None:
-            cost = CostAccumulator(0, res.trace.cost.cost_mode)
-        cost.extend(res.trace.cost)
-        for unit, status in res.trace.units.items():
-            ran[unit] = ran.get(unit, 0) + int((status == RAN).sum())
-    assert cost is not None  # data is not empty
-    n = len(data)
-    s = cost.summary()
+    m = measure(net, data, norm, batch_size=batch_size)
+    n = m.n
+    s = m.cost.summary()
     lat, dense_lat = timer.time() if timer is not None else (None, None)
     macs_mean = float(s["macs_mean"])
     return CurvePoint(
         knob=knob,
         value=_jsonable(value),
-        top1=100.0 * correct1 / n,
-        top5=100.0 * correct5 / n,
+        top1=m.top1,
+        top5=m.top5,
         macs_mean=macs_mean,
         macs_p50=float(s["macs_p50"]),
         macs_p95=float(s["macs_p95"]),
-        cost_mode=cost.cost_mode,
+        cost_mode=m.cost.cost_mode,
         latency_ms=lat,
         dense_latency_ms=dense_lat,
         speedup_b1=dense_lat / lat if lat and dense_lat else None,
@@ -167,7 +152,7 @@ def _measure(
         split=data.split,
         reference=reference,
         knobs={k: _jsonable(v) for k, v in net.knobs().items()},
-        ran_fraction={u: c / n for u, c in ran.items()},
+        ran_fraction=m.ran_fraction,
     )
 
 

@@ -154,10 +154,10 @@ def grid(h: int, w: int, stride: int) -> Grid:
     return Grid(r // stride, c // stride, kind, count)
 
 
-def _sdss(
-    out: torch.Tensor, relu: bool, stride: int, threshold: float
+def sdss_neighbourhood(
+    out: torch.Tensor, relu: bool, stride: int
 ) -> tuple[torch.Tensor, torch.Tensor, Grid]:
-    """SDSS on a computed map: (new output, bool [N, C, H, W] interpolated, layout)."""
+    """Per position: max neighbour significance (inf on the grid), neighbour mean, layout."""
     ho, wo = out.shape[2:]
     lay = grid(ho, wo, stride)
     g = out[:, :, ::stride, ::stride]
@@ -177,7 +177,9 @@ def _sdss(
     left = (torch.maximum(sig, s_d), g + v_d)
     inside = (torch.maximum(top[0], torch.maximum(s_d, s_rd)), top[1] + v_d + v_rd)
 
-    def assemble(on: torch.Tensor, row: torch.Tensor, col: torch.Tensor, cell: torch.Tensor):
+    def assemble(
+        on: torch.Tensor, row: torch.Tensor, col: torch.Tensor, cell: torch.Tensor
+    ) -> torch.Tensor:
         # full-resolution map from per-cell values: offset (0, 0) of a cell is the grid
         # point, (0, dc) lies on a grid row, (dr, 0) on a grid column, the rest inside
         first = torch.stack([on] + [row] * (stride - 1), dim=-1)
@@ -189,9 +191,15 @@ def _sdss(
     inf = torch.full_like(sig, float("inf"))
     nb_max = assemble(inf, top[0], left[0], inside[0])
     nb_sum = assemble(g, top[1], left[1], inside[1])
-    interp = nb_max <= threshold
-    mean = nb_sum / lay.count.clamp(min=1).to(out.dtype)
-    return torch.where(interp, mean, out), interp, lay
+    return nb_max, nb_sum / lay.count.clamp(min=1).to(out.dtype), lay
+
+
+def sfma_statistic(x: torch.Tensor, statistic: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample and input channel: the mean and the uniformity statistic, ``[N, C]`` each."""
+    mean = x.mean((2, 3))
+    if statistic == "variance":  # E[x^2] - mean^2: 5x faster than torch.var here
+        return mean, (x.square().mean((2, 3)) - mean.square()).clamp(min=0)
+    return mean, x.amax((2, 3)) - x.amin((2, 3))
 
 
 def stat_ops(statistic: str, hw: int) -> tuple[int, int]:
@@ -223,11 +231,7 @@ def run_site(
     keep = None
     bias = plan.b.expand(n, cout)
     if knobs.sfma is not None:
-        mean = x4.mean((2, 3))
-        if statistic == "variance":  # E[x^2] - mean^2: 5x faster than torch.var here
-            stat = (x4.square().mean((2, 3)) - mean.square()).clamp(min=0)
-        else:
-            stat = x4.amax((2, 3)) - x4.amin((2, 3))
+        mean, stat = sfma_statistic(x4, statistic)
         approx = stat <= knobs.sfma
         keep = ~approx
         x4 = x4 * keep[:, :, None, None].to(x4.dtype)
@@ -270,7 +274,9 @@ def run_site(
     interp = torch.zeros(pre.shape, dtype=torch.bool)
     sdss_ops = torch.zeros(n, dtype=f64)
     if knobs.sdss is not None and ho * wo > 1 and not geom.linear:
-        out, interp, lay = _sdss(out, relu, sdss_stride, knobs.sdss)
+        nb_max, nb_mean, lay = sdss_neighbourhood(out, relu, sdss_stride)
+        interp = nb_max <= knobs.sdss
+        out = torch.where(interp, nb_mean, out)
         # one compare per neighbour tested, n ops to average n neighbours
         tested = cout * float(lay.count.sum())
         sdss_ops += tested + (interp * lay.count).sum((1, 2, 3), dtype=f64)
@@ -286,7 +292,8 @@ def run_site(
     overhead += spet_ops + sdss_ops
     n_interp = interp.sum((1, 2, 3)).to(f64)
     sdss_saved = 2 * exact_terms * n_interp
-    spet_saved = 2 * ((full - t1) * n_stop1 + (full - t2) * n_stop2).sum(1)
+    spet_saved = 2 * ((full - t1) * n_stop1).sum(1)
+    exact_saved = 2 * ((full - t2) * n_stop2).sum(1)
     n_stopped = (n_stop1 + n_stop2).sum(1)
     changed = (n_approx > 0) | (n_stopped > 0) | (n_interp > 0)
     if geom.linear:
@@ -300,6 +307,7 @@ def run_site(
             "sfma_saved": sfma_saved,
             "sdss_saved": sdss_saved,
             "spet_saved": spet_saved,
+            "exact_saved": exact_saved,
             "overhead": overhead,
             "stopped": n_stopped,
             "interpolated": n_interp,

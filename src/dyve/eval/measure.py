@@ -1,0 +1,101 @@
+"""One pass of a dynamic network over a dataset: accuracy, per-sample cost and its breakdown.
+
+Every accuracy-versus-cost figure (sweeps, calibration, reports) comes from here, so each
+reads the same trace the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from dyve.cost.accumulator import CostAccumulator
+from dyve.data.core import ImageSet
+from dyve.data.loader import Normalization, batches
+from dyve.dynamic.net import DynamicNet
+from dyve.dynamic.trace import RAN
+from dyve.eval.evaluate import topk_correct
+
+
+@dataclass
+class Measurement:
+    """Accuracy (percent) and per-sample cost of ``net`` over ``n`` samples."""
+
+    n: int
+    top1: float
+    top5: float
+    predictions: np.ndarray
+    cost: CostAccumulator
+    #: per unit: the mean over samples of each cost component of the trace
+    breakdown: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: per unit: the share of samples that ran it
+    ran_fraction: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def macs_mean(self) -> float:
+        return float(self.cost.macs.mean())
+
+    @property
+    def scalar_ops_mean(self) -> float:
+        return float(self.cost.scalar_ops.mean())
+
+
+@torch.no_grad()
+def measure(
+    net: DynamicNet,
+    data: ImageSet,
+    norm: Normalization,
+    *,
+    batch_size: int = 256,
+    progress: bool = False,
+    desc: str = "measure",
+) -> Measurement:
+    """Run ``net`` (eval mode, current knobs) over ``data`` with a trace per batch."""
+    from tqdm import tqdm
+
+    if len(data) == 0:
+        raise ValueError(f"{data.name}/{data.split}: no images to measure")
+    correct1 = correct5 = 0
+    preds: list[np.ndarray] = []
+    cost: CostAccumulator | None = None
+    sums: dict[str, dict[str, float]] = {}
+    ran: dict[str, int] = {}
+    was_training = net.training
+    net.eval()
+    total = -(-len(data) // batch_size)
+    try:
+        for x, y in tqdm(
+            batches(data, batch_size, norm),
+            total=total,
+            desc=desc,
+            disable=not progress,
+            leave=False,
+        ):
+            res = net.run(x)
+            c1, c5, top = topk_correct(res.logits, y)
+            correct1, correct5 = correct1 + c1, correct5 + c5
+            preds.append(top.numpy())
+            if cost is None:
+                cost = CostAccumulator(0, res.trace.cost.cost_mode)
+            cost.extend(res.trace.cost)
+            for unit, status in res.trace.units.items():
+                ran[unit] = ran.get(unit, 0) + int((status == RAN).sum())
+            for unit, comps in res.trace.detail.items():
+                mine = sums.setdefault(unit, {})
+                for k, v in comps.items():
+                    mine[k] = mine.get(k, 0.0) + float(v.sum())
+    finally:
+        net.train(was_training)
+    assert cost is not None
+    n = len(data)
+    return Measurement(
+        n=n,
+        top1=100.0 * correct1 / n,
+        top5=100.0 * correct5 / n,
+        predictions=np.concatenate(preds),
+        cost=cost,
+        breakdown={u: {k: v / n for k, v in d.items()} for u, d in sums.items()},
+        ran_fraction={u: c / n for u, c in ran.items()},
+    )

@@ -1,0 +1,128 @@
+"""``dyve dyvedeep calibrate`` and ``results`` end to end on real CIFAR-10 images (small limits)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+import torch
+
+import dyve.dynamic
+from dyve._io import read_json
+from dyve.cli.main import main
+from dyve.data import batches, load_images
+from dyve.eval.latency import num_threads
+from dyve.models import CIFAR_NORM
+
+REQUIRED = (
+    "baseline_top1",
+    "top1",
+    "accuracy_loss_pp",
+    "scalar_ops_per_sample",
+    "baseline_scalar_ops_per_sample",
+    "op_reduction",
+    "macs_per_sample",
+    "split",
+)
+
+
+def _cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), num_threads(1):
+        rc = main(list(argv))
+    return rc, out.getvalue()
+
+
+@pytest.mark.slow
+def test_calibrate_writes_a_complete_run(prepared, tmp_path: Path) -> None:
+    prepared("cifar10-jpeg")
+    run = tmp_path / "run"
+    args = (
+        "dyvedeep",
+        "calibrate",
+        "--model",
+        "caffe_cifar10",
+        "--data",
+        "cifar10-jpeg",
+        "--out",
+        str(run),
+        "--budget",
+        "1.0",
+        "--limit",
+        "300",
+        "--test-limit",
+        "300",
+        "--profile-images",
+        "48",
+        "--batch-size",
+        "150",
+        "--no-progress",
+    )
+    rc, text = _cli(*args)
+    assert rc == 0, text
+    assert "fewer scalar ops" in text
+    for f in (
+        "config.json",
+        "calibration.json",
+        "test.json",
+        "curve.json",
+        "curve.png",
+        "metrics.json",
+        "dynamic.json",
+        "dynamic.safetensors",
+    ):
+        assert (run / f).exists(), f
+    m = read_json(run / "metrics.json")
+    assert set(REQUIRED) <= set(m)
+    assert m["split"] == "test"
+    assert m["cost_mode"] == "simulated"
+    assert m["op_reduction"] > 1.0
+    assert m["baseline_scalar_ops_per_sample"] == 2 * m["baseline_macs_per_sample"]
+    assert set(m["ops_saved_fraction"]) == {"spet_saved", "exact_saved", "sdss_saved", "sfma_saved"}
+    assert set(m["knob_alone"]) <= {"spet", "spet_exact", "sdss", "sfma"}
+    layers = m["per_layer"]
+    assert set(layers) == {"conv2", "conv3", "fc1"}
+    # the saved network is the calibrated one: its test cost is the reported cost
+    net = dyve.dynamic.load(run)
+    net.backend = "emulated"
+    test = load_images("cifar10-jpeg", "test", limit=300)
+    ops = []
+    for x, _ in batches(test, 150, CIFAR_NORM):
+        ops.append(net.run(x).trace.cost.scalar_ops)
+    assert float(torch.cat(ops).mean()) == pytest.approx(m["scalar_ops_per_sample"])
+    # rerunning the finished run recomputes nothing and reports the same numbers
+    rc, again = _cli(*args)
+    assert rc == 0
+    assert "  step " not in again, "verified points must be reused from calibration.json"
+    assert read_json(run / "metrics.json")["top1"] == m["top1"]
+    # the results page lists the run
+    page = tmp_path / "results.md"
+    rc, _ = _cli("dyvedeep", "results", str(run), "--out", str(page))
+    assert rc == 0
+    text = page.read_text()
+    assert "| caffe_cifar10 |" in text
+    assert f"{m['op_reduction']:.2f}x" in text
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys) -> None:
+    rc = main(
+        [
+            "dyvedeep",
+            "calibrate",
+            "--model",
+            "caffe_cifar10",
+            "--data",
+            "cifar10-jpeg",
+            "--out",
+            str(tmp_path),
+            "--knobs",
+            "spet,warp",
+        ]
+    )
+    assert rc == 2
+    assert "unknown knobs" in capsys.readouterr().err
+    rc = main(["dyvedeep", "results", str(tmp_path / "missing"), "--out", str(tmp_path / "r.md")])
+    assert rc == 2
+    assert "no metrics.json" in capsys.readouterr().err
