@@ -13,3 +13,12 @@ def test_extending_guide_runs(run_snippet) -> None:  # type: ignore[no-untyped-d
     out = run_snippet("\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.S)))
     assert "contract passed" in out
     assert "(executed)" in out
+
+
+def test_dyvedeep_page_runs(run_snippet, prepared) -> None:  # type: ignore[no-untyped-def]
+    prepared("cifar10-jpeg")  # the snippet calibrates on 500 val images from the cache
+    text = (DOCS / "methods" / "dyvedeep.md").read_text()
+    out = run_snippet("\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.S)))
+    fractions = [float(v) for v in re.findall(r"\d\.\d+", out)]
+    assert len(fractions) == 4
+    assert all(0.1 < f < 1.0 for f in fractions), out

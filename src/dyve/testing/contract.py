@@ -7,7 +7,7 @@ a registered mechanism has no case.
 Properties checked:
 
 1. identity: knobs off -> outputs ``torch.equal`` to the backbone's (eval mode) and
-   per-sample cost == static cost, in both back-ends;
+   per-sample cost == static cost (scalar ops == 2 x static MACs), in both back-ends;
 2. no side effects: the user's model (parameters, buffers, hooks) and inputs are unchanged;
 3. batch consistency: a batch gives the same decisions and outputs as its samples one by one;
 4. monotonic knob: a more permissive knob value never raises the mean cost on a fixed batch;
@@ -206,6 +206,9 @@ def check_identity(case: ContractCase, tmp: Path) -> None:
         static = float(net.static_macs)
         assert torch.all(res.macs == static), (
             f"{backend}: cost {res.macs.tolist()} != static {static}"
+        )
+        assert torch.all(res.trace.cost.scalar_ops == 2 * static), (
+            f"{backend}: scalar ops with knobs off must be 2 x the static MACs"
         )
 
 

@@ -281,7 +281,7 @@ def calibrate(
 def _spread(n: int) -> list[float]:
     """Multiples of the operating step for the curve: below it and beyond it."""
     below = [i / (n // 2 + 1) for i in range(1, n // 2 + 1)]
-    above = [1 + 0.5 * i for i in range(1, n - len(below) + 1)]
+    above = [1 + 0.15 * i for i in range(1, n - len(below) + 1)]  # accuracy falls fast there
     return below + above
 
 
