@@ -122,15 +122,13 @@ def checkpoint_terms(checkpoint: float, k: int) -> int:
 
 @dataclass(frozen=True)
 class Grid:
-    """SDSS layout of an ``H x W`` map: each position's grid cell and neighbourhood kind.
+    """SDSS layout of an ``H x W`` map: each position's neighbourhood kind and size.
 
     Position ``(r, c)`` lies in cell ``(r // s, c // s)``; its neighbours are the cell's
     grid corners that exist: 2 on a grid row or column, 4 inside a cell, fewer at the far
     border. ``kind`` is 0 on the grid, 1 on a grid row, 2 on a grid column, 3 inside.
     """
 
-    rows: torch.Tensor  # [H] cell row of each row
-    cols: torch.Tensor  # [W]
     kind: torch.Tensor  # [H, W] int
     count: torch.Tensor  # [H, W] float: neighbours tested (0 on the grid)
 
@@ -151,7 +149,7 @@ def grid(h: int, w: int, stride: int) -> Grid:
         torch.where(kind == 2, 1 + has_down.long(), (1 + has_right.long()) * (1 + has_down.long())),
     )
     count = torch.where(kind == 0, 0, count).float()
-    return Grid(r // stride, c // stride, kind, count)
+    return Grid(kind, count)
 
 
 def sdss_neighbourhood(
