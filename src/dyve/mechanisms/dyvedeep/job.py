@@ -246,7 +246,9 @@ def _write_curve(cal: Calibration, out: Path, cfg: JobConfig) -> None:
     for p in pts:
         if p["step"] == cal.chosen:
             ax.plot([p["op_reduction"]], [p["top1"]], "r*", ms=14, label="chosen")
-    ax.set_xlabel("scalar-op reduction (x, simulated)")
+    ax.set_xscale("log")
+    ax.set_ylim(cal.dense["top1"] - 15, cal.dense["top1"] + 1)  # the cliff's foot is cut off
+    ax.set_xlabel("scalar-op reduction (x, simulated, log scale)")
     ax.set_ylabel(f"top-1 % ({cal.config['dataset']}/{cal.config['split']})")
     ax.set_title(f"DyVEDeep on {cfg.model}")
     ax.legend(fontsize=8)
