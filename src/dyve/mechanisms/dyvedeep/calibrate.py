@@ -237,7 +237,7 @@ def calibrate(
     def verify(step: int) -> dict[str, float]:
         key = str(step)
         if key not in cal.evaluations:
-            _apply(mech, cal.knob_values(step))
+            apply_knobs(mech, cal.knob_values(step))
             m = run(f"step {step}")
             cal.evaluations[key] = {
                 "top1": m.top1,
@@ -274,7 +274,7 @@ def calibrate(
         verify(min(last, max(0, round(anchor * f))))
     cal.chosen = _choose(cal, cfg)
     save()
-    _apply(mech, cal.knob_values(cal.chosen) if cal.chosen is not None else {})
+    apply_knobs(mech, cal.knob_values(cal.chosen) if cal.chosen is not None else {})
     return cal
 
 
@@ -294,7 +294,8 @@ def _choose(cal: Calibration, cfg: CalibrationConfig) -> int | None:
     return min(ok, key=lambda p: p["scalar_ops_mean"])["step"] if ok else None
 
 
-def _apply(mech: DyVEDeep, values: dict[str, Any]) -> None:
+def apply_knobs(mech: DyVEDeep, values: dict[str, Any]) -> None:
+    """Set every knob from ``values`` (as :meth:`Calibration.knob_values` gives); absent = off."""
     for k in KNOBS:
         mech.set_knob(k, values.get(k) or mech.off_knobs()[k])
 

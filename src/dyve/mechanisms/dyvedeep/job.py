@@ -24,7 +24,12 @@ from dyve.dynamic import equip, save
 from dyve.dynamic.net import DynamicNet
 from dyve.errors import DyveError
 from dyve.eval.measure import Measurement, measure
-from dyve.mechanisms.dyvedeep.calibrate import Calibration, CalibrationConfig, calibrate
+from dyve.mechanisms.dyvedeep.calibrate import (
+    Calibration,
+    CalibrationConfig,
+    apply_knobs,
+    calibrate,
+)
 from dyve.mechanisms.dyvedeep.mechanism import KNOBS, DyVEDeep
 from dyve.version import __version__
 
@@ -147,8 +152,8 @@ class _TestRuns:
 
 def _set(net: DynamicNet, values: dict[str, Any]) -> None:
     mech = net.mechanism("dyvedeep")
-    for k, off in mech.off_knobs().items():
-        mech.set_knob(k, values.get(k) or off)
+    assert isinstance(mech, DyVEDeep)
+    apply_knobs(mech, values)
 
 
 def _metrics(
