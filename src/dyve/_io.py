@@ -107,3 +107,8 @@ def save_npy(path: str | os.PathLike[str], arr: Any) -> None:
             np.save(fh, arr)
 
     atomic_save(path, writer)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), for exact comparisons."""
+    return json.loads(json.dumps(value))

@@ -21,13 +21,13 @@ the dynamic network is not compiled (its control flow depends on the data).
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from dyve._io import jsonable
 from dyve.dynamic.net import DynamicNet
 from dyve.dynamic.save import describe
 from dyve.errors import DyveError
@@ -160,7 +160,7 @@ def bench(
         "backbone": net.backbone_id,
         "backbone_kwargs": desc["backbone_kwargs"],
         "mechanisms": desc["mechanisms"],
-        "knobs": json.loads(json.dumps(net.knobs())),
+        "knobs": jsonable(net.knobs()),
         "backend": "fast",
         "compile": compile,
         "compile_options": dict(COMPILE_OPTIONS) if compile else None,

@@ -11,7 +11,6 @@ mismatched file is refused with a :class:`~dyve.errors.DyveError`.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dyve._io import atomic_save, read_json, write_json
+from dyve._io import atomic_save, jsonable, read_json, write_json
 from dyve.dynamic.net import BACKENDS, DynamicNet
 from dyve.errors import DyveError
 from dyve.version import __version__
@@ -50,7 +49,7 @@ def save(net: DynamicNet, folder: str | os.PathLike[str]) -> Path:
     desc = describe(net)
     tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     atomic_save(folder / WEIGHTS, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
-    write_json(folder / DESCRIPTION, json.loads(json.dumps(desc)))
+    write_json(folder / DESCRIPTION, jsonable(desc))
     return folder
 
 

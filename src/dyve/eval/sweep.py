@@ -10,13 +10,13 @@ Every knob is restored afterwards, also when the sweep fails.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
+from dyve._io import jsonable
 from dyve.data.core import ImageSet
 from dyve.data.loader import Normalization, batches
 from dyve.dynamic.net import DynamicNet
@@ -136,7 +136,7 @@ def _measure(
     macs_mean = float(s["macs_mean"])
     return CurvePoint(
         knob=knob,
-        value=_jsonable(value),
+        value=jsonable(value),
         top1=m.top1,
         top5=m.top5,
         macs_mean=macs_mean,
@@ -151,7 +151,7 @@ def _measure(
         dataset=data.name,
         split=data.split,
         reference=reference,
-        knobs={k: _jsonable(v) for k, v in net.knobs().items()},
+        knobs={k: jsonable(v) for k, v in net.knobs().items()},
         ran_fraction=m.ran_fraction,
     )
 
@@ -174,8 +174,3 @@ class _Timer:
             }
             t = interleaved(fns, repeats=self.repeats, warmup=2)
         return t["dynamic"].median_ms, t["dense"].median_ms
-
-
-def _jsonable(v: Any) -> Any:
-    """``v`` as it reads back from JSON (tuples become lists), so curves round-trip exactly."""
-    return json.loads(json.dumps(v))

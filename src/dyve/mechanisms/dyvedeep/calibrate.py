@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from dyve._io import read_json, write_json
+from dyve._io import jsonable, read_json, write_json
 from dyve.data.core import ImageSet
 from dyve.data.loader import Normalization, batches
 from dyve.dynamic.net import DynamicNet
@@ -146,7 +146,7 @@ def _greedy(
         return ops, err * prof[s].sensitivity
 
     current = {s: local(s, level[s]) for s in sites}
-    dense_ops = {s: prof[s].try_knobs(mech, net.sites[s], SiteKnobs())[0] for s in sites}
+    dense_ops = {s: 2.0 * net.sites[s].macs for s in sites}  # knobs off: 2 ops per MAC
     version = dict.fromkeys(sites, 0)
     heap: list[tuple[float, int, str, str, float, float]] = []
 
@@ -305,7 +305,7 @@ def _resume(path: Path | None, cfg_dict: dict[str, Any]) -> Calibration | None:
         return None
     d = read_json(path)
     saved = dict(d.get("config", {}))
-    if saved != _jsonish(cfg_dict):
+    if saved != jsonable(cfg_dict):
         raise DyveError(
             f"{path} holds a calibration with other settings; use another --out or delete it"
         )
@@ -316,9 +316,3 @@ def _resume(path: Path | None, cfg_dict: dict[str, Any]) -> Calibration | None:
         evaluations=d.get("evaluations", {}),
         chosen=d.get("chosen"),
     )
-
-
-def _jsonish(d: dict[str, Any]) -> Any:
-    import json
-
-    return json.loads(json.dumps(d))

@@ -13,12 +13,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dyve._io import read_json, write_json
+from dyve._io import atomic_save, jsonable, read_json, write_json
 from dyve.cost import CONVENTION
 from dyve.dynamic import equip, save
 from dyve.dynamic.net import DynamicNet
@@ -258,15 +259,17 @@ def _write_curve(cal: Calibration, out: Path, cfg: JobConfig) -> None:
     ax.set_title(f"DyVEDeep on {cfg.model}")
     ax.legend(fontsize=8)
     for ext in ("png", "svg"):
-        fig.savefig(out / f"curve.{ext}", dpi=110)
+        atomic_save(out / f"curve.{ext}", partial(_savefig, fig, ext))
+
+
+def _savefig(fig: Any, fmt: str, path: str) -> None:
+    fig.savefig(path, format=fmt, dpi=110)
 
 
 def _check_resume(path: Path, config: dict[str, Any]) -> None:
     if not path.exists():
         return
-    import json
-
     old = {k: v for k, v in read_json(path).items() if k not in ("machine", "command")}
-    new = {k: v for k, v in json.loads(json.dumps(config)).items() if k != "command"}
+    new = {k: v for k, v in jsonable(config).items() if k != "command"}
     if old != new:
         raise DyveError(f"{path.parent} holds a run with other settings; use another --out")
