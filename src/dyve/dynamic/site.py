@@ -97,6 +97,11 @@ class SiteUnit(nn.Module):
         tail.owners.append(self)
 
     @property
+    def backend(self) -> str:
+        """The network's current back-end (``fast`` or ``emulated``)."""
+        return self._state.backend
+
+    @property
     def relu(self) -> bool:
         """True when the unit computes ``relu(...)`` itself (what SPET-like knobs need)."""
         return "act" in self.tails

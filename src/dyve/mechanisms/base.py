@@ -47,9 +47,13 @@ class Mechanism(ABC):
     config_class: ClassVar[type]
     #: Config fields that are knobs (changeable after attach, swept by ``dyve sweep``).
     knob_names: ClassVar[tuple[str, ...]] = ()
-    #: True when the ``fast`` back-end really skips this mechanism's work; False when it
-    #: still computes and masks, so that costs are reported as ``simulated`` there too.
-    executes_fast: ClassVar[bool] = True
+    #: True when the fast back-end's executed cost equals the emulated (simulated) one;
+    #: False when executing costs extra work the emulation does not count (DyVEDeep's
+    #: kernels recompute check terms), so the contract asserts executed >= simulated.
+    fast_cost_exact: ClassVar[bool] = True
+    #: Knobs the fast back-end does not apply because they cannot pay there and do not
+    #: change outputs (DyVEDeep's lossless ``spet_exact``): fast runs them as off.
+    fast_ignores: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any = None, **kwargs: Any) -> None:
         if config is None:
@@ -59,6 +63,12 @@ class Mechanism(ABC):
         if not isinstance(config, self.config_class):
             raise TypeError(f"{self.name}: config must be {self.config_class.__name__}")
         self.config: Any = config
+
+    @property
+    def executes_fast(self) -> bool:
+        """True when the ``fast`` back-end really skips this mechanism's work; False when it
+        still computes and masks, so that costs are reported as ``simulated`` there too."""
+        return True
 
     @abstractmethod
     def attach(self, net: DynamicNet) -> None:

@@ -82,6 +82,7 @@ class Plan:
     cnt_exact_top: torch.Tensor
     cnt_exact: torch.Tensor
     wsum: torch.Tensor  # [Cout, Cin]: kernel sums for SFMA
+    top_idx: torch.Tensor  # [Cout, m] int32: each filter's check terms, ascending (fast path)
 
 
 def make_plan(w: torch.Tensor, b: torch.Tensor, checkpoint: float) -> Plan:
@@ -91,8 +92,9 @@ def make_plan(w: torch.Tensor, b: torch.Tensor, checkpoint: float) -> Plan:
     flat = w4.reshape(cout, -1)
     k = flat.shape[1]
     m = checkpoint_terms(checkpoint, k)
+    idx = flat.abs().topk(m, dim=1).indices
     top = torch.zeros_like(flat, dtype=torch.bool)
-    top.scatter_(1, flat.abs().topk(m, dim=1).indices, True)
+    top.scatter_(1, idx, True)
     top = top.view_as(w4)
     pos = w4 > 0
 
@@ -100,15 +102,16 @@ def make_plan(w: torch.Tensor, b: torch.Tensor, checkpoint: float) -> Plan:
         return mask.reshape(cout, cin, -1).sum(-1).to(torch.float64)
 
     return Plan(
-        w=w4,
-        b=b,
+        w=w4.contiguous(),
+        b=b.contiguous(),
         w_top=w4 * top,
         w_exact_top=w4 * (top | pos),
         w_exact=w4 * pos,
         cnt_top=counts(top),
         cnt_exact_top=counts(top | pos),
         cnt_exact=counts(pos),
-        wsum=w4.sum((2, 3)),
+        wsum=w4.sum((2, 3)).contiguous(),
+        top_idx=idx.sort(dim=1).values.to(torch.int32).contiguous(),
     )
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from dyve.dynamic.site import SiteResult, SiteUnit
 from dyve.mechanisms.base import MECHANISMS, Mechanism
+from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.dyvedeep.kernel import (
     STATISTICS,
     Geometry,
@@ -86,6 +87,7 @@ class DyVEDeepOp:
         self.mech = mech
         self.knobs = SiteKnobs()
         self._plan: tuple[torch.Tensor, Plan] | None = None
+        self._fast: tuple[Plan, native.FastSite] | None = None
 
     def active(self) -> bool:
         return self.knobs.active
@@ -98,9 +100,17 @@ class DyVEDeepOp:
 
     def compute(self, x: torch.Tensor, unit: SiteUnit) -> SiteResult:
         cfg = self.mech.config
+        plan = self.plan(unit)
+        if unit.backend == "fast" and self.mech.executes_fast and x.dtype == torch.float32:
+            if self._fast is None or self._fast[0] is not plan:
+                self._fast = (plan, native.FastSite(plan, self.geom))
+            knobs = replace(self.knobs, exact=False)  # lossless, does not pay: fast_ignores
+            return self._fast[1].run(
+                x, knobs, relu=unit.relu, sdss_stride=cfg.sdss_stride, statistic=cfg.sfma_statistic
+            )
         return run_site(
             x,
-            self.plan(unit),
+            plan,
             self.geom,
             self.knobs,
             relu=unit.relu,
@@ -119,12 +129,24 @@ class DyVEDeep(Mechanism):
     name = "dyvedeep"
     config_class = DyVEDeepConfig
     knob_names = KNOBS
-    executes_fast = False  # the fast kernels are issue 5; until then costs are simulated
+    fast_cost_exact = False  # the kernels recompute check terms (see fast_kernel.cpp)
+    fast_ignores = ("spet_exact",)
+
+    @property
+    def executes_fast(self) -> bool:
+        """True when the C++ kernels are built and the network is float32 on the CPU."""
+        if not native.available():
+            return False
+        return all(
+            u.module.weight.device.type == "cpu" and u.module.weight.dtype == torch.float32
+            for u in self._units
+        )
 
     def attach(self, net: DynamicNet) -> None:
         cfg = self.config
         self.eligible: dict[str, list[str]] = {k: [] for k in KNOBS}
         self.ops: dict[str, DyVEDeepOp] = {}
+        self._units: list[SiteUnit] = []
         first = net.graph.sites[0].name if net.graph.sites else None
         for site in net.graph.sites:
             if cfg.sites is not None and site.name not in cfg.sites:
@@ -145,6 +167,7 @@ class DyVEDeep(Mechanism):
             if not knobs or unit is None:
                 continue
             unit.op = self.ops[site.name] = DyVEDeepOp(unit, self)
+            self._units.append(unit)
             for k in knobs:
                 self.eligible[k].append(site.name)
         if cfg.sites is not None:

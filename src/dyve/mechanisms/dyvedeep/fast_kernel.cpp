@@ -1,0 +1,617 @@
+// DyVEDeep's knobs on one conv/linear site, really skipping work (the "fast" back-end).
+//
+// Built on first use by dyve/mechanisms/dyvedeep/native.py (g++ -O3 -march=native) and
+// called through ctypes, one call per site and batch. It computes what the emulation in
+// kernel.py computes (same knob semantics), but only the work it decides to do, and
+// counts that work. Layout per sample (see docs/methods/dyvedeep.md, "fast back-end"):
+//
+//   * SFMA: per input channel mean and statistic; approximated channels are dropped
+//     from the im2col matrices and the weights (K' = kept channels x kh x kw terms) and
+//     their constant contribution goes into a per-sample bias.
+//   * colT [K'][positions]: term-major im2col. Dense sites run a register-tiled GEMM on it
+//     (8 output channels x 32 positions); SPET sites run their check pass on it (each
+//     filter's own check terms, vectorised over 64 positions).
+//   * patch [position][K']: position-major im2col rows, built lazily, for per-neuron work:
+//     the neurons SPET keeps are completed by a dot product over all K' terms (the check
+//     terms are recomputed: the check terms differ per filter, so they cannot be skipped
+//     in a shared layout; the cost report counts them as "recomputed").
+//   * SDSS: grid positions first (as a list through the same passes), then per channel
+//     and off-grid position: interpolate, or compute that neuron alone.
+//   * SPET's exact check is not applied here: it is lossless (the ReLU gives the same 0),
+//     so outputs are unchanged, and in this layout it would cost a second pass.
+//
+// Portable C++17 with GCC vector extensions: 16-float vectors become AVX-512, AVX2 or SSE
+// code depending on the -march the library was built for.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace {
+
+typedef float vf __attribute__((vector_size(64)));
+typedef float vfu __attribute__((vector_size(64), aligned(4)));
+constexpr int V = 16;
+
+inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
+inline void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
+inline vf splat(float a) { return vf{} + a; }
+typedef float vf8 __attribute__((vector_size(32)));
+typedef float vf4 __attribute__((vector_size(16)));
+inline float hsum(vf v) {
+  const vf8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const vf4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
+inline int round_up(int a, int b) { return (a + b - 1) / b * b; }
+
+}  // namespace
+
+extern "C" {
+
+// Everything the kernel needs about one site; filled by native.py (ctypes.Structure).
+struct DyveSite {
+  int n, cin, h, w, cout, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo;
+  const float* x;        // [n, cin, h, w]
+  const float* weight;   // [cout, cin*kh*kw], BN folded
+  const float* bias;     // [cout]
+  const float* wsum;     // [cout, cin] kernel sums (SFMA)
+  const int32_t* top_ci;   // [cout, m] input channel of each filter's check terms
+  const int32_t* top_tap;  // [cout, m] their tap ky*kw+kx
+  const float* top_w;      // [cout, m] their weights
+  const float* wr_full;    // [cout, kh, L16]: weights in kernel-row runs, all channels kept
+  int m;
+  int use_spet;
+  float spet;
+  int use_sdss;
+  float sdss;
+  int sdss_stride;
+  int use_sfma;
+  float sfma;
+  int statistic;  // 0: variance, 1: range
+  int relu;
+  int threads;
+  float* out;      // [n, cout, ho, wo]
+  double* stats;   // [n, DYVE_NSTAT]
+};
+
+// Columns of `stats`, per sample.
+enum {
+  ST_MACS = 0,        // multiply-accumulates executed
+  ST_OPS,             // scalar operations executed (2 x MACs + overhead)
+  ST_OVERHEAD,        // SFMA statistics and constants, SPET compares, SDSS tests/averages
+  ST_STOPPED,         // neurons SPET stopped
+  ST_INTERPOLATED,    // neurons SDSS interpolated
+  ST_APPROXIMATED,    // input channels SFMA approximated
+  ST_RECOMPUTED,      // check-term MACs done again by completed neurons
+  ST_CHECKED,         // SPET checks made
+  ST_WASTED,          // MACs of stopped neurons completed with their plane vector
+  ST_CHANGED,         // 1 when any knob acted on the sample
+  DYVE_NSTAT
+};
+
+int dyve_nstat() { return DYVE_NSTAT; }
+int dyve_abi() { return 1; }
+
+}  // extern "C"
+
+namespace {
+
+// per-neuron dot products cost about this many times a vectorised lane (measured, NOTES.md)
+constexpr float NEURON_COST = 1.5f;
+
+struct Scratch {
+  std::vector<float> xq, xt, wc, wr, topw, bias, partial;
+  std::vector<int32_t> kept, slot, toff, ttop, trel, flat, active, vecs, tap_off, tap_rel, xbase;
+  std::vector<int> ntop;
+};
+
+// Scratch buffers are pooled, not thread_local: TLS in a dlopen'ed library goes through
+// __tls_get_addr's slow path (measured: ~8 % of a batch-1 call).
+std::mutex pool_mu;
+std::vector<Scratch*> pool;
+
+Scratch* acquire() {
+  std::lock_guard<std::mutex> lock(pool_mu);
+  if (pool.empty()) return new Scratch();
+  Scratch* sc = pool.back();
+  pool.pop_back();
+  return sc;
+}
+
+void release(Scratch* sc) {
+  std::lock_guard<std::mutex> lock(pool_mu);
+  pool.push_back(sc);
+}
+
+inline vf load_or_zero(const float* p, bool ok) { return ok ? load(p) : vf{}; }
+
+struct Sample {
+  const DyveSite& s;
+  Scratch& sc;
+  const float* x;
+  float* out;
+  double* st;
+  int nk = 0, k2 = 0, P = 0, K = 0;
+  int Hp = 0, Wp = 0, Hq = 0, Wq = 0, PQ = 0, NF = 0, L = 0, L16 = 0;
+  const float* wc = nullptr;  // [cout][K] weights of the kept channels, term order
+  const float* wr = nullptr;  // [cout][kh][L16] the same in kernel-row runs
+
+  Sample(const DyveSite& site, Scratch& scratch, int i)
+      : s(site), sc(scratch),
+        x(site.x + (size_t)i * site.cin * site.h * site.w),
+        out(site.out + (size_t)i * site.cout * site.ho * site.wo),
+        st(site.stats + (size_t)i * DYVE_NSTAT) {
+    k2 = s.kh * s.kw;
+    P = s.ho * s.wo;
+    Hp = s.h + 2 * s.ph;
+    Wp = s.w + 2 * s.pw;
+    Hq = (Hp + s.sh - 1) / s.sh;
+    Wq = (Wp + s.sw - 1) / s.sw;
+    PQ = Hq * Wq;
+    NF = s.ho * Wq;
+  }
+
+  // SFMA decisions, the per-sample bias and the kept channels.
+  void channels() {
+    const int hw = s.h * s.w;
+    sc.bias.assign(s.bias, s.bias + s.cout);
+    sc.kept.clear();
+    sc.slot.assign(s.cin, -1);
+    int approx = 0;
+    for (int c = 0; c < s.cin; ++c) {
+      bool drop = false;
+      double mean = 0.0;
+      if (s.use_sfma) {
+        const float* xc = x + (size_t)c * hw;
+        vf sum{}, sq{}, mx = splat(xc[0]), mn = splat(xc[0]);
+        int j = 0;
+        for (; j + V <= hw; j += V) {
+          const vf v = load(xc + j);
+          sum += v;
+          sq += v * v;
+          mx = v > mx ? v : mx;
+          mn = v < mn ? v : mn;
+        }
+        float fs = hsum(sum), fq = hsum(sq), fmx = mx[0], fmn = mn[0];
+        for (int l = 1; l < V; ++l) fmx = std::max(fmx, mx[l]), fmn = std::min(fmn, mn[l]);
+        for (; j < hw; ++j) {
+          fs += xc[j];
+          fq += xc[j] * xc[j];
+          fmx = std::max(fmx, xc[j]);
+          fmn = std::min(fmn, xc[j]);
+        }
+        const float m = fs / hw;
+        mean = m;
+        const float stat = s.statistic == 0 ? std::max(0.f, fq / hw - m * m) : fmx - fmn;
+        drop = stat <= s.sfma;
+      }
+      if (drop) {
+        ++approx;
+        for (int o = 0; o < s.cout; ++o) sc.bias[o] += (float)mean * s.wsum[(size_t)o * s.cin + c];
+      } else {
+        sc.slot[c] = (int)sc.kept.size();
+        sc.kept.push_back(c);
+      }
+    }
+    nk = (int)sc.kept.size();
+    K = nk * k2;
+    if (s.use_sfma) {
+      const double per_channel = s.statistic == 0 ? 5.0 * hw + 1 : 2.0 * hw + 2;
+      const double per_approx = s.statistic == 0 ? 0.0 : 2.0 * hw;
+      st[ST_OVERHEAD] += s.cin * per_channel + approx * (per_approx + 2.0 * s.cout);
+    }
+    st[ST_APPROXIMATED] = approx;
+  }
+
+  // Per tap (ky, kx): offset in the phase-split planes of channel 0, and in the
+  // channels-last layout (in positions); a term's offset adds its channel's.
+  void taps() {
+    sc.tap_off.resize(k2);
+    sc.tap_rel.resize(k2);
+    for (int ky = 0; ky < s.kh; ++ky)
+      for (int kx = 0; kx < s.kw; ++kx) {
+        const int dy = ky * s.dh, dx = kx * s.dw;
+        sc.tap_off[ky * s.kw + kx] =
+            ((dy % s.sh) * s.sw + dx % s.sw) * PQ + (dy / s.sh) * Wq + dx / s.sw;
+        sc.tap_rel[ky * s.kw + kx] = dy * Wp + dx;
+      }
+  }
+
+  // Phase-split zero-padded planes of the kept channels (plane layout) and the weights.
+  void planes() {
+    const size_t size = (size_t)nk * s.sh * s.sw * PQ + PQ + 8 * V;
+    sc.xq.assign(size, 0.f);
+    const size_t cstride = (size_t)s.sh * s.sw * PQ;
+    for (int j = 0; j < nk; ++j) {
+      const float* xc = x + (size_t)sc.kept[j] * s.h * s.w;
+      for (int iy = 0; iy < s.h; ++iy) {
+        const int py = iy + s.ph;
+        float* dst = &sc.xq[j * cstride + (size_t)(py % s.sh) * s.sw * PQ + (py / s.sh) * Wq];
+        const float* src = xc + (size_t)iy * s.w;
+        for (int fx = 0; fx < s.sw; ++fx) {  // input columns of one phase: stride sw
+          const int ix0 = ((fx - s.pw) % s.sw + s.sw) % s.sw;
+          float* d = dst + (size_t)((ix0 + s.pw) % s.sw) * PQ + (ix0 + s.pw) / s.sw;
+          for (int ix = ix0; ix < s.w; ix += s.sw) *d++ = src[ix];
+        }
+      }
+    }
+    sc.toff.resize(std::max(K, 1));
+    for (int j = 0; j < nk; ++j)
+      for (int t = 0; t < k2; ++t) sc.toff[j * k2 + t] = (int)(j * cstride) + sc.tap_off[t];
+    if (nk == s.cin) {
+      wc = s.weight;
+    } else {
+      const int Kall = s.cin * k2;
+      sc.wc.resize((size_t)s.cout * std::max(K, 1));
+      for (int o = 0; o < s.cout; ++o)
+        for (int j = 0; j < nk; ++j)
+          std::memcpy(&sc.wc[(size_t)o * K + j * k2],
+                      s.weight + (size_t)o * Kall + sc.kept[j] * k2, sizeof(float) * k2);
+      wc = sc.wc.data();
+    }
+    // flat index i = r * Wq + c of the planes -> output position (-1: beyond the map)
+    sc.flat.assign(round_up(NF, 4 * V) + 4 * V, -1);
+    for (int r = 0; r < s.ho; ++r)
+      for (int c = 0; c < s.wo; ++c) sc.flat[r * Wq + c] = r * s.wo + c;
+  }
+
+  // Channels-last padded input (neuron layout) and weights in runs of kernel rows,
+  // built when the first neuron is computed alone.
+  bool have_rows = false;
+  void rows() {
+    if (have_rows) return;
+    have_rows = true;
+    L = s.kw * nk;
+    L16 = round_up(std::max(L, 1), V);
+    sc.xt.assign((size_t)Hp * Wp * nk + L16 + V, 0.f);
+    const size_t hw = (size_t)s.h * s.w;
+    for (int iy = 0; iy < s.h; ++iy)
+      for (int ix = 0; ix < s.w; ++ix) {
+        float* d = &sc.xt[((size_t)(iy + s.ph) * Wp + ix + s.pw) * nk];
+        const float* src = x + (size_t)iy * s.w + ix;
+        for (int j = 0; j < nk; ++j) d[j] = src[sc.kept[j] * hw];
+      }
+    sc.xbase.resize(P);
+    for (int r = 0; r < s.ho; ++r)
+      for (int c = 0; c < s.wo; ++c) sc.xbase[r * s.wo + c] = (r * s.sh * Wp + c * s.sw) * nk;
+    if (nk == s.cin) {
+      wr = s.wr_full;
+      return;
+    }
+    const int Kall = s.cin * k2;
+    sc.wr.assign((size_t)s.cout * s.kh * L16, 0.f);
+    for (int o = 0; o < s.cout; ++o)
+      for (int ky = 0; ky < s.kh; ++ky)
+        for (int kx = 0; kx < s.kw; ++kx)
+          for (int j = 0; j < nk; ++j)
+            sc.wr[((size_t)o * s.kh + ky) * L16 + kx * nk + j] =
+                s.weight[(size_t)o * Kall + (sc.kept[j] * s.kh + ky) * s.kw + kx];
+    wr = sc.wr.data();
+  }
+
+  // Each filter's check terms among the kept channels: plane offsets, neuron offsets.
+  void checks() {
+    const size_t cstride = (size_t)s.sh * s.sw * PQ;
+    sc.ttop.resize((size_t)s.cout * s.m);
+    sc.trel.resize((size_t)s.cout * s.m);
+    sc.topw.resize((size_t)s.cout * s.m);
+    sc.ntop.assign(s.cout, 0);
+    for (int o = 0; o < s.cout; ++o) {
+      int t = 0;
+      for (size_t q = (size_t)o * s.m; q < (size_t)(o + 1) * s.m; ++q) {
+        const int j = sc.slot[s.top_ci[q]], tap = s.top_tap[q];
+        if (j < 0) continue;
+        const size_t at = (size_t)o * s.m + t;
+        sc.ttop[at] = (int)(j * cstride) + sc.tap_off[tap];
+        sc.trel[at] = sc.tap_rel[tap] * nk + j;
+        sc.topw[at] = s.top_w[q];
+        ++t;
+      }
+      sc.ntop[o] = t;
+    }
+  }
+
+  inline float finish(float v) const { return s.relu && v < 0.f ? 0.f : v; }
+
+  // Dense plane pass: all output channels at all positions, 8 channels x 32 positions.
+  void dense() {
+    const float* xq = sc.xq.data();
+    const int* toff = sc.toff.data();
+    for (int o = 0; o < s.cout; o += 8) {
+      const int no = std::min(8, s.cout - o);
+      for (int i = 0; i < NF; i += 2 * V) {
+        vf acc[8][2];
+        for (int t = 0; t < 8; ++t) acc[t][0] = acc[t][1] = vf{};
+        if (no == 8) {
+          const float* w0 = wc + (size_t)o * K;
+          for (int k = 0; k < K; ++k) {
+            const float* r = xq + toff[k] + i;
+            const vf a0 = load(r), a1 = load(r + V);
+            for (int t = 0; t < 8; ++t) {
+              const vf wv = splat(w0[(size_t)t * K + k]);
+              acc[t][0] += wv * a0;
+              acc[t][1] += wv * a1;
+            }
+          }
+        } else {
+          for (int k = 0; k < K; ++k) {
+            const float* r = xq + toff[k] + i;
+            const vf a0 = load(r), a1 = load(r + V);
+            for (int t = 0; t < no; ++t) {
+              const vf wv = splat(wc[(size_t)(o + t) * K + k]);
+              acc[t][0] += wv * a0;
+              acc[t][1] += wv * a1;
+            }
+          }
+        }
+        alignas(64) float buf[8][2 * V];
+        for (int t = 0; t < 8; ++t) {
+          store(buf[t], acc[t][0]);
+          store(buf[t] + V, acc[t][1]);
+        }
+        for (int t = 0; t < no; ++t) {
+          float* oc = out + (size_t)(o + t) * P;
+          const float b = sc.bias[o + t];
+          for (int l = 0; l < 2 * V; ++l) {
+            const int p = sc.flat[i + l];
+            if (p >= 0) oc[p] = finish(b + buf[t][l]);
+          }
+        }
+      }
+    }
+    st[ST_MACS] += (double)K * P * s.cout;
+  }
+
+  // Neuron dot products (runs of kernel rows in the channels-last layout), 4 at a time.
+  void neurons(int o, const int32_t* ps, int n) {
+    rows();
+    const float* wo = wr + (size_t)o * s.kh * L16;
+    const float* xt = sc.xt.data();
+    float* oc = out + (size_t)o * P;
+    const float b = sc.bias[o];
+    const size_t row = (size_t)s.dh * Wp * nk;
+    const int32_t* xb = sc.xbase.data();
+    auto base = [&](int p) { return xt + xb[p]; };
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+      const float *p0 = base(ps[i]), *p1 = base(ps[i + 1]), *p2 = base(ps[i + 2]),
+                  *p3 = base(ps[i + 3]);
+      vf a0{}, a1{}, a2{}, a3{};
+      for (int ky = 0; ky < s.kh; ++ky) {
+        const float* w = wo + ky * L16;
+        const size_t d = ky * row;
+        for (int k = 0; k < L16; k += V) {
+          const vf wv = load(w + k);
+          a0 += wv * load(p0 + d + k);
+          a1 += wv * load(p1 + d + k);
+          a2 += wv * load(p2 + d + k);
+          a3 += wv * load(p3 + d + k);
+        }
+      }
+      oc[ps[i]] = finish(b + hsum(a0));
+      oc[ps[i + 1]] = finish(b + hsum(a1));
+      oc[ps[i + 2]] = finish(b + hsum(a2));
+      oc[ps[i + 3]] = finish(b + hsum(a3));
+    }
+    for (; i < n; ++i) {
+      const float* p0 = base(ps[i]);
+      vf a0{};
+      for (int ky = 0; ky < s.kh; ++ky)
+        for (int k = 0; k < L16; k += V) a0 += load(wo + ky * L16 + k) * load(p0 + ky * row + k);
+      oc[ps[i]] = finish(b + hsum(a0));
+    }
+    st[ST_MACS] += (double)K * n;
+  }
+
+  // Vectorised completion of whole plane vectors (flat starts in `vs`), 4 at a time.
+  void vectors(int o, const int32_t* vs, int n, const float* part) {
+    const float* xq = sc.xq.data();
+    const float* w = wc + (size_t)o * K;
+    const int* toff = sc.toff.data();
+    float* oc = out + (size_t)o * P;
+    const float b = sc.bias[o];
+    double lanes = 0.0, stopped = 0.0;
+    for (int g = 0; g < n; g += 4) {
+      const int ng = std::min(4, n - g);
+      vf a[4] = {vf{}, vf{}, vf{}, vf{}};
+      int at[4] = {vs[g], vs[g], vs[g], vs[g]};
+      for (int v = 1; v < ng; ++v) at[v] = vs[g + v];
+      for (int k = 0; k < K; ++k) {
+        const vf wv = splat(w[k]);
+        const float* r = xq + toff[k];
+        a[0] += wv * load(r + at[0]);
+        a[1] += wv * load(r + at[1]);
+        a[2] += wv * load(r + at[2]);
+        a[3] += wv * load(r + at[3]);
+      }
+      alignas(64) float buf[4][V];
+      for (int v = 0; v < 4; ++v) store(buf[v], a[v]);
+      for (int v = 0; v < ng; ++v)
+        for (int l = 0; l < V; ++l) {
+          const int p = sc.flat[at[v] + l];
+          if (p < 0) continue;
+          lanes += 1;
+          if (part[at[v] + l] <= s.spet) {
+            stopped += 1;
+          } else {
+            oc[p] = finish(b + buf[v][l]);
+          }
+        }
+    }
+    st[ST_MACS] += (double)K * lanes;
+    st[ST_WASTED] += (double)K * stopped;
+  }
+
+  // SPET in the plane layout: check pass, then each channel completes its kept neurons
+  // per neuron or per plane vector, whichever costs less.
+  void spet() {
+    const float* xq = sc.xq.data();
+    std::vector<float>& partial = sc.partial;
+    partial.assign(sc.flat.size(), 0.f);
+    for (int o = 0; o < s.cout; ++o) {
+      const int nt = sc.ntop[o];
+      const int32_t* tk = &sc.ttop[(size_t)o * s.m];
+      const float* tw = &sc.topw[(size_t)o * s.m];
+      float* oc = out + (size_t)o * P;
+      sc.active.clear();
+      sc.vecs.clear();
+      for (int i = 0; i < NF; i += 4 * V) {
+        vf a[4];
+        for (int v = 0; v < 4; ++v) a[v] = splat(sc.bias[o]);
+        for (int t = 0; t < nt; ++t) {
+          const vf wv = splat(tw[t]);
+          const float* r = xq + tk[t] + i;
+          a[0] += wv * load(r);
+          a[1] += wv * load(r + V);
+          a[2] += wv * load(r + 2 * V);
+          a[3] += wv * load(r + 3 * V);
+        }
+        for (int v = 0; v < 4; ++v) store(&partial[i + v * V], a[v]);
+        for (int v = 0; v < 4; ++v) {
+          bool any = false;
+          for (int l = 0; l < V; ++l) {
+            const int p = sc.flat[i + v * V + l];
+            if (p < 0) continue;
+            if (partial[i + v * V + l] <= s.spet) {
+              oc[p] = 0.f;
+            } else {
+              sc.active.push_back(p);
+              any = true;
+            }
+          }
+          if (any) sc.vecs.push_back(i + v * V);
+        }
+      }
+      const int na = (int)sc.active.size();
+      st[ST_MACS] += (double)nt * P;
+      st[ST_STOPPED] += P - na;
+      st[ST_RECOMPUTED] += (double)nt * na;
+      if (na * NEURON_COST < (float)sc.vecs.size() * V) {
+        neurons(o, sc.active.data(), na);
+      } else {
+        vectors(o, sc.vecs.data(), (int)sc.vecs.size(), partial.data());
+      }
+    }
+    st[ST_CHECKED] += (double)P * s.cout;
+  }
+
+  // One neuron alone (neuron layout): SPET check by gather, then its dot product.
+  void single(int o, int p) {
+    rows();
+    if (s.use_spet) {
+      const float* xb = sc.xt.data() + sc.xbase[p];
+      const int nt = sc.ntop[o];
+      const int32_t* rel = &sc.trel[(size_t)o * s.m];
+      const float* tw = &sc.topw[(size_t)o * s.m];
+      float a = sc.bias[o];
+      for (int t = 0; t < nt; ++t) a += tw[t] * xb[rel[t]];
+      st[ST_MACS] += nt;
+      st[ST_CHECKED] += 1;
+      if (a <= s.spet) {
+        out[(size_t)o * P + p] = 0.f;
+        st[ST_STOPPED] += 1;
+        return;
+      }
+      st[ST_RECOMPUTED] += nt;
+    }
+    const int32_t one = p;
+    neurons(o, &one, 1);
+  }
+
+  // Neuron mode (SDSS sites, linear layers): grid neurons, then each off-grid neuron
+  // interpolated from its grid neighbours or computed alone.
+  void neuron_mode() {
+    const int S = s.use_sdss ? s.sdss_stride : 1;
+    for (int r = 0; r < s.ho; r += S)
+      for (int c = 0; c < s.wo; c += S)
+        for (int o = 0; o < s.cout; ++o) single(o, r * s.wo + c);
+    if (!s.use_sdss) return;
+    double tests = 0.0, avg = 0.0, interp = 0.0;
+    int nb[4];
+    for (int r = 0; r < s.ho; ++r)
+      for (int c = 0; c < s.wo; ++c) {
+        const bool on_r = r % S == 0, on_c = c % S == 0;
+        if (on_r && on_c) continue;
+        const int r0 = r - r % S, c0 = c - c % S;
+        const bool down = r0 + S < s.ho, right = c0 + S < s.wo;
+        int cnt = 0;
+        nb[cnt++] = r0 * s.wo + c0;
+        if (!on_c && right) nb[cnt++] = r0 * s.wo + c0 + S;
+        if (!on_r && down) nb[cnt++] = (r0 + S) * s.wo + c0;
+        if (!on_r && !on_c && right && down) nb[cnt++] = (r0 + S) * s.wo + c0 + S;
+        const int p = r * s.wo + c;
+        tests += (double)cnt * s.cout;
+        for (int o = 0; o < s.cout; ++o) {
+          const float* oc = out + (size_t)o * P;
+          float mx = -INFINITY, sum = 0.f;
+          for (int t = 0; t < cnt; ++t) {
+            const float v = oc[nb[t]];
+            mx = std::max(mx, s.relu ? v : std::fabs(v));
+            sum += v;
+          }
+          if (mx <= s.sdss) {
+            out[(size_t)o * P + p] = sum / cnt;
+            interp += 1;
+            avg += cnt;
+          } else {
+            single(o, p);
+          }
+        }
+      }
+    st[ST_INTERPOLATED] = interp;
+    st[ST_OVERHEAD] += tests + avg;
+  }
+
+  void run() {
+    channels();
+    taps();
+    const bool plane = !(s.use_sdss && P > 1) && P > 1;
+    if (plane) planes();
+    if (s.use_spet) checks();
+    if (!plane)
+      neuron_mode();
+    else if (s.use_spet)
+      spet();
+    else
+      dense();
+    st[ST_OVERHEAD] += st[ST_CHECKED];
+    st[ST_OPS] = 2.0 * st[ST_MACS] + st[ST_OVERHEAD];
+    st[ST_CHANGED] = st[ST_APPROXIMATED] + st[ST_STOPPED] + st[ST_INTERPOLATED] > 0;
+  }
+};
+
+void run_range(const DyveSite* s, int lo, int hi) {
+  Scratch* sc = acquire();
+  for (int i = lo; i < hi; ++i) {
+    std::memset(s->stats + (size_t)i * DYVE_NSTAT, 0, sizeof(double) * DYVE_NSTAT);
+    Sample(*s, *sc, i).run();
+  }
+  release(sc);
+}
+
+}  // namespace
+
+extern "C" int dyve_site(const DyveSite* s) {
+  if (s->n < 0 || s->cout < 1 || s->cin < 1 || s->ho < 1 || s->wo < 1) return 1;
+  if (s->use_spet && (s->m < 1 || s->top_ci == nullptr)) return 2;
+  const int T = std::max(1, std::min(s->threads, s->n));
+  if (T == 1) {
+    run_range(s, 0, s->n);
+    return 0;
+  }
+  std::vector<std::thread> pool;
+  const int per = (s->n + T - 1) / T;
+  for (int t = 1; t < T; ++t) {
+    const int lo = t * per, hi = std::min(s->n, lo + per);
+    if (lo < hi) pool.emplace_back(run_range, s, lo, hi);
+  }
+  run_range(s, 0, std::min(s->n, per));
+  for (auto& th : pool) th.join();
+  return 0;
+}

@@ -1,0 +1,250 @@
+"""DyVEDeep's fast back-end: the C++ kernels of ``fast_kernel.cpp``, built on first use.
+
+The kernels are compiled with the system C++ compiler (``$CXX``, else ``g++``/``c++``)
+for the host CPU (``-march=native``; without it if that fails), into
+``$DYVE_KERNELS`` (default ``~/.cache/dyve/kernels``), keyed by a hash of the source, the
+flags, the compiler and the CPU, and loaded with :mod:`ctypes` (no torch headers, so a
+build takes seconds). Building writes to a temporary file and renames it, so concurrent
+processes and interrupted builds never load a half-written library.
+
+Without a compiler, or when the build or the load fails, :func:`kernels` returns ``None``
+and dyve says so once (a :class:`RuntimeWarning` naming the reason); DyVEDeep then runs the
+emulated computation on every back-end and labels its costs ``simulated``.
+``DYVE_NO_NATIVE=1`` forces that fallback.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from dyve.dynamic.site import SiteResult
+from dyve.mechanisms.dyvedeep.kernel import STATISTICS, Geometry, Plan, SiteKnobs
+
+SOURCE = "fast_kernel.cpp"
+FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno"]
+#: Columns of the kernel's per-sample statistics (``DYVE_NSTAT`` in the source).
+STATS = (
+    "macs",
+    "scalar_ops",
+    "overhead",
+    "stopped",
+    "interpolated",
+    "channels_approximated",
+    "recomputed",
+    "checked",
+    "wasted",
+    "changed",
+)
+_ptr = ctypes.c_void_p
+
+
+class DyveSite(ctypes.Structure):
+    """Mirror of ``struct DyveSite`` in the source (field order matters)."""
+
+    _fields_ = [
+        (name, ctypes.c_int)
+        for name in "n cin h w cout kh kw sh sw ph pw dh dw ho wo".split()
+    ] + [
+        ("x", _ptr),
+        ("weight", _ptr),
+        ("bias", _ptr),
+        ("wsum", _ptr),
+        ("top_ci", _ptr),
+        ("top_tap", _ptr),
+        ("top_w", _ptr),
+        ("wr_full", _ptr),
+        ("m", ctypes.c_int),
+        ("use_spet", ctypes.c_int),
+        ("spet", ctypes.c_float),
+        ("use_sdss", ctypes.c_int),
+        ("sdss", ctypes.c_float),
+        ("sdss_stride", ctypes.c_int),
+        ("use_sfma", ctypes.c_int),
+        ("sfma", ctypes.c_float),
+        ("statistic", ctypes.c_int),
+        ("relu", ctypes.c_int),
+        ("threads", ctypes.c_int),
+        ("out", _ptr),
+        ("stats", _ptr),
+    ]
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept: ``$DYVE_KERNELS``, else ``~/.cache/dyve/kernels``."""
+    return Path(os.environ.get("DYVE_KERNELS") or "~/.cache/dyve/kernels").expanduser()
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _cpu() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+        model = next((ln for ln in text.splitlines() if ln.startswith("model name")), "")
+        return model + flags
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _build(cxx: str, src: str, out: Path) -> str | None:
+    """Compile ``src`` into ``out``; the error text, or None on success."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for arch in (["-march=native"], []):
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+        with tempfile.NamedTemporaryFile("w", suffix=".cpp", delete=False) as f:
+            f.write(src)
+        try:
+            proc = subprocess.run(
+                [cxx, *FLAGS, *arch, f.name, "-o", tmp], capture_output=True, text=True
+            )
+            if proc.returncode == 0:
+                os.replace(tmp, out)
+                return None
+            errors.append(proc.stderr.strip().splitlines()[-1:] or ["(no message)"])
+        finally:
+            os.unlink(f.name)
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return f"{cxx} failed: {errors[-1][0][:300]}"
+
+
+@lru_cache(maxsize=1)
+def kernels() -> ctypes.CDLL | None:
+    """The loaded kernel library, or None (with one warning saying why) when unavailable."""
+    reason = _load_reason()
+    if isinstance(reason, ctypes.CDLL):
+        return reason
+    warnings.warn(
+        f"dyve: DyVEDeep's fast C++ kernels are unavailable ({reason}); DyVEDeep runs its "
+        "emulated computation on every back-end and reports simulated costs",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return None
+
+
+def _load_reason() -> ctypes.CDLL | str:
+    if os.environ.get("DYVE_NO_NATIVE"):
+        return "DYVE_NO_NATIVE is set"
+    cxx = _compiler()
+    if cxx is None:
+        return "no C++ compiler found; install g++ or set CXX"
+    src = resources.files("dyve.mechanisms.dyvedeep").joinpath(SOURCE).read_text()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\0".join([src, " ".join(FLAGS), version, _cpu()]).encode())
+    lib = cache_dir() / f"dyvedeep-{key.hexdigest()[:16]}.so"
+    if not lib.exists():
+        err = _build(cxx, src, lib)
+        if err is not None:
+            return err
+    try:
+        dll = ctypes.CDLL(str(lib))
+    except OSError as exc:
+        return f"cannot load {lib}: {exc}"
+    dll.dyve_site.argtypes = [ctypes.POINTER(DyveSite)]
+    dll.dyve_site.restype = ctypes.c_int
+    if dll.dyve_nstat() != len(STATS):
+        return f"{lib} does not match this dyve version"
+    return dll
+
+
+def available() -> bool:
+    """True when the fast kernels are built and loaded."""
+    return kernels() is not None
+
+
+class FastSite:
+    """One site's plan in the kernels' layout, and a reusable call structure.
+
+    Built once per plan (the folded weights): each filter's check terms as (channel, tap,
+    weight) and the weights in kernel-row runs (channels-last, rows padded to 16 floats).
+    """
+
+    def __init__(self, plan: Plan, geom: Geometry) -> None:
+        dll = kernels()
+        if dll is None:
+            raise RuntimeError("DyVEDeep's fast kernels are unavailable (see the warning)")
+        self._dll = dll
+        self.plan, self.geom = plan, geom
+        cout, cin, kh, kw = plan.w.shape
+        k2 = kh * kw
+        idx = plan.top_idx.long()
+        self.top_ci = (idx // k2).to(torch.int32).contiguous()
+        self.top_tap = (idx % k2).to(torch.int32).contiguous()
+        self.top_w = plan.w.reshape(cout, -1).gather(1, idx).contiguous()
+        run = kw * cin
+        rows = plan.w.permute(0, 2, 3, 1).reshape(cout, kh, run)
+        self.wr_full = torch.nn.functional.pad(rows, (0, -run % 16)).contiguous()
+        self.site = DyveSite()
+        st = self.site
+        st.cout, st.kh, st.kw = cout, kh, kw
+        (st.sh, st.sw), (st.ph, st.pw), (st.dh, st.dw) = geom.stride, geom.padding, geom.dilation
+        st.weight, st.bias, st.wsum = plan.w.data_ptr(), plan.b.data_ptr(), plan.wsum.data_ptr()
+        st.top_ci, st.top_tap = self.top_ci.data_ptr(), self.top_tap.data_ptr()
+        st.top_w, st.wr_full, st.m = self.top_w.data_ptr(), self.wr_full.data_ptr(), idx.shape[1]
+
+    def run(
+        self,
+        x: torch.Tensor,
+        knobs: SiteKnobs,
+        *,
+        relu: bool,
+        sdss_stride: int = 2,
+        statistic: str = "variance",
+    ) -> SiteResult:
+        """The site computed by the kernels; same outputs as :func:`~.kernel.run_site`.
+
+        Costs are *executed*: the MACs and scalar operations the kernel ran, including the
+        check terms that completed neurons recompute (``recomputed``) and the stopped
+        neurons completed with their vector (``wasted``); see ``fast_kernel.cpp``. SPET's
+        exact check is not applied (lossless: the outputs are the same).
+        """
+        n = x.shape[0]
+        x4 = (x.reshape(n, -1, 1, 1) if self.geom.linear else x).contiguous()
+        if x4.dtype != torch.float32 or x4.device.type != "cpu":
+            raise TypeError("the fast kernels take float32 CPU tensors")
+        st = self.site
+        st.n, st.cin, st.h, st.w = n, *x4.shape[1:]
+        st.ho = (st.h + 2 * st.ph - st.dh * (st.kh - 1) - 1) // st.sh + 1
+        st.wo = (st.w + 2 * st.pw - st.dw * (st.kw - 1) - 1) // st.sw + 1
+        out = torch.empty(n, st.cout, st.ho, st.wo)
+        stats = torch.empty(n, len(STATS), dtype=torch.float64)
+        st.use_spet = knobs.spet is not None
+        st.spet = knobs.spet or 0.0
+        st.use_sdss = knobs.sdss is not None and st.ho * st.wo > 1 and not self.geom.linear
+        st.sdss, st.sdss_stride = knobs.sdss or 0.0, sdss_stride
+        st.use_sfma, st.sfma = knobs.sfma is not None, knobs.sfma or 0.0
+        st.statistic, st.relu = STATISTICS.index(statistic), relu
+        st.threads = torch.get_num_threads()
+        st.x, st.out, st.stats = x4.data_ptr(), out.data_ptr(), stats.data_ptr()
+        rc = self._dll.dyve_site(ctypes.byref(st))
+        st.x = st.out = st.stats = None
+        if rc != 0:
+            raise RuntimeError(f"dyvedeep fast kernel failed (code {rc})")
+        col = dict(zip(STATS, stats.unbind(1), strict=True))
+        return SiteResult(
+            out=out.reshape(n, st.cout) if self.geom.linear else out,
+            macs=col.pop("macs"),
+            scalar_ops=col.pop("scalar_ops"),
+            changed=col.pop("changed") > 0,
+            parts=col,
+        )
