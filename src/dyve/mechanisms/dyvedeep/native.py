@@ -26,6 +26,7 @@ import warnings
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
@@ -48,23 +49,16 @@ STATS = (
     "changed",
 )
 _ptr = ctypes.c_void_p
+_INTS = ("n", "cin", "h", "w", "cout", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "ho", "wo")
 
 
 class DyveSite(ctypes.Structure):
     """Mirror of ``struct DyveSite`` in the source (field order matters)."""
 
-    _fields_ = [
-        (name, ctypes.c_int)
-        for name in "n cin h w cout kh kw sh sw ph pw dh dw ho wo".split()
-    ] + [
-        ("x", _ptr),
-        ("weight", _ptr),
-        ("bias", _ptr),
-        ("wsum", _ptr),
-        ("top_ci", _ptr),
-        ("top_tap", _ptr),
-        ("top_w", _ptr),
-        ("wr_full", _ptr),
+    _fields_: ClassVar[list[tuple[str, Any]]] = [
+        *((name, ctypes.c_int) for name in _INTS),
+        *((name, _ptr) for name in ("x", "weight", "bias", "wsum", "top_ci", "top_tap")),
+        *((name, _ptr) for name in ("top_w", "wr_full")),
         ("m", ctypes.c_int),
         ("use_spet", ctypes.c_int),
         ("spet", ctypes.c_float),
