@@ -103,7 +103,7 @@ int dyve_abi() { return 1; }
 namespace {
 
 // per-neuron dot products cost about this many times a vectorised lane (measured, NOTES.md)
-constexpr float NEURON_COST = 1.5f;
+constexpr float NEURON_COST = 1.0f;
 
 struct Scratch {
   std::vector<float> xq, xt, wc, wr, topw, bias, partial;

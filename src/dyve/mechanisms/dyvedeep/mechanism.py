@@ -135,12 +135,10 @@ class DyVEDeep(Mechanism):
     @property
     def executes_fast(self) -> bool:
         """True when the C++ kernels are built and the network is float32 on the CPU."""
-        if not native.available():
-            return False
-        return all(
-            u.module.weight.device.type == "cpu" and u.module.weight.dtype == torch.float32
-            for u in self._units
-        )
+        if not native.available() or not self._units:
+            return not self._units and native.available()
+        w = self._units[0].module.weight  # the network moves as a whole
+        return w.device.type == "cpu" and w.dtype == torch.float32
 
     def attach(self, net: DynamicNet) -> None:
         cfg = self.config
