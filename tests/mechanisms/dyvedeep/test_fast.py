@@ -1,0 +1,181 @@
+"""DyVEDeep's fast back-end (C++ kernels) against the emulated one.
+
+Per site, on random layers: same outputs (relative error <= 1e-5), the same decisions
+(neurons stopped, positions interpolated, channels approximated), and an executed cost
+that is the simulated cost plus exactly the extra work the kernels report. Per network, on
+every zoo model at its calibrated operating point (committed in docs/results/dyvedeep) and
+the embedded CIFAR-10 sample. And the fallback: without kernels dyve says so once and
+runs the emulation.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from dyve.data import batches, load_sample
+from dyve.dynamic import equip
+from dyve.mechanisms.dyvedeep import DyVEDeep, DyVEDeepConfig, native
+from dyve.mechanisms.dyvedeep.kernel import Geometry, SiteKnobs, make_plan, run_site
+from dyve.models import create, model_info
+
+RESULTS = Path(__file__).resolve().parents[3] / "docs" / "results" / "dyvedeep"
+ZOO = ("caffe_cifar10", "vgg16_bn_cifar_w025", "resnet20_cifar", "resnet56_cifar")
+RTOL = 1e-5
+
+pytestmark = pytest.mark.skipif(
+    not native.available(), reason="DyVEDeep's C++ kernels could not be built here (no g++?)"
+)
+
+# (cin, cout, size, kernel, stride, padding)
+GEOMETRIES = [
+    (16, 16, 8, 3, 1, 1),
+    (16, 32, 9, 3, 2, 1),
+    (20, 24, 7, 1, 1, 0),
+    (8, 12, 10, 5, 1, 2),
+    (12, 10, 7, 3, 2, 0),
+]
+KNOBS = [
+    SiteKnobs(),
+    SiteKnobs(spet=0.0),
+    SiteKnobs(spet=1e9),  # stops every neuron
+    SiteKnobs(sfma=0.05),
+    SiteKnobs(sfma=1e9),  # approximates every channel
+    SiteKnobs(sdss=0.3),
+    SiteKnobs(spet=0.05, sdss=0.3, sfma=0.05),
+]
+
+
+def _layer(cin, cout, size, k, stride, pad, gen):
+    x = torch.relu(torch.randn(3, cin, size, size, generator=gen))
+    x[:, : cin // 3] = 0.3 + 0.01 * x[:, : cin // 3]  # near-uniform channels for SFMA
+    w = torch.randn(cout, cin, k, k, generator=gen) / (cin * k * k) ** 0.5
+    b = 0.1 * torch.randn(cout, generator=gen)
+    geom = Geometry(False, (stride, stride), (pad, pad), (1, 1))
+    return x, make_plan(w, b, 0.25), geom
+
+
+def _assert_same(x, plan, geom, knobs, *, relu=True, statistic="variance"):
+    emu = run_site(x, plan, geom, knobs, relu=relu, statistic=statistic)
+    fast = native.FastSite(plan, geom).run(x, knobs, relu=relu, statistic=statistic)
+    scale = emu.out.abs().max().clamp(min=1e-12)
+    assert (fast.out - emu.out).abs().max() <= RTOL * scale, "outputs differ"
+    for part in ("stopped", "interpolated", "channels_approximated"):
+        assert torch.equal(fast.parts[part], emu.parts[part]), f"{part} differs"
+    assert torch.equal(fast.changed, emu.changed)
+    extra = fast.parts["recomputed"] + fast.parts["wasted"]
+    assert torch.equal(fast.macs, emu.macs + extra), "executed != simulated + reported extra"
+    assert torch.equal(fast.parts["overhead"], emu.parts["overhead"])
+    assert torch.equal(fast.scalar_ops, 2 * fast.macs + fast.parts["overhead"])
+    return emu, fast
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "x".join(map(str, g)))
+@pytest.mark.parametrize("knobs", KNOBS, ids=lambda k: str(k)[9:-1].replace(" ", ""))
+def test_site_matches_emulation(geometry, knobs):
+    x, plan, geom = _layer(*geometry, torch.Generator().manual_seed(1))
+    _assert_same(x, plan, geom, knobs)
+
+
+@pytest.mark.parametrize("statistic", ["variance", "range"])
+def test_sfma_statistics_and_sites_without_relu(statistic):
+    x, plan, geom = _layer(16, 16, 8, 3, 1, 1, torch.Generator().manual_seed(2))
+    _assert_same(x, plan, geom, SiteKnobs(sdss=0.3, sfma=0.05), relu=False, statistic=statistic)
+
+
+def test_linear_site_and_two_threads():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.relu(torch.randn(5, 64, generator=gen))
+    plan = make_plan(torch.randn(40, 64, generator=gen) / 8, torch.zeros(40), 0.25)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        emu, fast = _assert_same(x, plan, Geometry(True), SiteKnobs(spet=0.0))
+    finally:
+        torch.set_num_threads(old)
+    assert fast.out.shape == (5, 40)
+    assert emu.parts["stopped"].sum() > 0
+
+
+def test_real_skipping_costs_less_than_dense():
+    x, plan, geom = _layer(32, 32, 8, 3, 1, 1, torch.Generator().manual_seed(4))
+    dense = native.FastSite(plan, geom).run(x, SiteKnobs(), relu=True)
+    stop_all = native.FastSite(plan, geom).run(x, SiteKnobs(spet=1e9), relu=True)
+    assert torch.all(stop_all.macs < dense.macs / 3)  # only the check terms ran
+    assert torch.all(stop_all.out == 0)
+
+
+def _zoo_net(name: str):
+    desc = json.loads((RESULTS / name / "dynamic.json").read_text())
+    config = desc["mechanisms"][0]["config"]
+    config["sites"] = tuple(config["sites"]) if config.get("sites") else None
+    backbone = create(name, pretrained=True)
+    return equip(backbone, DyVEDeep(DyVEDeepConfig(**config))), model_info(backbone)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_models_fast_equals_emulated(name):
+    fast, info = _zoo_net(name)
+    x, _ = next(batches(load_sample(), 24, info.norm))
+    emu = _zoo_net(name)[0]
+    emu.backend = "emulated"
+    emu.mechanisms[0].set_knob("spet_exact", False)  # the fast back-end ignores it
+    a, b = fast.run(x), emu.run(x)
+    assert a.trace.cost.cost_mode == "executed"
+    assert b.trace.cost.cost_mode == "simulated"
+    scale = b.logits.abs().max()
+    assert (a.logits - b.logits).abs().max() <= RTOL * scale
+    assert torch.equal(a.logits.argmax(1), b.logits.argmax(1))
+    for unit, status in b.trace.units.items():
+        assert torch.equal(a.trace.units[unit], status), f"{unit}: decisions differ"
+    extra = sum(
+        a.trace.detail[u][p] for u in a.trace.detail for p in ("recomputed", "wasted")
+        if p in a.trace.detail[u]
+    )  # fmt: skip
+    assert torch.allclose(a.macs, b.macs + extra, rtol=0, atol=0.5)
+    assert (a.macs < fast.static_macs).all(), "the calibrated point must really skip work"
+
+
+def test_without_kernels_dyve_says_so_once_and_emulates(tmp_path):
+    code = (
+        "import warnings, torch\n"
+        "warnings.simplefilter('always')\n"
+        "from dyve.dynamic import equip\n"
+        "from dyve.mechanisms.dyvedeep import DyVEDeep\n"
+        "from dyve.models import create\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    net = equip(create('resnet20_cifar'), DyVEDeep(spet=0.0))\n"
+        "    for _ in range(3): res = net.run(torch.randn(2, 3, 32, 32))\n"
+        "msgs = [str(m.message) for m in w if 'fast C++ kernels' in str(m.message)]\n"
+        "print(len(msgs), res.trace.cost.cost_mode, msgs[0] if msgs else '')\n"
+    )
+    env = {"DYVE_NO_NATIVE": "1", "DYVE_KERNELS": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    count, mode, message = out.strip().split(" ", 2)
+    assert count == "1"
+    assert mode == "simulated"
+    assert "DYVE_NO_NATIVE" in message
+    assert "emulated" in message
+    assert not list(tmp_path.iterdir()), "nothing should be built when disabled"
+
+
+def test_kernels_are_cached_and_rebuilt_atomically(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYVE_KERNELS", str(tmp_path))
+    native.kernels.cache_clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert native.kernels() is not None
+        built = list(tmp_path.iterdir())
+        assert len(built) == 1
+        assert built[0].suffix == ".so"
+    finally:
+        native.kernels.cache_clear()
