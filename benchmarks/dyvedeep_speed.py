@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from dyve import data
+from dyve._io import atomic_write, jsonable, write_json
 from dyve.bench import bench
 from dyve.dynamic import equip
 from dyve.dynamic.site import SiteUnit
@@ -239,9 +240,10 @@ def main() -> None:
     cmd = "python benchmarks/dyvedeep_speed.py" + (
         f" --models {' '.join(args.models)}" if args.models != list(MODELS) else ""
     )
-    args.out.write_text(page(results, cmd))
+    with atomic_write(args.out, "w") as f:
+        f.write(page(results, cmd))
     raw = args.out.with_suffix(".json")
-    raw.write_text(json.dumps(results, indent=1, default=str))
+    write_json(raw, jsonable(results))
     print(f"wrote {args.out} and {raw}")
 
 

@@ -129,8 +129,6 @@ void release(Scratch* sc) {
   pool.push_back(sc);
 }
 
-inline vf load_or_zero(const float* p, bool ok) { return ok ? load(p) : vf{}; }
-
 struct Sample {
   const DyveSite& s;
   Scratch& sc;
