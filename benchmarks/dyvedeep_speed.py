@@ -25,10 +25,9 @@ import torch
 from dyve import data
 from dyve._io import atomic_write, jsonable, write_json
 from dyve.bench import bench
-from dyve.dynamic import equip
+from dyve.dynamic import load
 from dyve.dynamic.site import SiteUnit
 from dyve.eval.latency import num_threads
-from dyve.mechanisms.dyvedeep import DyVEDeep, DyVEDeepConfig
 from dyve.models import create, model_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,10 +38,7 @@ TARGETS = {"resnet56_cifar", "vgg16_bn_cifar_w025"}  # the issue's target models
 
 def build(name: str) -> Any:
     """The calibrated DyVEDeep network of ``name`` from the committed results."""
-    desc = json.loads((RESULTS / name / "dynamic.json").read_text())
-    config = desc["mechanisms"][0]["config"]
-    config["sites"] = tuple(config["sites"]) if config.get("sites") else None
-    return equip(create(name, pretrained=True), DyVEDeep(DyVEDeepConfig(**config)))
+    return load(RESULTS / name, backbone=create(name, pretrained=True), weights=False)
 
 
 def _median_us(fn: Any, repeats: int) -> float:

@@ -306,3 +306,17 @@ def test_save_load_keeps_model_overrides(tmp_path: Path) -> None:
     with torch.no_grad():
         assert again(x).shape == (2, 100)
         assert torch.equal(again(x), net(x))
+
+
+def test_load_without_weights_keeps_the_given_backbone(tmp_path: Path) -> None:
+    net = equip(models.create("resnet20_cifar"), BlockSkip(threshold=0.3))
+    save(net, tmp_path / "run")
+    (tmp_path / "run" / "dynamic.safetensors").unlink()
+    backbone = models.create("resnet20_cifar")
+    again = load(tmp_path / "run", backbone=backbone, weights=False)
+    assert again.knobs() == net.knobs()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again(x), equip(backbone, BlockSkip(threshold=0.3))(x))
+    with pytest.raises(DyveError, match="needs the backbone"):
+        load(tmp_path / "run", weights=False)

@@ -53,8 +53,14 @@ def save(net: DynamicNet, folder: str | os.PathLike[str]) -> Path:
     return folder
 
 
-def load(folder: str | os.PathLike[str], backbone: nn.Module | None = None) -> DynamicNet:
+def load(
+    folder: str | os.PathLike[str], backbone: nn.Module | None = None, *, weights: bool = True
+) -> DynamicNet:
     """Rebuild a saved dynamic network (see module docstring).
+
+    ``weights=False`` rebuilds it from its description alone and keeps ``backbone``'s own
+    weights (required then): for results that record mechanisms and knobs without tensors,
+    such as a training-free mechanism on a pretrained zoo model.
 
     Example:
         >>> net = dyve.dynamic.load("runs/skip")  # doctest: +SKIP
@@ -66,6 +72,8 @@ def load(folder: str | os.PathLike[str], backbone: nn.Module | None = None) -> D
     from dyve.models import create
 
     folder = Path(folder)
+    if not weights and backbone is None:
+        raise DyveError("load(weights=False) needs the backbone whose weights to keep")
     where = folder / DESCRIPTION
     desc = _read_description(where)
     try:
@@ -91,6 +99,8 @@ def load(folder: str | os.PathLike[str], backbone: nn.Module | None = None) -> D
         raise
     except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
         raise DyveError(f"{where}: cannot rebuild the network it describes: {exc}") from None
+    if not weights:
+        return net.eval()
     try:
         tensors = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError) as exc:

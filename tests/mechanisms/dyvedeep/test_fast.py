@@ -10,7 +10,6 @@ runs the emulation.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import warnings
@@ -20,8 +19,8 @@ import pytest
 import torch
 
 from dyve.data import batches, load_sample
-from dyve.dynamic import equip
-from dyve.mechanisms.dyvedeep import DyVEDeep, DyVEDeepConfig, native
+from dyve.dynamic import load
+from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.dyvedeep.kernel import Geometry, SiteKnobs, make_plan, run_site
 from dyve.models import create, model_info
 
@@ -112,11 +111,10 @@ def test_real_skipping_costs_less_than_dense():
 
 
 def _zoo_net(name: str):
-    desc = json.loads((RESULTS / name / "dynamic.json").read_text())
-    config = desc["mechanisms"][0]["config"]
-    config["sites"] = tuple(config["sites"]) if config.get("sites") else None
     backbone = create(name, pretrained=True)
-    return equip(backbone, DyVEDeep(DyVEDeepConfig(**config))), model_info(backbone)
+    net = load(RESULTS / name, backbone=backbone, weights=False)
+    net.backend = "fast"
+    return net, model_info(backbone)
 
 
 @pytest.mark.parametrize("name", ZOO)

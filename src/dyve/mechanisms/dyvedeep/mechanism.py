@@ -88,6 +88,7 @@ class DyVEDeepOp:
         self.knobs = SiteKnobs()
         self._plan: tuple[torch.Tensor, Plan] | None = None
         self._fast: tuple[Plan, native.FastSite] | None = None
+        self._no_exact = (self.knobs, self.knobs)
 
     def active(self) -> bool:
         return self.knobs.active
@@ -98,15 +99,24 @@ class DyVEDeepOp:
             self._plan = (w, make_plan(w, b, self.mech.config.checkpoint))
         return self._plan[1]
 
+    def _fast_knobs(self) -> SiteKnobs:
+        """The knobs without the exact check (lossless, does not pay: ``fast_ignores``)."""
+        if self._no_exact[0] is not self.knobs:
+            self._no_exact = (self.knobs, replace(self.knobs, exact=False))
+        return self._no_exact[1]
+
     def compute(self, x: torch.Tensor, unit: SiteUnit) -> SiteResult:
         cfg = self.mech.config
         plan = self.plan(unit)
         if unit.backend == "fast" and self.mech.executes_fast and x.dtype == torch.float32:
             if self._fast is None or self._fast[0] is not plan:
                 self._fast = (plan, native.FastSite(plan, self.geom))
-            knobs = replace(self.knobs, exact=False)  # lossless, does not pay: fast_ignores
             return self._fast[1].run(
-                x, knobs, relu=unit.relu, sdss_stride=cfg.sdss_stride, statistic=cfg.sfma_statistic
+                x,
+                self._fast_knobs(),
+                relu=unit.relu,
+                sdss_stride=cfg.sdss_stride,
+                statistic=cfg.sfma_statistic,
             )
         return run_site(
             x,
@@ -135,8 +145,10 @@ class DyVEDeep(Mechanism):
     @property
     def executes_fast(self) -> bool:
         """True when the C++ kernels are built and the network is float32 on the CPU."""
-        if not native.available() or not self._units:
-            return not self._units and native.available()
+        if not native.available():
+            return False
+        if not self._units:
+            return True
         w = self._units[0].module.weight  # the network moves as a whole
         return w.device.type == "cpu" and w.dtype == torch.float32
 
