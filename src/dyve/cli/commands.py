@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dyve.cli import bench_cmd, dyvedeep_cmd, sweep_cmd
+from dyve.cli import adaptive_cmd, bench_cmd, dyvedeep_cmd, sweep_cmd
 
 if TYPE_CHECKING:
     from dyve.train.trainer import TrainConfig
@@ -24,6 +24,7 @@ def add_all(sub: Any) -> None:
     sweep_cmd.add(sub)
     bench_cmd.add(sub)
     dyvedeep_cmd.add(sub)
+    adaptive_cmd.add(sub)
 
 
 def _add_discover(sub: Any) -> None:

@@ -63,6 +63,10 @@ STANDARD_SPLITS: dict[str, tuple[str, slice | None]] = {
     "val": ("train", slice(N_TRAIN, N_TRAIN + N_VAL)),
     "trainval": ("train", slice(0, N_TRAIN + N_VAL)),
     "test": ("test", slice(0, None)),
+    # the two halves of test, for weights whose val is not held out (the akamaster ResNets
+    # saw all 50,000 training images): fit policies on test-a, report on test-b only
+    "test-a": ("test", slice(0, 5_000)),
+    "test-b": ("test", slice(5_000, 10_000)),
 }
 
 

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from dyve.cost.accumulator import CostMode
+from dyve.dynamic.exits import AllLeft, ExitPoint, ExitRun
 from dyve.dynamic.site import SiteUnit, Tail
-from dyve.dynamic.trace import DynamicResult, Trace
+from dyve.dynamic.trace import RAN, DynamicResult, Trace
 from dyve.dynamic.unit import RunState, Unit
 from dyve.errors import DyveError, UnknownNameError
 from dyve.graph.blocks import BlockGraph
@@ -58,6 +59,8 @@ class DynamicNet(nn.Module):
         self.mechanisms: list[Mechanism] = []
         self.units: dict[str, Unit] = {}
         self.sites: dict[str, SiteUnit] = {}
+        #: exit points with the exits mechanisms attached (keys: module names, "." -> "__")
+        self.exit_points = nn.ModuleDict()
         self._state = RunState(backend=backend)
         self.eval()  # like the backbone copy; training code calls .train() explicitly
 
@@ -82,6 +85,9 @@ class DynamicNet(nn.Module):
         nested += [s for s in self.sites if s.startswith(name + ".")]
         if nested:
             raise DyveError(f"block {name} nests with the gated {nested[0]}; gate only one")
+        inner = [p for p in self._exit_names() if p.startswith(name + ".")]
+        if inner:
+            raise DyveError(f"block {name} holds the exit point {inner[0]}; gate a smaller one")
 
         def relative(path: str | None) -> str | None:
             return path[len(name) + 1 :] if path else None
@@ -123,6 +129,30 @@ class DynamicNet(nn.Module):
             if site.act is not None and type(act) is nn.ReLU:
                 self._add_tail(su, "act", site.act)
         return su
+
+    def exit_point(self, name: str) -> ExitPoint:
+        """The exit point at module ``name`` (a block or stage output), created on first use."""
+        key = name.replace(".", "__")
+        if key in self.exit_points:
+            return self.exit_points[key]  # type: ignore[return-value]
+        if name not in self.graph.exit_points:
+            raise DyveError(f"{name} is not an exit point; exit points: {self.graph.exit_points}")
+        outer = [u for u in self.units if name.startswith(u + ".")]
+        if outer:
+            raise DyveError(f"exit point {name} lies in the gated block {outer[0]}")
+        ep = ExitPoint(name)
+        self.exit_points[key] = ep
+        order = self.graph.exit_points
+        ordered = sorted(self._points(), key=lambda p: order.index(p.name))
+        # in the order samples reach them
+        self.exit_points = nn.ModuleDict({p.name.replace(".", "__"): p for p in ordered})
+        return ep
+
+    def _points(self) -> list[ExitPoint]:
+        return [p for p in self.exit_points.values() if isinstance(p, ExitPoint)]
+
+    def _exit_names(self) -> list[str]:
+        return [p.name for p in self._points()]
 
     def _add_tail(self, su: SiteUnit, role: str, path: str) -> None:
         current = self.backbone.get_submodule(path)
@@ -202,7 +232,37 @@ class DynamicNet(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The backbone's forward with the gates in effect: a drop-in replacement."""
         with self._running(None):
-            return self.backbone(*args, **kwargs)
+            if not self._active_exits():
+                return self.backbone(*args, **kwargs)
+            if kwargs and args:
+                raise DyveError("with exits, call with positional or keyword inputs, not both")
+            inputs: ExampleInputs = kwargs if not args else args if len(args) > 1 else args[0]
+            return self._call(inputs, None)[0]
+
+    def _active_exits(self) -> list[ExitPoint]:
+        return [p for p in self._points() if len(p.exits)]
+
+    def _call(self, inputs: ExampleInputs, trace: Trace | None) -> tuple[Any, ExitRun | None]:
+        """Run the backbone; with active exits, hook them for this call only."""
+        points = self._active_exits()
+        if not points:
+            return call_model(self.backbone, inputs), None
+        x = first_tensor(inputs)
+        assert x is not None
+        run = ExitRun(points, self._state, x.shape[0], fast=self.backend == "fast")
+        handles = [
+            self.backbone.get_submodule(p.name).register_forward_hook(run.hook(k))
+            for k, p in enumerate(points)
+        ]
+        try:
+            try:
+                final = call_model(self.backbone, inputs)
+            except AllLeft:
+                final = None
+        finally:
+            for h in handles:
+                h.remove()
+        return run.finish(final, trace), run
 
     @torch.no_grad()
     def run(self, inputs: ExampleInputs) -> DynamicResult:
@@ -218,11 +278,33 @@ class DynamicNet(nn.Module):
         n = x.shape[0]
         trace = Trace.new(n, self.cost_mode)
         with self._running(trace):
-            logits = call_model(self.backbone, inputs)
-        rest = self.graph.total_macs - sum(u.macs for u in self.units.values())
-        rest -= sum(s.macs for s in self.sites.values())
-        trace.cost.add(rest)  # stem, head and every module that is not a unit ran for all
+            logits, exits = self._call(inputs, trace)
+        # stem, head and every module that is not a unit ran for every sample that got there
+        trace.cost.add(self._rest_macs(None))
+        if exits is not None:
+            none = torch.empty(0, dtype=torch.int64)
+            names = [*self.units, *self.sites, *(f"exit:{p.name}" for p in exits.points)]
+            for name in names:  # the fast back-end never reached them when all had left
+                if name not in trace.units:
+                    trace.charge(name, none, RAN, 0.0)
+            at = exits.state.at
+            trace.exit_names = [p.name for p in exits.points]
+            trace.exit_at = at
+            for k, p in enumerate(exits.points):
+                left = (at == k).nonzero().squeeze(1)
+                if left.numel():
+                    trace.cost.add(self._rest_macs(p.name) - self._rest_macs(None), left)
         return DynamicResult(logits, trace)
+
+    def _rest_macs(self, point: str | None) -> float:
+        """MACs outside units and sites, up to exit point ``point`` (None: the whole net)."""
+        g = self.graph
+        inside = [(u.name, u.macs) for u in self.units.values()]
+        inside += [(s.name, s.macs) for s in self.sites.values()]
+        if point is None:
+            return float(g.total_macs - sum(m for _, m in inside))
+        before = sum(m for name, m in inside if g.runs_before(name, point))
+        return float(g.macs_through(point) - before)
 
     @property
     def cost_mode(self) -> CostMode:

@@ -34,6 +34,10 @@ class Trace:
     #: unit name -> cost component ("macs", "scalar_ops", or a mechanism's own parts such
     #: as "spet_saved") -> float64 per sample: the per-unit breakdown of ``cost``
     detail: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    #: exit points where samples may leave early, in order (empty: no exits attached)
+    exit_names: list[str] = field(default_factory=list)
+    #: per sample: index into :attr:`exit_names` of the exit it left at (-1 = the end)
+    exit_at: torch.Tensor | None = None
 
     @classmethod
     def new(cls, n: int, cost_mode: CostMode) -> Trace:
@@ -81,9 +85,21 @@ class Trace:
         """Per unit, the fraction of samples with ``status``."""
         return {k: float((v == status).float().mean()) for k, v in self.units.items()}
 
+    def exit_fraction(self) -> dict[str, float]:
+        """Share of samples that left at each exit point (``"end"``: ran to the end)."""
+        at = self.exit_at if self.exit_at is not None else torch.full((self.n,), -1)
+        names = [*self.exit_names, "end"]
+        return {
+            name: float((at == (k if k < len(self.exit_names) else -1)).float().mean())
+            for k, name in enumerate(names)
+        }
+
     def summary(self) -> dict[str, Any]:
-        """Cost summary plus the share of samples that ran each unit."""
-        return {**self.cost.summary(), "ran_fraction": self.fraction(RAN)}
+        """Cost summary, the share of samples that ran each unit, and where they left."""
+        out = {**self.cost.summary(), "ran_fraction": self.fraction(RAN)}
+        if self.exit_names:
+            out["exit_fraction"] = self.exit_fraction()
+        return out
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,28 @@ class BlockGraph:
     stages: tuple[Stage, ...]
     exit_points: tuple[str, ...]
     module_macs: dict[str, int] = field(default_factory=dict, repr=False)
+    #: module names in the order the example pass first called them
+    order: tuple[str, ...] = field(default=(), repr=False)
+
+    def _end(self, point: str) -> int:
+        """Index in :attr:`order` of the last module called inside ``point``."""
+        if point not in self.order:
+            raise UnknownNameError(f"no module {point!r} ran in the example pass")
+        inside = [i for i, m in enumerate(self.order) if m == point or m.startswith(point + ".")]
+        return max(inside)
+
+    def runs_before(self, name: str, point: str) -> bool:
+        """True when module ``name`` was called before ``point``'s output existed."""
+        return name in self.order and self.order.index(name) <= self._end(point)
+
+    def macs_through(self, point: str) -> int:
+        """MACs per sample of every module called until ``point``'s output existed.
+
+        What a sample costs when it leaves the network at exit point ``point``. Work done
+        by the model's own ``forward`` outside any module counts as after every point.
+        """
+        done = set(self.order[: self._end(point) + 1])
+        return sum(v for k, v in self.module_macs.items() if k in done)
 
     def site(self, name: str) -> Site:
         """Look up a site by module name."""

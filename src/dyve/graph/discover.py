@@ -317,4 +317,5 @@ def _build(
         tuple(stages),
         tuple(exits),
         macs,
+        tuple(order),
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -94,7 +95,24 @@ def _dyvedeep() -> Mechanism:
     return DyVEDeep()
 
 
+def _early_exit() -> Mechanism:
+    from dyve.mechanisms import EarlyExit
+
+    return EarlyExit(policy="max_prob")
+
+
 CASES: list[ContractCase] = [
+    ContractCase(
+        # untrained heads after stages 1 and 2; leavers are dropped from the batch
+        id="early_exit-resnet20",
+        mechanism="early_exit",
+        make_backbone=_resnet20,
+        make_mechanism=_early_exit,
+        make_inputs=partial(graded_inputs, 32),
+        knob="threshold",
+        permissive=(math.inf, 0.5, 0.3, 0.2, 0.1, 0.0),
+        active={"threshold": 0.2},
+    ),
     ContractCase(
         id="block_skip-resnet20",
         mechanism="block_skip",

@@ -1,0 +1,130 @@
+"""``dyve exits fit``, ``dyve select fit`` and ``dyve adaptive results`` (Bolukbasi et al.)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from dyve.errors import DyveError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="run directory (caches reused)")
+    p.add_argument("--data", default="cifar10-jpeg", help="dataset id (default: cifar10-jpeg)")
+    p.add_argument(
+        "--fit-split",
+        default="auto",
+        help="split the policies are fitted on (auto: val when every network held it out, "
+        "else test-a)",
+    )
+    p.add_argument("--eval-split", default="auto", help="split reported once (auto: test/test-b)")
+    p.add_argument("--budget", type=float, default=1.0, help="top-1 loss allowed on the fit split")
+    p.add_argument("--features", choices=("softmax", "confidence", "both"), default="both")
+    p.add_argument("--lams", default=None, help="comma-separated lambda grid (default: built in)")
+    p.add_argument("--limit", type=int, default=None, help="use the first N images of each split")
+    p.add_argument("--latency-images", type=int, default=200, help="images timed at batch 1")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add(sub: Any) -> None:
+    """Register ``exits``, ``select`` and ``adaptive`` on the ``add_subparsers`` object."""
+    e = sub.add_parser("exits", help="early exits: heads, learned exit policies (Bolukbasi)")
+    esub = e.add_subparsers(dest="exits_cmd", required=True)
+    f = esub.add_parser("fit", help="train exit heads, fit and sweep policies, run the chosen one")
+    f.add_argument("--model", required=True, help="zoo model with shipped weights")
+    f.add_argument("--exits", default=None, help="comma-separated exit points (default: stages)")
+    f.add_argument("--every", type=int, default=0, help="instead: a head every N blocks")
+    f.add_argument("--pool", type=int, default=4, help="heads average-pool to POOL x POOL")
+    _common(f)
+    f.set_defaults(func=cmd_exits)
+
+    s = sub.add_parser("select", help="network selection among zoo networks (Bolukbasi)")
+    ssub = s.add_subparsers(dest="select_cmd", required=True)
+    f = ssub.add_parser("fit", help="fit and sweep selection policies, run the chosen one")
+    f.add_argument(
+        "--models",
+        default="caffe_cifar10,resnet20_cifar,resnet56_cifar",
+        help="comma-separated zoo models, cheapest first",
+    )
+    _common(f)
+    f.set_defaults(func=cmd_select)
+
+    r = sub.add_parser("adaptive", help="results page of early-exit and selection runs")
+    rsub = r.add_subparsers(dest="adaptive_cmd", required=True)
+    f = rsub.add_parser("results", help="write the Markdown results page from run directories")
+    f.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    f.add_argument("--out", required=True, type=Path, help="Markdown file to write")
+    f.set_defaults(func=cmd_results)
+
+
+def _config(args: argparse.Namespace, models: tuple[str, ...], **extra: Any) -> Any:
+    from dyve.mechanisms.adaptive.job import JobConfig
+    from dyve.mechanisms.adaptive.study import LAMS
+
+    try:
+        lams = tuple(float(v) for v in args.lams.split(",")) if args.lams else LAMS
+    except ValueError:
+        raise DyveError(f"--lams must be comma-separated numbers, got {args.lams!r}") from None
+    if any(v < 0 for v in lams):
+        raise DyveError("--lams must be >= 0")
+    if args.latency_images < 1 or (args.limit is not None and args.limit < 1):
+        raise DyveError("--latency-images and --limit must be >= 1")
+    return JobConfig(
+        models=models,
+        data=args.data,
+        fit_split=args.fit_split,
+        eval_split=args.eval_split,
+        features=args.features,
+        budget_pp=args.budget,
+        lams=lams,
+        limit=args.limit,
+        latency_images=args.latency_images,
+        **extra,
+    )
+
+
+def _report(m: dict[str, Any], out: Path) -> None:
+    print(
+        f"{m['split']} ({m['n']} images; policies fitted on {m['fit_split']}): top-1 "
+        f"{m['baseline_top1']:.2f} ({m['baseline']}) -> {m['top1']:.2f} %, "
+        f"{m['cost_reduction']:.2f}x fewer MACs (executed), batch-1 speedup "
+        f"{m['speedup_b1']:.2f}x (measured)"
+    )
+    print(f"wrote {out}/metrics.json, curves.json, curve.png")
+
+
+def cmd_exits(args: argparse.Namespace) -> int:
+    """Run the early-exit job."""
+    from dyve.mechanisms.adaptive.exits_job import run_exits
+
+    exits = tuple(p.strip() for p in args.exits.split(",")) if args.exits else None
+    cfg = _config(args, (args.model,), exits=exits, every=args.every, pool=args.pool)
+    try:
+        m = run_exits(cfg, args.out, progress=not args.no_progress)
+    except ValueError as exc:
+        raise DyveError(str(exc)) from None
+    _report(m, args.out)
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    """Run the network-selection job."""
+    from dyve.mechanisms.adaptive.select_job import run_select
+
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    try:
+        m = run_select(_config(args, models), args.out, progress=not args.no_progress)
+    except ValueError as exc:
+        raise DyveError(str(exc)) from None
+    _report(m, args.out)
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """Write the results page."""
+    from dyve.mechanisms.adaptive.results import write_results
+
+    write_results(args.runs, args.out)
+    print(f"wrote {args.out}")
+    return 0

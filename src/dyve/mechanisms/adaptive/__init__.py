@@ -1,0 +1,1 @@
+"""Adaptive early exits and network selection (Bolukbasi et al., ICML 2017)."""

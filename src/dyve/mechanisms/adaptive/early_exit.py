@@ -1,0 +1,241 @@
+"""Early exit (Bolukbasi et al. 2017): exit heads at stage outputs, and per-sample exit policies.
+
+The backbone is left intact. At each chosen exit point an *exit head* (average pool to
+``pool x pool``, flatten, linear) predicts the classes; a *policy* decides per sample
+whether to leave with that prediction or go on. Policies (knob ``policy``):
+
+* ``off``: no head is evaluated; the network is the backbone (the identity contract).
+* ``max_prob``: leave when the head's top softmax probability >= ``threshold``.
+* ``entropy``: leave when the softmax entropy <= ``threshold``.
+* ``learned``: the paper's policy, a linear classifier on confidence features of the head's
+  softmax, fitted by layer-by-layer weighted binary classification
+  (:mod:`dyve.mechanisms.adaptive.policy`); the network stores one fitted policy per value
+  in ``lams`` and the knob ``lam`` picks one.
+
+The core's exit points do the rest: leavers are dropped from the batch (fast back-end) and
+pay only what ran (:mod:`dyve.dynamic.exits`). Heads are trained with the backbone frozen
+(:mod:`dyve.mechanisms.adaptive.heads`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dyve.errors import DyveError
+from dyve.mechanisms.adaptive.policy import Classifier, LearnedPolicy, entropy
+from dyve.mechanisms.adaptive.policy import features as policy_features
+from dyve.mechanisms.base import MECHANISMS, Mechanism
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from dyve.dynamic.net import DynamicNet
+
+POLICIES = ("off", "max_prob", "entropy", "learned")
+
+
+@dataclass(frozen=True)
+class EarlyExitConfig:
+    """Settings of :class:`EarlyExit` (knobs: ``policy``, ``threshold``, ``lam``)."""
+
+    #: exit points that get a head (default: every stage output but the last)
+    exits: tuple[str, ...] | None = None
+    #: instead of stages: a head after every ``every``-th residual block (0 = stages)
+    every: int = 0
+    #: heads average-pool to ``pool x pool`` before their linear layer
+    pool: int = 1
+    #: policy features: "softmax", "confidence" (sorted top-5, entropy, margin) or "both"
+    features: str = "both"
+    #: lambda of each stored learned policy (set by fitting)
+    lams: tuple[float, ...] = ()
+    #: knob: which policy decides (see the module docstring; "off" = the backbone)
+    policy: str = "off"
+    #: knob: the threshold of ``max_prob`` / ``entropy`` (inf / -1: nobody leaves)
+    threshold: float = math.inf
+    #: knob: which stored learned policy (one of ``lams``)
+    lam: float = 0.0
+
+
+class ExitHead(nn.Module):
+    """Average pool to ``pool x pool`` (4-d inputs), flatten, linear."""
+
+    def __init__(self, in_shape: tuple[int, ...], num_classes: int, pool: int) -> None:
+        super().__init__()
+        self.pool = pool if len(in_shape) == 3 else 0
+        width = in_shape[0] * pool * pool if self.pool else math.prod(in_shape)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool:
+            x = F.adaptive_avg_pool2d(x, self.pool)
+        out: torch.Tensor = self.fc(x.flatten(1))
+        return out
+
+    @property
+    def macs(self) -> int:
+        """MACs per sample (the pooling's additions are not MACs)."""
+        return self.fc.in_features * self.fc.out_features
+
+
+class ExitModule(nn.Module):
+    """One exit: the head plus every policy's state; ``evaluate`` for the core's exit point."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, head: ExitHead, feature_kind: str, lams: int) -> None:
+        super().__init__()
+        self.head = head
+        self.feature_kind = feature_kind
+        dim = policy_features(torch.full((1, head.fc.out_features), 0.1), feature_kind).shape[1]
+        # learned policies: score = ((phi - mean) / std) . weight + bias; leave when > 0
+        self.register_buffer("weight", torch.zeros(lams, dim, dtype=torch.float64))
+        self.register_buffer("bias", torch.zeros(lams, dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(lams, dim, dtype=torch.float64))
+        self.register_buffer("std", torch.ones(lams, dim, dtype=torch.float64))
+        self.policy = "off"
+        self.threshold = math.inf
+        self.index = 0  # which learned policy
+
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """Bool ``[N]``: leave here, from the head's softmax ``probs``."""
+        if self.policy == "max_prob":
+            return probs.max(1).values >= self.threshold
+        if self.policy == "entropy":
+            return entropy(probs) <= self.threshold
+        return self.classifier(self.index).predict(probs)
+
+    def classifier(self, index: int) -> Classifier:
+        """The stored learned policy ``index`` as the classifier it was fitted as."""
+        i = index
+        return Classifier(
+            self.weight[i], self.bias[i], self.mean[i], self.std[i], self.feature_kind
+        )
+
+    def store(self, classifiers: list[Classifier]) -> None:
+        """Keep one fitted classifier per lambda (replaces what was stored)."""
+        for part in ("weight", "bias", "mean", "std"):
+            stacked = [getattr(c, part).double() for c in classifiers]
+            setattr(self, part, torch.stack(stacked) if stacked else getattr(self, part)[:0])
+
+    def evaluate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.policy == "off":
+            return x, None
+        logits = self.head(x)
+        return logits, self.decide(torch.softmax(logits.float(), 1))
+
+    def overhead_macs(self) -> float:
+        extra = self.weight.shape[1] if self.policy == "learned" else 0
+        return float(self.head.macs + extra)
+
+
+class EarlyExit(Mechanism):
+    """Exit heads and exit policies (see the module docstring)."""
+
+    name = "early_exit"
+    config_class = EarlyExitConfig
+    knob_names = ("policy", "threshold", "lam")
+
+    def attach(self, net: DynamicNet) -> None:
+        cfg = self.config
+        if cfg.policy not in POLICIES:
+            raise DyveError(f"early_exit: policy must be one of {POLICIES}, got {cfg.policy!r}")
+        self.points = exit_points(net, cfg)
+        classes = net.graph.sites[-1].out_shape[0] if net.graph.sites else 0
+        shapes = _output_shapes(net)
+        self.modules: dict[str, ExitModule] = {}
+        for p in self.points:
+            head = ExitHead(shapes[p], classes, cfg.pool)
+            mod = ExitModule(head, cfg.features, len(cfg.lams))
+            net.exit_point(p).add_exit(self.name, mod)
+            self.modules[p] = mod
+        for knob in self.knob_names:
+            self.set_knob(knob, getattr(cfg, knob))
+
+    def set_knob(self, knob: str, value: Any) -> None:
+        self._check_knob(knob)
+        cfg = self.config
+        if knob == "policy":
+            if value not in POLICIES:
+                raise DyveError(f"early_exit: policy must be one of {POLICIES}, got {value!r}")
+            if value == "learned" and not cfg.lams:
+                raise DyveError("early_exit: no learned policy stored; fit one first")
+            for m in self.modules.values():
+                m.policy = value
+        elif knob == "threshold":
+            value = float(value)
+            for m in self.modules.values():
+                m.threshold = value
+        else:
+            value = float(value)
+            if cfg.lams and value not in cfg.lams:
+                raise DyveError(f"early_exit: lam {value} was not fitted; fitted: {cfg.lams}")
+            for m in self.modules.values():
+                m.index = cfg.lams.index(value) if cfg.lams else 0
+        self.config = replace(cfg, **{knob: value})
+
+    def parameters(self, net: DynamicNet) -> Iterator[nn.Parameter]:
+        for m in self.modules.values():
+            yield from m.head.parameters()
+
+    def store_policies(self, policies: list[LearnedPolicy]) -> None:
+        """Keep fitted learned policies (one per lambda) in the network; ``lam`` picks one.
+
+        Each policy's rule at an exit point's node (named like the point) becomes that
+        exit's classifier; the knob values are kept when still valid.
+        """
+        for p, mod in self.modules.items():
+            found = [pol.rules[p].stop for pol in policies]
+            if any(c is None for c in found):
+                raise DyveError(f"early_exit: a policy has no exit decision at {p}")
+            mod.store([c for c in found if c is not None])
+        lams = tuple(float(pol.lam) for pol in policies)
+        self.config = replace(self.config, lams=lams)
+        if self.config.lam not in lams:
+            self.set_knob("lam", lams[0] if lams else 0.0)
+        if not lams and self.config.policy == "learned":
+            self.set_knob("policy", "off")
+
+    def heads(self) -> dict[str, ExitHead]:
+        """The exit heads by exit point, in the order samples reach them."""
+        return {p: m.head for p, m in self.modules.items()}
+
+
+def exit_points(net: DynamicNet, cfg: EarlyExitConfig) -> list[str]:
+    """Where heads go: ``cfg.exits``, every ``cfg.every``-th block, or each stage but the last."""
+    g = net.graph
+    if cfg.exits is not None:
+        unknown = [p for p in cfg.exits if p not in g.exit_points]
+        if unknown:
+            raise DyveError(f"early_exit: not exit points: {unknown}; choose from {g.exit_points}")
+        return sorted(set(cfg.exits), key=g.exit_points.index)
+    if cfg.every < 0:
+        raise DyveError(f"early_exit: every must be >= 0, got {cfg.every}")
+    if cfg.every:
+        blocks = [b.name for b in g.blocks]
+        return blocks[cfg.every - 1 : -1 : cfg.every]
+    stages = [s.name for s in g.stages]
+    if len(stages) < 2:
+        raise DyveError("early_exit: the backbone has fewer than two stages; name exits=")
+    return stages[:-1]
+
+
+def _output_shapes(net: DynamicNet) -> dict[str, tuple[int, ...]]:
+    """Output shape (without batch) of every block and stage."""
+    g = net.graph
+    shapes = {b.name: b.out_shape for b in g.blocks}
+    shapes.update({s.name: s.out_shape for s in g.stages})
+    return shapes
+
+
+def register() -> None:
+    """Register the early-exit mechanism."""
+    MECHANISMS.add(EarlyExit.name, EarlyExit)

@@ -1,0 +1,107 @@
+"""``dyve exits fit``: exit heads on a frozen backbone, learned exit policies, a real run.
+
+See :mod:`dyve.mechanisms.adaptive.job` for what every job writes and how splits are chosen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dyve._io import write_json
+from dyve.dynamic import DynamicNet, save
+from dyve.eval.latency import machine
+from dyve.mechanisms.adaptive.early_exit import EarlyExit
+from dyve.mechanisms.adaptive.heads import collect
+from dyve.mechanisms.adaptive.job import (
+    JobConfig,
+    _load,
+    base_metrics,
+    cached,
+    choose_splits,
+    executed,
+    fit_heads,
+    heldout,
+    latency_images,
+    load_config,
+    mean_latency,
+    write_study,
+)
+from dyve.mechanisms.adaptive.policy import Outputs, PolicyGraph
+from dyve.mechanisms.adaptive.study import run_study
+from dyve.models import create, model_info
+
+
+def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Fit exit heads and policies for ``cfg.models[0]``; write the run into ``out``."""
+    load_config(out, cfg)
+    model = cfg.models[0]
+    backbone = create(model, pretrained=True)
+    norm = model_info(backbone).norm
+    net = DynamicNet(backbone)
+    mech = EarlyExit(exits=cfg.exits, every=cfg.every, pool=cfg.pool, features=cfg.features)
+    net.attach(mech)
+    points = list(mech.heads())
+    fit, held = choose_splits(cfg, heldout(model))
+    dense = net.detach()
+
+    def cache(split: str) -> dict[str, Any]:
+        ds = _load(cfg, split)
+        return cached(
+            out,
+            split,
+            lambda: collect(dense, points, ds, norm, pool=cfg.pool, progress=progress, desc=split),
+        )
+
+    train = cache("train")
+    heads = {p: h.fc for p, h in mech.heads().items()}
+    head_train = fit_heads(heads, train)
+
+    def node_outputs(c: dict[str, Any]) -> Outputs:
+        logits = {p: heads[p](c[f"feat.{p}"]).detach() for p in points}
+        return Outputs({**logits, "final": c["logits"]}, c["labels"])
+
+    fit_out, held_out = node_outputs(cache(fit)), node_outputs(cache(held))
+    g = net.graph
+    through = [g.macs_through(p) for p in points]
+    costs = [
+        t - prev + mech.heads()[p].macs
+        for p, t, prev in zip(points, through, [0, *through[:-1]], strict=True)
+    ]
+    graph = PolicyGraph.chain([*points, "final"], [*costs, g.total_macs - through[-1]])
+    feat_dim = mech.modules[points[0]].weight.shape[1]
+    study = run_study(
+        graph,
+        fit_out,
+        held_out,
+        reference="final",
+        lams=cfg.lams,
+        features=cfg.features,
+        policy_macs=feat_dim,
+        budget_pp=cfg.budget_pp,
+    )
+    write_study(out, study, f"{model}: early exit at {', '.join(points)}")
+    mech.store_policies(study.policies)
+    if study.chosen is not None:
+        net.set_knobs(policy="learned", lam=study.policies[study.chosen].lam)
+    save(net, out)
+    ds = _load(cfg, held)
+    ran = executed(net.run, ds, cfg, norm)
+    imgs = latency_images(ds, cfg, norm)
+    lat = mean_latency({"dynamic": net, "baseline": dense}, imgs)
+    metrics = base_metrics(study, cfg, fit, held, len(ds), ran)
+    metrics.update(
+        method="early_exit",
+        baseline=f"{model} without exits",
+        model=model,
+        exits=points,
+        head_top1={p: study.single[p]["top1"] for p in points},
+        head_train_top1=head_train,
+        latency_ms_b1=lat["dynamic"],
+        baseline_latency_ms_b1=lat["baseline"],
+        speedup_b1=lat["baseline"] / lat["dynamic"],
+        latency_images=len(imgs),
+        machine=machine(),
+    )
+    write_json(out / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,194 @@
+"""``dyve exits fit`` and ``dyve select fit``: cache, fit, sweep, run for real, write a run.
+
+Both jobs: run the networks once over the splits and cache what the policies read
+(``cache/<split>.safetensors``, reused on a rerun), fit the learned policy per lambda on
+the fit split and evaluate every policy once on the eval split (:mod:`.study`), then
+execute the chosen operating point for real on the eval split (fast back-end, executed
+cost) and time it at batch 1 against the most accurate single network, interleaved in the
+same run. The run directory gets ``config.json``, ``curves.json``, ``curve.png``,
+``metrics.json`` and the saved model (early exit: a dynamic network; selection: the
+policies), each written atomically.
+
+Splits: policies must be fitted on data the networks did not train on. With ``auto``,
+that is ``val`` when every network's weights held val out, else the halves of test
+(``test-a`` to fit, ``test-b`` to report; the paper's protocol on ImageNet's val set).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dyve import data as dyve_data
+from dyve._io import read_json, write_json
+from dyve.eval.latency import num_threads
+from dyve.mechanisms.adaptive.heads import load_cache, save_cache, train_head
+from dyve.mechanisms.adaptive.study import LAMS, Study, plot
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """What a job ran with (``config.json``)."""
+
+    models: tuple[str, ...]
+    data: str = "cifar10-jpeg"
+    fit_split: str = "auto"
+    eval_split: str = "auto"
+    exits: tuple[str, ...] | None = None
+    every: int = 0
+    pool: int = 4
+    features: str = "both"
+    budget_pp: float = 1.0
+    lams: tuple[float, ...] = LAMS
+    limit: int | None = None
+    latency_images: int = 200
+    batch_size: int = 256
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def choose_splits(cfg: JobConfig, heldout: bool) -> tuple[str, str]:
+    """(fit, eval) splits; ``auto`` avoids fitting on images the weights trained on."""
+    fit = cfg.fit_split if cfg.fit_split != "auto" else ("val" if heldout else "test-a")
+    held = cfg.eval_split if cfg.eval_split != "auto" else ("test" if fit == "val" else "test-b")
+    if fit == held:
+        raise ValueError(f"fit and eval splits must differ, both are {fit!r}")
+    return fit, held
+
+
+def _load(cfg: JobConfig, split: str) -> dyve_data.ImageSet:
+    ds = dyve_data.load(cfg.data, split)
+    return ds.subset(slice(0, cfg.limit)) if cfg.limit else ds
+
+
+def cached(
+    out: Path, key: str, make: Callable[[], dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """``out/cache/<key>.safetensors``, computed once (a rerun reuses it)."""
+    path = out / "cache" / f"{key}.safetensors"
+    if path.is_file():
+        return load_cache(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    c = make()
+    save_cache(c, path)
+    return c
+
+
+def mean_latency(
+    fns: dict[str, Callable[[torch.Tensor], Any]], images: Sequence[torch.Tensor], passes: int = 3
+) -> dict[str, float]:
+    """Mean batch-1 latency (ms, one thread) per callable over ``images``.
+
+    The callables take turns on each image (interleaved, same run); each pass sums the
+    time per callable, and the median over passes is reported. A dynamic model's time
+    depends on the image, so the mean over real images is what a user pays.
+    """
+    totals: dict[str, list[float]] = {k: [] for k in fns}
+    with num_threads(1), torch.no_grad():
+        for x in images[:3]:
+            for fn in fns.values():
+                fn(x)
+        for _ in range(passes):
+            acc = dict.fromkeys(fns, 0.0)
+            for x in images:
+                for k, fn in fns.items():
+                    t0 = time.perf_counter()
+                    fn(x)
+                    acc[k] += time.perf_counter() - t0
+            for k, v in acc.items():
+                totals[k].append(1e3 * v / len(images))
+    return {k: statistics.median(v) for k, v in totals.items()}
+
+
+def write_study(out: Path, study: Study, title: str) -> None:
+    """``curves.json`` and ``curve.png``."""
+    write_json(out / "curves.json", study.as_dict())
+    plot(study, out / "curve.png", title)
+
+
+def base_metrics(
+    study: Study, cfg: JobConfig, fit: str, held: str, n: int, executed: dict[str, float]
+) -> dict[str, Any]:
+    """The metrics both jobs write (``top1`` etc. are the executed run's)."""
+    ref = study.single[study.reference]
+    chosen = study.learned[study.chosen] if study.chosen is not None else None
+    return {
+        "top1": executed["top1"],
+        "baseline_top1": ref["top1"],
+        "baseline": study.reference,
+        "macs_per_sample": executed["macs_mean"],
+        "baseline_macs_per_sample": ref["macs_mean"],
+        "cost_reduction": ref["macs_mean"] / executed["macs_mean"],
+        "cost_mode": "executed",
+        "cost_convention": "MACs per sample (FLOPs = 2 x MACs)",
+        "split": held,
+        "fit_split": fit,
+        "n": n,
+        "dataset": cfg.data,
+        "budget_pp": cfg.budget_pp,
+        "chosen_lam": chosen["lam"] if chosen else None,
+        "cache_prediction": chosen,
+        "oracle": study.oracle,
+    }
+
+
+def load_config(out: Path, cfg: JobConfig) -> None:
+    """Refuse to resume a run directory made with another configuration."""
+    path = out / "config.json"
+    if path.is_file():
+        old = read_json(path)
+        if old != _jsonable(cfg):
+            raise ValueError(f"{out} holds a run with another configuration; use a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, _jsonable(cfg))
+
+
+def _jsonable(cfg: JobConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def heldout(model: str) -> bool:
+    """True when the shipped weights of ``model`` did not train on val."""
+    from dyve.models.weights import shipped_meta
+
+    return shipped_meta(model).get("val_heldout") is True
+
+
+def executed(
+    run: Callable[[torch.Tensor], Any],
+    ds: dyve_data.ImageSet,
+    cfg: JobConfig,
+    norm: dyve_data.Normalization,
+) -> dict[str, float]:
+    """Top-1 and mean executed MACs of ``run`` (returns a DynamicResult) over ``ds``."""
+    correct, macs = 0, []
+    with torch.no_grad():
+        for x, y in dyve_data.batches(ds, cfg.batch_size, norm):
+            res = run(x)
+            correct += int((res.logits.argmax(1) == y).sum())
+            macs.append(res.trace.cost.per_sample)
+    return {"top1": 100.0 * correct / len(ds), "macs_mean": float(torch.cat(macs).mean())}
+
+
+def latency_images(
+    ds: dyve_data.ImageSet, cfg: JobConfig, norm: dyve_data.Normalization
+) -> list[torch.Tensor]:
+    """The first ``cfg.latency_images`` images of ``ds`` as batch-1 tensors."""
+    x, _ = next(
+        dyve_data.batches(ds.subset(slice(0, cfg.latency_images)), cfg.latency_images, norm)
+    )
+    return [x[i : i + 1] for i in range(len(x))]
+
+
+def fit_heads(heads: dict[str, nn.Linear], train: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Train every exit head on the train-split cache; per exit, its train top-1."""
+    return {
+        p: round(train_head(h, train[f"feat.{p}"], train["labels"]), 3) for p, h in heads.items()
+    }

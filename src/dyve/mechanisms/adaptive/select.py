@@ -1,0 +1,100 @@
+"""Network selection (Bolukbasi et al. 2017): a graph of whole networks and a policy over it.
+
+Several independently trained networks of rising cost are nodes of a
+:class:`~dyve.mechanisms.adaptive.policy.PolicyGraph`; by default each network may stop,
+go to the next one, or jump to the largest (the paper's A -> G -> R with the A -> R jump).
+:class:`Selection` really runs it: every sample starts at the root network; after each
+network the policy sees only that network's softmax and sends each sample on; samples that
+go on to the same network are gathered and run together (batch compaction), so a batch
+never computes a network for a sample that does not need it. The trace charges each sample
+the MACs of every network it ran, plus the policy's own MACs (``executed`` cost).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from dyve.cost.accumulator import CostAccumulator
+from dyve.dynamic.trace import RAN, DynamicResult, Trace
+from dyve.mechanisms.adaptive.policy import Node, Policy, PolicyGraph
+
+
+def cascade_graph(names: Sequence[str], macs: Sequence[float]) -> PolicyGraph:
+    """Each network may stop, go to the next, or jump to the last (the largest)."""
+    if len(names) < 2:
+        raise ValueError("network selection needs at least two networks")
+    last = names[-1]
+    nodes = []
+    for i, (name, cost) in enumerate(zip(names, macs, strict=True)):
+        nxt = names[i + 1 : i + 2]
+        children = tuple(dict.fromkeys([*nxt, last])) if name != last else ()
+        nodes.append(Node(name, float(cost), children))
+    return PolicyGraph(tuple(nodes))
+
+
+class Selection(nn.Module):
+    """Networks plus a policy over their graph; ``run`` executes it with real skipping."""
+
+    def __init__(
+        self,
+        networks: dict[str, nn.Module],
+        graph: PolicyGraph,
+        policy: Policy,
+        *,
+        policy_macs: float = 0.0,
+    ) -> None:
+        super().__init__()
+        missing = [n for n in graph.names if n not in networks]
+        if missing:
+            raise ValueError(f"no network for graph nodes {missing}")
+        self.networks = nn.ModuleDict({k: v.eval() for k, v in networks.items()})
+        self.graph = graph
+        self.policy = policy
+        self.policy_macs = policy_macs  # per decision evaluated
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x).logits
+
+    @torch.no_grad()
+    def run(self, x: torch.Tensor) -> DynamicResult:
+        """Logits and the per-sample trace: which networks ran, and their MACs."""
+        n = x.shape[0]
+        trace = Trace(n, CostAccumulator(n, "executed"))
+        for name in self.graph.names:
+            trace.record(name, torch.empty(0, dtype=torch.int64), RAN)
+        out: torch.Tensor | None = None
+        pending = {self.graph.names[0]: torch.arange(n)}
+        for name in self.graph.topological():
+            rows = pending.pop(name, None)
+            if rows is None or rows.numel() == 0:
+                continue
+            node = self.graph.node(name)
+            logits = self.networks[name](x if rows.numel() == n else x[rows])
+            trace.charge(name, rows, RAN, node.cost)
+            if out is None:
+                out = logits.new_zeros((n, logits.shape[1]))
+            if not node.children:
+                out[rows] = logits
+                continue
+            stop, child = self.policy.decide(name, torch.softmax(logits.float(), 1))
+            stop, child = stop.cpu(), child.cpu()
+            asked = _decisions(stop, child, len(node.children))
+            trace.cost.add(self.policy_macs * asked, rows, scalar_ops=2 * self.policy_macs * asked)
+            out[rows[stop]] = logits[stop.to(logits.device)]
+            for j, c in enumerate(node.children):
+                go = rows[(~stop) & (child == j)]
+                if go.numel():
+                    pending[c] = torch.cat([pending[c], go]) if c in pending else go
+        assert out is not None
+        return DynamicResult(out, trace)
+
+
+def _decisions(stop: torch.Tensor, child: torch.Tensor, children: int) -> torch.Tensor:
+    """Decisions each sample's policy evaluated: stop, then the choice chain up to its pick."""
+    asked = torch.ones(len(stop), dtype=torch.float64)
+    if children > 1:
+        asked += torch.where(stop, 0, torch.clamp(child + 1, max=children - 1)).double()
+    return asked

@@ -1,0 +1,138 @@
+"""``dyve select fit``: network selection over zoo networks, learned policies, a real run.
+
+See :mod:`dyve.mechanisms.adaptive.job` for what every job writes and how splits are
+chosen. The run keeps every fitted policy (``policies.safetensors`` + ``selection.json``);
+:func:`load_selection` rebuilds the system at the chosen lambda or another.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from dyve._io import atomic_save, read_json, write_json
+from dyve.errors import DyveError
+from dyve.eval.latency import machine
+from dyve.graph import discover
+from dyve.mechanisms.adaptive.heads import collect
+from dyve.mechanisms.adaptive.job import (
+    JobConfig,
+    _load,
+    base_metrics,
+    cached,
+    choose_splits,
+    executed,
+    heldout,
+    latency_images,
+    load_config,
+    mean_latency,
+    write_study,
+)
+from dyve.mechanisms.adaptive.policy import LearnedPolicy, Outputs, features
+from dyve.mechanisms.adaptive.select import Selection, cascade_graph
+from dyve.mechanisms.adaptive.study import run_study
+from dyve.models import create, model_info
+
+DEFAULT_NETWORKS = ("caffe_cifar10", "resnet20_cifar", "resnet56_cifar")
+FORMAT = "dyve.selection/1"
+
+
+def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Fit selection policies over ``cfg.models`` (cheapest first); write the run."""
+    load_config(out, cfg)
+    nets = {m: create(m, pretrained=True) for m in cfg.models}
+    norms = {model_info(n).norm for n in nets.values()}
+    if len(norms) != 1:
+        raise DyveError("network selection needs networks with the same input normalisation")
+    norm = norms.pop()
+    fit, held = choose_splits(cfg, all(heldout(m) for m in cfg.models))
+
+    def node_outputs(split: str) -> Outputs:
+        ds = _load(cfg, split)
+        logits = {}
+        for m, net in nets.items():
+            make = partial(collect, net, [], ds, norm, progress=progress, desc=m)
+            c = cached(out, f"{split}-{m}", make)
+            logits[m], labels = c["logits"], c["labels"]
+        return Outputs(logits, labels)
+
+    fit_out, held_out = node_outputs(fit), node_outputs(held)
+    macs = [discover(n).total_macs for n in nets.values()]
+    graph = cascade_graph(list(cfg.models), macs)
+    reference = min(cfg.models, key=lambda m: fit_out.loss(m).mean().item())  # most accurate
+    classes = fit_out.logits[cfg.models[0]].shape[1]
+    feat_dim = features(fit_out.probs(cfg.models[0])[:1], cfg.features).shape[1]
+    study = run_study(
+        graph,
+        fit_out,
+        held_out,
+        reference=reference,
+        lams=cfg.lams,
+        features=cfg.features,
+        policy_macs=feat_dim,
+        budget_pp=cfg.budget_pp,
+    )
+    write_study(out, study, "network selection: " + " -> ".join(cfg.models))
+    chosen = study.chosen if study.chosen is not None else 0
+    save_policies(out, cfg.models, study.policies, chosen, feat_dim)
+    system = Selection(nets, graph, study.policies[chosen], policy_macs=feat_dim)
+    ds = _load(cfg, held)
+    ran = executed(system.run, ds, cfg, norm)
+    imgs = latency_images(ds, cfg, norm)
+    lat = mean_latency({"dynamic": system, "baseline": nets[reference]}, imgs)
+    metrics = base_metrics(study, cfg, fit, held, len(ds), ran)
+    metrics.update(
+        method="network_selection",
+        networks=list(cfg.models),
+        num_classes=classes,
+        latency_ms_b1=lat["dynamic"],
+        baseline_latency_ms_b1=lat["baseline"],
+        speedup_b1=lat["baseline"] / lat["dynamic"],
+        latency_images=len(imgs),
+        machine=machine(),
+    )
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def save_policies(
+    out: Path, networks: tuple[str, ...], policies: list[LearnedPolicy], chosen: int, dim: int
+) -> None:
+    """``policies.safetensors`` (every lambda's tensors) and ``selection.json``."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        f"{i}.{k}": v.contiguous() for i, p in enumerate(policies) for k, v in p.state().items()
+    }
+    atomic_save(out / "policies.safetensors", lambda tmp: save_file(tensors, tmp))
+    write_json(
+        out / "selection.json",
+        {
+            "format": FORMAT,
+            "networks": list(networks),
+            "policies": [p.meta() for p in policies],
+            "chosen": chosen,
+            "policy_macs": dim,
+        },
+    )
+
+
+def load_selection(run: str | Path, lam: float | None = None) -> Selection:
+    """Rebuild a saved selection system (shipped zoo weights), at the chosen or given lambda."""
+    from safetensors.torch import load_file
+
+    run = Path(run)
+    desc = read_json(run / "selection.json")
+    if not isinstance(desc, dict) or desc.get("format") != FORMAT:
+        raise DyveError(f"{run}: not a network-selection run (no {FORMAT} selection.json)")
+    lams = [p["lam"] for p in desc["policies"]]
+    if lam is not None and lam not in lams:
+        raise DyveError(f"{run}: lambda {lam} was not fitted; fitted: {lams}")
+    i = desc["chosen"] if lam is None else lams.index(lam)
+    tensors = load_file(str(run / "policies.safetensors"))
+    mine = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == str(i)}
+    policy = LearnedPolicy.from_state(desc["policies"][i], mine)
+    nets = {m: create(m, pretrained=True) for m in desc["networks"]}
+    graph = cascade_graph(desc["networks"], [discover(n).total_macs for n in nets.values()])
+    return Selection(nets, graph, policy, policy_macs=float(desc["policy_macs"]))

@@ -1,0 +1,172 @@
+"""The accuracy-versus-cost study of one policy graph, computed from cached outputs.
+
+Shared by early exit and network selection: given the graph (nodes with their MACs),
+cached node logits on the fit split and the eval split, it fits the learned policy for
+each lambda on the fit split, sweeps the threshold baselines, adds the oracle and every
+single node, evaluates all of them once on the eval split, and picks the operating point
+(cheapest learned policy within the accuracy budget *on the fit split*, so the eval split
+is never tuned on). Costs are MACs per sample (:data:`dyve.cost.CONVENTION`); the policy
+graph works in units of the most expensive single path (lambda = loss per full cost).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dyve._io import atomic_save
+from dyve.cost import CONVENTION
+from dyve.mechanisms.adaptive.policy import (
+    LearnedPolicy,
+    Node,
+    Outputs,
+    PolicyGraph,
+    PolicyResult,
+    ThresholdPolicy,
+    evaluate,
+    evaluate_node,
+    fit_learned,
+    oracle,
+    threshold_grid,
+)
+
+#: default lambda grid: from "accuracy first" to "cost first" (loss per full cost)
+LAMS = (0.0, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+
+
+@dataclass
+class Study:
+    """Everything one study computed; :meth:`as_dict` is what ``curves.json`` holds."""
+
+    graph: PolicyGraph  # costs in MACs
+    reference: str  # the node whose single-path accuracy is the baseline
+    policies: list[LearnedPolicy]
+    learned: list[dict[str, Any]]
+    baselines: dict[str, list[dict[str, Any]]]
+    single: dict[str, dict[str, Any]]
+    oracle: dict[str, Any]
+    chosen: int | None  # index into ``learned``
+    budget_pp: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "format": "dyve.adaptive-curves/1",
+            "cost_convention": CONVENTION,
+            "nodes": [
+                {"name": n.name, "macs": n.cost, "children": n.children} for n in self.graph.nodes
+            ],
+            "reference": self.reference,
+            "budget_pp": self.budget_pp,
+            "learned": self.learned,
+            "baselines": self.baselines,
+            "single": self.single,
+            "oracle": self.oracle,
+            "chosen": self.chosen,
+        }
+
+
+def _point(res: PolicyResult, ref_macs: float, **extra: Any) -> dict[str, Any]:
+    return {
+        **extra,
+        "top1": round(res.accuracy, 3),
+        "macs_mean": res.mean_cost,
+        "cost_reduction": ref_macs / res.mean_cost,
+        "stop_fraction": {k: round(v, 4) for k, v in res.stop_fraction.items()},
+    }
+
+
+def run_study(
+    graph: PolicyGraph,
+    fit: Outputs,
+    held: Outputs,
+    *,
+    reference: str,
+    lams: tuple[float, ...] = LAMS,
+    features: str = "both",
+    policy_macs: float = 0.0,
+    budget_pp: float = 1.0,
+    thresholds: int = 41,
+) -> Study:
+    """Fit on ``fit``, evaluate on ``held`` (see the module docstring)."""
+    full = max(c for c, _ in graph.cheapest_paths().values())
+    unit = PolicyGraph(tuple(Node(n.name, n.cost / full, n.children) for n in graph.nodes))
+    ref_fit = evaluate_node(graph, fit, reference)
+    ref = evaluate_node(graph, held, reference)
+    ref_macs = ref.mean_cost
+    pc = policy_macs / full
+    policies, learned = [], []
+    chosen, best = None, -math.inf
+    for lam in lams:
+        pol = fit_learned(unit, fit, lam, features=features, policy_cost=pc)
+        on_fit = evaluate(graph, fit, pol, policy_cost=policy_macs)
+        on_held = evaluate(graph, held, pol, policy_cost=policy_macs)
+        policies.append(pol)
+        learned.append(
+            _point(
+                on_held,
+                ref_macs,
+                lam=lam,
+                fit_top1=round(on_fit.accuracy, 3),
+                fit_macs_mean=on_fit.mean_cost,
+            )
+        )
+        ok = on_fit.accuracy >= ref_fit.accuracy - budget_pp
+        if ok and ref_fit.mean_cost / on_fit.mean_cost > best:
+            chosen, best = len(learned) - 1, ref_fit.mean_cost / on_fit.mean_cost
+    baselines = {}
+    classes = next(iter(held.logits.values())).shape[1]
+    for kind in ("max_prob", "entropy"):
+        pts = []
+        for t in threshold_grid(kind, thresholds, classes):
+            res = evaluate(graph, held, ThresholdPolicy(kind, t))
+            pts.append(_point(res, ref_macs, threshold=t))
+        baselines[kind] = pts
+    single = {n.name: _point(evaluate_node(graph, held, n.name), ref_macs) for n in graph.nodes}
+    return Study(
+        graph,
+        reference,
+        policies,
+        learned,
+        baselines,
+        single,
+        _point(oracle(graph, held), ref_macs),
+        chosen,
+        budget_pp,
+    )
+
+
+def plot(study: Study, path: str | os.PathLike[str], title: str) -> Path:
+    """``path`` (PNG): top-1 vs mean MACs for the learned policy, baselines, oracle, nodes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    m = 1e6
+
+    def line(pts: list[dict[str, Any]], label: str, style: str) -> None:
+        pts = sorted(pts, key=lambda p: p["macs_mean"])
+        ax.plot(
+            [p["macs_mean"] / m for p in pts], [p["top1"] for p in pts], style, label=label, ms=4
+        )
+
+    line(study.learned, "learned policy (lambda sweep)", "o-")
+    line(study.baselines["max_prob"], "max-probability threshold", "s--")
+    line(study.baselines["entropy"], "entropy threshold", "^:")
+    ax.plot(study.oracle["macs_mean"] / m, study.oracle["top1"], "k*", ms=10, label="oracle")
+    for name, p in study.single.items():
+        ax.plot(p["macs_mean"] / m, p["top1"], "kx")
+        ax.annotate(name, (p["macs_mean"] / m, p["top1"]), fontsize=7)
+    if study.chosen is not None:
+        c = study.learned[study.chosen]
+        ax.plot(c["macs_mean"] / m, c["top1"], "ro", ms=9, mfc="none", label="chosen on fit split")
+    ax.set_xlabel(f"mean MACs per sample (millions; {CONVENTION})", fontsize=7)
+    ax.set_ylabel("top-1 (%) on the evaluation split")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return Path(path)

@@ -1,0 +1,85 @@
+"""``dyve exits fit``, ``dyve select fit`` and ``dyve adaptive results`` on real CIFAR-10 images."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import dyve.dynamic
+from dyve._io import read_json
+from dyve.cli.main import main
+from dyve.eval.latency import num_threads
+
+REQUIRED = ("top1", "baseline_top1", "macs_per_sample", "cost_reduction", "split", "speedup_b1")
+
+
+def _cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), num_threads(1):
+        rc = main(list(argv))
+    return rc, out.getvalue()
+
+
+def test_exits_and_select_write_runs_and_a_page(
+    prepared: Callable[[str], object], tmp_path: Path
+) -> None:
+    prepared("cifar10-jpeg")
+    small = ("--limit", "300", "--latency-images", "5", "--no-progress", "--lams", "0,0.1,0.3")
+    rc, text = _cli(
+        "exits", "fit", "--model", "resnet20_cifar", "--out", str(tmp_path / "e"), *small
+    )
+    assert rc == 0
+    assert "fewer MACs (executed)" in text
+    m = read_json(tmp_path / "e" / "metrics.json")
+    assert set(REQUIRED) <= set(m)
+    assert m["fit_split"] == "test-a"
+    assert m["split"] == "test-b"
+    curves = read_json(tmp_path / "e" / "curves.json")
+    assert [p["lam"] for p in curves["learned"]] == [0.0, 0.1, 0.3]
+    # the executed run is the cached prediction at the chosen lambda
+    if m["cache_prediction"] is not None:
+        assert abs(m["top1"] - m["cache_prediction"]["top1"]) < 1e-3
+        assert abs(m["macs_per_sample"] - m["cache_prediction"]["macs_mean"]) < 1e-6
+    net = dyve.dynamic.load(tmp_path / "e")
+    assert net.mechanism("early_exit").config.lams == (0.0, 0.1, 0.3)
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+    rc, _ = _cli(
+        "select",
+        "fit",
+        "--models",
+        "caffe_cifar10,resnet20_cifar",
+        "--out",
+        str(tmp_path / "s"),
+        *small,
+    )
+    assert rc == 0
+    s = read_json(tmp_path / "s" / "metrics.json")
+    assert set(REQUIRED) <= set(s)
+    assert s["baseline"] == "resnet20_cifar"
+    page = tmp_path / "adaptive.md"
+    rc, _ = _cli(
+        "adaptive", "results", str(tmp_path / "e"), str(tmp_path / "s"), "--out", str(page)
+    )
+    text = page.read_text()
+    assert rc == 0
+    assert "Early exit on resnet20_cifar" in text
+    assert "Network selection" in text
+    assert (tmp_path / "adaptive" / "e.png").is_file()
+    # a different configuration in the same directory is refused
+    rc2, _ = _cli(
+        "exits",
+        "fit",
+        "--model",
+        "resnet20_cifar",
+        "--out",
+        str(tmp_path / "e"),
+        "--limit",
+        "200",
+        "--no-progress",
+    )
+    assert rc2 == 2

@@ -1,0 +1,415 @@
+"""Policy learning on cached outputs: graphs, costs, the learned policy and its baselines."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+from dyve.mechanisms.adaptive.policy import (
+    Classifier,
+    LearnedPolicy,
+    Node,
+    NodeRule,
+    Outputs,
+    PolicyGraph,
+    PolicyResult,
+    ThresholdPolicy,
+    evaluate,
+    evaluate_node,
+    features,
+    fit_learned,
+    oracle,
+    sweep_learned,
+    sweep_threshold,
+    threshold_grid,
+)
+
+SKILLS = {"A": 0.3, "G": 0.6, "R": 0.95}  # accuracy rises with depth: ~24%, ~52%, ~83%
+
+
+def synthetic(names: tuple[str, ...], seed: int, n: int = 2000, c: int = 10) -> Outputs:
+    """Each node's label logit gets a margin that falls with a per-sample difficulty shared by
+    all nodes, so a node's confidence tells how likely it and the later nodes are right."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, c, (n,), generator=g)
+    difficulty = torch.rand(n, generator=g)
+    logits = {}
+    for name, skill in zip(names, SKILLS.values(), strict=True):
+        x = torch.randn(n, c, generator=g)
+        x[torch.arange(n), labels] += 5.0 * (skill - difficulty) + 1.0
+        logits[name] = x
+    return Outputs(logits, labels)
+
+
+CHAIN = PolicyGraph.chain(["A", "B", "C"], [1.0, 2.0, 4.0])
+# network selection: A may stop, go to G or jump to R; G may stop or go on to R
+SELECT = PolicyGraph((Node("A", 1.0, ("G", "R")), Node("G", 2.0, ("R",)), Node("R", 8.0)))
+
+
+@pytest.fixture(scope="module")
+def chain_data() -> tuple[Outputs, Outputs]:
+    return synthetic(("A", "B", "C"), seed=0), synthetic(("A", "B", "C"), seed=1)
+
+
+@pytest.fixture(scope="module")
+def select_data() -> tuple[Outputs, Outputs]:
+    return synthetic(("A", "G", "R"), seed=0), synthetic(("A", "G", "R"), seed=1)
+
+
+def by_hand(rows: list[tuple[int, list[list[float]]]], names: tuple[str, ...]) -> Outputs:
+    """Outputs from (label, [logits of each node]) rows."""
+    logits = {
+        n: torch.tensor([r[1][i] for r in rows], dtype=torch.float32) for i, n in enumerate(names)
+    }
+    return Outputs(logits, torch.tensor([r[0] for r in rows]))
+
+
+class ArgmaxRoute:
+    """Test policy: stop where a node's argmax is 0, else go to child (argmax - 1)."""
+
+    def decide(self, node: str, probs: Tensor) -> tuple[Tensor, Tensor]:
+        top = probs.argmax(1)
+        return top == 0, torch.where(top == 0, -1, top - 1)
+
+
+def test_graph_validation() -> None:
+    with pytest.raises(ValueError, match="cycle"):
+        PolicyGraph((Node("A", 1, ("B",)), Node("B", 1, ("C",)), Node("C", 1, ("A",))))
+    with pytest.raises(ValueError, match="unknown children"):
+        PolicyGraph((Node("A", 1, ("B",)), Node("B", 1, ("X",))))
+    with pytest.raises(ValueError, match="not reachable"):
+        PolicyGraph((Node("A", 1, ("B",)), Node("B", 1), Node("C", 1, ("B",))))
+    with pytest.raises(ValueError, match="unique"):
+        PolicyGraph((Node("A", 1, ("B",)), Node("B", 1), Node("B", 2)))
+    with pytest.raises(ValueError, match="cost"):
+        Node("A", -1.0)
+    with pytest.raises(ValueError, match="costs"):
+        PolicyGraph.chain(["A", "B"], [1.0])
+    with pytest.raises(ValueError, match="unknown node"):
+        CHAIN.node("Z")
+    assert CHAIN.node("B").children == ("C",)
+    assert CHAIN.node("C").children == ()
+    assert SELECT.topological() == ("A", "G", "R")
+    # the cheapest way to R jumps over G
+    assert SELECT.cheapest_paths()["R"] == (9.0, ("A", "R"))
+    # a diamond whose expensive branch is reached first: Z is still reached the cheap way
+    diamond = PolicyGraph(
+        (Node("A", 1, ("X", "Y")), Node("X", 1, ("Z",)), Node("Y", 5, ("Z",)), Node("Z", 2))
+    )
+    order = diamond.topological()
+    assert order[0] == "A"
+    assert order[-1] == "Z"
+    assert diamond.cheapest_paths()["Z"] == (4.0, ("A", "X", "Z"))
+
+
+def test_outputs_features_and_argument_errors(chain_data: tuple[Outputs, Outputs]) -> None:
+    with pytest.raises(ValueError, match="expected"):
+        Outputs({"A": torch.zeros(3, 4), "B": torch.zeros(2, 4)}, torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="int64"):
+        Outputs({"A": torch.zeros(3, 4)}, torch.zeros(3))
+    out = by_hand([(0, [[2.0, 1.0, 0.0]]), (2, [[2.0, 1.0, 0.0]])], ("A",))
+    with pytest.raises(ValueError, match="no logits"):
+        out.probs("B")
+    assert out.loss("A").tolist() == [0.0, 1.0]
+    assert out.loss("A", topk=2).tolist() == [0.0, 1.0]
+    assert out.loss("A", topk=3).tolist() == [0.0, 0.0]
+
+    p = torch.tensor([[0.1, 0.6, 0.3]])
+    assert features(p, "softmax").shape == (1, 3)
+    conf = features(p, "confidence")  # top-3 sorted, entropy, margin
+    ent = -(p * p.log()).sum()
+    torch.testing.assert_close(conf[0], torch.tensor([0.6, 0.3, 0.1, float(ent), 0.3]))
+    assert features(torch.full((2, 10), 0.1), "both").shape == (2, 10 + 5 + 2)
+    assert features(p, "both").dtype == torch.float32
+    with pytest.raises(ValueError, match="feature kind"):
+        features(p, "logits")
+
+    fit, _ = chain_data
+    with pytest.raises(ValueError, match="lam"):
+        fit_learned(CHAIN, fit, -0.1)
+    with pytest.raises(ValueError, match="feature kind"):
+        fit_learned(CHAIN, fit, 0.1, features="raw")
+    with pytest.raises(ValueError, match="no outputs"):
+        fit_learned(SELECT, fit, 0.1)
+    with pytest.raises(ValueError, match="threshold kind"):
+        ThresholdPolicy("margin", 0.5)
+
+
+# chain A(1) -> B(2) -> C(4), 3 classes; max_prob threshold 0.9, policy_cost 0.5
+HAND_CHAIN: list[tuple[int, list[list[float]]]] = [
+    (0, [[5, 0, 0], [0, 1, 0], [1, 0, 0]]),  # A sure (p .99) and right: stop at A
+    (2, [[1, 0, 0], [0, 6, 0], [0, 0, 2]]),  # A unsure (p .58), B sure and wrong; only C right
+    (1, [[0.2, 0, 0.1], [0, 0.1, 0.2], [0, 3, 0]]),  # unsure at A and B; only C right
+    (0, [[0, 1, 0], [1, 0, 0], [0, 0, 1]]),  # unsure at A and B (p .58); only B right
+]
+
+
+def test_evaluate_cost_accounting_by_hand() -> None:
+    out = by_hand(HAND_CHAIN, ("A", "B", "C"))
+    r = evaluate(CHAIN, out, ThresholdPolicy("max_prob", 0.9), policy_cost=0.5)
+    # one decision at A and at B each (C is terminal: no decision)
+    # s0: 1 + 0.5 = 1.5; s1: 1 + 2 + 2 * 0.5 = 4; s2, s3: 1 + 2 + 4 + 2 * 0.5 = 8
+    assert r.cost.tolist() == [1.5, 4.0, 8.0, 8.0]
+    assert r.mean_cost == 5.375
+    assert r.stop_node.tolist() == [0, 1, 2, 2]
+    assert r.correct.tolist() == [True, False, True, False]
+    assert r.accuracy == 50.0
+    assert r.path.tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, 1]]
+    assert r.stop_fraction == {"A": 0.25, "B": 0.25, "C": 0.5}
+    assert json.loads(json.dumps(r.as_dict()))["accuracy"] == 50.0
+    # the oracle stops at the first right node: A (1), C (1 + 2 + 4), C, B (1 + 2)
+    o = oracle(CHAIN, out)
+    assert o.cost.tolist() == [1.0, 7.0, 7.0, 3.0]
+    assert o.stop_node.tolist() == [0, 2, 2, 1]
+    assert o.accuracy == 100.0
+    # a single exit: everyone pays the path to it
+    b = evaluate_node(CHAIN, out, "B")
+    assert b.cost.tolist() == [3.0] * 4
+    assert b.correct.tolist() == [False, False, False, True]
+
+
+def test_selection_costs_and_oracle_by_hand() -> None:
+    graph = PolicyGraph((Node("A", 1.0, ("G", "R")), Node("G", 2.0, ("R",)), Node("R", 4.0)))
+    out = by_hand(
+        [
+            (0, [[0, 0, 3], [0, 3, 0], [3, 0, 0]]),  # A -> R (jump); only R right
+            (0, [[0, 3, 0], [3, 0, 0], [3, 0, 0]]),  # A -> G, stop; G and R right
+            (2, [[0, 3, 0], [0, 3, 0], [0, 3, 0]]),  # A -> G -> R; nobody right
+            (0, [[3, 0, 0], [0, 0, 0], [0, 0, 0]]),  # stop at A, right
+        ],
+        ("A", "G", "R"),
+    )
+    r = evaluate(graph, out, ArgmaxRoute(), policy_cost=0.25)
+    # decisions: 2 at A when moving (stop, then "G vs R"), 1 at A when stopping, 1 at G
+    # s0: 1 + 4 + 2 * .25 = 5.5; s1: 1 + 2 + 3 * .25 = 3.75; s2: 1 + 2 + 4 + 3 * .25 = 7.75
+    # s3: 1 + .25 = 1.25
+    assert r.cost.tolist() == [5.5, 3.75, 7.75, 1.25]
+    assert r.stop_node.tolist() == [2, 1, 2, 0]
+    assert r.path.tolist() == [[1, 0, 1], [1, 1, 0], [1, 1, 1], [1, 0, 0]]
+    assert r.correct.tolist() == [True, True, False, True]
+    # oracle: R by the jump (1 + 4), G (1 + 2), nobody right -> the root alone (1), A (1)
+    o = oracle(graph, out)
+    assert o.cost.tolist() == [5.0, 3.0, 1.0, 1.0]
+    assert o.stop_node.tolist() == [2, 1, 0, 0]
+    assert o.path.tolist() == [[1, 0, 1], [1, 1, 0], [1, 0, 0], [1, 0, 0]]
+    assert evaluate_node(graph, out, "R").cost.tolist() == [5.0] * 4
+
+    class BadChild:
+        def decide(self, node: str, probs: Tensor) -> tuple[Tensor, Tensor]:
+            n = probs.shape[0]
+            return torch.zeros(n, dtype=torch.bool), torch.full((n,), 5)
+
+    with pytest.raises(ValueError, match="outside"):
+        evaluate(graph, out, BadChild())
+
+
+def test_threshold_extremes(chain_data: tuple[Outputs, Outputs]) -> None:
+    _, ev = chain_data
+    grid = threshold_grid("max_prob", 11)
+    assert grid[0] == 0.0
+    assert grid[-2:] == (1.0, math.inf)
+    assert threshold_grid("entropy", 5, num_classes=10)[0] == -1.0
+    assert threshold_grid("entropy", 5, num_classes=10)[-1] == pytest.approx(math.log(10))
+    res = {t: r for t, _, r in sweep_threshold(CHAIN, ev, "max_prob", grid)}
+    assert res[math.inf].stop_fraction["C"] == 1.0
+    assert res[math.inf].mean_cost == 7.0
+    assert res[0.0].stop_fraction["A"] == 1.0
+    assert res[0.0].mean_cost == 1.0
+    ent = {t: r for t, _, r in sweep_threshold(CHAIN, ev, "entropy", (-1.0, math.log(10)))}
+    assert ent[-1.0].stop_fraction["C"] == 1.0
+    assert ent[math.log(10)].stop_fraction["A"] == 1.0
+    # costs fall as the threshold falls; a float32 softmax can be exactly 1.0
+    costs = [res[t].mean_cost for t in grid]
+    assert costs == sorted(costs)
+    sure = torch.tensor([[100.0, 0.0, 0.0]])
+    assert ThresholdPolicy("max_prob", 1.0).decide("A", torch.softmax(sure, 1))[0].item()
+    assert not ThresholdPolicy("max_prob", math.inf).decide("A", torch.softmax(sure, 1))[0].item()
+
+
+def test_learned_extremes(
+    chain_data: tuple[Outputs, Outputs], select_data: tuple[Outputs, Outputs]
+) -> None:
+    fit, ev = chain_data
+    for graph, (f, e) in ((CHAIN, chain_data), (SELECT, select_data)):
+        r = evaluate(graph, e, fit_learned(graph, f, 1e6))
+        assert r.stop_fraction[graph.names[0]] == 1.0
+        assert r.mean_cost == 1.0
+    # lam = 0 and a terminal that is always right: continuing never hurts, so everyone goes on
+    perfect = dict(fit.logits, C=10.0 * torch.nn.functional.one_hot(fit.labels, 10).float())
+    out = Outputs(perfect, fit.labels)
+    r = evaluate(CHAIN, out, fit_learned(CHAIN, out, 0.0))
+    assert r.stop_fraction["C"] == 1.0
+    assert r.accuracy == 100.0
+    # lam = 0 on held-out data: as accurate as the best single node, up to a little noise
+    r = evaluate(CHAIN, ev, fit_learned(CHAIN, fit, 0.0))
+    best = max(evaluate_node(CHAIN, ev, n).accuracy for n in CHAIN.names)
+    assert r.accuracy >= best - 1.0
+
+
+def test_oracle_bounds_every_policy(chain_data: tuple[Outputs, Outputs]) -> None:
+    fit, ev = chain_data
+    o = oracle(CHAIN, ev)
+    assert all(o.accuracy >= evaluate_node(CHAIN, ev, n).accuracy for n in CHAIN.names)
+    runs = [r for _, _, r in sweep_learned(CHAIN, fit, ev, (0.0, 0.05, 0.2))]
+    runs += [r for _, _, r in sweep_threshold(CHAIN, ev, "max_prob", (0.3, 0.6, 0.9))]
+    for r in runs:
+        # whatever a policy gets right, the oracle gets right at no more cost
+        assert bool((o.correct | ~r.correct).all())
+        assert bool((o.cost[r.correct] <= r.cost[r.correct]).all())
+    assert o.mean_cost < runs[0].mean_cost  # lam = 0: near the oracle's accuracy, at more cost
+    assert o.accuracy >= runs[0].accuracy
+
+
+def test_learned_is_not_dominated_by_thresholds(
+    chain_data: tuple[Outputs, Outputs], select_data: tuple[Outputs, Outputs]
+) -> None:
+    for graph, (fit, ev), margin in ((CHAIN, chain_data, 1.0), (SELECT, select_data, -2.0)):
+        curve = [
+            r for _, _, r in sweep_threshold(graph, ev, "max_prob", threshold_grid("max_prob", 101))
+        ]
+        for lam in (0.05, 0.1):
+            r = evaluate(graph, ev, fit_learned(graph, fit, lam))
+            # a real trade-off point: cheaper than going to the end, well above the root alone
+            assert 1.0 < r.mean_cost < evaluate_node(graph, ev, graph.names[-1]).mean_cost
+            assert r.accuracy > evaluate_node(graph, ev, "A").accuracy + 20
+            cheaper = [t.accuracy for t in curve if t.mean_cost <= r.mean_cost]
+            # chain: no threshold at no more cost beats it by > 1 point; selection: the learned
+            # policy may jump A -> R, and beats the cascade by >= 2 points
+            assert max(cheaper) <= r.accuracy + margin
+
+
+def test_weights_decide_the_label() -> None:
+    same = torch.tensor([[0.5, 0.3, 0.2]]).repeat(40, 1)
+    # 10 samples where the first option is better by 1, 30 where the second is better by 0.1:
+    # the majority says "second", the weights (10 vs 3) say "first"
+    first = torch.cat([torch.zeros(10), torch.ones(30)]).double()
+    second = torch.cat([torch.ones(10), torch.full((30,), 0.9)]).double()
+    clf = Classifier.fit(same, first, second, kind="confidence")
+    assert clf.predict(same).all()
+    # the same with the weights swapped: better by 0.1 on 10, worse by 1 on 30
+    first = torch.cat([torch.zeros(10), torch.ones(30)]).double()
+    second = torch.cat([torch.full((10,), 0.1), torch.zeros(30)]).double()
+    assert not Classifier.fit(same, first, second, kind="confidence").predict(same).any()
+    # features decide where they separate the options
+    other = torch.tensor([[0.9, 0.05, 0.05]]).repeat(20, 1)
+    probs = torch.cat([same[:10], other])
+    first = torch.cat([torch.zeros(10), torch.ones(20)]).double()
+    clf = Classifier.fit(probs, first, 1 - first, kind="both")
+    assert clf.predict(probs).tolist() == [True] * 10 + [False] * 20
+    # nothing to learn: all ties, or a single class, give a constant without failing
+    ties = Classifier.fit(probs, first, first)
+    assert ties.predict(probs).all()
+    assert bool((ties.weight == 0).all())
+    one = Classifier.fit(probs, torch.ones(30).double(), torch.zeros(30).double())
+    assert not one.predict(probs).any()
+
+
+def test_state_round_trip(select_data: tuple[Outputs, Outputs]) -> None:
+    fit, ev = select_data
+    pol = fit_learned(SELECT, fit, 0.05, features="confidence", policy_cost=0.01)
+    state, meta = pol.state(), json.loads(json.dumps(pol.meta()))
+    assert {"A.stop.weight", "A.choice0.bias", "G.stop.std"} <= set(state)
+    assert not any(k.startswith("R.") for k in state)  # the terminal has no decision
+    back = LearnedPolicy.from_state(meta, state)
+    for name in SELECT.names:
+        for a, b in zip(
+            pol.decide(name, ev.probs(name)), back.decide(name, ev.probs(name)), strict=True
+        ):
+            assert torch.equal(a, b)
+    r1 = evaluate(SELECT, ev, pol, policy_cost=0.01)
+    r2 = evaluate(SELECT, ev, back, policy_cost=0.01)
+    assert torch.equal(r1.cost, r2.cost)
+    assert torch.equal(r1.stop_node, r2.stop_node)
+    assert back.lam == 0.05
+    assert back.features == "confidence"
+    del state["G.stop.mean"]
+    with pytest.raises(ValueError, match=r"G\.stop\.mean"):
+        LearnedPolicy.from_state(meta, state)
+
+
+def test_selection_decides_at_a_from_a_alone(select_data: tuple[Outputs, Outputs]) -> None:
+    fit, ev = select_data
+    pol = fit_learned(SELECT, fit, 0.05)
+    stop, child = pol.decide("A", ev.probs("A"))
+    # a real selection: some samples stop at A, some go to G, some jump to R
+    assert stop.any()
+    assert (child == 0).any()
+    assert (child == 1).any()
+    g = torch.Generator().manual_seed(3)
+    shuffled = Outputs(
+        {
+            "A": ev.logits["A"],
+            "G": ev.logits["G"][torch.randperm(ev.n, generator=g)],
+            "R": ev.logits["R"][torch.randperm(ev.n, generator=g)],
+        },
+        ev.labels,
+    )
+    stop2, child2 = pol.decide("A", shuffled.probs("A"))
+    assert torch.equal(stop, stop2)
+    assert torch.equal(child, child2)
+    r, r2 = evaluate(SELECT, ev, pol), evaluate(SELECT, shuffled, pol)
+    # what A decides is unchanged: the same samples stop at A, go to G, or jump to R ...
+    assert torch.equal(r.stop_node == 0, r2.stop_node == 0)
+    assert torch.equal(r.path[:, 1], r2.path[:, 1])
+    assert torch.equal(r.path[:, 2] & ~r.path[:, 1], r2.path[:, 2] & ~r2.path[:, 1])
+    # ... while what follows (G's decisions, the predictions of G and R) changes
+    assert not torch.equal(r.stop_node, r2.stop_node)
+    assert r.accuracy != r2.accuracy
+
+
+def constant(first: bool) -> Classifier:
+    """A decision that always (or never) picks its first option."""
+    zero = torch.zeros(3, dtype=torch.float64)
+    bias = torch.tensor(1.0 if first else -1.0, dtype=torch.float64)
+    return Classifier(zero, bias, zero, torch.ones(3, dtype=torch.float64), "softmax")
+
+
+def test_three_children_choice_chain() -> None:
+    graph = PolicyGraph((Node("A", 1, ("B", "C", "D")), Node("B", 2), Node("C", 4), Node("D", 8)))
+    probs = torch.full((1, 3), 1 / 3)
+    picks = {}
+    for yes0 in (True, False):
+        for yes1 in (True, False):
+            rule = NodeRule(3, constant(False), (constant(yes0), constant(yes1)))
+            stop, child = rule.decide(probs)
+            assert not stop.item()
+            picks[yes0, yes1] = int(child.item())
+    # the first choice that says yes wins; the last child takes what is left
+    assert picks == {(True, True): 0, (True, False): 0, (False, True): 1, (False, False): 2}
+    out = by_hand([(0, [[1, 0, 0]] * 4)] * 3, graph.names)
+    cost = {}
+    for yes0, yes1 in ((True, False), (False, True), (False, False)):
+        rules = {"A": NodeRule(3, constant(False), (constant(yes0), constant(yes1)))}
+        rules.update({n: NodeRule(0) for n in "BCD"})
+        pol = LearnedPolicy(rules, 0.0, "softmax", 1, 0.0)
+        cost[picks[yes0, yes1]] = evaluate(graph, out, pol, policy_cost=0.5).cost[0].item()
+    # decisions at A: stop + choice0 for B; stop + choice0 + choice1 for C and for D
+    assert cost == {0: 1 + 2 + 1.0, 1: 1 + 4 + 1.5, 2: 1 + 8 + 1.5}
+
+
+def objective(r: PolicyResult, lam: float) -> float:
+    return 1 - r.accuracy / 100 + lam * r.mean_cost
+
+
+def test_learned_minimises_its_objective(
+    chain_data: tuple[Outputs, Outputs], select_data: tuple[Outputs, Outputs]
+) -> None:
+    lam = 0.05
+    for graph, (fit, _) in ((CHAIN, chain_data), (SELECT, select_data)):
+        r = evaluate(graph, fit, fit_learned(graph, fit, lam))
+        # on its own data, better than any fixed node (which constant classifiers could do)
+        assert all(
+            objective(r, lam) < objective(evaluate_node(graph, fit, n), lam) for n in graph.names
+        )
+    # a policy that knows decisions cost something stops earlier, and gains by it
+    fit, _ = chain_data
+    pc = 4.0  # lam * pc = 0.2 of loss per decision
+    plain, aware = fit_learned(CHAIN, fit, lam), fit_learned(CHAIN, fit, lam, policy_cost=pc)
+    r_plain = evaluate(CHAIN, fit, plain, policy_cost=pc)
+    r_aware = evaluate(CHAIN, fit, aware, policy_cost=pc)
+    assert r_aware.stop_fraction["A"] > r_plain.stop_fraction["A"] + 0.05
+    assert objective(r_aware, lam) < objective(r_plain, lam)
