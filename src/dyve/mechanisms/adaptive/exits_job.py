@@ -10,7 +10,6 @@ from typing import Any
 
 from dyve._io import write_json
 from dyve.dynamic import DynamicNet, save
-from dyve.eval.latency import machine
 from dyve.mechanisms.adaptive.early_exit import EarlyExit
 from dyve.mechanisms.adaptive.heads import collect
 from dyve.mechanisms.adaptive.job import (
@@ -23,6 +22,7 @@ from dyve.mechanisms.adaptive.job import (
     fit_heads,
     heldout,
     latency_images,
+    latency_metrics,
     load_config,
     mean_latency,
     write_study,
@@ -97,11 +97,7 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
         exits=points,
         head_top1={p: study.single[p]["top1"] for p in points},
         head_train_top1=head_train,
-        latency_ms_b1=lat["dynamic"],
-        baseline_latency_ms_b1=lat["baseline"],
-        speedup_b1=lat["baseline"] / lat["dynamic"],
-        latency_images=len(imgs),
-        machine=machine(),
+        **latency_metrics(lat, len(imgs)),
     )
     write_json(out / "metrics.json", metrics)
     return metrics

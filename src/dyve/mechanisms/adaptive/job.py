@@ -28,7 +28,7 @@ from torch import nn
 
 from dyve import data as dyve_data
 from dyve._io import read_json, write_json
-from dyve.eval.latency import num_threads
+from dyve.eval.latency import machine, num_threads
 from dyve.mechanisms.adaptive.heads import load_cache, save_cache, train_head
 from dyve.mechanisms.adaptive.study import LAMS, Study, plot
 
@@ -104,6 +104,17 @@ def mean_latency(
             for k, v in acc.items():
                 totals[k].append(1e3 * v / len(images))
     return {k: statistics.median(v) for k, v in totals.items()}
+
+
+def latency_metrics(lat: dict[str, float], images: int) -> dict[str, Any]:
+    """The timing fields of ``metrics.json`` from :func:`mean_latency`'s result."""
+    return {
+        "latency_ms_b1": lat["dynamic"],
+        "baseline_latency_ms_b1": lat["baseline"],
+        "speedup_b1": lat["baseline"] / lat["dynamic"],
+        "latency_images": images,
+        "machine": machine(),
+    }
 
 
 def write_study(out: Path, study: Study, title: str) -> None:

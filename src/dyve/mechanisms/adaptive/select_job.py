@@ -13,7 +13,6 @@ from typing import Any
 
 from dyve._io import atomic_save, read_json, write_json
 from dyve.errors import DyveError
-from dyve.eval.latency import machine
 from dyve.graph import discover
 from dyve.mechanisms.adaptive.heads import collect
 from dyve.mechanisms.adaptive.job import (
@@ -25,6 +24,7 @@ from dyve.mechanisms.adaptive.job import (
     executed,
     heldout,
     latency_images,
+    latency_metrics,
     load_config,
     mean_latency,
     write_study,
@@ -86,11 +86,7 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
         method="network_selection",
         networks=list(cfg.models),
         num_classes=classes,
-        latency_ms_b1=lat["dynamic"],
-        baseline_latency_ms_b1=lat["baseline"],
-        speedup_b1=lat["baseline"] / lat["dynamic"],
-        latency_images=len(imgs),
-        machine=machine(),
+        **latency_metrics(lat, len(imgs)),
     )
     write_json(out / "metrics.json", metrics)
     return metrics
