@@ -87,7 +87,7 @@ class ExitState:
     #: per original row: the logits it left with (rows that reach the end stay unset)
     logits: torch.Tensor | None = None
     #: per original row: index of the exit point it left at (-1 = reached the end)
-    at: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    at: torch.Tensor = field(init=False)
     #: emulated: per exit point, the trace units recorded before it
     seen: list[set[str]] = field(default_factory=list)
 
@@ -128,7 +128,7 @@ class ExitRun:
         trace: Trace | None = st.trace
         if self.fast:
             if trace is not None:
-                trace.charge(_unit(self.points[k]), rows, RAN, overhead)
+                trace.charge(exit_unit(self.points[k].name), rows, RAN, overhead)
             if not bool(leave.any()):
                 return None
             es.store(rows[leave], logits[leave.to(logits.device)])
@@ -142,7 +142,7 @@ class ExitRun:
         fresh = leave & (es.at[rows] < 0)
         if trace is not None:
             reached = es.at[rows] < 0
-            trace.charge(_unit(self.points[k]), rows[reached], RAN, overhead)
+            trace.charge(exit_unit(self.points[k].name), rows[reached], RAN, overhead)
         es.store(rows[fresh], logits[fresh.to(logits.device)])
         es.at[rows[fresh]] = k
         while len(es.seen) <= k:
@@ -189,6 +189,6 @@ class ExitRun:
                 trace.units[unit][rows] = NOT_REACHED
 
 
-def _unit(point: ExitPoint) -> str:
-    """The trace name of an exit point's evaluation."""
-    return f"exit:{point.name}"
+def exit_unit(point: str) -> str:
+    """The trace name of exit point ``point``'s evaluation (head and policy)."""
+    return f"exit:{point}"

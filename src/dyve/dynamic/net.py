@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from dyve.cost.accumulator import CostMode
-from dyve.dynamic.exits import AllLeft, ExitPoint, ExitRun
+from dyve.dynamic.exits import AllLeft, ExitPoint, ExitRun, exit_unit
 from dyve.dynamic.site import SiteUnit, Tail
 from dyve.dynamic.trace import RAN, DynamicResult, Trace
 from dyve.dynamic.unit import RunState, Unit
@@ -283,7 +283,7 @@ class DynamicNet(nn.Module):
         trace.cost.add(self._rest_macs(None))
         if exits is not None:
             none = torch.empty(0, dtype=torch.int64)
-            names = [*self.units, *self.sites, *(f"exit:{p.name}" for p in exits.points)]
+            names = [*self.units, *self.sites, *(exit_unit(p.name) for p in exits.points)]
             for name in names:  # the fast back-end never reached them when all had left
                 if name not in trace.units:
                     trace.charge(name, none, RAN, 0.0)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dyve.errors import DyveError
-from dyve.mechanisms.adaptive.policy import Classifier, LearnedPolicy, entropy
+from dyve.mechanisms.adaptive.policy import Classifier, LearnedPolicy, ThresholdPolicy
 from dyve.mechanisms.adaptive.policy import features as policy_features
 from dyve.mechanisms.base import MECHANISMS, Mechanism
 
@@ -107,10 +107,8 @@ class ExitModule(nn.Module):
 
     def decide(self, probs: torch.Tensor) -> torch.Tensor:
         """Bool ``[N]``: leave here, from the head's softmax ``probs``."""
-        if self.policy == "max_prob":
-            return probs.max(1).values >= self.threshold
-        if self.policy == "entropy":
-            return entropy(probs) <= self.threshold
+        if self.policy in ("max_prob", "entropy"):  # the very rule the cached study evaluates
+            return ThresholdPolicy(self.policy, self.threshold).decide("", probs)[0]
         return self.classifier(self.index).predict(probs)
 
     def classifier(self, index: int) -> Classifier:

@@ -14,7 +14,6 @@ from dyve.mechanisms.adaptive.early_exit import EarlyExit
 from dyve.mechanisms.adaptive.heads import collect
 from dyve.mechanisms.adaptive.job import (
     JobConfig,
-    _load,
     base_metrics,
     cached,
     choose_splits,
@@ -24,6 +23,7 @@ from dyve.mechanisms.adaptive.job import (
     latency_images,
     latency_metrics,
     load_config,
+    load_split,
     mean_latency,
     write_study,
 )
@@ -46,7 +46,7 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
     dense = net.detach()
 
     def cache(split: str) -> dict[str, Any]:
-        ds = _load(cfg, split)
+        ds = load_split(cfg, split)
         return cached(
             out,
             split,
@@ -79,13 +79,18 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
         features=cfg.features,
         policy_macs=feat_dim,
         budget_pp=cfg.budget_pp,
+        # an exit used alone: the backbone up to it plus its head; the end: the backbone
+        alone={
+            **{p: t + mech.heads()[p].macs for p, t in zip(points, through, strict=True)},
+            "final": g.total_macs,
+        },
     )
     write_study(out, study, f"{model}: early exit at {', '.join(points)}")
     mech.store_policies(study.policies)
     if study.chosen is not None:
         net.set_knobs(policy="learned", lam=study.policies[study.chosen].lam)
     save(net, out)
-    ds = _load(cfg, held)
+    ds = load_split(cfg, held)
     ran = executed(net.run, ds, cfg, norm)
     imgs = latency_images(ds, cfg, norm)
     lat = mean_latency({"dynamic": net, "baseline": dense}, imgs)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,6 @@ class JobConfig:
     limit: int | None = None
     latency_images: int = 200
     batch_size: int = 256
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def choose_splits(cfg: JobConfig, heldout: bool) -> tuple[str, str]:
@@ -62,7 +61,8 @@ def choose_splits(cfg: JobConfig, heldout: bool) -> tuple[str, str]:
     return fit, held
 
 
-def _load(cfg: JobConfig, split: str) -> dyve_data.ImageSet:
+def load_split(cfg: JobConfig, split: str) -> dyve_data.ImageSet:
+    """Split ``split`` of ``cfg.data`` (its first ``cfg.limit`` images when set)."""
     ds = dyve_data.load(cfg.data, split)
     return ds.subset(slice(0, cfg.limit)) if cfg.limit else ds
 

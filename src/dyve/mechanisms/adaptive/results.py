@@ -34,7 +34,8 @@ def _dominance(curves: dict[str, Any]) -> tuple[int, int]:
 
 def _table(curves: dict[str, Any], ref_macs: float) -> list[str]:
     rows = [
-        "| policy | setting | top-1 (%) | mean MACs (M) | MAC reduction | where samples stop |",
+        "| policy | setting | top-1 (%) | mean MACs (M; from cached outputs, not executed) "
+        "| MAC reduction | where samples stop |",
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
 

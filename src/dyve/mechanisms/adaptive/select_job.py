@@ -17,7 +17,6 @@ from dyve.graph import discover
 from dyve.mechanisms.adaptive.heads import collect
 from dyve.mechanisms.adaptive.job import (
     JobConfig,
-    _load,
     base_metrics,
     cached,
     choose_splits,
@@ -26,6 +25,7 @@ from dyve.mechanisms.adaptive.job import (
     latency_images,
     latency_metrics,
     load_config,
+    load_split,
     mean_latency,
     write_study,
 )
@@ -49,7 +49,7 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
     fit, held = choose_splits(cfg, all(heldout(m) for m in cfg.models))
 
     def node_outputs(split: str) -> Outputs:
-        ds = _load(cfg, split)
+        ds = load_split(cfg, split)
         logits = {}
         for m, net in nets.items():
             make = partial(collect, net, [], ds, norm, progress=progress, desc=m)
@@ -72,12 +72,13 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
         features=cfg.features,
         policy_macs=feat_dim,
         budget_pp=cfg.budget_pp,
+        alone={n.name: n.cost for n in graph.nodes},
     )
     write_study(out, study, "network selection: " + " -> ".join(cfg.models))
     chosen = study.chosen if study.chosen is not None else 0
     save_policies(out, cfg.models, study.policies, chosen, feat_dim)
     system = Selection(nets, graph, study.policies[chosen], policy_macs=feat_dim)
-    ds = _load(cfg, held)
+    ds = load_split(cfg, held)
     ran = executed(system.run, ds, cfg, norm)
     imgs = latency_images(ds, cfg, norm)
     lat = mean_latency({"dynamic": system, "baseline": nets[reference]}, imgs)

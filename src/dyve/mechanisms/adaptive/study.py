@@ -25,11 +25,11 @@ from dyve.mechanisms.adaptive.policy import (
     Outputs,
     PolicyGraph,
     PolicyResult,
-    ThresholdPolicy,
     evaluate,
     evaluate_node,
     fit_learned,
     oracle,
+    sweep_threshold,
     threshold_grid,
 )
 
@@ -68,12 +68,15 @@ class Study:
         }
 
 
-def _point(res: PolicyResult, ref_macs: float, **extra: Any) -> dict[str, Any]:
+def _point(
+    res: PolicyResult, ref_macs: float, macs: float | None = None, **extra: Any
+) -> dict[str, Any]:
+    cost = res.mean_cost if macs is None else macs
     return {
         **extra,
         "top1": round(res.accuracy, 3),
-        "macs_mean": res.mean_cost,
-        "cost_reduction": ref_macs / res.mean_cost,
+        "macs_mean": cost,
+        "cost_reduction": ref_macs / cost,
         "stop_fraction": {k: round(v, 4) for k, v in res.stop_fraction.items()},
     }
 
@@ -89,13 +92,20 @@ def run_study(
     policy_macs: float = 0.0,
     budget_pp: float = 1.0,
     thresholds: int = 41,
+    alone: dict[str, float] | None = None,
 ) -> Study:
-    """Fit on ``fit``, evaluate on ``held`` (see the module docstring)."""
-    full = max(c for c, _ in graph.cheapest_paths().values())
+    """Fit on ``fit``, evaluate on ``held`` (see the module docstring).
+
+    ``alone`` is each node's MACs when it is used on its own, the cost of the single
+    nodes and of the reference (default: its cheapest path from the root, right for exits
+    of one network; a selection's networks run alone cost only themselves).
+    """
+    paths = graph.cheapest_paths()
+    full = max(c for c, _ in paths.values())
+    alone = alone if alone is not None else {k: c for k, (c, _) in paths.items()}
     unit = PolicyGraph(tuple(Node(n.name, n.cost / full, n.children) for n in graph.nodes))
     ref_fit = evaluate_node(graph, fit, reference)
-    ref = evaluate_node(graph, held, reference)
-    ref_macs = ref.mean_cost
+    ref_macs = alone[reference]
     pc = policy_macs / full
     policies, learned = [], []
     chosen, best = None, -math.inf
@@ -114,17 +124,22 @@ def run_study(
             )
         )
         ok = on_fit.accuracy >= ref_fit.accuracy - budget_pp
-        if ok and ref_fit.mean_cost / on_fit.mean_cost > best:
-            chosen, best = len(learned) - 1, ref_fit.mean_cost / on_fit.mean_cost
-    baselines = {}
+        if ok and ref_macs / on_fit.mean_cost > best:
+            chosen, best = len(learned) - 1, ref_macs / on_fit.mean_cost
     classes = next(iter(held.logits.values())).shape[1]
-    for kind in ("max_prob", "entropy"):
-        pts = []
-        for t in threshold_grid(kind, thresholds, classes):
-            res = evaluate(graph, held, ThresholdPolicy(kind, t))
-            pts.append(_point(res, ref_macs, threshold=t))
-        baselines[kind] = pts
-    single = {n.name: _point(evaluate_node(graph, held, n.name), ref_macs) for n in graph.nodes}
+    baselines = {
+        kind: [
+            _point(res, ref_macs, threshold=t)
+            for t, _, res in sweep_threshold(
+                graph, held, kind, threshold_grid(kind, thresholds, classes)
+            )
+        ]
+        for kind in ("max_prob", "entropy")
+    }
+    single = {
+        n.name: _point(evaluate_node(graph, held, n.name), ref_macs, alone[n.name])
+        for n in graph.nodes
+    }
     return Study(
         graph,
         reference,
