@@ -11,7 +11,8 @@ import torch
 
 from dyve.errors import DyveError
 from dyve.train import trainer
-from dyve.train.trainer import TrainConfig, cosine_lr, train
+from dyve.train.loop import cosine_lr
+from dyve.train.trainer import TrainConfig, train
 
 
 def test_cosine_schedule() -> None:

@@ -18,6 +18,7 @@ from torch import nn
 from dyve.cost.accumulator import CostMode
 from dyve.dynamic.exits import AllLeft, ExitPoint, ExitRun, exit_unit
 from dyve.dynamic.site import SiteUnit, Tail
+from dyve.dynamic.taps import Tap
 from dyve.dynamic.trace import RAN, DynamicResult, Trace
 from dyve.dynamic.unit import RunState, Unit
 from dyve.errors import DyveError, UnknownNameError
@@ -315,11 +316,11 @@ class DynamicNet(nn.Module):
     def detach(self) -> nn.Module:
         """A plain copy of the backbone: every unit and tail replaced by the module it wraps.
 
-        Gates and heads are dropped; the weights are this network's own, so in eval mode
+        Gates, taps and heads are dropped; the weights are this network's own, so in eval mode
         the result equals the original backbone bit for bit (the dense baseline of a bench).
         """
         dense = copy.deepcopy(self.backbone)
-        wrappers = (Unit, SiteUnit, Tail)
+        wrappers = (Unit, SiteUnit, Tail, Tap)
         units = [
             (name, m)
             for name, m in dense.named_modules(remove_duplicate=False)

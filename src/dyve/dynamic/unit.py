@@ -29,8 +29,13 @@ class Gate(Protocol):
     def decide(self, x: torch.Tensor) -> torch.Tensor | None:
         """Bool ``[N]`` (True = run) for the batch ``x``, or None when the gate is off."""
 
-    def overhead_macs(self, x: torch.Tensor) -> float:
-        """MACs the decision costs per sample when the gate is on (0 for statistics only)."""
+    def overhead_macs(self, x: torch.Tensor) -> float | torch.Tensor:
+        """MACs the decision costs per sample when the gate is on (0 for statistics only);
+        a ``[N]`` tensor when samples pay differently."""
+
+    # Optional: ``run_macs() -> [N] tensor | None``, the unit's per-sample cost when it runs
+    # after the last ``decide`` (a gate that narrows the block, e.g. skips channels);
+    # None or absent: the unit's static MACs.
 
 
 @dataclass
@@ -86,43 +91,69 @@ class Unit(nn.Module):
             raise ValueError(f"{self.name}: {mechanism} already gates this unit")
         self.gates[mechanism] = gate
 
-    def decide(self, x: torch.Tensor) -> tuple[torch.Tensor | None, float]:
-        """AND of all gates' decisions, and the summed per-sample overhead of active gates.
+    def decide(self, x: torch.Tensor) -> tuple[torch.Tensor | None, list[nn.Module]]:
+        """AND of all gates' decisions, and the gates that decided (their overhead is paid).
 
         A gate that returns None is off: it neither decides nor costs anything.
         """
         run: torch.Tensor | None = None
-        overhead = 0.0
+        active = []
         for gate in self.gates.values():
             d = gate.decide(x)  # type: ignore[operator]
             if d is None:
                 continue
-            overhead += float(gate.overhead_macs(x))  # type: ignore[operator]
-            d = d.to(device=x.device, dtype=torch.bool)
+            active.append(gate)
+            if d.dtype != torch.bool or d.device != x.device:
+                d = d.to(device=x.device, dtype=torch.bool)
             run = d if run is None else run & d
-        return run, overhead
+        return run, active
+
+    @staticmethod
+    def overhead(gates: list[nn.Module], x: torch.Tensor) -> torch.Tensor | float:
+        """Summed per-sample MACs of the decisions of ``gates`` (asked only when tracing)."""
+        total: torch.Tensor | float = 0.0
+        for gate in gates:
+            o = gate.overhead_macs(x)  # type: ignore[operator]
+            total = total + (o.detach().cpu().double() if torch.is_tensor(o) else float(o))
+        return total
+
+    def run_macs(self) -> torch.Tensor | float:
+        """Per-sample MACs of the unit when it runs (a gate may narrow it; see :class:`Gate`)."""
+        for gate in self.gates.values():
+            fn = getattr(gate, "run_macs", None)
+            v = fn() if fn is not None else None
+            if v is not None:
+                return v.detach().cpu().double()
+        return float(self.macs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self._state
-        run, overhead = self.decide(x)
+        run, active = self.decide(x)
         n = x.shape[0]
-        if run is None or bool(run.all()):
+        if run is None:
             out = self.module(x)
-            run = torch.ones(n, dtype=torch.bool) if run is None else run
+            run = torch.ones(n, dtype=torch.bool)
+        elif n == 1 and st.backend == "fast":  # one sync, a plain if
+            out = self.module(x) if bool(run) else self.skip_output(x)
+        elif bool(run.all()):
+            out = self.module(x)
         elif st.backend == "emulated":
             out = runtime.masked(x, run, self.module, self.skip_output)
-        elif n == 1:
-            out = self.module(x) if bool(run[0]) else self.skip_output(x)
         else:
             out = runtime.gather_scatter(x, run, self.module, self.skip_output)
         if st.trace is not None:
-            self._account(st.trace, st.rows, run.cpu(), overhead)
+            self._account(st.trace, st.rows, run.cpu(), self.overhead(active, x))
         return out
 
     def _account(
-        self, trace: Trace, rows: torch.Tensor | None, run: torch.Tensor, overhead: float
+        self,
+        trace: Trace,
+        rows: torch.Tensor | None,
+        run: torch.Tensor,
+        overhead: torch.Tensor | float,
     ) -> None:
         # a handful of whole-vector ops: this runs once per unit per batch (see NOTES.md)
         status = torch.where(run, RAN, SKIPPED).to(torch.int8)
-        cost = torch.where(run, float(self.macs), float(self.skip_macs)).double() + overhead
+        ran = torch.as_tensor(self.run_macs(), dtype=torch.float64)
+        cost = torch.where(run, ran, float(self.skip_macs)) + overhead
         trace.charge(self.name, rows, status, cost)

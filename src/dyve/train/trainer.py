@@ -17,13 +17,8 @@ killing a run loses at most the epoch in progress.
 
 from __future__ import annotations
 
-import json
-import math
 import shlex
-import sys
-import time
 from dataclasses import asdict, dataclass, fields
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from dyve import data as dyve_data
-from dyve._io import atomic_save, atomic_write, file_digest, read_json, write_json
+from dyve._io import file_digest, write_json
 from dyve.errors import DyveError
 from dyve.eval.evaluate import evaluate
 from dyve.models import create, model_info
 from dyve.models.weights import save_weights
+from dyve.train.loop import Schedule, fit, start, write_config
 
 
 @dataclass(frozen=True)
@@ -89,53 +85,19 @@ class TrainConfig:
         return cls(**d)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise DyveError(f"--device {name!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DyveError(f"--device {name!r}: no CUDA device is available (use cpu or auto)")
-    return device
-
-
-def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
-    """Linear warm-up for ``warmup`` steps, then cosine decay from ``base`` to 0."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
 def train(
     cfg: TrainConfig, out: Path, *, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Train ``cfg.model`` on the train split; return the final metrics.
 
+    Runs data-parallel under ``torchrun`` (see :mod:`dyve.train.dist`).
+
     Example:
         >>> cfg = TrainConfig("caffe_cifar10", epochs=1, limit_train=512)
         >>> train(cfg, Path("runs/smoke"))  # doctest: +SKIP
     """
-    from tqdm import tqdm
-
-    ckpt_path = out / "checkpoint.pt"
-    if (out / "config.json").exists() and not resume:
-        raise DyveError(
-            f"{out} already holds a run; pass --resume to continue it or pick a new --out"
-        )
-    if resume:
-        if not (out / "config.json").exists():
-            raise DyveError(f"{out}: no run to resume (config.json missing)")
-        saved = read_json(out / "config.json")["config"]
-        if saved != asdict(cfg):
-            diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v}
-            raise DyveError(f"--resume with a different config: {diff}")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = _device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    config = asdict(cfg)
+    device, ddp = start(out, config, resume, cfg.threads, cfg.device, cfg.batch_size, cfg.seed)
 
     init = cfg.init
     model = create(cfg.model, pretrained=True if init == "shipped" else (init or False))
@@ -146,11 +108,6 @@ def train(
         cfg.data, "train", limit=cfg.limit_train, shape=info.input_size
     )
     val_set = dyve_data.load_images(cfg.data, "val", shape=info.input_size)
-    if len(train_set) < cfg.batch_size:
-        raise DyveError(
-            f"{len(train_set)} training images make no batch of {cfg.batch_size}; "
-            "lower --batch-size"
-        )
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
@@ -164,72 +121,46 @@ def train(
         momentum=cfg.momentum,
         nesterov=cfg.nesterov,
     )
-    steps_per_epoch = len(train_set) // cfg.batch_size
-    total = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    if not resume:  # written once everything the run needs exists
-        write_json(out / "config.json", {"config": asdict(cfg), "command": _command()})
-    start_epoch = 0
-    if resume and ckpt_path.exists():  # else interrupted before the first checkpoint
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        start_epoch = int(ck["epoch"]) + 1
+    write_config(out, config, resume, ddp)  # once everything the run needs exists
 
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
-        it = dyve_data.batches(
-            train_set,
-            cfg.batch_size,
-            info.norm,
-            shuffle=True,
-            augment=cfg.augment,
-            seed=cfg.seed * 1000 + epoch,
-            drop_last=True,
-        )
-        bar = tqdm(
-            it, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress
-        )
-        for i, (x, y) in enumerate(bar):
-            lr = cosine_lr(epoch * steps_per_epoch + i, total, warmup, cfg.lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            x = x.to(device, memory_format=mem)
-            y = y.to(device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            if not torch.isfinite(loss):
-                raise DyveError(
-                    f"loss became {loss.item()} at epoch {epoch + 1} step {i}; lower --lr"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            loss_sum += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            if i % 20 == 0:
-                bar.set_postfix(
-                    loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}", lr=f"{lr:.4f}"
-                )
-        val = evaluate(model, val_set, info.norm, device=device)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / max(seen, 1),
-            "train_top1": 100.0 * correct / max(seen, 1),
-            "val_top1": val.top1,
-            "lr_end": lr,
-            "seconds": round(time.time() - t0, 1),
-        }
-        ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch}
-        atomic_save(ckpt_path, partial(_save_torch, ck))
-        history = [*_read_history(out)[:epoch], row]
-        with atomic_write(out / "history.jsonl", "w") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in history)
-        print(json.dumps(row), file=sys.stderr, flush=True)
-    cpu_model = model.to(device="cpu", memory_format=torch.contiguous_format)
-    return finalize(cfg, out, cpu_model)
+    def step(
+        m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, frac: float
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        logits = m(x)
+        return F.cross_entropy(logits, y), logits, {}
+
+    def validate(m: torch.nn.Module, epoch: int) -> dict[str, Any]:
+        return {"val_top1": evaluate(m, val_set, info.norm, device=device).top1}
+
+    sched = Schedule(
+        cfg.epochs,
+        cfg.batch_size,
+        cfg.lr,
+        cfg.warmup_epochs,
+        cfg.seed,
+        cfg.augment,
+        cfg.channels_last,
+    )
+    fit(
+        model,
+        opt,
+        train_set,
+        info.norm,
+        sched,
+        out,
+        step,
+        validate,
+        device=device,
+        dist=ddp,
+        resume=resume,
+        progress=progress,
+    )
+    metrics: dict[str, Any] = {}
+    if ddp.main:
+        cpu_model = model.to(device="cpu", memory_format=torch.contiguous_format)
+        metrics = finalize(cfg, out, cpu_model)
+    ddp.close()
+    return metrics
 
 
 def finalize(cfg: TrainConfig, out: Path, model: torch.nn.Module) -> dict[str, Any]:
@@ -265,10 +196,6 @@ def finalize(cfg: TrainConfig, out: Path, model: torch.nn.Module) -> dict[str, A
     return metrics
 
 
-def _save_torch(obj: dict[str, Any], path: str) -> None:
-    torch.save(obj, path)
-
-
 def train_command(cfg: TrainConfig, out: str = "RUN_DIR") -> str:
     """A shell-quoted ``dyve train`` command that reproduces ``cfg`` (non-default settings)."""
     default = TrainConfig(cfg.model)
@@ -282,17 +209,4 @@ def train_command(cfg: TrainConfig, out: str = "RUN_DIR") -> str:
             argv.append(f"--no-{f.name.replace('_', '-')}")
         else:
             argv += [flag, str(value)]
-    return shlex.join(argv)
-
-
-def _read_history(out: Path) -> list[dict[str, Any]]:
-    path = out / "history.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _command() -> str:
-    """The command line, quoted so that it can be pasted into a shell."""
-    argv = ["dyve", *sys.argv[1:]] if Path(sys.argv[0]).name == "dyve" else sys.argv
     return shlex.join(argv)

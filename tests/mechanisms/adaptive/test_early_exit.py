@@ -8,9 +8,10 @@ import torch
 from dyve.data import batches, load_sample
 from dyve.dynamic import DynamicNet, load, save
 from dyve.errors import DyveError
+from dyve.eval.splits import choose_splits
 from dyve.mechanisms import EarlyExit
 from dyve.mechanisms.adaptive.heads import collect
-from dyve.mechanisms.adaptive.job import JobConfig, choose_splits, fit_heads
+from dyve.mechanisms.adaptive.job import JobConfig, fit_heads
 from dyve.mechanisms.adaptive.policy import Outputs, PolicyGraph, evaluate, fit_learned
 from dyve.models import create
 from dyve.testing.contract import graded_inputs
@@ -127,7 +128,7 @@ def test_stored_policies_survive_save_and_load(tmp_path: object) -> None:
 
 def test_auto_splits_never_fit_on_what_the_weights_saw() -> None:
     cfg = JobConfig(models=("resnet56_cifar",))
-    assert choose_splits(cfg, heldout=True) == ("val", "test")
-    assert choose_splits(cfg, heldout=False) == ("test-a", "test-b")
+    assert choose_splits(cfg.fit_split, cfg.eval_split, heldout=True) == ("val", "test")
+    assert choose_splits(cfg.fit_split, cfg.eval_split, heldout=False) == ("test-a", "test-b")
     with pytest.raises(ValueError, match="must differ"):
-        choose_splits(JobConfig(models=("x",), fit_split="val", eval_split="val"), True)
+        choose_splits("val", "val", True)

@@ -10,16 +10,15 @@ from typing import Any
 
 from dyve._io import write_json
 from dyve.dynamic import DynamicNet, save
+from dyve.eval.splits import choose_splits, heldout
 from dyve.mechanisms.adaptive.early_exit import EarlyExit
 from dyve.mechanisms.adaptive.heads import collect
 from dyve.mechanisms.adaptive.job import (
     JobConfig,
     base_metrics,
     cached,
-    choose_splits,
     executed,
     fit_heads,
-    heldout,
     latency_images,
     latency_metrics,
     load_config,
@@ -42,7 +41,7 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
     mech = EarlyExit(exits=cfg.exits, every=cfg.every, pool=cfg.pool, features=cfg.features)
     net.attach(mech)
     points = list(mech.heads())
-    fit, held = choose_splits(cfg, heldout(model))
+    fit, held = choose_splits(cfg.fit_split, cfg.eval_split, heldout(model))
     dense = net.detach()
 
     def cache(split: str) -> dict[str, Any]:

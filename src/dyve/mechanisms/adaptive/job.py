@@ -52,15 +52,6 @@ class JobConfig:
     batch_size: int = 256
 
 
-def choose_splits(cfg: JobConfig, heldout: bool) -> tuple[str, str]:
-    """(fit, eval) splits; ``auto`` avoids fitting on images the weights trained on."""
-    fit = cfg.fit_split if cfg.fit_split != "auto" else ("val" if heldout else "test-a")
-    held = cfg.eval_split if cfg.eval_split != "auto" else ("test" if fit == "val" else "test-b")
-    if fit == held:
-        raise ValueError(f"fit and eval splits must differ, both are {fit!r}")
-    return fit, held
-
-
 def load_split(cfg: JobConfig, split: str) -> dyve_data.ImageSet:
     """Split ``split`` of ``cfg.data`` (its first ``cfg.limit`` images when set)."""
     ds = dyve_data.load(cfg.data, split)
@@ -163,13 +154,6 @@ def load_config(out: Path, cfg: JobConfig) -> None:
 def _jsonable(cfg: JobConfig) -> dict[str, Any]:
     d = asdict(cfg)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
-def heldout(model: str) -> bool:
-    """True when the shipped weights of ``model`` did not train on val."""
-    from dyve.models.weights import shipped_meta
-
-    return shipped_meta(model).get("val_heldout") is True
 
 
 def executed(

@@ -13,15 +13,14 @@ from typing import Any
 
 from dyve._io import atomic_save, read_json, write_json
 from dyve.errors import DyveError
+from dyve.eval.splits import choose_splits, heldout
 from dyve.graph import discover
 from dyve.mechanisms.adaptive.heads import collect
 from dyve.mechanisms.adaptive.job import (
     JobConfig,
     base_metrics,
     cached,
-    choose_splits,
     executed,
-    heldout,
     latency_images,
     latency_metrics,
     load_config,
@@ -46,7 +45,7 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
     if len(norms) != 1:
         raise DyveError("network selection needs networks with the same input normalisation")
     norm = norms.pop()
-    fit, held = choose_splits(cfg, all(heldout(m) for m in cfg.models))
+    fit, held = choose_splits(cfg.fit_split, cfg.eval_split, all(heldout(m) for m in cfg.models))
 
     def node_outputs(split: str) -> Outputs:
         ds = load_split(cfg, split)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# LC-Net on ResNet-56: the lambda curve, the ablations and the ConvNet-AIG baseline,
+# then docs/results/lcnet.md. Each run resumes where it stopped (rerun after a crash);
+# a finished run (metrics.json present) is kept. About 11 minutes per run on 2 cores.
+# Benchmarks run after all training, alone (timings need an idle machine).
+set -euo pipefail
+RUNS=${RUNS:-runs/lcnet}
+COMMON=(--model resnet56_cifar --epochs 3 --weighting macs --threads 2)
+
+train() {  # train NAME ARGS...
+  local out="$RUNS/$1"; shift
+  [[ -f "$out/metrics.json" ]] && return 0
+  local resume=()
+  [[ -f "$out/config.json" ]] && resume=(--resume)
+  dyve lcnet train --out "$out" "${COMMON[@]}" "$@" "${resume[@]}"
+}
+
+train lcnet_l16_c008 --lam-l 0.16 --lam-c 0.008
+train lcnet_l04_c002 --lam-l 0.04 --lam-c 0.002
+train lcnet_l01_c0005 --lam-l 0.01 --lam-c 0.0005
+train aig_t05 --method aig --target 0.5
+# side by side, one thread each: the ablations, and a control without the sparsity loss
+# (what the few epochs of fine-tuning alone do to accuracy)
+COMMON=(--model resnet56_cifar --epochs 3 --weighting macs --threads 1)
+train lnet_l01 --no-channel --lam-l 0.01 &
+train cnet_c0005 --no-layer --lam-c 0.0005 &
+train lcnet_l0_c0 --lam-l 0 --lam-c 0 &
+wait
+for r in "$RUNS"/*/; do
+  [[ -f "$r/bench.json" ]] || dyve bench "$r" --data cifar10-jpeg --split test-b --repeats 100
+done
+dyve lcnet results "$RUNS"/*/ --out docs/results/lcnet.md

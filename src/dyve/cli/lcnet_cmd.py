@@ -1,0 +1,95 @@
+"""``dyve lcnet train`` (LC-Net or the ConvNet-AIG baseline) and ``dyve lcnet results``."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+
+def add(sub: Any) -> None:
+    """Register ``lcnet`` on the ``add_subparsers`` object."""
+    from dyve.mechanisms.lcnet.train import METHODS, GateTrainConfig
+
+    d = GateTrainConfig()
+    p = sub.add_parser("lcnet", help="LC-Net: learned layer and channel skipping (and AIG)")
+    psub = p.add_subparsers(dest="lcnet_cmd", required=True)
+    t = psub.add_parser(
+        "train",
+        help="fine-tune a backbone with LC-Net predictors (or AIG gates); keep the best "
+        "checkpoint on the select split, report once on the report split",
+    )
+    t.add_argument("--out", required=True, type=Path, help="run directory")
+    t.add_argument("--model", default=d.model, help=f"zoo model (default: {d.model})")
+    t.add_argument("--method", choices=METHODS, default=d.method)
+    t.add_argument("--data", default=d.data)
+    t.add_argument("--no-layer", action="store_true", help="LC-Net without L-Net (C-Net only)")
+    t.add_argument("--no-channel", action="store_true", help="LC-Net without C-Net (L-Net only)")
+    t.add_argument("--predictor", choices=("block", "global"), default=d.predictor)
+    t.add_argument("--lam-l", type=float, default=d.lam_l, help="L-Net sparsity weight")
+    t.add_argument("--lam-c", type=float, default=d.lam_c, help="C-Net sparsity weight")
+    t.add_argument(
+        "--weighting",
+        choices=("none", "macs"),
+        default=d.weighting,
+        help="none: the paper's loss; macs: each term weighted by the MACs it saves",
+    )
+    t.add_argument("--target", type=float, default=d.target, help="AIG: target execution rate")
+    t.add_argument("--aig-weight", type=float, default=d.aig_weight, help="AIG: loss weight")
+    t.add_argument("--ramp", type=float, default=d.ramp, help="share of training to ramp lambda")
+    t.add_argument("--epochs", type=int, default=d.epochs)
+    t.add_argument("--batch-size", type=int, default=d.batch_size)
+    t.add_argument("--lr", type=float, default=d.lr, help="backbone learning rate (cosine)")
+    t.add_argument("--gate-lr-scale", type=float, default=d.gate_lr_scale)
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--select-split", default=d.select_split, help="auto: val or test-a")
+    t.add_argument("--report-split", default=d.report_split, help="auto: test or test-b")
+    t.add_argument("--limit-train", type=int, default=None)
+    t.add_argument("--limit-eval", type=int, default=None)
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--device", default=d.device)
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    r = psub.add_parser("results", help="write docs/results/lcnet.md from run directories")
+    r.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    r.add_argument("--out", required=True, type=Path, help="Markdown file to write")
+    r.set_defaults(func=cmd_results)
+
+
+def config(args: argparse.Namespace) -> Any:
+    """The :class:`GateTrainConfig` the command line describes."""
+    from dyve.mechanisms.lcnet.train import GateTrainConfig
+
+    values = {
+        f.name: getattr(args, f.name) for f in fields(GateTrainConfig) if hasattr(args, f.name)
+    }
+    values["layer"] = not args.no_layer
+    values["channel"] = not args.no_channel
+    return GateTrainConfig(**values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train, keep the best checkpoint, report once; print the metrics."""
+    import json
+
+    from dyve.mechanisms.lcnet.train import train_gates
+
+    metrics = train_gates(config(args), args.out, resume=args.resume, progress=not args.no_progress)
+    if metrics:
+        keys = ("top1", "baseline_top1", "macs_per_sample", "cost_reduction", "split")
+        print(json.dumps({k: metrics[k] for k in keys}, indent=1))
+        print(f"wrote {args.out / 'metrics.json'}")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """Write the results page."""
+    from dyve.mechanisms.lcnet.results import write_results
+
+    write_results(args.runs, args.out)
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,258 @@
+"""Training LC-Net (or the ConvNet-AIG baseline) from a pretrained backbone: ``dyve lcnet train``.
+
+The gates start open (LC-Net's predictors output 1, AIG's gates open with p ~ 0.95), so
+the network starts as the backbone; backbone and gates are fine-tuned together with the
+shared loop (:mod:`dyve.train.loop`: cosine schedule, progress, atomic checkpoints,
+resume, data-parallel under ``torchrun``). Loss: cross-entropy plus LC-Net's sparsity term
+``lam_l * sum|s_L| + lam_c * sum ||s_C||_1`` (or AIG's target-rate loss), whose weight
+ramps linearly from 0 over the first ``ramp`` of training so blocks do not collapse early.
+The gates train ``gate_lr_scale`` times faster than the backbone, without weight decay.
+
+After every epoch the net is evaluated on the *select* split (``auto``: val when the
+backbone held it out, else test-a). The kept checkpoint is the most accurate epoch once
+the ramp is over (ties: the cheaper), saved as a dynamic network (``dynamic.json`` +
+``dynamic.safetensors``, loadable by ``dyve bench``); it is then run once on the report
+split (test-b) with the fast back-end at batch 1, so ``metrics.json`` holds executed costs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dyve import data as dyve_data
+from dyve._io import read_json, write_json
+from dyve.cost import CONVENTION
+from dyve.dynamic import DynamicNet, equip, load, save
+from dyve.errors import DyveError
+from dyve.eval.evaluate import evaluate
+from dyve.eval.latency import num_threads
+from dyve.eval.splits import choose_splits, heldout
+from dyve.mechanisms.lcnet.mechanism import ConvNetAIG, LCNet
+from dyve.models import create, model_info
+from dyve.train.loop import Schedule, fit, start, write_config
+
+METHODS = ("lcnet", "aig")
+
+
+@dataclass(frozen=True)
+class GateTrainConfig:
+    """Everything that defines a gate-training run (``config.json``)."""
+
+    model: str = "resnet56_cifar"
+    method: str = "lcnet"
+    data: str = "cifar10-jpeg"
+    #: LC-Net: layer / channel gating, per-block or global predictor
+    layer: bool = True
+    channel: bool = True
+    predictor: str = "block"
+    lam_l: float = 0.02
+    lam_c: float = 0.002
+    #: ``none`` (the paper's loss) or ``macs`` (each term weighted by the MACs it saves)
+    weighting: str = "none"
+    #: AIG: target execution rate per block and the weight of its loss
+    target: float = 0.6
+    aig_weight: float = 2.0
+    ramp: float = 0.5
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 0.01
+    gate_lr_scale: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    seed: int = 0
+    select_split: str = "auto"
+    report_split: str = "auto"
+    limit_train: int | None = None
+    limit_eval: int | None = None
+    threads: int | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise DyveError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise DyveError("epochs, batch_size and lr must be positive")
+        if min(self.lam_l, self.lam_c, self.aig_weight, self.gate_lr_scale) < 0:
+            raise DyveError("lam_l, lam_c, aig_weight and gate_lr_scale must be >= 0")
+        if not 0 <= self.ramp <= 1 or not 0 < self.target <= 1:
+            raise DyveError("ramp must be in [0, 1] and target in (0, 1]")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GateTrainConfig:
+        """Build from a dict, refusing unknown keys."""
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise DyveError(f"unknown settings: {sorted(unknown)}")
+        return cls(**d)
+
+
+def build(cfg: GateTrainConfig, pretrained: bool = True) -> DynamicNet:
+    """The backbone with the gates attached and switched on (training state)."""
+    backbone = create(cfg.model, pretrained=pretrained)
+    if cfg.method == "lcnet":
+        mech: LCNet | ConvNetAIG = LCNet(
+            layer=cfg.layer, channel=cfg.channel, predictor=cfg.predictor, eps=0.0
+        )
+    else:
+        mech = ConvNetAIG(threshold=0.5)
+    return equip(backbone, mech, backend="emulated")
+
+
+def _split(cfg: GateTrainConfig, split: str) -> dyve_data.ImageSet:
+    ds = dyve_data.load(cfg.data, split)
+    return ds.subset(slice(0, cfg.limit_eval)) if cfg.limit_eval else ds
+
+
+def measure(net: DynamicNet, ds: dyve_data.ImageSet, batch_size: int) -> dict[str, Any]:
+    """Top-1, mean MACs per sample and per-block run fractions of ``net`` over ``ds``."""
+    norm = model_info(net.backbone).norm
+    device = next(net.parameters()).device
+    correct, macs, ran = 0, [], []
+    with torch.no_grad():
+        for x, y in dyve_data.batches(ds, batch_size, norm):
+            res = net.run(x.to(device))
+            correct += int((res.logits.argmax(1).cpu() == y).sum())
+            macs.append(res.trace.cost.per_sample)
+            ran.append(res.trace.fraction())
+    m = torch.cat(macs)
+    blocks = {k: sum(r[k] for r in ran) / len(ran) for k in ran[0]} if ran else {}
+    return {
+        "top1": 100.0 * correct / len(ds),
+        "macs_per_sample": float(m.mean()),
+        "cost_reduction": net.static_macs / float(m.mean()),
+        "cost_mode": res.trace.cost.cost_mode,
+        "ran_fraction": blocks,
+    }
+
+
+def _params(net: DynamicNet, cfg: GateTrainConfig) -> list[dict[str, Any]]:
+    gates = list(net.trainable_parameters())
+    ids = {id(p) for p in gates}
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for p in net.parameters():
+        if id(p) not in ids:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": gates, "weight_decay": 0.0, "lr_scale": cfg.gate_lr_scale},
+    ]
+
+
+def train_gates(
+    cfg: GateTrainConfig, out: Path, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train, select the checkpoint, report once (see module docstring); the metrics."""
+    config = asdict(cfg)
+    device, ddp = start(out, config, resume, cfg.threads, cfg.device, cfg.batch_size, cfg.seed)
+    select, report = choose_splits(cfg.select_split, cfg.report_split, heldout(cfg.model))
+    net = build(cfg)
+    mech = net.mechanisms[0]
+    info = model_info(net.backbone)
+    train_set = dyve_data.load_images(
+        cfg.data, "train", limit=cfg.limit_train, shape=info.input_size
+    )
+    select_set = _split(cfg, select)
+    net.to(device)
+    opt = torch.optim.SGD(_params(net, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    write_config(out, config, resume, ddp)
+
+    def step(
+        m: nn.Module, x: torch.Tensor, y: torch.Tensor, frac: float
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        logits = m(x)
+        ce = F.cross_entropy(logits, y)
+        w = min(1.0, frac / cfg.ramp) if cfg.ramp > 0 else 1.0
+        if isinstance(mech, LCNet):
+            reg = mech.regularizer(w * cfg.lam_l, w * cfg.lam_c, cfg.weighting)
+        else:
+            reg = w * cfg.aig_weight * cast(ConvNetAIG, mech).target_loss(cfg.target)
+        return ce + reg, logits, {"ce": ce.item(), "reg": float(reg.detach()), **_open(mech)}
+
+    def validate(m: nn.Module, epoch: int) -> dict[str, Any]:
+        net.eval()
+        r = measure(net, select_set, 256)
+        done = (epoch + 1) / cfg.epochs >= cfg.ramp - 1e-9
+        row = {f"select_{k}": v for k, v in r.items() if k != "ran_fraction"}
+        best = _best(out)
+        if done and (
+            best is None
+            or (r["top1"], -r["macs_per_sample"]) > (best["top1"], -best["macs_per_sample"])
+        ):
+            save(net, out)
+            write_json(out / "best.json", {"epoch": epoch + 1, **r, "split": select})
+        return row
+
+    sched = Schedule(cfg.epochs, cfg.batch_size, cfg.lr, 0.0, cfg.seed, True, True)
+    fit(net, opt, train_set, info.norm, sched, out, step, validate,
+        device=device, dist=ddp, resume=resume, progress=progress)  # fmt: skip
+    metrics: dict[str, Any] = {}
+    if ddp.main:
+        metrics = report_run(out, cfg, select, report, progress=progress)
+    ddp.close()
+    return metrics
+
+
+def _open(mech: Any) -> dict[str, float]:
+    """Training-time gate statistics for the progress bar and history."""
+    slots = mech.slots
+    s_l = [s.s_l for s in slots if s.s_l is not None]
+    s_c = [s.s_c for s in slots if s.s_c is not None]
+    out = {}
+    if s_l:
+        out["layer_open"] = float(torch.stack([(v > 0).float().mean() for v in s_l]).mean())
+    if s_c:
+        out["channel_open"] = float(torch.stack([(v > 0).float().mean() for v in s_c]).mean())
+    return out
+
+
+def _best(out: Path) -> dict[str, Any] | None:
+    path = out / "best.json"
+    return read_json(path) if path.is_file() else None
+
+
+def report_run(
+    out: Path, cfg: GateTrainConfig, select: str, report: str, *, progress: bool = True
+) -> dict[str, Any]:
+    """Run the kept checkpoint once on the report split; write ``metrics.json``."""
+    best = _best(out)
+    if best is None:
+        raise DyveError(f"{out}: no checkpoint was kept (did training finish?)")
+    net = load(out).eval()
+    ds = _split(cfg, report)
+    base = create(cfg.model, pretrained=True)
+    norm = model_info(base).norm
+    base_top1 = evaluate(base, ds, norm).top1
+    net.backend = "emulated"
+    emu = measure(net, ds, 256)
+    net.backend = "fast"
+    with num_threads(1):
+        fast = measure(net, ds, 1)  # batch 1: executed per-sample cost of each decision
+    metrics = {
+        "top1": fast["top1"],
+        "baseline_top1": base_top1,
+        "baseline": f"{cfg.model} (shipped weights, dense)",
+        "macs_per_sample": fast["macs_per_sample"],
+        "baseline_macs_per_sample": net.static_macs,
+        "cost_reduction": fast["cost_reduction"],
+        "cost_mode": fast["cost_mode"],
+        "simulated_macs_per_sample": emu["macs_per_sample"],
+        "cost_convention": CONVENTION,
+        "ran_fraction": emu["ran_fraction"],
+        "split": report,
+        "select_split": select,
+        "n": len(ds),
+        "chosen_epoch": best["epoch"],
+        "select": {k: best[k] for k in ("top1", "macs_per_sample", "cost_reduction")},
+        "method": cfg.method,
+        "dataset": cfg.data,
+    }
+    write_json(out / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,74 @@
+"""Data-parallel training on PyTorch distributed: gloo on CPUs, NCCL on GPUs.
+
+Run any dyve trainer under ``torchrun --nproc_per_node N -m dyve.cli.main ...`` (or the
+``dyve`` script): each process reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from the
+environment, joins the process group, and takes every ``WORLD_SIZE``-th row of each global
+batch (every process draws the same shuffled batch from the same seed), so a run with N
+processes follows the same schedule as one process with the same ``--batch-size``.
+Gradients are averaged by :class:`~torch.nn.parallel.DistributedDataParallel`; only rank 0
+validates and writes files, the others wait at a barrier.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dyve.errors import DyveError
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """True on the process that validates and writes files."""
+        return self.rank == 0
+
+    def shard(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """This process's rows of a global batch."""
+        if self.world == 1:
+            return tensors
+        return tuple(t[self.rank :: self.world] for t in tensors)
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """``model`` wrapped in DistributedDataParallel when distributed."""
+        if self.world == 1:
+            return model
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def barrier(self) -> None:
+        """Wait for every process (no-op when not distributed)."""
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        """Leave the process group."""
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init(batch_size: int) -> Dist:
+    """Join the process group that ``torchrun`` describes (one process: no group)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if batch_size % world:
+        raise DyveError(f"--batch-size {batch_size} must be a multiple of the {world} processes")
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    return Dist(rank, world, local)

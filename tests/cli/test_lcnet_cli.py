@@ -1,0 +1,86 @@
+"""``dyve lcnet train`` (LC-Net and AIG), crash and resume, ``dyve bench`` and the results page."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import dyve.dynamic
+from dyve._io import read_json
+from dyve.cli.main import main
+from dyve.eval.latency import num_threads
+from dyve.mechanisms.lcnet import train as lc_train
+
+REQUIRED = ("top1", "baseline_top1", "macs_per_sample", "cost_reduction", "split")
+SMALL = ("--model", "resnet20_cifar", "--epochs", "2", "--batch-size", "32",
+         "--limit-train", "64", "--limit-eval", "48", "--no-progress")  # fmt: skip
+
+
+def _cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), num_threads(1):
+        rc = main(list(argv))
+    return rc, out.getvalue()
+
+
+def test_train_crash_resume_bench_and_page(
+    prepared: Callable[[str], object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepared("cifar10-jpeg")
+    run = tmp_path / "lc"
+    real = lc_train.measure
+    calls = {"n": 0}
+
+    def crashing(*a, **k):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:  # validation of epoch 2, before its checkpoint
+            raise RuntimeError("simulated crash")
+        return real(*a, **k)
+
+    monkeypatch.setattr(lc_train, "measure", crashing)
+    args = ("lcnet", "train", "--out", str(run), *SMALL, "--lam-l", "0.5", "--lam-c", "0.05")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _cli(*args)
+    assert read_json(run / "best.json")["epoch"] == 1  # ramp 0.5 of 2 epochs: over at 1
+    monkeypatch.setattr(lc_train, "measure", real)
+    rc, _ = _cli(*args)
+    assert rc == 2  # the run exists: refused without --resume
+    rc, text = _cli(*args, "--resume")
+    assert rc == 0
+    assert "metrics.json" in text
+    m = read_json(run / "metrics.json")
+    assert set(REQUIRED) <= set(m)
+    assert (m["split"], m["select_split"], m["n"], m["cost_mode"]) == (
+        "test-b",
+        "test-a",
+        48,
+        "executed",
+    )
+    history = (run / "history.jsonl").read_text().splitlines()
+    assert len(history) == 2
+    net = dyve.dynamic.load(run)  # the kept checkpoint rebuilds from its files alone
+    assert net.knobs() == {"lcnet.eps": 0.0}
+
+    aig = tmp_path / "aig"
+    assert _cli("lcnet", "train", "--out", str(aig), *SMALL, "--method", "aig")[0] == 0
+    assert read_json(aig / "metrics.json")["method"] == "aig"
+
+    rc, _ = _cli("bench", str(run), "--repeats", "2", "--no-compile")
+    assert rc == 0
+    page = tmp_path / "lcnet.md"
+    rc, _ = _cli("lcnet", "results", str(run), str(aig), "--out", str(page))
+    assert rc == 0
+    text = page.read_text()
+    assert "| lc | LC-Net |" in text
+    assert "| aig | ConvNet-AIG |" in text
+    assert "## Targets" in text
+    assert (tmp_path / "lcnet" / "curve.png").stat().st_size > 1000
+
+
+def test_bad_settings_exit_2(tmp_path: Path) -> None:
+    assert _cli("lcnet", "train", "--out", str(tmp_path / "x"), "--ramp", "2")[0] == 2
+    assert _cli("lcnet", "train", "--out", str(tmp_path / "x"), "--lam-l", "-1")[0] == 2

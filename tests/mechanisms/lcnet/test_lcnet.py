@@ -1,0 +1,166 @@
+"""LC-Net and ConvNet-AIG: structure, real skipping, cost equal to what ran, training signals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from dyve.dynamic import equip
+from dyve.errors import DyveError
+from dyve.mechanisms import ConvNetAIG, LCNet
+from dyve.models import create
+from dyve.testing.contract import graded_inputs
+from dyve.testing.toy import toy_bottleneck_net
+
+TOY_X = torch.zeros(1, 3, 16, 16)
+
+
+def _r20() -> nn.Module:
+    torch.manual_seed(0)
+    return create("resnet20_cifar")
+
+
+def test_plan_gates_the_branchs_second_to_last_conv_and_leaves_the_shortcut_alone() -> None:
+    net = equip(_r20(), LCNet())
+    p = net.mechanisms[0].plans[0]  # type: ignore[attr-defined]
+    assert (p.gated.name, p.last.name, p.c_in, p.c_mid) == (
+        "layer1.0.conv1",
+        "layer1.0.conv2",
+        16,
+        16,
+    )
+    toy = equip(toy_bottleneck_net(), LCNet(), example_inputs=TOY_X)
+    plans = toy.mechanisms[0].plans  # type: ignore[attr-defined]
+    q = next(p for p in plans if p.block.shortcut)  # conv+BN downsample: not the branch
+    assert q.gated.name.endswith("conv1")
+    assert q.last.name.endswith("conv2")
+
+
+def test_at_init_the_network_is_the_backbone() -> None:
+    backbone = _r20().eval()
+    x = graded_inputs(32)
+    net = equip(backbone, LCNet(eps=0.0))  # bias 1, weights 0: every scale is exactly 1
+    with torch.no_grad():
+        assert torch.equal(net(x), backbone(x))
+
+
+def _active(eps: float = 0.0) -> nn.Module:
+    net = equip(_r20(), LCNet(init_bias=0.3, init_std=0.5, eps=eps))
+    net.backend = "fast"
+    return net
+
+
+def _addmv(bias_shape, mat_shape, vec_shape, *args, **kwargs) -> int:  # type: ignore[no-untyped-def]
+    """FLOPs of ``addmv`` (batch-1 predictors), which FlopCounterMode does not know."""
+    return 2 * mat_shape[0] * mat_shape[1]
+
+
+def test_fast_batch1_executes_exactly_what_the_trace_charges() -> None:
+    """FlopCounterMode counts the convs and linears that really ran (sliced, skipped)."""
+    net = _active()
+    x = graded_inputs(32)
+    for i in range(len(x)):
+        with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmv: _addmv}) as fc:
+            res = net.run(x[i : i + 1])
+        assert fc.get_total_flops() == 2 * int(res.macs[0])
+    assert (res.macs < net.static_macs).all()
+
+
+def test_skipped_channels_and_blocks_are_not_computed() -> None:
+    net = _active()
+    widths, block_calls = [], []
+    for u in net.units.values():
+        tap = u.module.conv1
+        tap.register_forward_hook(lambda m, i, o: widths.append(o.shape[1]))
+        u.module.register_forward_pre_hook(lambda m, i: block_calls.append(1))
+    x = graded_inputs(32)[3:4]
+    res = net.run(x)
+    ran = sum(int(s[0] == 0) for s in res.trace.units.values())
+    assert len(block_calls) == ran < len(net.units)  # skipped blocks were not called
+    assert min(widths) < 16  # some block computed fewer channels than it has
+
+
+def test_emulated_cost_counts_each_samples_own_channels_and_predictors() -> None:
+    net = equip(_r20(), LCNet(init_bias=0.3, init_std=0.5, eps=0.0), backend="emulated")
+    x = graded_inputs(32)
+    res = net.run(x)
+    mech = net.mechanisms[0]
+    for p, slot in zip(mech.plans, mech.slots, strict=True):  # type: ignore[attr-defined]
+        name = p.block.name
+        macs = res.trace.detail[name]["macs"]
+        ran = res.trace.units[name] == 0
+        k = (slot.s_c > 0).sum(1).double()
+        want = torch.where(ran, p.block.macs - p.gated_macs + p.gated_macs * k / p.c_mid, 0.0)
+        want += p.c_in + ran.double() * p.c_in * p.c_mid  # L-Net always, C-Net when it runs
+        assert torch.allclose(macs, want)
+
+
+def test_regularizer_is_the_papers_sum_and_macs_weighting_keeps_its_total_at_init() -> None:
+    net = equip(_r20(), LCNet(eps=0.0)).train()
+    net(torch.randn(4, 3, 32, 32))
+    mech = net.mechanisms[0]
+    channels = sum(p.c_mid for p in mech.plans)  # type: ignore[attr-defined]
+    plain = mech.regularizer(0.1, 0.01)  # type: ignore[attr-defined]
+    assert plain.item() == pytest.approx(0.1 * 9 + 0.01 * channels)
+    weighted = mech.regularizer(0.1, 0.01, "macs")  # type: ignore[attr-defined]
+    assert weighted.item() == pytest.approx(plain.item(), rel=1e-5)
+    weighted.backward()
+    grads = [p.grad for p in net.trainable_parameters()]
+    assert all(g is not None for g in grads)
+    # a stage-1 channel saves 4x the MACs of a stage-3 channel: it is penalised 4x more
+    b1 = mech.gates[0].c.bias.grad  # type: ignore[attr-defined]
+    b3 = mech.gates[-1].c.bias.grad  # type: ignore[attr-defined]
+    assert b1[0].item() == pytest.approx(4 * b3[0].item(), rel=1e-5)
+    with pytest.raises(ValueError, match="weighting"):
+        mech.regularizer(0.1, 0.1, "flops")  # type: ignore[attr-defined]
+
+
+def test_aig_gates_are_hard_and_pass_gradients_in_training() -> None:
+    net = equip(_r20(), ConvNetAIG(threshold=0.5, open_bias=0.0)).train()
+    out = net(torch.randn(8, 3, 32, 32))
+    mech = net.mechanisms[0]
+    loss = out.sum() + mech.target_loss(0.5)  # type: ignore[attr-defined]
+    for g in mech.gates:  # type: ignore[attr-defined]
+        assert set(g.last.detach().unique().tolist()) <= {0.0, 1.0}
+    loss.backward()
+    assert all(p.grad is not None for p in net.trainable_parameters())
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="layer and/or channel"):
+        LCNet(layer=False, channel=False)
+    with pytest.raises(ValueError, match="predictor"):
+        LCNet(predictor="tree")
+    with pytest.raises(ValueError, match="eps"):
+        LCNet(eps=-1.0)
+    with pytest.raises(ValueError, match="threshold"):
+        ConvNetAIG(threshold=2.0)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    plain(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(DyveError, match="no residual blocks"):
+        equip(plain, LCNet(), example_inputs=torch.zeros(1, 3, 8, 8))
+
+
+def test_global_predictor_refuses_rows_that_changed_between_blocks() -> None:
+    net = equip(toy_bottleneck_net(), LCNet(predictor="global", eps=0.0), example_inputs=TOY_X)
+    gate = net.mechanisms[0].gates[1]  # type: ignore[attr-defined]
+    with pytest.raises(DyveError, match="early exits"):
+        gate.decide(torch.zeros(3, gate.plan.c_in, 4, 4))
+
+
+@pytest.mark.gpu
+def test_training_step_and_both_backends_on_a_gpu() -> None:
+    net = equip(_r20(), LCNet(init_bias=0.3, init_std=0.5, eps=0.0)).cuda()
+    x = graded_inputs(32).cuda()
+    net.train()
+    mech = net.mechanisms[0]
+    (net(x).sum() + mech.regularizer(0.1, 0.01)).backward()  # type: ignore[attr-defined]
+    assert all(p.grad is not None for p in net.trainable_parameters())
+    net.eval()
+    fast = net.run(x)
+    net.backend = "emulated"
+    emu = net.run(x)
+    assert torch.allclose(fast.logits, emu.logits, atol=1e-4)
+    assert (fast.macs >= emu.macs).all()

@@ -1,0 +1,75 @@
+"""Data-parallel training under torchrun (gloo, 2 CPU processes) follows the 1-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+
+def _dyve(args: list[str], cwd: Path, procs: int = 1) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "dyve.cli.main"]
+    if procs > 1:
+        launch = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={procs}",
+            "-m",
+            "dyve.cli.main",
+        ]
+    proc = subprocess.run(
+        [*launch, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_two_processes_train_the_same_weights_as_one(tmp_path: Path, prepared) -> None:  # type: ignore[no-untyped-def]
+    """Each process takes half of every batch; DDP averages gradients: same SGD steps."""
+    prepared("cifar10-jpeg")
+    common = ["train", "--model", "caffe_cifar10", "--epochs", "1", "--batch-size", "32",
+              "--limit-train", "96", "--lr", "0.01", "--threads", "1", "--no-progress"]  # fmt: skip
+    _dyve([*common, "--out", str(tmp_path / "one")], tmp_path)
+    _dyve([*common, "--out", str(tmp_path / "two")], tmp_path, procs=2)
+    one = load_file(str(tmp_path / "one" / "model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert one.keys() == two.keys()
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-5), f"{k} differs between 1 and 2 processes"
+    rows = [json.loads(r) for r in (tmp_path / "two" / "history.jsonl").read_text().splitlines()]
+    assert len(rows) == 1  # written once, by rank 0
+    assert (rows[0]["processes"], rows[0]["images_per_process"]) == (2, 48)  # half each
+
+
+def test_lcnet_trains_under_torchrun(tmp_path: Path, prepared) -> None:  # type: ignore[no-untyped-def]
+    prepared("cifar10-jpeg")
+    out = tmp_path / "lc"
+    _dyve(
+        ["lcnet", "train", "--out", str(out), "--model", "resnet20_cifar", "--epochs", "1",
+         "--batch-size", "32", "--limit-train", "64", "--limit-eval", "32", "--threads", "1",
+         "--no-progress"],
+        tmp_path,
+        procs=2,
+    )  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "test-b"
+    assert metrics["n"] == 32
+    assert (out / "dynamic.safetensors").is_file()
+
+
+def test_a_batch_that_does_not_split_evenly_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dyve.errors import DyveError
+    from dyve.train import dist
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(DyveError, match="multiple of the 2 processes"):
+        dist.init(33)
