@@ -29,4 +29,9 @@ wait
 for r in "$RUNS"/*/; do
   [[ -f "$r/bench.json" ]] || dyve bench "$r" --data cifar10-jpeg --split test-b --repeats 100
 done
+for r in "$RUNS"/*/; do  # the runs' small files beside the page (weights stay in RUNS)
+  keep="docs/results/lcnet/runs/$(basename "$r")"
+  mkdir -p "$keep"
+  cp "$r"/{config,metrics,best,bench}.json "$r"/history.jsonl "$keep"/
+done
 dyve lcnet results "$RUNS"/*/ --out docs/results/lcnet.md

@@ -112,7 +112,8 @@ def write_results(runs: list[Path], out: Path) -> Path:
         "two). Top-1 and MACs are **executed**: the fast back-end at batch 1 (skipped blocks",
         "not called, skipped channels not computed); MACs per sample, FLOPs = 2 x MACs,",
         "predictor MACs included. The baseline is the dense shipped backbone on the same",
-        "images.",
+        "images. Each run's small files (config, metrics, history, bench) are kept in",
+        f"`{figs.name}/runs/`.",
         "",
         "![curve](" + figs.name + "/curve.png)",
         "",
@@ -147,6 +148,7 @@ def write_results(runs: list[Path], out: Path) -> Path:
             "",
         ]
     lines += _targets(rows)
+    lines += _where_time_goes(rows)
     benches = [r["bench"] for r in rows if r["bench"]]
     if benches:
         mach = benches[0]["machine"]
@@ -178,13 +180,15 @@ def _targets(rows: list[dict[str, Any]]) -> list[str]:
             f"- {goal}: the cheapest LC-Net run within {TARGET_LOSS} pp is "
             f"`{best['run']}` at {red:.2f}x: **{verdict}**."
         )
-        if best["bench"]:
-            eff = best["bench"]["b1"]["speedup_vs_eager"] / red
-            verdict = "met" if eff >= TARGET_EFFICIENCY else "missed"
-            out.append(
-                f"- Measured batch-1 speedup >= {TARGET_EFFICIENCY} x the MAC reduction: "
-                f"{eff:.2f} for `{best['run']}`: **{verdict}**."
-            )
+    timed = [r for r in lc if r["bench"]]
+    if timed:
+        effs = [r["bench"]["b1"]["speedup_vs_eager"] / r["m"]["cost_reduction"] for r in timed]
+        verdict = "met" if min(effs) >= TARGET_EFFICIENCY else "missed"
+        out.append(
+            f"- Measured batch-1 speedup >= {TARGET_EFFICIENCY} x the MAC reduction: LC-Net runs "
+            f"reach {min(effs):.2f}-{max(effs):.2f}: **{verdict}**"
+            + ("." if verdict == "met" else " (see *Where the time goes*).")
+        )
     aig = [r for r in rows if r["kind"] == "ConvNet-AIG"]
     for a in aig:
         cheaper = [r for r in lc if r["m"]["macs_per_sample"] <= a["m"]["macs_per_sample"]]
@@ -196,4 +200,33 @@ def _targets(rows: list[dict[str, Any]]) -> list[str]:
             + ("**LC-Net above**" if top >= a["m"]["top1"] else "**LC-Net below**")
         )
         out.append(f"- LC-Net's curve above ConvNet-AIG's (`{a['run']}`): {verdict}.")
+    return out
+
+
+def _where_time_goes(rows: list[dict[str, Any]]) -> list[str]:
+    """The account of batch-1 time: the control run measures what the gates cost alone."""
+    out = ["", "## Where the time goes", ""]
+    ctrl = [r for r in rows if r["kind"] == CONTROL and r["bench"]]
+    if ctrl:
+        c = ctrl[0]
+        out.append(
+            f"- The control run skips nothing, so its batch-1 time is the dense work plus what "
+            f"the gates and taps cost: {c['bench']['b1']['speedup_vs_eager']:.2f}x of dense "
+            "eager. Every block pays its predictors (pooling, one or two small linears, a "
+            "clamp, a sync to decide) and its scale multiplications, small ATen ops of a few "
+            "microseconds each at batch 1."
+        )
+    out += [
+        "- A block that keeps k of its C channels costs more than k/C of its dense time: "
+        "PyTorch runs batch-1 CPU convs as im2col + GEMM, and slicing the output channels "
+        "keeps the full im2col of the input (`python benchmarks/lcnet_batch1.py RUN_DIR` "
+        "profiles a run; measurements in `benchmarks/NOTES.md`).",
+        "- At batch 64 the per-op costs are shared by the batch, so the same runs are "
+        "faster there (table), although each block computes the union of its samples' "
+        "channels.",
+        "- What would close the gap: the gates of a stage evaluated in one call, batch-norm "
+        "folded into the sliced weights, a direct convolution for narrow outputs (no im2col), "
+        "and more training: the issue's 3x at <= 0.5 pp needs far more than 3 epochs (the "
+        "usual CIFAR schedules run 160 epochs or more).",
+    ]
     return out
