@@ -17,7 +17,7 @@ split (test-b) with the fast back-end at batch 1, so ``metrics.json`` holds exec
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -83,18 +83,10 @@ class GateTrainConfig:
         if not 0 <= self.ramp <= 1 or not 0 < self.target <= 1:
             raise DyveError("ramp must be in [0, 1] and target in (0, 1]")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GateTrainConfig:
-        """Build from a dict, refusing unknown keys."""
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise DyveError(f"unknown settings: {sorted(unknown)}")
-        return cls(**d)
 
-
-def build(cfg: GateTrainConfig, pretrained: bool = True) -> DynamicNet:
+def build(cfg: GateTrainConfig) -> DynamicNet:
     """The backbone with the gates attached and switched on (training state)."""
-    backbone = create(cfg.model, pretrained=pretrained)
+    backbone = create(cfg.model, pretrained=True)
     if cfg.method == "lcnet":
         mech: LCNet | ConvNetAIG = LCNet(
             layer=cfg.layer, channel=cfg.channel, predictor=cfg.predictor, eps=0.0
