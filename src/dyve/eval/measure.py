@@ -52,7 +52,10 @@ def measure(
     progress: bool = False,
     desc: str = "measure",
 ) -> Measurement:
-    """Run ``net`` (eval mode, current knobs) over ``data`` with a trace per batch."""
+    """Run ``net`` (eval mode, current knobs) over ``data`` with a trace per batch.
+
+    Batches go to the device of ``net``'s parameters (CPU for a network without any).
+    """
     from tqdm import tqdm
 
     if len(data) == 0:
@@ -63,6 +66,7 @@ def measure(
     sums: dict[str, dict[str, float]] = {}
     ran: dict[str, int] = {}
     was_training = net.training
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
     net.eval()
     total = -(-len(data) // batch_size)
     try:
@@ -73,8 +77,8 @@ def measure(
             disable=not progress,
             leave=False,
         ):
-            res = net.run(x)
-            c1, c5, top = topk_correct(res.logits, y)
+            res = net.run(x.to(device))
+            c1, c5, top = topk_correct(res.logits.cpu(), y)
             correct1, correct5 = correct1 + c1, correct5 + c5
             preds.append(top.numpy())
             if cost is None:

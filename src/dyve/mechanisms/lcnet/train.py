@@ -32,6 +32,7 @@ from dyve.dynamic import DynamicNet, equip, load, save
 from dyve.errors import DyveError
 from dyve.eval.evaluate import evaluate
 from dyve.eval.latency import num_threads
+from dyve.eval.measure import Measurement, measure
 from dyve.eval.splits import choose_splits, heldout
 from dyve.mechanisms.lcnet.mechanism import ConvNetAIG, LCNet
 from dyve.models import create, model_info
@@ -101,25 +102,14 @@ def _split(cfg: GateTrainConfig, split: str) -> dyve_data.ImageSet:
     return ds.subset(slice(0, cfg.limit_eval)) if cfg.limit_eval else ds
 
 
-def measure(net: DynamicNet, ds: dyve_data.ImageSet, batch_size: int) -> dict[str, Any]:
-    """Top-1, mean MACs per sample and per-block run fractions of ``net`` over ``ds``."""
-    norm = model_info(net.backbone).norm
-    device = next(net.parameters()).device
-    correct, macs, ran = 0, [], []
-    with torch.no_grad():
-        for x, y in dyve_data.batches(ds, batch_size, norm):
-            res = net.run(x.to(device))
-            correct += int((res.logits.argmax(1).cpu() == y).sum())
-            macs.append(res.trace.cost.per_sample)
-            ran.append(res.trace.fraction())
-    m = torch.cat(macs)
-    blocks = {k: sum(r[k] for r in ran) / len(ran) for k in ran[0]} if ran else {}
+def _summary(net: DynamicNet, m: Measurement) -> dict[str, Any]:
+    """What runs record of one :func:`~dyve.eval.measure.measure` pass."""
     return {
-        "top1": 100.0 * correct / len(ds),
-        "macs_per_sample": float(m.mean()),
-        "cost_reduction": net.static_macs / float(m.mean()),
-        "cost_mode": res.trace.cost.cost_mode,
-        "ran_fraction": blocks,
+        "top1": m.top1,
+        "macs_per_sample": m.macs_mean,
+        "cost_reduction": net.static_macs / m.macs_mean,
+        "cost_mode": m.cost.cost_mode,
+        "ran_fraction": m.ran_fraction,
     }
 
 
@@ -144,8 +134,8 @@ def train_gates(
     """Train, select the checkpoint, report once (see module docstring); the metrics."""
     config = asdict(cfg)
     device, ddp = start(out, config, resume, cfg.threads, cfg.device, cfg.batch_size, cfg.seed)
+    net = build(cfg)  # first: an unknown or non-residual model fails with its own message
     select, report = choose_splits(cfg.select_split, cfg.report_split, heldout(cfg.model))
-    net = build(cfg)
     mech = net.mechanisms[0]
     info = model_info(net.backbone)
     train_set = dyve_data.load_images(
@@ -169,8 +159,7 @@ def train_gates(
         return ce + reg, logits, {"ce": ce.item(), "reg": float(reg.detach()), **_open(mech)}
 
     def validate(m: nn.Module, epoch: int) -> dict[str, Any]:
-        net.eval()
-        r = measure(net, select_set, 256)
+        r = _summary(net, measure(net, select_set, info.norm))
         done = (epoch + 1) / cfg.epochs >= cfg.ramp - 1e-9
         row = {f"select_{k}": v for k, v in r.items() if k != "ran_fraction"}
         best = _best(out)
@@ -223,10 +212,10 @@ def report_run(
     norm = model_info(base).norm
     base_top1 = evaluate(base, ds, norm).top1
     net.backend = "emulated"
-    emu = measure(net, ds, 256)
+    emu = _summary(net, measure(net, ds, norm))
     net.backend = "fast"
-    with num_threads(1):
-        fast = measure(net, ds, 1)  # batch 1: executed per-sample cost of each decision
+    with num_threads(1):  # batch 1: executed per-sample cost of each decision
+        fast = _summary(net, measure(net, ds, norm, batch_size=1, progress=progress))
     metrics = {
         "top1": fast["top1"],
         "baseline_top1": base_top1,
