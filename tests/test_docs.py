@@ -22,3 +22,12 @@ def test_dyvedeep_page_runs(run_snippet, prepared) -> None:  # type: ignore[no-u
     fractions = [float(v) for v in re.findall(r"\d\.\d+", out)]
     assert len(fractions) == 4
     assert all(0.1 < f < 1.0 for f in fractions), out
+
+
+def test_d2nn_page_runs(run_snippet) -> None:  # type: ignore[no-untyped-def]
+    text = (DOCS / "methods" / "d2nn.md").read_text()
+    out = run_snippet("\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.S)))
+    assert out.startswith("executed [")
+    costs = [float(v) for v in re.findall(r"\d+\.\d+", out)]
+    assert len(costs) == 4
+    assert all(c > 0 for c in costs)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dyve.cli import adaptive_cmd, bench_cmd, dyvedeep_cmd, lcnet_cmd, sweep_cmd
+from dyve.cli import adaptive_cmd, bench_cmd, d2nn_cmd, dyvedeep_cmd, lcnet_cmd, sweep_cmd
 
 if TYPE_CHECKING:
     from dyve.train.trainer import TrainConfig
@@ -26,6 +26,7 @@ def add_all(sub: Any) -> None:
     dyvedeep_cmd.add(sub)
     adaptive_cmd.add(sub)
     lcnet_cmd.add(sub)
+    d2nn_cmd.add(sub)
 
 
 def _add_discover(sub: Any) -> None:

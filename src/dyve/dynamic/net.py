@@ -23,7 +23,7 @@ from dyve.dynamic.trace import RAN, DynamicResult, Trace
 from dyve.dynamic.unit import RunState, Unit
 from dyve.errors import DyveError, UnknownNameError
 from dyve.graph.blocks import BlockGraph
-from dyve.graph.discover import ExampleInputs, call_model, discover, first_tensor
+from dyve.graph.discover import ExampleInputs, call_model, discover, first_tensor, subtree_macs
 
 if TYPE_CHECKING:
     from dyve.mechanisms.base import Mechanism
@@ -62,6 +62,11 @@ class DynamicNet(nn.Module):
         self.sites: dict[str, SiteUnit] = {}
         #: exit points with the exits mechanisms attached (keys: module names, "." -> "__")
         self.exit_points = nn.ModuleDict()
+        #: backbone modules whose cost a mechanism charges to the trace itself (D2NN's nodes)
+        self.self_charged: list[str] = []
+        #: backbone modules that decide rather than compute (D2NN's controllers): trainable
+        #: surface of a mechanism, not backbone weights
+        self.deciders: list[nn.Module] = []
         self._state = RunState(backend=backend)
         self.eval()  # like the backbone copy; training code calls .train() explicitly
 
@@ -302,10 +307,18 @@ class DynamicNet(nn.Module):
         g = self.graph
         inside = [(u.name, u.macs) for u in self.units.values()]
         inside += [(s.name, s.macs) for s in self.sites.values()]
+        inside += [(m, subtree_macs(m, g.module_macs)) for m in self.self_charged]
         if point is None:
             return float(g.total_macs - sum(m for _, m in inside))
         before = sum(m for name, m in inside if g.runs_before(name, point))
         return float(g.macs_through(point) - before)
+
+    def gate_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of what decides: unit gates and the modules in :attr:`deciders`."""
+        for u in self.units.values():
+            yield from u.gates.parameters()
+        for m in self.deciders:
+            yield from m.parameters()
 
     @property
     def cost_mode(self) -> CostMode:
@@ -330,6 +343,10 @@ class DynamicNet(nn.Module):
             parent_name, _, attr = name.rpartition(".")
             parent = dense.get_submodule(parent_name) if parent_name else dense
             setattr(parent, attr, unit.module)
+        for m in dense.modules():  # modules a mechanism bound to the run (D2NN's graph)
+            unbind = getattr(m, "dyve_detach", None)
+            if unbind is not None:
+                unbind()
         return dense.eval()
 
     @property

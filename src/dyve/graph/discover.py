@@ -183,7 +183,8 @@ def discover(
     return _build(model, example_inputs, order, calls, macs, cc.total_macs // n, stages)
 
 
-def _subtree_macs(name: str, macs: dict[str, int]) -> int:
+def subtree_macs(name: str, macs: dict[str, int]) -> int:
+    """MACs of module ``name`` and everything inside it, from per-module counts."""
     return sum(v for k, v in macs.items() if k == name or k.startswith(name + "."))
 
 
@@ -216,7 +217,7 @@ def _build(
         if id(c.inp) in c.merge_operands:
             shortcut = None
         elif candidates:
-            shortcut = min(candidates, key=lambda ch: _subtree_macs(ch, macs))
+            shortcut = min(candidates, key=lambda ch: subtree_macs(ch, macs))
         else:
             continue  # neither a shortcut module nor the input itself is merged: not residual
         if shortcut is not None and isinstance(calls[shortcut].module, nn.Identity):
@@ -236,10 +237,10 @@ def _build(
                 name,
                 _shape(c.inp),
                 _shape(c.out),
-                _subtree_macs(name, macs),
+                subtree_macs(name, macs),
                 (),
                 shortcut,
-                shortcut_macs=_subtree_macs(shortcut, macs) if shortcut else 0,
+                shortcut_macs=subtree_macs(shortcut, macs) if shortcut else 0,
                 post_act=post_act,
             )
         )
@@ -290,7 +291,7 @@ def _build(
     if not stage_names:
         for b in blocks:
             parent = b.name.rsplit(".", 1)[0] if "." in b.name else ""
-            if parent and parent not in stage_names:
+            if parent and parent not in stage_names and parent in calls:  # not a ModuleDict
                 stage_names.append(parent)
     stages = []
     for st in stage_names:

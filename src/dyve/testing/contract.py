@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -116,7 +116,48 @@ def _aig() -> Mechanism:
     return ConvNetAIG(open_bias=0.0)
 
 
+def _d2nn_graph(name: str) -> nn.Module:
+    from dyve.models import create
+
+    torch.manual_seed(0)
+    graph = create(name)
+    with torch.no_grad():  # sharper random controllers, so decisions differ between inputs
+        for ctrl in cast(nn.ModuleDict, graph.controllers).values():
+            layers = cast(nn.Sequential, ctrl)
+            cast(nn.Linear, layers[-1]).weight.mul_(30.0)
+            cast(nn.Linear, layers[-3]).weight.mul_(3.0)
+    return graph
+
+
+def _d2nn() -> Mechanism:
+    from dyve.mechanisms import D2NN
+
+    return D2NN()
+
+
 CASES: list[ContractCase] = [
+    ContractCase(
+        # a controller picks the low- or the high-capacity branch; the output sums both
+        id="d2nn-highlow",
+        mechanism="d2nn",
+        make_backbone=partial(_d2nn_graph, "d2nn_highlow_cifar"),
+        make_mechanism=_d2nn,
+        make_inputs=partial(graded_inputs, 32),
+        knob="bias",
+        permissive=(-1.0, 0.0, 2.0, 5.0, 20.0),
+        active={"bias": 5.0},
+    ),
+    ContractCase(
+        # nested controllers (the second runs only after "go"), dummy nodes, last-head output
+        id="d2nn-cascade",
+        mechanism="d2nn",
+        make_backbone=partial(_d2nn_graph, "d2nn_cascade_cifar"),
+        make_mechanism=_d2nn,
+        make_inputs=partial(graded_inputs, 32),
+        knob="bias",
+        permissive=(0.0, 5.0, 20.0, 100.0),
+        active={"bias": 20.0},
+    ),
     ContractCase(
         # per-block L-Net and C-Net; the fast back-end slices the kept channels
         id="lcnet-resnet20",
@@ -412,4 +453,4 @@ def check_trainable_surface(case: ContractCase, tmp: Path) -> None:
 
 
 def _in_gate(net: DynamicNet, p: nn.Parameter) -> bool:
-    return any(p is q for u in net.units.values() for q in u.gates.parameters())
+    return any(p is q for q in net.gate_parameters())

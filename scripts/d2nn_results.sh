@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# D2NN on CIFAR-10: the four architectures, each pre-trained with random routing, then
+# (from that checkpoint, for the same number of epochs) trained with Q-learned controllers
+# at three lambdas and, as the static baseline, with random routing again; plus the full
+# static network trained alone for the whole budget. Then docs/results/d2nn.md.
+# Two queues of runs side by side, one thread each; every run resumes where it stopped
+# (rerun after a crash) and a finished run (metrics.json present) is kept.
+# About 30 minutes on 2 cores. Benchmarks run after all training, alone.
+set -euo pipefail
+RUNS=${RUNS:-runs/d2nn}
+PRE=${PRE:-4}      # pre-training epochs (random routing)
+JOINT=${JOINT:-3}  # epochs after pre-training (learned or random routing)
+LAMS=${LAMS:-"0.05 0.2 0.5"}
+
+train() {  # train ARCH NAME ARGS...
+  local arch="$1" out="$RUNS/$1/$2"; shift 2
+  [[ -f "$out/metrics.json" ]] && return 0
+  local resume=()
+  [[ -f "$out/config.json" ]] && resume=(--resume)
+  dyve d2nn train --arch "$arch" --out "$out" --threads 1 --no-progress "$@" "${resume[@]}"
+}
+
+queue() {  # queue ARCH...: every run of each architecture, in order
+  for arch in "$@"; do
+    train "$arch" pre --route random --epochs "$PRE"
+    train "$arch" random --route random --epochs "$JOINT" --init "$RUNS/$arch/pre"
+    for lam in $LAMS; do
+      train "$arch" "lam$lam" --route learned --lam "$lam" --epochs "$JOINT" --init "$RUNS/$arch/pre"
+    done
+    train "$arch" full --route static --epochs $((PRE + JOINT))
+  done
+}
+
+queue highlow cascade > "$RUNS.queue1.log" 2>&1 &
+queue chain hierarchical > "$RUNS.queue2.log" 2>&1 &
+wait
+for r in "$RUNS"/*/lam*/ "$RUNS"/*/full/; do
+  [[ -f "$r/bench.json" ]] || dyve bench "$r" --data cifar10-jpeg --split test --repeats 50 || echo "bench failed: $r"
+done
+for r in "$RUNS"/*/*/; do  # the runs' small files beside the page (weights stay in RUNS)
+  keep="docs/results/d2nn/runs/$(basename "$(dirname "$r")")/$(basename "$r")"
+  mkdir -p "$keep"
+  cp "$r"/{config,metrics}.json "$r"/history.jsonl "$keep"/
+  [[ -f "$r/bench.json" ]] && cp "$r/bench.json" "$keep"/
+done
+dyve d2nn results "$RUNS"/*/*/ --out docs/results/d2nn.md

@@ -1,0 +1,101 @@
+"""``dyve d2nn train`` (one D2NN graph, one routing, one lambda) and ``dyve d2nn results``."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+
+def add(sub: Any) -> None:
+    """Register ``d2nn`` on the ``add_subparsers`` object."""
+    from dyve.mechanisms.d2nn.archs import ARCHS
+    from dyve.mechanisms.d2nn.train import ROUTES, D2NNTrainConfig
+
+    d = D2NNTrainConfig()
+    p = sub.add_parser("d2nn", help="D2NN: graphs of modules with Q-learned controllers")
+    psub = p.add_subparsers(dest="d2nn_cmd", required=True)
+    t = psub.add_parser(
+        "train",
+        help="train a D2NN graph (backprop + Q-learning), then measure it on val and test",
+    )
+    t.add_argument("--out", required=True, type=Path, help="run directory")
+    t.add_argument("--arch", choices=ARCHS, default=d.arch)
+    t.add_argument(
+        "--route",
+        choices=ROUTES,
+        default=d.route,
+        help="learned: epsilon-greedy Q-learning; random: random decisions (pre-training, "
+        "static-path baseline); static: the full static network alone",
+    )
+    t.add_argument("--lam", type=float, default=d.lam, help="cost weight of the reward")
+    t.add_argument("--data", default=d.data)
+    t.add_argument("--epochs", type=int, default=d.epochs)
+    t.add_argument("--batch-size", type=int, default=d.batch_size)
+    t.add_argument("--lr", type=float, default=d.lr, help="learning rate (cosine)")
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    t.add_argument("--q-lr-scale", type=float, default=d.q_lr_scale, help="controllers' lr factor")
+    t.add_argument("--q-weight", type=float, default=d.q_weight, help="weight of the Q loss")
+    t.add_argument("--eps-start", type=float, default=d.eps_start)
+    t.add_argument("--eps-end", type=float, default=d.eps_end)
+    t.add_argument("--eps-decay", type=float, default=d.eps_decay, help="share of training")
+    t.add_argument("--positive", type=int, default=d.positive, help="cascade: the class vs rest")
+    t.add_argument("--bag", type=int, default=d.bag, help="cascade: mini-bag size for F1")
+    t.add_argument("--init", default=None, help="start from this run directory's weights")
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--limit-train", type=int, default=None)
+    t.add_argument("--limit-eval", type=int, default=None)
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    r = psub.add_parser("results", help="write docs/results/d2nn.md from run directories")
+    r.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    r.add_argument("--out", required=True, type=Path, help="Markdown file to write")
+    r.set_defaults(func=cmd_results)
+
+
+def config(args: argparse.Namespace) -> Any:
+    """The :class:`D2NNTrainConfig` the command line describes."""
+    from dyve.errors import DyveError
+    from dyve.mechanisms.d2nn.train import D2NNTrainConfig
+
+    values = {
+        f.name: getattr(args, f.name) for f in fields(D2NNTrainConfig) if hasattr(args, f.name)
+    }
+    try:
+        return D2NNTrainConfig(**values)
+    except ValueError as exc:
+        raise DyveError(str(exc)) from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train, measure once; print the headline metrics."""
+    import json
+
+    from dyve.mechanisms.d2nn.train import train
+
+    metrics = train(
+        config(args),
+        args.out,
+        resume=args.resume,
+        threads=args.threads,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    keys = (metrics["metric"], "top1", "macs_per_sample", "cost_reduction", "split")
+    print(json.dumps({k: metrics[k] for k in dict.fromkeys(keys)}, indent=1))
+    print(f"wrote {args.out / 'metrics.json'}")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """Write the results page."""
+    from dyve.mechanisms.d2nn.results import write_results
+
+    write_results(args.runs, args.out)
+    print(f"wrote {args.out}")
+    return 0

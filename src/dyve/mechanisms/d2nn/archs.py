@@ -1,0 +1,160 @@
+"""The four D2NN architectures of the paper, built for CIFAR-10 from the graph language.
+
+Each is a small plain CNN cut into nodes (3x3 conv + BN + ReLU layers, global average
+pooling heads), sized so that a CPU trains one in minutes. MACs per sample (static path
+with every controller at its most expensive action; controllers about 0.03 M each):
+
+* ``highlow``: a shared trunk, then a controller picks a low-capacity branch (one conv,
+  ~0.6 M) or a high-capacity one (three convs, ~8 M); both feed the output (sum).
+* ``cascade``: three stages of rising cost, each with a binary head (one class against the
+  rest); after stages 1 and 2 a controller stops (a dummy node) or continues; the output
+  is the last head that ran. Trained for F1 over mini-bags.
+* ``chain``: three stages; before each, a controller picks how much of it runs: 1, 2 or all
+  4 filter groups (the others deliver zeros).
+* ``hierarchical``: a trunk, then a controller runs the vehicles leaf (airplane,
+  automobile, ship, truck), the animals leaf (the other six) or both; classes of a leaf
+  that did not run get a score that cannot win.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dyve.mechanisms.d2nn.graph import Edge, GraphSpec
+from dyve.mechanisms.d2nn.module import Concat, D2Graph, Last, Place, Sum
+
+ARCHS = ("highlow", "cascade", "chain", "hierarchical")
+#: CIFAR-10's natural two-way hierarchy (class indices)
+VEHICLES = [0, 1, 8, 9]
+ANIMALS = [2, 3, 4, 5, 6, 7]
+#: score of a class whose leaf did not run: lower than any score a leaf produces
+NOT_RUN = -1e4
+
+
+def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    """3x3 conv (no bias), batch norm, ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+def head(c: int, classes: int) -> nn.Sequential:
+    """Global average pooling and a linear classifier."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classes))
+
+
+class Controller(nn.Sequential):
+    """A control module: pool the state to 4x4, one hidden layer, one Q-value per action."""
+
+    def __init__(self, channels: int, actions: int, hidden: int = 64) -> None:
+        super().__init__(
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(channels * 16, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, actions),
+        )
+
+
+def highlow(num_classes: int = 10) -> GraphSpec:
+    g = GraphSpec()
+    g.regular("trunk", nn.Sequential(conv_bn(3, 16), conv_bn(16, 32, 2)), "input")
+    g.control(
+        "q",
+        Controller(32, 2),
+        state="trunk",
+        actions={"low": ["low"], "high": ["high"]},
+        static="high",
+    )
+    g.regular("low", nn.Sequential(conv_bn(32, 32, 2), head(32, num_classes)), "trunk")
+    high = nn.Sequential(
+        conv_bn(32, 64), conv_bn(64, 64, 2), conv_bn(64, 128, 2), head(128, num_classes)
+    )
+    g.regular("high", high, "trunk")
+    g.regular("out", Sum(), [Edge("low", 0.0), Edge("high", 0.0)])
+    g.output("out")
+    return g
+
+
+def cascade(num_classes: int = 2) -> GraphSpec:
+    g = GraphSpec()
+    widths = [(3, 16, 16), (16, 32, 32), (32, 64, 128)]
+    prev = "input"
+    heads = []
+    for k, (cin, mid, cout) in enumerate(widths, 1):
+        if k == 3:
+            body = nn.Sequential(conv_bn(cin, mid), conv_bn(mid, cout, 2), conv_bn(cout, cout))
+        else:
+            body = nn.Sequential(conv_bn(cin, mid, 2), conv_bn(mid, cout))
+        g.regular(f"s{k}", body, prev)
+        g.regular(f"h{k}", head(cout, num_classes), f"s{k}")
+        heads.append(f"h{k}")
+        if k < 3:
+            g.control(
+                f"q{k}",
+                Controller(cout, 2),
+                state=f"s{k}",
+                actions={"stop": [f"stop{k}"], "go": [f"s{k + 1}"]},
+                static="go",
+            )
+            g.dummy(f"stop{k}", f"s{k}")
+        prev = f"s{k}"
+    g.regular("out", Last(), [heads[0], *(Edge(h, 0.0) for h in heads[1:])])
+    g.output("out")
+    return g
+
+
+def chain(num_classes: int = 10) -> GraphSpec:
+    g = GraphSpec()
+    g.regular("trunk", conv_bn(3, 24, 2), "input")
+    prev, cin = "trunk", 24
+    for k, (cout, stride) in enumerate([(64, 1), (128, 2), (128, 2)], 1):
+        groups = [f"g{k}_{j}" for j in range(4)]
+        g.control(
+            f"q{k}",
+            Controller(cin, 3),
+            state=prev,
+            actions={"quarter": groups[:1], "half": groups[:2], "full": groups},
+            static="full",
+        )
+        for name in groups:
+            g.regular(name, conv_bn(cin, cout // 4, stride), prev)
+        g.regular(f"stage{k}", Concat(), [Edge(n, 0.0) for n in groups])
+        prev, cin = f"stage{k}", cout
+    g.regular("out", head(cin, num_classes), prev)
+    g.output("out")
+    return g
+
+
+def hierarchical(num_classes: int = 10) -> GraphSpec:
+    if num_classes != 10:
+        raise ValueError("the hierarchical D2NN follows CIFAR-10's 10 classes")
+    g = GraphSpec()
+    g.regular("trunk", nn.Sequential(conv_bn(3, 16), conv_bn(16, 32, 2)), "input")
+    g.control(
+        "q",
+        Controller(32, 3),
+        state="trunk",
+        actions={"vehicles": ["vehicles"], "animals": ["animals"], "both": ["vehicles", "animals"]},
+        static="both",
+    )
+    for leaf, classes, width in (("vehicles", VEHICLES, 64), ("animals", ANIMALS, 96)):
+        body = nn.Sequential(conv_bn(32, 64, 2), conv_bn(64, width), head(width, len(classes)))
+        g.regular(leaf, body, "trunk")
+    g.regular(
+        "out", Place([VEHICLES, ANIMALS], 10), [Edge("vehicles", NOT_RUN), Edge("animals", NOT_RUN)]
+    )
+    g.output("out")
+    return g
+
+
+BUILDERS = {"highlow": highlow, "cascade": cascade, "chain": chain, "hierarchical": hierarchical}
+
+
+def build(arch: str, num_classes: int | None = None) -> D2Graph:
+    """A D2NN of architecture ``arch`` (random weights) for 32x32 RGB inputs."""
+    if arch not in BUILDERS:
+        raise ValueError(f"unknown D2NN architecture {arch!r}; choose from {ARCHS}")
+    spec = BUILDERS[arch](**({} if num_classes is None else {"num_classes": num_classes}))
+    return D2Graph(spec, torch.zeros(1, 3, 32, 32))

@@ -1,0 +1,110 @@
+"""``dyve d2nn train`` (pre-training, static baseline, Q-learning, full network), its run
+directories, resume, and ``dyve d2nn results``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+import dyve.dynamic
+from dyve._io import read_json
+from dyve.cli.main import main
+from dyve.errors import DyveError
+from dyve.eval.latency import num_threads
+from dyve.mechanisms.d2nn import train as d2_train
+
+SMALL = ("--epochs", "1", "--batch-size", "64", "--limit-train", "256", "--limit-eval", "128",
+         "--no-progress")  # fmt: skip
+
+
+def _cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), num_threads(1):
+        rc = main(list(argv))
+    return rc, out.getvalue()
+
+
+def _train(run: Path, *args: str) -> dict:  # type: ignore[type-arg]
+    rc, text = _cli("d2nn", "train", "--out", str(run), *SMALL, *args)
+    assert rc == 0, text
+    return read_json(run / "metrics.json")
+
+
+def test_pretrain_baseline_learned_full_and_page(
+    prepared: Callable[[str], object], tmp_path: Path
+) -> None:
+    prepared("cifar10-jpeg")
+    runs = tmp_path / "highlow"
+    pre = _train(runs / "pre", "--route", "random")
+    assert len(pre["points"]) == 2  # low and high static paths, measured on val and test
+    base = _train(runs / "random", "--route", "random", "--init", str(runs / "pre"))
+    learned = _train(runs / "lam0.2", "--lam", "0.2", "--init", str(runs / "pre"))
+    full = _train(runs / "full", "--route", "static")
+    for m in (base, learned, full):
+        assert {"top1", "macs_per_sample", "cost_reduction", "split", "points"} <= set(m)
+        assert (m["split"], m["select_split"], m["cost_mode"]) == ("test", "val", "executed")
+    assert [p["bias"] for p in learned["points"]] == list(d2_train.BIASES)
+    # cost bias: never more expensive on the same images
+    costs = [p["test_macs_per_sample"] for p in learned["points"]]
+    assert all(a >= b for a, b in itertools.pairwise(costs))
+    assert full["cost_reduction"] == 1.0
+    # the run directory rebuilds the network: same metrics from its files alone
+    net = dyve.dynamic.load(runs / "lam0.2")
+    cfg = d2_train.D2NNTrainConfig(arch="highlow", limit_eval=128)
+    from dyve.models import model_info
+
+    again = d2_train.score(net, d2_train.task_data(cfg, "test"), model_info(net.backbone).norm, cfg)
+    assert again["top1"] == learned["top1"]
+    assert again["macs_per_sample"] == learned["macs_per_sample"]
+    history = (runs / "lam0.2" / "history.jsonl").read_text().splitlines()
+    assert len(history) == 1
+    assert "train_q_loss" in history[0]
+
+    page = tmp_path / "d2nn.md"
+    rc, _ = _cli("d2nn", "results", *map(str, sorted(runs.iterdir())), "--out", str(page))
+    assert rc == 0
+    text = page.read_text()
+    assert "## highlow" in text
+    assert "static frontier" in text
+    assert "| lam0.2 | 0.0 |" in text
+    assert "full, trained alone" in text
+    assert (tmp_path / "d2nn" / "curves.png").stat().st_size > 10_000
+
+
+def test_resume_and_refusals(prepared: Callable[[str], object], tmp_path: Path) -> None:
+    prepared("cifar10-jpeg")
+    run = tmp_path / "c"
+    args = ("--arch", "cascade", "--route", "random", "--batch-size", "64")
+    m = _train(run, *args)
+    assert m["metric"] == "f1"
+    assert 0 <= m["f1"] <= 100
+    assert {"test_f1", "test_bag_f1", "val_f1"} <= set(m["points"][0])
+    rc, _ = _cli("d2nn", "train", "--out", str(run), *SMALL, *args)
+    assert rc == 2  # exists: refused without --resume
+    rc, _ = _cli("d2nn", "train", "--out", str(run), *SMALL, *args, "--lam", "0.9", "--resume")
+    assert rc == 2  # a different config cannot resume it
+    rc, _ = _cli("d2nn", "train", "--out", str(run), *SMALL, *args, "--resume")
+    assert rc == 0  # finished epochs are kept; the report is written again
+    rc, _ = _cli("d2nn", "train", "--out", str(tmp_path / "x"), *SMALL, "--arch", "cascade",
+                 "--batch-size", "48")  # fmt: skip
+    assert rc == 2  # not whole bags of 32
+    rc, _ = _cli("d2nn", "train", "--out", str(tmp_path / "y"), *SMALL, "--init", str(run))
+    assert rc == 2  # a cascade's weights cannot start a high-low graph
+
+
+def test_init_must_hold_the_same_graph(tmp_path: Path) -> None:
+    net = dyve.equip(dyve.models.create("d2nn_chain_cifar"), dyve.mechanisms.D2NN())
+    dyve.dynamic.save(net, tmp_path / "chain")
+    cfg = d2_train.D2NNTrainConfig(arch="highlow", init=str(tmp_path / "chain"))
+    with pytest.raises(DyveError, match="holds d2nn_chain_cifar"):
+        d2_train.build(cfg)
+    cfg = d2_train.D2NNTrainConfig(arch="chain", init=str(tmp_path / "chain"))
+    graph = d2_train.build(cfg)
+    assert all(torch.equal(a, b) for a, b in zip(
+        graph.state_dict().values(), net.backbone.state_dict().values(), strict=True))  # fmt: skip
