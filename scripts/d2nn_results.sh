@@ -2,10 +2,11 @@
 # D2NN on CIFAR-10: the four architectures, each pre-trained with random routing, then
 # (from that checkpoint, for the same number of epochs) trained with Q-learned controllers
 # at three lambdas and, as the static baseline, with random routing again; plus the full
-# static network trained alone for the whole budget. Then docs/results/d2nn.md.
+# static network and some cheaper static paths trained alone for the whole budget.
+# Then docs/results/d2nn.md.
 # Two queues of runs side by side, one thread each; every run resumes where it stopped
 # (rerun after a crash) and a finished run (metrics.json present) is kept.
-# About 30 minutes on 2 cores. Benchmarks run after all training, alone.
+# About 70 minutes on 2 cores. Benchmarks run after all training, alone.
 set -euo pipefail
 RUNS=${RUNS:-runs/d2nn}
 PRE=${PRE:-4}      # pre-training epochs (random routing)
@@ -31,7 +32,16 @@ queue() {  # queue ARCH...: every run of each architecture, in order
   done
 }
 
-queue highlow cascade > "$RUNS.queue1.log" 2>&1 &
+alone() {  # cheaper static paths, each trained alone for the whole budget
+  train highlow alone_low --route static --static q=low --epochs $((PRE + JOINT))
+  train cascade alone_stage1 --route static --static q1=stop --epochs $((PRE + JOINT))
+  train cascade alone_stage2 --route static --static q1=go,q2=stop --epochs $((PRE + JOINT))
+  train chain alone_quarter --route static --static q1=quarter,q2=quarter,q3=quarter \
+    --epochs $((PRE + JOINT))
+  train chain alone_half --route static --static q1=half,q2=half,q3=half --epochs $((PRE + JOINT))
+}
+
+(queue highlow cascade && alone) > "$RUNS.queue1.log" 2>&1 &
 queue chain hierarchical > "$RUNS.queue2.log" 2>&1 &
 wait
 for r in "$RUNS"/*/lam*/ "$RUNS"/*/full/; do

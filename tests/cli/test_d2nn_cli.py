@@ -46,6 +46,10 @@ def test_pretrain_baseline_learned_full_and_page(
     base = _train(runs / "random", "--route", "random", "--init", str(runs / "pre"))
     learned = _train(runs / "lam0.2", "--lam", "0.2", "--init", str(runs / "pre"))
     full = _train(runs / "full", "--route", "static")
+    low = _train(runs / "low", "--route", "static", "--static", "q=low")
+    assert [p["static"] for p in low["points"]] == [{"q": "low"}]
+    assert low["macs_per_sample"] == pre["points"][0]["test_macs_per_sample"]
+    assert dyve.dynamic.load(runs / "low").backbone.static_choice() == {"q": 0}
     for m in (base, learned, full):
         assert {"top1", "macs_per_sample", "cost_reduction", "split", "points"} <= set(m)
         assert (m["split"], m["select_split"], m["cost_mode"]) == ("test", "val", "executed")
@@ -73,7 +77,8 @@ def test_pretrain_baseline_learned_full_and_page(
     assert "## highlow" in text
     assert "static frontier" in text
     assert "| lam0.2 | 0.0 |" in text
-    assert "full, trained alone" in text
+    assert "high, trained alone" in text
+    assert "low, trained alone" in text
     assert (tmp_path / "d2nn" / "curves.png").stat().st_size > 10_000
 
 

@@ -148,15 +148,16 @@ CASES: list[ContractCase] = [
         active={"bias": 5.0},
     ),
     ContractCase(
-        # nested controllers (the second runs only after "go"), dummy nodes, last-head output
+        # nested controllers on head scores (the second runs only after "go"), dummy nodes,
+        # last-head output
         id="d2nn-cascade",
         mechanism="d2nn",
         make_backbone=partial(_d2nn_graph, "d2nn_cascade_cifar"),
         make_mechanism=_d2nn,
         make_inputs=partial(graded_inputs, 32),
         knob="bias",
-        permissive=(0.0, 5.0, 20.0, 100.0),
-        active={"bias": 20.0},
+        permissive=(-5.0, -3.85, -3.0, 0.0, 10.0),
+        active={"bias": -3.41},  # between two samples' switching points (-3.51, -3.31)
     ),
     ContractCase(
         # per-block L-Net and C-Net; the fast back-end slices the kept channels

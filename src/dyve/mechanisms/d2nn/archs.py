@@ -7,8 +7,8 @@ with every controller at its most expensive action; controllers about 0.03 M eac
 * ``highlow``: a shared trunk, then a controller picks a low-capacity branch (one conv,
   ~0.6 M) or a high-capacity one (three convs, ~8 M); both feed the output (sum).
 * ``cascade``: three stages of rising cost, each with a binary head (one class against the
-  rest); after stages 1 and 2 a controller stops (a dummy node) or continues; the output
-  is the last head that ran. Trained for F1 over mini-bags.
+  rest); after stages 1 and 2 a controller reading that stage's head scores stops (a dummy
+  node) or continues; the output is the last head that ran. Trained for F1 over mini-bags.
 * ``chain``: three stages; before each, a controller picks how much of it runs: 1, 2 or all
   4 filter groups (the others deliver zeros).
 * ``hierarchical``: a trunk, then a controller runs the vehicles leaf (airplane,
@@ -57,6 +57,16 @@ class Controller(nn.Sequential):
         )
 
 
+class ScoreController(nn.Sequential):
+    """A control module on a head's class scores: one hidden layer, one Q-value per action
+    (a cascade stops where its current prediction is reliable)."""
+
+    def __init__(self, classes: int, actions: int, hidden: int = 16) -> None:
+        super().__init__(
+            nn.Linear(classes, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, actions)
+        )
+
+
 def highlow(num_classes: int = 10) -> GraphSpec:
     g = GraphSpec()
     g.regular("trunk", nn.Sequential(conv_bn(3, 16), conv_bn(16, 32, 2)), "input")
@@ -93,8 +103,8 @@ def cascade(num_classes: int = 2) -> GraphSpec:
         if k < 3:
             g.control(
                 f"q{k}",
-                Controller(cout, 2),
-                state=f"s{k}",
+                ScoreController(num_classes, 2),
+                state=f"h{k}",
                 actions={"stop": [f"stop{k}"], "go": [f"s{k + 1}"]},
                 static="go",
             )
@@ -152,9 +162,13 @@ def hierarchical(num_classes: int = 10) -> GraphSpec:
 BUILDERS = {"highlow": highlow, "cascade": cascade, "chain": chain, "hierarchical": hierarchical}
 
 
-def build(arch: str, num_classes: int | None = None) -> D2Graph:
-    """A D2NN of architecture ``arch`` (random weights) for 32x32 RGB inputs."""
+def build(arch: str, num_classes: int | None = None, static: str | None = None) -> D2Graph:
+    """A D2NN of architecture ``arch`` (random weights) for 32x32 RGB inputs; ``static``
+    (``"q=low"``) replaces static actions, making the plain forward that static path."""
     if arch not in BUILDERS:
         raise ValueError(f"unknown D2NN architecture {arch!r}; choose from {ARCHS}")
     spec = BUILDERS[arch](**({} if num_classes is None else {"num_classes": num_classes}))
-    return D2Graph(spec, torch.zeros(1, 3, 32, 32))
+    graph = D2Graph(spec, torch.zeros(1, 3, 32, 32))
+    if static:
+        graph.static_actions = graph.parse_choice(static)
+    return graph

@@ -139,7 +139,23 @@ class D2Graph(nn.Module):
 
     def static_choice(self) -> dict[str, int]:
         """The static actions (what the plain forward takes)."""
-        return {c: self.specs[c].static for c in self.plan.controllers}
+        fixed = self.static_actions or {}
+        return {c: fixed.get(c, self.specs[c].static) for c in self.plan.controllers}
+
+    def parse_choice(self, text: str) -> dict[str, int]:
+        """``"q1=stop,q2=go"`` as action indices (controllers not named keep their static)."""
+        out = {}
+        for item in filter(None, (t.strip() for t in text.split(","))):
+            c, _, a = item.partition("=")
+            if c not in self.plan.controllers:
+                raise GraphError(
+                    f"{item!r}: no controller {c!r}; controllers: {self.plan.controllers}"
+                )
+            names = self.specs[c].action_names
+            if a not in names:
+                raise GraphError(f"{item!r}: {c} has no action {a!r}; actions: {names}")
+            out[c] = names.index(a)
+        return out
 
     def _targets(self, controller: str) -> list[str]:
         """Nodes ``controller`` gates, in declaration order."""
@@ -203,7 +219,13 @@ class D2Graph(nn.Module):
         backend: str = "fast",
         trace: Trace | None = None,
     ) -> Execution:
-        """Run the graph; ``policy`` None takes every controller's static action unevaluated."""
+        """Run the graph; ``policy`` None takes every controller's static action unevaluated.
+
+        Decisions that are the same for the whole batch (static actions, or one sample on
+        the fast back-end) take a path of plain Python ifs: no masks, no syncs per node.
+        """
+        if backend == "fast" and (policy is None or x.shape[0] == 1):
+            return self._uniform(x, policy, trace)
         n = x.shape[0]
         ones = torch.ones(n, dtype=torch.bool, device=x.device)
         vals: dict[str, torch.Tensor] = {INPUT: x}
@@ -221,7 +243,7 @@ class D2Graph(nn.Module):
             inputs = [self._value(vals, ran, e.src, e.default) for e in s.inputs]
             if s.kind == "control":
                 reach = need
-                fixed = (self.static_actions or {}).get(name, s.static)
+                fixed = self.static_choice()[name]
                 act = torch.full((n,), fixed, dtype=torch.long, device=x.device)
                 if policy is not None:
                     state = inputs[0].detach() if self.detach_state else inputs[0]
@@ -251,6 +273,60 @@ class D2Graph(nn.Module):
                 trace.charge(name, None, status, cost)
         del ran[INPUT]
         return Execution(vals[self.out_name], ran, q, action, macs)
+
+    def _uniform(self, x: torch.Tensor, policy: Policy | None, trace: Trace | None) -> Execution:
+        """:meth:`execute` when every sample takes the same path (see there)."""
+        n = x.shape[0]
+        on: dict[str, bool] = {INPUT: True}
+        enabled: dict[str, bool] = {}
+        vals: dict[str, torch.Tensor] = {INPUT: x}
+        q: dict[str, torch.Tensor] = {}
+        action: dict[str, int] = {}
+        macs = 0.0
+        for name in self.plan.order:
+            s = self.specs[name]
+            need = enabled.get(name, True) and all(on[e.src] for e in s.inputs if e.default is None)
+            inputs = [
+                vals[e.src]
+                if on[e.src] or not e.default
+                else torch.full_like(vals[e.src], e.default)
+                for e in s.inputs
+            ]
+            if s.kind == "control":
+                k = self.static_choice()[name]
+                if policy is not None:
+                    state = inputs[0].detach() if self.detach_state else inputs[0]
+                    rows = torch.zeros(1, dtype=torch.long)
+                    q[name] = (
+                        self.controllers[name](state) if need else x.new_zeros((n, len(s.actions)))
+                    )
+                    k = int(policy(name, q[name], rows)[0]) if need else k
+                action[name] = k if need else -1
+                for t in self._targets(name):
+                    enabled[t] = enabled.get(t, True) and need and t in s.actions[k][1]
+                need = need and policy is not None  # static: the controller is not evaluated
+            elif s.kind == "dummy":
+                vals[name] = inputs[0]
+            elif isinstance(self.nodes[name], Combine):
+                masks = [torch.full((n,), on[e.src], device=x.device) for e in s.inputs]
+                vals[name] = self.nodes[name](inputs, masks)
+            elif need:
+                vals[name] = self.nodes[name](*inputs)
+            else:
+                vals[name] = x.new_zeros((n, *self.shapes[name]))
+            on[name] = need
+            cost = self.node_macs[name] if need else 0.0
+            macs += cost
+            if trace is not None and (s.kind != "control" or policy is not None):
+                trace.charge(name, None, RAN if need else SKIPPED, cost)
+        del on[INPUT]
+        return Execution(
+            vals[self.out_name],
+            {k: torch.full((n,), v, device=x.device) for k, v in on.items()},
+            q,
+            {k: torch.full((n,), v, dtype=torch.long, device=x.device) for k, v in action.items()},
+            torch.full((n,), macs, dtype=torch.float64),
+        )
 
     @staticmethod
     def _value(

@@ -72,11 +72,11 @@ def _static(runs: list[dict[str, Any]], split: str) -> list[tuple[str, Point]]:
             for p in r["m"]["points"]:
                 label = "/".join(p["static"].values())
                 out.append((label, (p[f"{split}_macs_per_sample"], p[f"{split}_{key}"])))
-        elif r["cfg"]["route"] == "static":
+        elif r["cfg"]["route"] == "static":  # the path it trained: its own, or the full one
             p = max(r["m"]["points"], key=lambda p: p[f"{split}_macs_per_sample"])
-            out.append(
-                ("full, trained alone", (p[f"{split}_macs_per_sample"], p[f"{split}_{key}"]))
-            )
+            p = r["m"]["points"][0] if r["cfg"].get("static") else p
+            label = "/".join(p["static"].values()) + ", trained alone"
+            out.append((label, (p[f"{split}_macs_per_sample"], p[f"{split}_{key}"])))
     return out
 
 

@@ -69,6 +69,8 @@ class D2NNTrainConfig:
     positive: int = 0
     bag: int = 32
     init: str | None = None
+    #: route ``static``: the path trained ("q=low"; default: the graph's static actions)
+    static: str | None = None
     seed: int = 0
     #: first images of train / of val and test only (quick checks)
     limit_train: int | None = None
@@ -81,6 +83,8 @@ class D2NNTrainConfig:
             raise ValueError(f"--route must be one of {ROUTES}, got {self.route!r}")
         if self.lam < 0 or not 0 <= self.eps_end <= self.eps_start <= 1:
             raise ValueError("need lam >= 0 and 0 <= eps_end <= eps_start <= 1")
+        if self.static and self.route != "static":
+            raise ValueError("--static names the path of --route static")
         if self.arch == "cascade" and self.batch_size % self.bag:
             raise ValueError(f"--batch-size {self.batch_size} must be whole bags of {self.bag}")
 
@@ -102,7 +106,7 @@ class D2NNTrainConfig:
 
 def build(cfg: D2NNTrainConfig) -> D2Graph:
     """The run's graph: the zoo model, with ``init``'s weights when given."""
-    graph = create(cfg.model, num_classes=2 if cfg.arch == "cascade" else None)
+    graph = create(cfg.model, num_classes=2 if cfg.arch == "cascade" else None, static=cfg.static)
     if cfg.init:
         src = load(cfg.init)
         if src.backbone_id != cfg.model:
@@ -239,8 +243,11 @@ def report(
     splits = {"val": task_data(cfg, "val"), "test": task_data(cfg, "test")}
     key = "f1" if cfg.metric == "f1" else "top1"
     points: list[dict[str, Any]] = []
+    own = graph.static_actions
     if cfg.route == "learned":
         todo: list[tuple[str, Any]] = [("bias", b) for b in BIASES]
+    elif cfg.route == "static":  # the one path this network was trained on
+        todo = [("static", graph.static_choice())]
     else:
         todo = [("static", c) for c in graph.static_choices()]
     mech = net.mechanism("d2nn")
@@ -256,12 +263,10 @@ def report(
             r = score(net, ds, norm, cfg)
             row.update({f"{split}_{k}": v for k, v in r.items()})
         points.append(row)
-    graph.static_actions = None
+    graph.static_actions = own
     mech.set_knob("bias", 0.0 if cfg.route == "learned" else None)
     main = (
-        points[0]
-        if cfg.route == "learned"
-        else max(points, key=lambda p: p["test_macs_per_sample"])
+        max(points, key=lambda p: p["test_macs_per_sample"]) if cfg.route == "random" else points[0]
     )
     return {
         "model": cfg.model,
