@@ -11,7 +11,7 @@ set -euo pipefail
 RUNS=${RUNS:-runs/d2nn}
 PRE=${PRE:-4}      # pre-training epochs (random routing)
 JOINT=${JOINT:-3}  # epochs after pre-training (learned or random routing)
-LAMS=${LAMS:-"0.05 0.2 0.5"}
+LAMS=${LAMS:-"0.01 0.02 0.05 0.1 0.2 0.5"}
 
 train() {  # train ARCH NAME ARGS...
   local arch="$1" out="$RUNS/$1/$2"; shift 2

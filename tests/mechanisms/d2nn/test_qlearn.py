@@ -86,3 +86,15 @@ def test_policies_bias_and_exploration() -> None:
     many[:, 1] = 1.0
     picks = EpsGreedy(costs, 1.0, gen)("q", many, torch.arange(1000))
     assert 400 < int((picks == 0).sum()) < 600  # uniform over the two actions
+
+
+def test_static_frontier_and_cost_at_equal_accuracy() -> None:
+    from dyve.mechanisms.d2nn.results import cost_at, frontier
+
+    pts = [(1.0, 50.0), (2.0, 60.0), (3.0, 61.0), (4.0, 70.0), (2.5, 55.0)]
+    # (3, 61) lies under the chord from (2, 60) to (4, 70): a mixture beats it
+    assert frontier(pts) == [(1.0, 50.0), (2.0, 60.0), (4.0, 70.0)]
+    front = frontier(pts)
+    assert cost_at(front, 65.0) == (3.0, False)  # half of each end
+    assert cost_at(front, 75.0) == (4.0, True)  # beyond every static path
+    assert cost_at(front, 40.0) is None  # poorer than the cheapest: no comparison

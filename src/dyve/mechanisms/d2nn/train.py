@@ -172,7 +172,9 @@ def train(
         else:
             exe = g.execute(x, EpsGreedy(costs, eps, torch.Generator().manual_seed(seed)))
         loss = task_loss(exe.out, y, NOT_RUN / 2)
-        logs = {"macs_m": float(exe.macs.mean()) / 1e6, "eps": eps}
+        logs = {"macs_m": float(exe.macs.mean()) / 1e6}
+        if cfg.route != "static":
+            logs["eps"] = eps
         if cfg.route == "learned":
             final = final_reward(exe.out, y, cfg.metric, cfg.bag)
             lq = q_loss(exe, q_targets(g, exe, final, cfg.lam))
