@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # D2NN on CIFAR-10: the four architectures, each pre-trained with random routing, then
 # (from that checkpoint, for the same number of epochs) trained with Q-learned controllers
-# at three lambdas and, as the static baseline, with random routing again; plus the full
+# at three lambdas and, as the static baseline, with random routing again; the same with
+# pre-training that runs every branch (high-low, cascade, hierarchical); plus the full
 # static network and some cheaper static paths trained alone for the whole budget.
 # Then docs/results/d2nn.md.
 # Two queues of runs side by side, one thread each; every run resumes where it stopped
 # (rerun after a crash) and a finished run (metrics.json present) is kept.
-# About 70 minutes on 2 cores. Benchmarks run after all training, alone.
+# About 100 minutes on 2 cores. Benchmarks run after all training, alone.
 set -euo pipefail
 RUNS=${RUNS:-runs/d2nn}
-PRE=${PRE:-4}      # pre-training epochs (random routing)
+PRE=${PRE:-4}      # pre-training epochs (random routing or every branch)
 JOINT=${JOINT:-3}  # epochs after pre-training (learned or random routing)
-LAMS=${LAMS:-"0.01 0.02 0.05 0.1 0.2 0.5"}
+LAMS=${LAMS:-"0.05 0.2 0.5"}
+LAMS_ALL=${LAMS_ALL:-"0.01 0.02 0.05 0.1"}
 
 train() {  # train ARCH NAME ARGS...
   local arch="$1" out="$RUNS/$1/$2"; shift 2
@@ -32,6 +34,17 @@ queue() {  # queue ARCH...: every run of each architecture, in order
   done
 }
 
+every() {  # every ARCH...: pre-training with all branches executed, then the same runs
+  for arch in "$@"; do
+    train "$arch" all_pre --route all --epochs "$PRE"
+    train "$arch" all --route all --epochs "$JOINT" --init "$RUNS/$arch/all_pre"
+    for lam in $LAMS_ALL; do
+      train "$arch" "all_lam$lam" --route learned --lam "$lam" --epochs "$JOINT" \
+        --init "$RUNS/$arch/all_pre"
+    done
+  done
+}
+
 alone() {  # cheaper static paths, each trained alone for the whole budget
   train highlow alone_low --route static --static q=low --epochs $((PRE + JOINT))
   train cascade alone_stage1 --route static --static q1=stop --epochs $((PRE + JOINT))
@@ -41,11 +54,12 @@ alone() {  # cheaper static paths, each trained alone for the whole budget
   train chain alone_half --route static --static q1=half,q2=half,q3=half --epochs $((PRE + JOINT))
 }
 
-(queue highlow cascade && alone) > "$RUNS.queue1.log" 2>&1 &
-queue chain hierarchical > "$RUNS.queue2.log" 2>&1 &
+(queue highlow cascade && alone && every highlow cascade) > "$RUNS.queue1.log" 2>&1 &
+(queue chain hierarchical && every hierarchical) > "$RUNS.queue2.log" 2>&1 &
 wait
-for r in "$RUNS"/*/lam*/ "$RUNS"/*/full/; do
-  [[ -f "$r/bench.json" ]] || dyve bench "$r" --data cifar10-jpeg --split test --repeats 50 || echo "bench failed: $r"
+for r in "$RUNS"/*/lam0.05/ "$RUNS"/*/all_lam0.05/ "$RUNS"/*/full/; do
+  [[ -f "$r/bench.json" ]] || dyve bench "$r" --data cifar10-jpeg --split test --repeats 40 \
+    || echo "bench failed: $r"
 done
 for r in "$RUNS"/*/*/; do  # the runs' small files beside the page (weights stay in RUNS)
   keep="docs/results/d2nn/runs/$(basename "$(dirname "$r")")/$(basename "$r")"

@@ -44,6 +44,9 @@ def test_pretrain_baseline_learned_full_and_page(
     pre = _train(runs / "pre", "--route", "random")
     assert len(pre["points"]) == 2  # low and high static paths, measured on val and test
     base = _train(runs / "random", "--route", "random", "--init", str(runs / "pre"))
+    every = _train(runs / "all", "--route", "all", "--init", str(runs / "pre"))
+    assert len(every["points"]) == 2  # the static paths of its weights
+    assert every["macs_per_sample"] == pre["points"][1]["test_macs_per_sample"]
     learned = _train(runs / "lam0.2", "--lam", "0.2", "--init", str(runs / "pre"))
     full = _train(runs / "full", "--route", "static")
     low = _train(runs / "low", "--route", "static", "--static", "q=low")

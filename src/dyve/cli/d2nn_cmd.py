@@ -26,8 +26,8 @@ def add(sub: Any) -> None:
         "--route",
         choices=ROUTES,
         default=d.route,
-        help="learned: epsilon-greedy Q-learning; random: random decisions (pre-training, "
-        "static-path baseline); static: the full static network alone",
+        help="learned: epsilon-greedy Q-learning; random: random decisions, or all: every "
+        "node runs (pre-training, static-graph baseline); static: one static path alone",
     )
     t.add_argument("--lam", type=float, default=d.lam, help="cost weight of the reward")
     t.add_argument("--data", default=d.data)

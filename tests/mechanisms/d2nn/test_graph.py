@@ -219,3 +219,19 @@ def test_architectures_costs_and_static_paths(arch: str) -> None:
     for c, cost in g.action_costs().items():
         assert (cost >= 0).all(), c
         assert cost.max() <= 1, c
+
+
+def test_run_all_executes_every_branch_and_returns_the_heads() -> None:
+    g = D2Graph(two_way(), X[:1])
+    out, heads = g.run_all(X)
+    assert torch.equal(out, 5 * X)  # both branches, summed
+    assert [h.tolist() for h in heads] == [(2 * X).tolist(), (3 * X).tolist()]
+    assert g.all_macs == 32.0
+    cascade = build("cascade")
+    out, heads = cascade.run_all(torch.randn(2, 3, 32, 32))
+    assert len(heads) == 3  # one per stage head
+    assert torch.equal(out, heads[-1])  # every stage ran: the last head answers
+    hier = build("hierarchical")
+    out, heads = hier.run_all(torch.randn(2, 3, 32, 32))
+    assert len(heads) == 1  # leaves are not 10-way: the output itself
+    assert out.shape == (2, 10)

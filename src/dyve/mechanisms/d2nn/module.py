@@ -129,6 +129,11 @@ class D2Graph(nn.Module):
             return self.nodes[name]
         return None
 
+    @property
+    def all_macs(self) -> float:
+        """MACs per sample with every regular node run (:meth:`run_all`)."""
+        return sum(m for n, m in self.node_macs.items() if n not in self.controllers)
+
     def static_choices(self) -> list[dict[str, int]]:
         """Every combination of fixed actions, one per controller."""
         ctrls = self.plan.controllers
@@ -273,6 +278,30 @@ class D2Graph(nn.Module):
                 trace.charge(name, None, status, cost)
         del ran[INPUT]
         return Execution(vals[self.out_name], ran, q, action, macs)
+
+    def run_all(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Every regular and dummy node on every sample, controllers not evaluated (the
+        paper's pre-training with all branches executed). Returns the output and the
+        branch outputs feeding it: the output node's inputs shaped like the output (a
+        cascade's heads, high-low's two branches), else the output alone."""
+        n = x.shape[0]
+        ones = torch.ones(n, dtype=torch.bool, device=x.device)
+        vals: dict[str, torch.Tensor] = {INPUT: x}
+        for name in self.plan.order:
+            s = self.specs[name]
+            inputs = [vals[e.src] for e in s.inputs]
+            if s.kind == "control":
+                continue
+            if s.kind == "dummy":
+                vals[name] = inputs[0]
+            elif isinstance(self.nodes[name], Combine):
+                vals[name] = self.nodes[name](inputs, [ones] * len(inputs))
+            else:
+                vals[name] = self.nodes[name](*inputs)
+        out = vals[self.out_name]
+        srcs = [vals[e.src] for e in self.specs[self.out_name].inputs]
+        heads = [v for v in srcs if v.shape == out.shape]
+        return out, heads if len(heads) > 1 else [out]
 
     def _uniform(self, x: torch.Tensor, policy: Policy | None, trace: Trace | None) -> Execution:
         """:meth:`execute` when every sample takes the same path (see there)."""

@@ -10,8 +10,12 @@ a routing:
   cross-entropy on the executed path + ``q_weight`` x the Q-learning loss
   (:mod:`~dyve.mechanisms.d2nn.qlearn`); controllers train ``q_lr_scale`` times the base
   learning rate without weight decay and see their state detached.
-* ``random``: every decision uniformly random (the paper's pre-training with every branch
-  trained; also the static-decision baseline: one set of weights for every static path).
+* ``random``: every decision uniformly random (pre-training with every branch trained on
+  part of the data; also the static-decision baseline: one set of weights for every
+  static path).
+* ``all``: every node runs for every sample, controllers idle, the loss summed over the
+  branch outputs feeding the output node (the paper's pre-training with all branches
+  executed; also a static-decision baseline).
 * ``static``: always the static actions (the full network trained alone).
 
 ``init`` starts from another run's weights (a pre-training run). Images are CIFAR-10's
@@ -44,7 +48,7 @@ from dyve.mechanisms.d2nn.qlearn import bag_f1, final_reward, q_loss, q_targets,
 from dyve.models import create, model_info
 from dyve.train.loop import Schedule, fit, start, write_config
 
-ROUTES = ("learned", "random", "static")
+ROUTES = ("learned", "random", "all", "static")
 BIASES = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)
 
 
@@ -167,13 +171,17 @@ def train(
         g: D2Graph = model  # type: ignore[assignment]
         eps = cfg.eps(progress)
         seed = cfg.seed * 1_000_003 + round(progress * 1e9)
+        if cfg.route == "all":
+            out, heads = g.run_all(x)
+            loss = sum((task_loss(h, y, NOT_RUN / 2) for h in heads), out.new_zeros(()))
+            return loss, heads[-1], {"macs_m": g.all_macs / 1e6}
         if cfg.route == "static":
             exe = g.execute(x)
         else:
             exe = g.execute(x, EpsGreedy(costs, eps, torch.Generator().manual_seed(seed)))
         loss = task_loss(exe.out, y, NOT_RUN / 2)
         logs = {"macs_m": float(exe.macs.mean()) / 1e6}
-        if cfg.route != "static":
+        if cfg.route in ("learned", "random"):
             logs["eps"] = eps
         if cfg.route == "learned":
             final = final_reward(exe.out, y, cfg.metric, cfg.bag)
@@ -268,7 +276,9 @@ def report(
     graph.static_actions = own
     mech.set_knob("bias", 0.0 if cfg.route == "learned" else None)
     main = (
-        max(points, key=lambda p: p["test_macs_per_sample"]) if cfg.route == "random" else points[0]
+        points[0]
+        if cfg.route in ("learned", "static")
+        else max(points, key=lambda p: p["test_macs_per_sample"])
     )
     return {
         "model": cfg.model,
