@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
+
+from dyve.cli.trainer_args import add_results, add_run_options, config_from
 
 
 def add(sub: Any) -> None:
@@ -45,32 +46,17 @@ def add(sub: Any) -> None:
     t.add_argument("--init", default=None, help="start from this run directory's weights")
     t.add_argument("--static", default=None, help='route static: the path to train ("q=low")')
     t.add_argument("--seed", type=int, default=d.seed)
-    t.add_argument("--limit-train", type=int, default=None)
-    t.add_argument("--limit-eval", type=int, default=None)
-    t.add_argument("--threads", type=int, default=None)
-    t.add_argument("--device", default="auto")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
-    t.add_argument("--no-progress", action="store_true")
+    add_run_options(t)
     t.set_defaults(func=cmd_train)
 
-    r = psub.add_parser("results", help="write docs/results/d2nn.md from run directories")
-    r.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
-    r.add_argument("--out", required=True, type=Path, help="Markdown file to write")
-    r.set_defaults(func=cmd_results)
+    add_results(psub, "docs/results/d2nn.md", cmd_results)
 
 
 def config(args: argparse.Namespace) -> Any:
     """The :class:`D2NNTrainConfig` the command line describes."""
-    from dyve.errors import DyveError
     from dyve.mechanisms.d2nn.train import D2NNTrainConfig
 
-    values = {
-        f.name: getattr(args, f.name) for f in fields(D2NNTrainConfig) if hasattr(args, f.name)
-    }
-    try:
-        return D2NNTrainConfig(**values)
-    except ValueError as exc:
-        raise DyveError(str(exc)) from None
+    return config_from(args, D2NNTrainConfig)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
+
+from dyve.cli.trainer_args import add_results, add_run_options, config_from
 
 
 def add(sub: Any) -> None:
@@ -46,30 +47,17 @@ def add(sub: Any) -> None:
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--select-split", default=d.select_split, help="auto: val or test-a")
     t.add_argument("--report-split", default=d.report_split, help="auto: test or test-b")
-    t.add_argument("--limit-train", type=int, default=None)
-    t.add_argument("--limit-eval", type=int, default=None)
-    t.add_argument("--threads", type=int, default=None)
-    t.add_argument("--device", default=d.device)
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
-    t.add_argument("--no-progress", action="store_true")
+    add_run_options(t, d.device)
     t.set_defaults(func=cmd_train)
 
-    r = psub.add_parser("results", help="write docs/results/lcnet.md from run directories")
-    r.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
-    r.add_argument("--out", required=True, type=Path, help="Markdown file to write")
-    r.set_defaults(func=cmd_results)
+    add_results(psub, "docs/results/lcnet.md", cmd_results)
 
 
 def config(args: argparse.Namespace) -> Any:
     """The :class:`GateTrainConfig` the command line describes."""
     from dyve.mechanisms.lcnet.train import GateTrainConfig
 
-    values = {
-        f.name: getattr(args, f.name) for f in fields(GateTrainConfig) if hasattr(args, f.name)
-    }
-    values["layer"] = not args.no_layer
-    values["channel"] = not args.no_channel
-    return GateTrainConfig(**values)
+    return config_from(args, GateTrainConfig, layer=not args.no_layer, channel=not args.no_channel)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -1,0 +1,38 @@
+"""Command-line pieces every trainer shares: run options, the results sub-command, configs."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+
+def add_run_options(t: argparse.ArgumentParser, device: str = "auto") -> None:
+    """Quick-check limits, threads, device, resume and progress of a training command."""
+    t.add_argument("--limit-train", type=int, default=None, help="first N training images")
+    t.add_argument("--limit-eval", type=int, default=None, help="first N images of eval splits")
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--device", default=device)
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--no-progress", action="store_true")
+
+
+def add_results(psub: Any, page: str, func: Any) -> None:
+    """The ``results`` sub-command: a results page from run directories."""
+    r = psub.add_parser("results", help=f"write {page} from run directories")
+    r.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    r.add_argument("--out", required=True, type=Path, help="Markdown file to write")
+    r.set_defaults(func=func)
+
+
+def config_from(args: argparse.Namespace, cls: type, **overrides: Any) -> Any:
+    """``cls`` (a config dataclass) from the options of the same names; bad values are a
+    :class:`~dyve.errors.DyveError` (one line, no traceback)."""
+    from dyve.errors import DyveError
+
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    try:
+        return cls(**{**values, **overrides})
+    except ValueError as exc:
+        raise DyveError(str(exc)) from None
