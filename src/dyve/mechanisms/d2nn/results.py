@@ -128,12 +128,12 @@ def analyse(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _epochs(runs: list[dict[str, Any]], kind: str) -> str:
     """Epochs of the pre-training, joint or trained-alone runs (as a range if they differ)."""
-    route = {"pre": "random", "joint": "learned", "alone": "static"}[kind]
+    routes = {"pre": ("random", "all"), "joint": ("learned",), "alone": ("static",)}[kind]
     eps = sorted(
         {
             r["cfg"]["epochs"]
             for r in runs
-            if r["cfg"]["route"] == route and (kind != "pre" or not r["cfg"]["init"])
+            if r["cfg"]["route"] in routes and (kind != "pre" or not r["cfg"]["init"])
         }
     )
     return "-".join(map(str, [eps[0], eps[-1]] if len(eps) > 1 else eps)) or "?"
@@ -197,9 +197,11 @@ def write_results(run_dirs: list[Path], out: Path) -> Path:
         "`dyve d2nn results`); every number is read from the runs' files, kept in",
         f"`{figs.name}/runs/`. Four graphs built with dyve's graph language on CIFAR-10",
         "(`docs/methods/d2nn.md`), trained from scratch on the train split (45,000 images):",
-        f"{_epochs(runs, 'pre')} epochs of pre-training with random routing, then, from that",
-        f"checkpoint, {_epochs(runs, 'joint')} epochs of either Q-learned controllers (one run",
-        "per lambda) or random routing again (the weights of the static graph); the full",
+        f"{_epochs(runs, 'pre')} epochs of pre-training with random routing (`pre`) or with",
+        "every branch executed (`all_pre`), then, from that checkpoint,",
+        f"{_epochs(runs, 'joint')} epochs of either Q-learned controllers (`lam*`, `all_lam*`:",
+        "one run per lambda) or the same pre-training again (`random`, `all`: the weights of",
+        "the static graph); the full",
         "network and some cheaper static paths are also trained alone, for",
         f"{_epochs(runs, 'alone')} epochs (the same budget). lambda and the test-time cost",
         "bias are chosen on val (5,000 images), everything is reported on test (10,000",
