@@ -78,7 +78,7 @@ def _static(runs: list[dict[str, Any]], split: str) -> list[tuple[str, Point, st
     for r in runs:
         if r["cfg"]["route"] in ("random", "all") and r["cfg"]["init"]:
             for p in r["m"]["points"]:
-                label = "/".join(p["static"].values())
+                label = "/".join(p["static"].values()) + f" (weights of `{r['run']}`)"
                 point = (p[f"{split}_macs_per_sample"], p[f"{split}_{key}"])
                 out.append((label, point, "graph"))
         elif r["cfg"]["route"] == "static":  # the path it trained: its own, or the full one
@@ -164,7 +164,7 @@ def _plot(results: dict[str, dict[str, Any]], path: Path) -> None:
                 (p for p in res["points"] if p["run"] == run), key=lambda p: p["test_macs"]
             )
             ax.plot([p["test_macs"] / 1e6 for p in mine], [p["test_metric"] for p in mine], ".-",
-                    label=f"D2NN lambda={mine[0]['lam']}")  # fmt: skip
+                    label=f"D2NN {run}")  # fmt: skip
         ax.set_title(arch)
         ax.set_xlabel("MACs per sample (M, executed)")
         ax.set_ylabel("F1 (%)" if res["metric"] == "f1" else "top-1 (%)")
@@ -279,7 +279,7 @@ def _section(arch: str, res: dict[str, Any], runs: list[dict[str, Any]]) -> list
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     seen = set()  # rows: each run's bias sweep, less biases that changed no decision
-    for p in sorted(res["points"], key=lambda p: (p["lam"], p["bias"])):
+    for p in sorted(res["points"], key=lambda p: (p["run"], p["bias"])):
         same = (p["run"], p["val_metric"], p["test_metric"], p["test_macs"])
         if same in seen:  # a larger bias that changed no decision
             continue
