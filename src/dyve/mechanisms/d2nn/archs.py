@@ -21,8 +21,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dyve.mechanisms.d2nn.combine import Concat, Last, Place, Sum
 from dyve.mechanisms.d2nn.graph import Edge, GraphSpec
-from dyve.mechanisms.d2nn.module import Concat, D2Graph, Last, Place, Sum
+from dyve.mechanisms.d2nn.module import D2Graph
 
 ARCHS = ("highlow", "cascade", "chain", "hierarchical")
 #: CIFAR-10's natural two-way hierarchy (class indices)
