@@ -49,7 +49,7 @@ def add(sub: Any) -> None:
     add_run_options(t)
     t.set_defaults(func=cmd_train)
 
-    add_results(psub, "docs/results/d2nn.md", cmd_results)
+    add_results(psub, "docs/results/d2nn.md", "dyve.mechanisms.d2nn.results")
 
 
 def config(args: argparse.Namespace) -> Any:
@@ -76,13 +76,4 @@ def cmd_train(args: argparse.Namespace) -> int:
     keys = (metrics["metric"], "top1", "macs_per_sample", "cost_reduction", "split")
     print(json.dumps({k: metrics[k] for k in dict.fromkeys(keys)}, indent=1))
     print(f"wrote {args.out / 'metrics.json'}")
-    return 0
-
-
-def cmd_results(args: argparse.Namespace) -> int:
-    """Write the results page."""
-    from dyve.mechanisms.d2nn.results import write_results
-
-    write_results(args.runs, args.out)
-    print(f"wrote {args.out}")
     return 0

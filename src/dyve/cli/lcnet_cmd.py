@@ -50,7 +50,7 @@ def add(sub: Any) -> None:
     add_run_options(t, d.device)
     t.set_defaults(func=cmd_train)
 
-    add_results(psub, "docs/results/lcnet.md", cmd_results)
+    add_results(psub, "docs/results/lcnet.md", "dyve.mechanisms.lcnet.results")
 
 
 def config(args: argparse.Namespace) -> Any:
@@ -71,13 +71,4 @@ def cmd_train(args: argparse.Namespace) -> int:
         keys = ("top1", "baseline_top1", "macs_per_sample", "cost_reduction", "split")
         print(json.dumps({k: metrics[k] for k in keys}, indent=1))
         print(f"wrote {args.out / 'metrics.json'}")
-    return 0
-
-
-def cmd_results(args: argparse.Namespace) -> int:
-    """Write the results page."""
-    from dyve.mechanisms.lcnet.results import write_results
-
-    write_results(args.runs, args.out)
-    print(f"wrote {args.out}")
     return 0

@@ -18,12 +18,21 @@ def add_run_options(t: argparse.ArgumentParser, device: str = "auto") -> None:
     t.add_argument("--no-progress", action="store_true")
 
 
-def add_results(psub: Any, page: str, func: Any) -> None:
-    """The ``results`` sub-command: a results page from run directories."""
+def add_results(psub: Any, page: str, module: str) -> None:
+    """The ``results`` sub-command: ``module.write_results(runs, out)`` writes a results
+    page from run directories (the module is imported when the command runs)."""
+
+    def cmd_results(args: argparse.Namespace) -> int:
+        import importlib
+
+        importlib.import_module(module).write_results(args.runs, args.out)
+        print(f"wrote {args.out}")
+        return 0
+
     r = psub.add_parser("results", help=f"write {page} from run directories")
     r.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     r.add_argument("--out", required=True, type=Path, help="Markdown file to write")
-    r.set_defaults(func=func)
+    r.set_defaults(func=cmd_results)
 
 
 def config_from(args: argparse.Namespace, cls: type, **overrides: Any) -> Any:
