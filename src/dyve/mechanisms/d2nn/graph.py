@@ -131,11 +131,9 @@ def _edges(inputs: EdgeLike | Sequence[EdgeLike]) -> tuple[Edge, ...]:
 
 @dataclass(frozen=True)
 class Plan:
-    """What :func:`validate` derives: run order, gating, ownership of costs."""
+    """What :func:`validate` derives: run order, ownership of costs, controllers."""
 
     order: tuple[str, ...]
-    #: node -> controllers whose actions can enable it
-    gated_by: dict[str, tuple[str, ...]]
     #: node -> the controller whose decision its cost is charged to (None: always runs)
     owner: dict[str, str | None]
     controllers: tuple[str, ...]
@@ -189,7 +187,7 @@ def validate(spec: GraphSpec) -> Plan:
             f"output {spec.out!r} may not run for every sample: give its inputs defaults"
         )
     controllers = tuple(n for n in order if nodes[n].kind == "control")
-    return Plan(tuple(order), {k: tuple(v) for k, v in gated.items()}, owner, controllers)
+    return Plan(tuple(order), owner, controllers)
 
 
 def _toposort(nodes: dict[str, NodeSpec], gated: dict[str, list[str]]) -> list[str]:
