@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dyve.cli import adaptive_cmd, bench_cmd, d2nn_cmd, dyvedeep_cmd, lcnet_cmd, sweep_cmd
+from dyve.cli import (
+    adaptive_cmd,
+    bench_cmd,
+    d2nn_cmd,
+    dyvedeep_cmd,
+    lcnet_cmd,
+    report_cmd,
+    sweep_cmd,
+)
 
 if TYPE_CHECKING:
     from dyve.train.trainer import TrainConfig
@@ -27,6 +35,7 @@ def add_all(sub: Any) -> None:
     adaptive_cmd.add(sub)
     lcnet_cmd.add(sub)
     d2nn_cmd.add(sub)
+    report_cmd.add(sub)
 
 
 def _add_discover(sub: Any) -> None:

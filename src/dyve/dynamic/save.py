@@ -25,6 +25,9 @@ from dyve.version import __version__
 
 FORMAT = "dyve.dynamic/1"
 WEIGHTS, DESCRIPTION = "dynamic.safetensors", "dynamic.json"
+#: ``backbone_weights`` value of a description whose backbone tensors are the zoo's shipped ones
+SHIPPED = "shipped"
+BACKBONE = "backbone."
 
 
 def describe(net: DynamicNet) -> dict[str, Any]:
@@ -41,13 +44,28 @@ def describe(net: DynamicNet) -> dict[str, Any]:
     }
 
 
-def save(net: DynamicNet, folder: str | os.PathLike[str]) -> Path:
-    """Write ``dynamic.safetensors`` and ``dynamic.json`` into ``folder``; return the folder."""
+def save(net: DynamicNet, folder: str | os.PathLike[str], *, backbone_weights: bool = True) -> Path:
+    """Write ``dynamic.safetensors`` and ``dynamic.json`` into ``folder``; return the folder.
+
+    ``backbone_weights=False`` leaves out the backbone's tensors and records that they are
+    the zoo model's shipped weights (``load`` takes them from there): a few kB instead of
+    the whole network for a mechanism that trains only its own modules on a frozen zoo
+    model, such as exit heads. Refused unless the backbone really holds those weights.
+    """
     from safetensors.torch import save_file
 
     folder = Path(folder)
     desc = describe(net)
     tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    if not backbone_weights:
+        shipped = _build(desc, None, shipped=True).state_dict()
+        for k in [k for k in tensors if k.startswith(BACKBONE)]:
+            if k not in shipped or not torch.equal(tensors.pop(k), shipped[k]):
+                raise DyveError(
+                    f"backbone_weights=False: {k} differs from {net.backbone_id}'s shipped "
+                    "weights; save the whole network instead"
+                )
+        desc["backbone_weights"] = SHIPPED
     atomic_save(folder / WEIGHTS, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
     write_json(folder / DESCRIPTION, jsonable(desc))
     return folder
@@ -68,35 +86,16 @@ def load(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from dyve.mechanisms import MECHANISMS
-    from dyve.models import create
-
     folder = Path(folder)
     if not weights and backbone is None:
         raise DyveError("load(weights=False) needs the backbone whose weights to keep")
     where = folder / DESCRIPTION
     desc = _read_description(where)
+    shipped = desc.get("backbone_weights") == SHIPPED
     try:
-        if backbone is None:
-            if not desc["backbone"]:
-                raise DyveError(f"{folder}: the backbone is not a zoo model; pass backbone=")
-            backbone = create(desc["backbone"], **desc["backbone_kwargs"])
-        example = torch.zeros(1, *desc["input_shape"])
-        net = DynamicNet(
-            backbone, example_inputs=example, backend=desc["backend"], backbone_id=desc["backbone"]
-        )
-        for m in desc["mechanisms"]:
-            if m["name"] not in MECHANISMS:
-                raise DyveError(f"{where}: unknown mechanism {m['name']!r}")
-            mech = MECHANISMS.get(m["name"]).from_config_dict(m["config"])
-            net.attach(mech)
-            knobs = desc["knobs"].get(m["name"], {})
-            if not isinstance(knobs, dict):
-                raise DyveError(f"{where}: knobs of {m['name']} must be an object")
-            for knob, value in knobs.items():
-                mech.set_knob(knob, value)
-    except DyveError:
-        raise
+        net = _build(desc, backbone, shipped=shipped and backbone is None)
+    except DyveError as exc:
+        raise DyveError(f"{where}: {exc}") from None
     except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
         raise DyveError(f"{where}: cannot rebuild the network it describes: {exc}") from None
     if not weights:
@@ -106,12 +105,44 @@ def load(
     except (SafetensorError, OSError) as exc:
         raise DyveError(f"{folder / WEIGHTS}: not a readable safetensors file ({exc})") from None
     try:
-        net.load_state_dict(tensors, strict=True)
+        missing, unexpected = net.load_state_dict(tensors, strict=not shipped)
     except RuntimeError as exc:
         raise DyveError(
             f"{folder / WEIGHTS}: tensors do not fit the described network: {exc}"
         ) from None
+    own = [k for k in missing if not k.startswith(BACKBONE)]
+    if own or unexpected:
+        raise DyveError(
+            f"{folder / WEIGHTS}: tensors do not fit the described network "
+            f"(missing {own[:3]}, unexpected {unexpected[:3]})"
+        )
     return net.eval()
+
+
+def _build(desc: dict[str, Any], backbone: nn.Module | None, *, shipped: bool) -> DynamicNet:
+    """The network ``desc`` describes, mechanisms attached and knobs set, before tensors."""
+    from dyve.mechanisms import MECHANISMS
+    from dyve.models import create
+
+    if backbone is None:
+        if not desc["backbone"]:
+            raise DyveError("the backbone is not a zoo model; pass backbone=")
+        backbone = create(desc["backbone"], pretrained=shipped, **desc["backbone_kwargs"])
+    example = torch.zeros(1, *desc["input_shape"])
+    net = DynamicNet(
+        backbone, example_inputs=example, backend=desc["backend"], backbone_id=desc["backbone"]
+    )
+    for m in desc["mechanisms"]:
+        if m["name"] not in MECHANISMS:
+            raise DyveError(f"unknown mechanism {m['name']!r}")
+        mech = MECHANISMS.get(m["name"]).from_config_dict(m["config"])
+        net.attach(mech)
+        knobs = desc["knobs"].get(m["name"], {})
+        if not isinstance(knobs, dict):
+            raise DyveError(f"knobs of {m['name']} must be an object")
+        for knob, value in knobs.items():
+            mech.set_knob(knob, value)
+    return net
 
 
 def _read_description(path: Path) -> dict[str, Any]:

@@ -32,6 +32,8 @@ class Measurement:
     breakdown: dict[str, dict[str, float]] = field(default_factory=dict)
     #: per unit: the share of samples that ran it
     ran_fraction: dict[str, float] = field(default_factory=dict)
+    #: with ``per_sample=True``: per unit, each sample's executed MACs
+    unit_macs: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def macs_mean(self) -> float:
@@ -51,10 +53,13 @@ def measure(
     batch_size: int = 256,
     progress: bool = False,
     desc: str = "measure",
+    per_sample: bool = False,
 ) -> Measurement:
     """Run ``net`` (eval mode, current knobs) over ``data`` with a trace per batch.
 
     Batches go to the device of ``net``'s parameters (CPU for a network without any).
+    ``per_sample=True`` also keeps each unit's MACs per sample (what reports draw effort
+    maps from); a unit missing from a batch's trace cost nothing there.
     """
     from tqdm import tqdm
 
@@ -65,6 +70,8 @@ def measure(
     cost: CostAccumulator | None = None
     sums: dict[str, dict[str, float]] = {}
     ran: dict[str, int] = {}
+    unit_macs: dict[str, list[tuple[int, np.ndarray]]] = {}
+    seen = 0
     was_training = net.training
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     net.eval()
@@ -90,6 +97,10 @@ def measure(
                 mine = sums.setdefault(unit, {})
                 for k, v in comps.items():
                     mine[k] = mine.get(k, 0.0) + float(v.sum())
+            if per_sample:
+                for unit, comps in res.trace.detail.items():
+                    unit_macs.setdefault(unit, []).append((seen, comps["macs"].numpy()))
+            seen += len(y)
     finally:
         net.train(was_training)
     assert cost is not None
@@ -102,4 +113,13 @@ def measure(
         cost=cost,
         breakdown={u: {k: v / n for k, v in d.items()} for u, d in sums.items()},
         ran_fraction={u: c / n for u, c in ran.items()},
+        unit_macs={u: _spread(parts, n) for u, parts in unit_macs.items()},
     )
+
+
+def _spread(parts: list[tuple[int, np.ndarray]], n: int) -> np.ndarray:
+    """Batch pieces ``(start, values)`` placed into one float64 array of ``n`` (0 elsewhere)."""
+    out = np.zeros(n, dtype=np.float64)
+    for start, values in parts:
+        out[start : start + len(values)] = values
+    return out

@@ -1,0 +1,152 @@
+"""Measure every subject of a report on the same images, and time them in one run.
+
+Accuracy and per-sample executed cost come from :func:`dyve.eval.measure.measure` (the
+trace, read the same way as everywhere else). Batch-1 latency comes from one interleaved
+run (:func:`dyve.eval.latency.interleaved`, one thread) over every subject and every
+dense reference architecture, so each speedup is a ratio of two medians from the same run.
+An image's *difficulty* is how little probability the first subject's dense reference puts
+on its true class (quintiles: 1 = easiest fifth, 5 = hardest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import torch
+
+from dyve.cost import static_cost
+from dyve.data.core import ImageSet
+from dyve.data.loader import batches
+from dyve.dynamic.net import DynamicNet
+from dyve.eval.latency import Timing, cycling, interleaved, machine, num_threads
+from dyve.eval.measure import Measurement, measure
+from dyve.report.subjects import Subject
+
+#: Difficulty bins (quintiles of the reference's true-class probability).
+DIFFICULTY_BINS = 5
+
+
+@dataclass
+class Measured:
+    """A subject and what the report measured of it."""
+
+    subject: Subject
+    m: Measurement
+    #: static MACs per sample of the subject's dense reference
+    reference_macs: float
+    latency: Timing | None = None
+    reference_latency: Timing | None = None
+
+    @property
+    def relative_cost(self) -> np.ndarray:
+        """Each sample's executed MACs as a share of the reference's static MACs."""
+        return self.m.cost.macs.numpy() / self.reference_macs
+
+    @property
+    def reduction(self) -> float:
+        return self.reference_macs / self.m.macs_mean
+
+    @property
+    def speedup(self) -> float | None:
+        if self.latency is None or self.reference_latency is None:
+            return None
+        return self.reference_latency.median_ms / self.latency.median_ms
+
+
+@dataclass
+class Collection:
+    """Everything a report draws: the data, each subject's measurement, the machine."""
+
+    data: ImageSet
+    results: list[Measured]
+    #: per image, difficulty bin 1..DIFFICULTY_BINS
+    difficulty: np.ndarray
+    difficulty_reference: str
+    machine: dict[str, Any]
+    latency_images: int
+    latency_repeats: int
+
+
+def collect(
+    subjects: list[Subject],
+    data: ImageSet,
+    *,
+    latency_images: int = 16,
+    repeats: int = 20,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Collection:
+    """Measure ``subjects`` on ``data`` and time them (``repeats=0`` skips the timing)."""
+    if not subjects:
+        raise ValueError("a report needs at least one subject")
+    results = []
+    for s in subjects:
+        log(f"measuring {s.label} ({s.method}) on {len(data)} images")
+        m = measure(
+            cast(DynamicNet, s.model),  # a Selection has the same run() and trace
+            data,
+            s.norm,
+            per_sample=True,
+            progress=progress,
+            desc=s.label,
+        )
+        results.append(Measured(s, m, float(static_cost(s.reference).total_macs)))
+    if repeats > 0:
+        log(f"timing {len(subjects)} subjects at batch 1, one thread, interleaved")
+        _time(results, data, latency_images, repeats)
+    first = subjects[0]
+    return Collection(
+        data=data,
+        results=results,
+        difficulty=difficulty_bins(_true_class_prob(first, data)),
+        difficulty_reference=first.reference_name,
+        machine=machine(),
+        latency_images=min(latency_images, len(data)),
+        latency_repeats=repeats,
+    )
+
+
+@torch.no_grad()
+def _time(results: list[Measured], data: ImageSet, n_images: int, repeats: int) -> None:
+    """Batch-1 medians of every subject and each distinct reference, in one interleaved run."""
+    s0 = results[0].subject
+    x, _ = next(batches(data, min(n_images, len(data)), s0.norm))
+    images = [x[i : i + 1] for i in range(len(x))]
+    fns: dict[str, Callable[[], Any]] = {}
+    # one dense timing per reference architecture (latency does not depend on weight values):
+    # a dense subject's own, else the first reference of that name
+    refs: dict[str, str] = {
+        r.subject.reference_name: f"s{i}" for i, r in enumerate(results) if r.subject.is_dense
+    }
+    for i, r in enumerate(results):
+        s = r.subject
+        s.model.eval()
+        if s.reference_name not in refs:
+            refs[s.reference_name] = f"ref{i}"
+            fns[f"ref{i}"] = cycling(s.reference.eval(), images)
+        fns[f"s{i}"] = cycling(s.reference if s.is_dense else s.model, images)
+    with num_threads(1):
+        t = interleaved(fns, repeats=repeats)
+    for i, r in enumerate(results):
+        r.latency = t[f"s{i}"]
+        r.reference_latency = t[refs[r.subject.reference_name]]
+
+
+@torch.no_grad()
+def _true_class_prob(subject: Subject, data: ImageSet) -> np.ndarray:
+    probs = []
+    for x, y in batches(data, 256, subject.norm):
+        p = torch.softmax(subject.reference.eval()(x).float(), 1)
+        probs.append(p.gather(1, y[:, None])[:, 0].numpy())
+    return np.concatenate(probs)
+
+
+def difficulty_bins(true_prob: np.ndarray, bins: int = DIFFICULTY_BINS) -> np.ndarray:
+    """Bin 1 (easiest) .. ``bins`` (hardest) by descending true-class probability, equal counts."""
+    order = np.argsort(-true_prob, kind="stable")
+    out = np.empty(len(true_prob), dtype=np.int64)
+    out[order] = 1 + (np.arange(len(true_prob)) * bins) // max(len(true_prob), 1)
+    return out
