@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint typecheck unit env weights clean
+.PHONY: demo test lint typecheck unit env browser weights clean
 
 $(BIN)/dyve: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +14,17 @@ $(BIN)/dyve: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $@
 
-env: $(BIN)/dyve
+env: $(BIN)/dyve browser
 
-demo: env
+# Headless Chromium for the report's browser test (Debian packages; best effort: without
+# root or apt the test skips and says why).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1; }; } ; } || \
+	  echo "note: Chromium could not be installed; the report's browser test will be skipped"
+
+demo: $(BIN)/dyve
 	$(BIN)/dyve demo
 
 test: env lint typecheck unit
