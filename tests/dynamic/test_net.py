@@ -320,3 +320,20 @@ def test_load_without_weights_keeps_the_given_backbone(tmp_path: Path) -> None:
         assert torch.equal(again(x), equip(backbone, BlockSkip(threshold=0.3))(x))
     with pytest.raises(DyveError, match="needs the backbone"):
         load(tmp_path / "run", weights=False)
+
+
+def test_save_without_backbone_weights_takes_the_shipped_ones(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    net = equip(models.create("resnet20_cifar", pretrained=True), BlockSkip(threshold=0.5))
+    save(net, tmp_path / "small", backbone_weights=False)
+    assert load_file(str(tmp_path / "small" / "dynamic.safetensors")) == {}
+    again = load(tmp_path / "small")
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again(x), net(x))
+    # a backbone that is not the shipped one is refused, not silently replaced
+    with torch.no_grad():
+        next(net.backbone.parameters()).add_(1.0)
+    with pytest.raises(DyveError, match="differs from resnet20_cifar's shipped weights"):
+        save(net, tmp_path / "bad", backbone_weights=False)
