@@ -73,7 +73,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
-    keys = (metrics["metric"], "top1", "macs_per_sample", "cost_reduction", "split")
-    print(json.dumps({k: metrics[k] for k in dict.fromkeys(keys)}, indent=1))
-    print(f"wrote {args.out / 'metrics.json'}")
+    if metrics:  # empty on the other processes of a torchrun job
+        keys = (metrics["metric"], "top1", "macs_per_sample", "cost_reduction", "split")
+        print(json.dumps({k: metrics[k] for k in dict.fromkeys(keys)}, indent=1))
+        print(f"wrote {args.out / 'metrics.json'}")
     return 0

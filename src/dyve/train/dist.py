@@ -5,13 +5,15 @@ Run any dyve trainer under ``torchrun --nproc_per_node N -m dyve.cli.main ...`` 
 environment, joins the process group, and takes every ``WORLD_SIZE``-th row of each global
 batch (every process draws the same shuffled batch from the same seed), so a run with N
 processes follows the same schedule as one process with the same ``--batch-size``.
-Gradients are averaged by :class:`~torch.nn.parallel.DistributedDataParallel`; only rank 0
+Gradients are averaged by :class:`~torch.nn.parallel.DistributedDataParallel` (or, for a
+step DDP cannot hook, by :meth:`Dist.average_gradients` after each backward); only rank 0
 validates and writes files, the others wait at a barrier.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +48,31 @@ class Dist:
             return model
         ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def average_gradients(self, params: Iterable[nn.Parameter]) -> None:
+        """Average gradients over the processes, for a model trained without DDP.
+
+        For a training step that calls methods other than ``forward`` (D2NN's routed
+        execution), which DDP cannot hook. A parameter that got a gradient on any process
+        gets the mean (a process without one counts zero, as its rows added nothing); one
+        that got none anywhere stays ``None``, as in a one-process step over the whole batch.
+        """
+        if self.world == 1:
+            return
+        ps = [p for p in params if p.requires_grad]
+        if not ps:
+            return
+        present = torch.tensor([float(p.grad is not None) for p in ps], device=ps[0].device)
+        dist.all_reduce(present)
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in ps]
+        flat = torch.cat([g.flatten() for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for p, seen in zip(ps, present.tolist(), strict=True):
+            if seen:
+                p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
 
     def barrier(self) -> None:
         """Wait for every process (no-op when not distributed)."""

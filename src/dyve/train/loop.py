@@ -130,8 +130,13 @@ def fit(
     dist: Dist,
     resume: bool = False,
     progress: bool = True,
+    ddp: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train ``model`` for ``sched.epochs`` epochs (see module docstring); the history."""
+    """Train ``model`` for ``sched.epochs`` epochs (see module docstring); the history.
+
+    ``ddp=False``: under torchrun, ``step`` gets the bare model and the gradients are
+    averaged after each backward (:meth:`Dist.average_gradients`) instead of by DDP.
+    """
     from tqdm import tqdm
 
     if len(train_set) < sched.batch_size:
@@ -147,7 +152,7 @@ def fit(
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start = int(ck["epoch"]) + 1
-    trained = dist.wrap(model, device)
+    trained = dist.wrap(model, device) if ddp else model
     steps_per_epoch = len(train_set) // sched.batch_size
     total = steps_per_epoch * sched.epochs
     warmup = int(sched.warmup_epochs * steps_per_epoch)
@@ -189,6 +194,8 @@ def fit(
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
+            if not ddp:
+                dist.average_gradients(model.parameters())
             opt.step()
             loss_sum += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())

@@ -145,8 +145,6 @@ def train(
     out = Path(out)
     config = asdict(cfg)
     dev, ddp = start(out, config, resume, threads, device, cfg.batch_size, cfg.seed)
-    if ddp.world > 1:
-        raise DyveError("dyve d2nn train runs in one process (no torchrun yet)")
     graph = build(cfg).to(dev)
     norm = model_info(graph).norm
     train_set = task_data(cfg, "train")
@@ -210,12 +208,16 @@ def train(
         dist=ddp,
         resume=resume,
         progress=progress,
+        ddp=False,  # the step routes through execute()/run_all(), not forward
     )
-    net = _dynamic(graph.cpu(), cfg)
-    save(net, out)
-    metrics = report(net, cfg, norm, progress=progress)
-    metrics["epochs"] = len(history)
-    write_json(out / "metrics.json", metrics)
+    metrics: dict[str, Any] = {}
+    if ddp.main:  # rank 0 saves and measures
+        net = _dynamic(graph.cpu(), cfg)
+        save(net, out)
+        metrics = report(net, cfg, norm, progress=progress)
+        metrics["epochs"] = len(history)
+        write_json(out / "metrics.json", metrics)
+    ddp.close()
     return metrics
 
 
