@@ -150,3 +150,10 @@ def test_page_renders_in_headless_chromium(report, tmp_path: Path) -> None:
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(png) > 50_000  # a page with figures, not a blank one (about 3 kB)
+
+
+def test_a_run_with_another_label_set_is_refused(tmp_path: Path, sample) -> None:
+    net = dyve.equip(create("resnet20_cifar", num_classes=2), BlockSkip(threshold=0.5))
+    dyve.dynamic.save(net, tmp_path / "binary")
+    with pytest.raises(DyveError, match="predicts 2 classes but cifar10-jpeg/test-sample has 10"):
+        collect([load_run(tmp_path / "binary")], sample, repeats=0, log=lambda m: None)

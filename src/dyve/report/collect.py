@@ -21,6 +21,7 @@ from dyve.cost import static_cost
 from dyve.data.core import ImageSet
 from dyve.data.loader import batches
 from dyve.dynamic.net import DynamicNet
+from dyve.errors import DyveError
 from dyve.eval.latency import Timing, cycling, interleaved, machine, num_threads
 from dyve.eval.measure import Measurement, measure
 from dyve.report.subjects import Subject
@@ -82,6 +83,7 @@ def collect(
     """Measure ``subjects`` on ``data`` and time them (``repeats=0`` skips the timing)."""
     if not subjects:
         raise ValueError("a report needs at least one subject")
+    _check_classes(subjects, data)
     results = []
     for s in subjects:
         log(f"measuring {s.label} ({s.method}) on {len(data)} images")
@@ -107,6 +109,19 @@ def collect(
         latency_images=min(latency_images, len(data)),
         latency_repeats=repeats,
     )
+
+
+@torch.no_grad()
+def _check_classes(subjects: list[Subject], data: ImageSet) -> None:
+    """Refuse a subject that predicts another label set (a binary D2NN task, say)."""
+    for s in subjects:
+        x, _ = next(batches(data, 1, s.norm))
+        n = s.reference.eval()(x).shape[1]
+        if n != len(data.classes):
+            raise DyveError(
+                f"{s.label} predicts {n} classes but {data.name}/{data.split} has "
+                f"{len(data.classes)}; report it on data with its own labels"
+            )
 
 
 @torch.no_grad()
