@@ -118,3 +118,34 @@ def test_average_gradients_matches_one_process_over_the_whole_batch(tmp_path: Pa
     assert torch.equal(grads["a"], torch.full((2,), 3.0))
     assert torch.equal(grads["b"], torch.full((2,), 3.0))
     assert grads["c"] is None  # no process computed it: left alone, as one process would
+
+
+@pytest.mark.parametrize("job", ["exits", "select"])
+def test_adaptive_jobs_shard_their_caches_under_torchrun(
+    tmp_path: Path,
+    prepared,  # type: ignore[no-untyped-def]
+    job: str,
+) -> None:
+    """Each process computes every other row (91: uneven shards); the gathered cache equals
+    one process's."""
+    prepared("cifar10-jpeg")
+    what = (
+        ["exits", "fit", "--model", "resnet20_cifar"]
+        if job == "exits"
+        else ["select", "fit", "--models", "caffe_cifar10,resnet20_cifar"]
+    )
+    small = ["--limit", "91", "--latency-images", "2", "--lams", "0,0.1", "--no-progress"]
+    _dyve([*what, *small, "--out", str(tmp_path / "one")], tmp_path)
+    _dyve([*what, *small, "--out", str(tmp_path / "two")], tmp_path, procs=2)
+    caches = sorted((tmp_path / "one" / "cache").glob("*.safetensors"))
+    assert caches
+    for path in caches:
+        one, two = load_file(str(path)), load_file(str(tmp_path / "two" / "cache" / path.name))
+        assert one.keys() == two.keys()
+        for k in one:
+            assert one[k].shape == two[k].shape
+            assert torch.allclose(one[k], two[k], atol=1e-4), f"{path.name}:{k}"
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert m2["n"] == m1["n"]
+    assert m2["top1"] == pytest.approx(m1["top1"])

@@ -85,6 +85,8 @@ def _config(args: argparse.Namespace, models: tuple[str, ...], **extra: Any) -> 
 
 
 def _report(m: dict[str, Any], out: Path) -> None:
+    if not m:  # another process of a torchrun job: rank 0 reports
+        return
     print(
         f"{m['split']} ({m['n']} images; policies fitted on {m['fit_split']}): top-1 "
         f"{m['baseline_top1']:.2f} ({m['baseline']}) -> {m['top1']:.2f} %, "

@@ -13,13 +13,14 @@ validates and writes files, the others wait at a barrier.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from dyve.data.core import ImageSet
 from dyve.errors import DyveError
 
 
@@ -74,6 +75,30 @@ class Dist:
                 p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
             offset += p.numel()
 
+    def gather_rows(
+        self, make: Callable[[ImageSet], dict[str, torch.Tensor]], data: ImageSet
+    ) -> dict[str, torch.Tensor]:
+        """``make(data)`` computed in shards: each process takes every ``world``-th image,
+        and every process gets the whole result back in dataset order (evaluation and
+        feature caching split across processes). ``make`` returns per-row tensors."""
+        if self.world == 1:
+            return make(data)
+        mine = make(data.subset(slice(self.rank, None, self.world)))
+        n, per = len(data), -(-len(data) // self.world)
+        dev = torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else None
+        out = {}
+        for key in sorted(mine):
+            v = mine[key]
+            pad = v.new_zeros((per, *v.shape[1:]), device=dev)
+            pad[: len(v)] = v
+            parts = [torch.empty_like(pad) for _ in range(self.world)]
+            dist.all_gather(parts, pad)
+            full = v.new_empty((n, *v.shape[1:]))
+            for r, part in enumerate(parts):
+                full[r :: self.world] = part[: len(range(r, n, self.world))].to(v.device)
+            out[key] = full
+        return out
+
     def barrier(self) -> None:
         """Wait for every process (no-op when not distributed)."""
         if self.world > 1:
@@ -85,13 +110,16 @@ class Dist:
             dist.destroy_process_group()
 
 
-def init(batch_size: int) -> Dist:
-    """Join the process group that ``torchrun`` describes (one process: no group)."""
+def init(batch_size: int | None = None) -> Dist:
+    """Join the process group that ``torchrun`` describes (one process: no group).
+
+    ``batch_size``, when given, must split evenly over the processes.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if batch_size % world:
+    if batch_size is not None and batch_size % world:
         raise DyveError(f"--batch-size {batch_size} must be a multiple of the {world} processes")
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"

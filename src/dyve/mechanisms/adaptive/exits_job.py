@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dyve._io import write_json
+from dyve.data.core import ImageSet
 from dyve.dynamic import DynamicNet, save
 from dyve.eval.splits import choose_splits, heldout
 from dyve.mechanisms.adaptive.early_exit import EarlyExit
@@ -29,10 +30,16 @@ from dyve.mechanisms.adaptive.job import (
 from dyve.mechanisms.adaptive.policy import Outputs, PolicyGraph
 from dyve.mechanisms.adaptive.study import run_study
 from dyve.models import create, model_info
+from dyve.train.dist import init
 
 
 def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, Any]:
-    """Fit exit heads and policies for ``cfg.models[0]``; write the run into ``out``."""
+    """Fit exit heads and policies for ``cfg.models[0]``; write the run into ``out``.
+
+    Under torchrun the feature caches are computed in shards over the processes; the
+    rest (heads, policies, the real run) is rank 0's, and the others return ``{}``.
+    """
+    ddp = init()
     load_config(out, cfg)
     model = cfg.models[0]
     backbone = create(model, pretrained=True)
@@ -45,14 +52,15 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
     dense = net.detach()
 
     def cache(split: str) -> dict[str, Any]:
-        ds = load_split(cfg, split)
-        return cached(
-            out,
-            split,
-            lambda: collect(dense, points, ds, norm, pool=cfg.pool, progress=progress, desc=split),
-        )
+        def make(ds: ImageSet) -> dict[str, Any]:
+            return collect(dense, points, ds, norm, pool=cfg.pool, progress=progress, desc=split)
 
-    train = cache("train")
+        return cached(out, split, load_split(cfg, split), make, ddp)
+
+    train, fit_cache, held_cache = cache("train"), cache(fit), cache(held)
+    if not ddp.main:
+        ddp.close()
+        return {}
     heads = {p: h.fc for p, h in mech.heads().items()}
     head_train = fit_heads(heads, train)
 
@@ -60,7 +68,7 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
         logits = {p: heads[p](c[f"feat.{p}"]).detach() for p in points}
         return Outputs({**logits, "final": c["logits"]}, c["labels"])
 
-    fit_out, held_out = node_outputs(cache(fit)), node_outputs(cache(held))
+    fit_out, held_out = node_outputs(fit_cache), node_outputs(held_cache)
     g = net.graph
     through = [g.macs_through(p) for p in points]
     costs = [
@@ -104,4 +112,5 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
         **latency_metrics(lat, len(imgs)),
     )
     write_json(out / "metrics.json", metrics)
+    ddp.close()
     return metrics

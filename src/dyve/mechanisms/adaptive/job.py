@@ -31,6 +31,10 @@ from dyve._io import read_json, write_json
 from dyve.eval.latency import machine, num_threads
 from dyve.mechanisms.adaptive.heads import load_cache, save_cache, train_head
 from dyve.mechanisms.adaptive.study import LAMS, Study, plot
+from dyve.train.dist import Dist
+
+#: one process (no torchrun)
+SINGLE = Dist()
 
 
 @dataclass(frozen=True)
@@ -59,15 +63,25 @@ def load_split(cfg: JobConfig, split: str) -> dyve_data.ImageSet:
 
 
 def cached(
-    out: Path, key: str, make: Callable[[], dict[str, torch.Tensor]]
+    out: Path,
+    key: str,
+    data: dyve_data.ImageSet,
+    make: Callable[[dyve_data.ImageSet], dict[str, torch.Tensor]],
+    ddp: Dist = SINGLE,
 ) -> dict[str, torch.Tensor]:
-    """``out/cache/<key>.safetensors``, computed once (a rerun reuses it)."""
+    """``out/cache/<key>.safetensors`` of ``make(data)``, computed once (a rerun reuses it).
+
+    Under torchrun the rows are computed in shards, one per process, and gathered
+    (:meth:`Dist.gather_rows`); rank 0 writes the file.
+    """
     path = out / "cache" / f"{key}.safetensors"
     if path.is_file():
         return load_cache(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    c = make()
-    save_cache(c, path)
+    c = ddp.gather_rows(make, data)
+    if ddp.main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_cache(c, path)
+    ddp.barrier()
     return c
 
 

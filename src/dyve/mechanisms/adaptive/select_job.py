@@ -32,13 +32,19 @@ from dyve.mechanisms.adaptive.policy import LearnedPolicy, Outputs, features
 from dyve.mechanisms.adaptive.select import Selection, cascade_graph
 from dyve.mechanisms.adaptive.study import run_study
 from dyve.models import create, model_info
+from dyve.train.dist import init
 
 DEFAULT_NETWORKS = ("caffe_cifar10", "resnet20_cifar", "resnet56_cifar")
 FORMAT = "dyve.selection/1"
 
 
 def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, Any]:
-    """Fit selection policies over ``cfg.models`` (cheapest first); write the run."""
+    """Fit selection policies over ``cfg.models`` (cheapest first); write the run.
+
+    Under torchrun each network's outputs are computed in shards over the processes; the
+    rest is rank 0's, and the others return ``{}``.
+    """
+    ddp = init()
     load_config(out, cfg)
     nets = {m: create(m, pretrained=True) for m in cfg.models}
     norms = {model_info(n).norm for n in nets.values()}
@@ -51,12 +57,15 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
         ds = load_split(cfg, split)
         logits = {}
         for m, net in nets.items():
-            make = partial(collect, net, [], ds, norm, progress=progress, desc=m)
-            c = cached(out, f"{split}-{m}", make)
+            make = partial(collect, net, [], norm=norm, progress=progress, desc=m)
+            c = cached(out, f"{split}-{m}", ds, make, ddp)
             logits[m], labels = c["logits"], c["labels"]
         return Outputs(logits, labels)
 
     fit_out, held_out = node_outputs(fit), node_outputs(held)
+    if not ddp.main:
+        ddp.close()
+        return {}
     macs = [discover(n).total_macs for n in nets.values()]
     graph = cascade_graph(list(cfg.models), macs)
     reference = min(cfg.models, key=lambda m: fit_out.loss(m).mean().item())  # most accurate
@@ -89,6 +98,7 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
         **latency_metrics(lat, len(imgs)),
     )
     write_json(out / "metrics.json", metrics)
+    ddp.close()
     return metrics
 
 
