@@ -168,16 +168,33 @@ def test_eval_missing_split_is_clear(
 
 def test_demo(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     from dyve import models
+    from dyve.demo import DEMO_RUNS
 
-    rc, out, _ = run(capsys, "demo", "--repeats", "3", "--out", str(tmp_path))
+    rc, out, _ = run(capsys, "demo", "--repeats", "3", "--out", str(tmp_path), "--no-progress")
     assert rc == 0
     shipped = models.shipped_models()
     assert shipped, "dyve ships no weights"
     for name in shipped:
         assert name in out
-    rows = json.loads((tmp_path / "metrics.json").read_text())["rows"]
-    assert {r["model"] for r in rows} == set(shipped)
-    assert all(r["latency_ms_b1"] > 0 and r["macs"] > 0 for r in rows)
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert {r["model"] for r in result["models"]} == set(shipped)
+    assert all(r["latency_ms_b1"] > 0 and r["macs"] > 0 for r in result["models"])
+    # every method, each against a dense row of its reference, executed cost, timed
+    methods = {r["method"]: r for r in result["methods"]}
+    assert [label for label, _ in DEMO_RUNS] == [m for m in methods if not m.startswith("dense")]
+    assert {m for m in methods if m.startswith("dense")} == {
+        "dense resnet56_cifar",
+        "dense (D2NN's weights)",
+    }
+    for label, _ in DEMO_RUNS:
+        r = methods[label]
+        assert r["cost_mode"] == "executed"
+        assert r["reduction"] > 1.0  # each shipped run really saves work on the sample
+        assert r["speedup_b1"] > 0
+        assert abs(r["delta_pp"]) < 5.0  # and keeps its accuracy
+    assert methods["network selection"]["reference"] == "resnet56_cifar"
+    assert (tmp_path / "report.html").is_file()
+    assert (tmp_path / "report.md").is_file()
 
 
 def test_discover(capsys: pytest.CaptureFixture[str]) -> None:

@@ -116,7 +116,8 @@ def test_reference_without_shipped_weights_is_the_runs_own(tmp_path: Path) -> No
     net = dyve.equip(create("d2nn_highlow_cifar"), dyve.mechanisms.MECHANISMS.get("d2nn")())
     dyve.dynamic.save(net, tmp_path / "d2")
     subjects = with_dense([load_run(tmp_path / "d2")])
-    assert subjects[0].label == "dense d2nn_highlow_cifar (d2's weights)"
+    assert subjects[0].label == "dense (d2's weights)"
+    assert subjects[0].reference_name == "d2nn_highlow_cifar"
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(subjects[0].reference(x), subjects[1].reference(x))
 

@@ -54,9 +54,23 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: Any) -> None:
-    p = sub.add_parser("demo", help="shipped models on the embedded CIFAR-10 sample (no network)")
-    p.add_argument("--out", type=Path, default=None, help="also write metrics.json here")
+    p = sub.add_parser(
+        "demo", help="every method on embedded CIFAR-10 data and weights, then a report"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("dyve-demo"),
+        help="folder for the report and metrics.json (default: dyve-demo)",
+    )
     p.add_argument("--repeats", type=int, default=20, help="latency repeats (median is reported)")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="measure the methods on the whole CIFAR-10 test split (prepared cifar10-jpeg)",
+    )
+    p.add_argument("--data-dir", default=None, help="dataset cache folder (with --full)")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
 
@@ -67,7 +81,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise DyveError(f"--repeats must be >= 1, got {args.repeats}")
-    run_demo(args.out, repeats=args.repeats)
+    run_demo(
+        args.out,
+        repeats=args.repeats,
+        full=args.full,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+    )
     return 0
 
 

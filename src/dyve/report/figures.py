@@ -77,7 +77,7 @@ def tradeoff(col: Collection) -> bytes:
                 marker=marker,
                 ms=12 if marker == "*" else 7,
                 color=colour,
-                lw=1.2 if len(mine) > 1 else 0,
+                lw=1.2 if len(mine) > 1 and method != "dense" else 0,
                 label=method,
             )
             for r, x, y in zip(mine, xs, ys, strict=True):

@@ -110,7 +110,7 @@ def with_dense(subjects: list[Subject]) -> list[Subject]:
         if name in shipped:
             dense.append(dense_subject(name))
         else:
-            dense.append(_dense(s.reference, name, f"dense {name} ({s.label}'s weights)"))
+            dense.append(_dense(s.reference, name, f"dense ({s.label}'s weights)"))
     return dense + subjects
 
 

@@ -1,0 +1,65 @@
+"""Copy the runs `dyve demo` shows into the package (`src/dyve/_assets/runs/`).
+
+Made by these commands (on 2 cores, about 45 minutes in all; see `scripts/*_results.sh`):
+
+    bash scripts/dyvedeep_results.sh   # docs/results/dyvedeep/resnet56_cifar (training-free)
+    dyve exits fit --model resnet56_cifar --out runs/adaptive/exits_resnet56
+    dyve select fit --models caffe_cifar10,resnet20_cifar,resnet56_cifar \
+        --out runs/adaptive/select_caffe_r20_r56
+    dyve lcnet train --out runs/lcnet/lcnet_l01_c0005 --model resnet56_cifar --epochs 3 \
+        --weighting macs --lam-l 0.01 --lam-c 0.0005
+    dyve d2nn train --arch hierarchical --out runs/d2nn/hierarchical/all_pre --route all --epochs 4
+    dyve d2nn train --arch hierarchical --out runs/d2nn/hierarchical/all_lam0.1 --route learned \
+        --lam 0.1 --epochs 3 --init runs/d2nn/hierarchical/all_pre
+
+then `python scripts/ship_runs.py`. Early exit keeps only its heads (the backbone is the
+shipped resnet56_cifar, `save(backbone_weights=False)`); LC-Net and D2NN keep their whole
+network (they fine-tune or train it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from dyve.dynamic import load, save
+
+#: shipped folder -> (source run, files copied as they are)
+RUNS = {
+    "dyvedeep_resnet56": ("docs/results/dyvedeep/resnet56_cifar", ("dynamic.json",)),
+    "early_exit_resnet56": ("runs/adaptive/exits_resnet56", ()),
+    "select_caffe_r20_r56": (
+        "runs/adaptive/select_caffe_r20_r56",
+        ("selection.json", "policies.safetensors"),
+    ),
+    "lcnet_resnet56": (
+        "runs/lcnet/lcnet_l01_c0005",
+        ("dynamic.json", "dynamic.safetensors"),
+    ),
+    "d2nn_hierarchical": (
+        "runs/d2nn/hierarchical/all_lam0.1",
+        ("dynamic.json", "dynamic.safetensors"),
+    ),
+}
+#: small files every shipped run keeps (provenance; the sweep a report draws), when present
+PROVENANCE = ("config.json", "metrics.json", "curve.json")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dest", type=Path, default=Path("src/dyve/_assets/runs"))
+    args = ap.parse_args()
+    for name, (src, files) in RUNS.items():
+        source, dest = Path(src), args.dest / name
+        dest.mkdir(parents=True, exist_ok=True)
+        if not files:  # a frozen zoo backbone: keep only what the mechanism trained
+            save(load(source), dest, backbone_weights=False)
+        for f in files + tuple(p for p in PROVENANCE if (source / p).is_file()):
+            shutil.copyfile(source / f, dest / f)
+        size = sum(p.stat().st_size for p in dest.iterdir()) / 1e6
+        print(f"{dest}: {size:.2f} MB from {source}")
+
+
+if __name__ == "__main__":
+    main()
