@@ -38,7 +38,7 @@ FORMAT = "dyve.bench/1"
 #: Inductor options of the compiled dense baseline.
 COMPILE_OPTIONS: dict[str, Any] = {"freezing": True}
 #: The timed variants, in the order they run in each round.
-VARIANTS = ("dense_eager", "dense_compiled", "dynamic")
+VARIANTS = ("dense_eager", "dense_compiled", "dynamic", "exported")
 
 
 def _compiled(dense: nn.Module, warm: torch.Tensor) -> Callable[[torch.Tensor], Any]:
@@ -64,6 +64,7 @@ def _setting(
     threads: int,
     repeats: int,
     compile: bool,
+    exported: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Time one batch setting and count its executed MACs."""
     with num_threads(threads):
@@ -71,6 +72,10 @@ def _setting(
         if compile:
             fns["dense_compiled"] = cycling(_compiled(dense, batches[0]), batches)
         fns["dynamic"] = cycling(net, batches)
+        if exported is not None:
+            for b in batches[:2]:  # compile outside the timed rounds
+                exported(b)
+            fns["exported"] = cycling(exported, batches)
         t = interleaved(fns, repeats=repeats)
     res = net.run(torch.cat(batches))
     mean_macs = float(res.macs.mean())
@@ -89,6 +94,11 @@ def _setting(
     comp = timings["dense_compiled"]
     out["speedup_vs_eager"] = round(t["dense_eager"].median_ms / dyn, 4)
     out["speedup_vs_compiled"] = round(comp.median_ms / dyn, 4) if comp else None
+    if "exported" in t:
+        exp = t["exported"].median_ms
+        out["exported_vs_eager"] = round(t["dense_eager"].median_ms / exp, 4)
+        out["exported_vs_compiled"] = round(comp.median_ms / exp, 4) if comp else None
+        out["exported_vs_dynamic"] = round(dyn / exp, 4)
     out["static_macs"] = net.static_macs
     out["mean_macs"] = mean_macs
     out["cost_reduction"] = net.static_macs / mean_macs
@@ -106,6 +116,7 @@ def bench(
     repeats_b64: int | None = None,
     threads_b1: int = 1,
     threads_b64: int = 2,
+    exported: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Time ``net`` (fast back-end) against its dense backbone, eager and compiled.
 
@@ -118,6 +129,7 @@ def bench(
         compile: also time the dense backbone under ``torch.compile`` (else recorded null).
         repeats_b64: timed repeats of the large batch (default ``max(3, repeats // 3)``).
         threads_b1, threads_b64: torch intra-op threads of each setting.
+        exported: the same network exported (:mod:`dyve.export`), timed as a fourth variant.
 
     Returns:
         The ``bench.json`` content: ``b1`` and ``b64`` settings plus the run's description.
@@ -144,9 +156,16 @@ def bench(
                 threads=threads_b1,
                 repeats=repeats,
                 compile=compile,
+                exported=exported,
             )
             b64 = _setting(
-                net, dense, [data_batch64], threads=threads_b64, repeats=r64, compile=compile
+                net,
+                dense,
+                [data_batch64],
+                threads=threads_b64,
+                repeats=r64,
+                compile=compile,
+                exported=exported,
             )
     finally:
         net.backend = old_backend
@@ -165,6 +184,7 @@ def bench(
         "compile": compile,
         "compile_options": dict(COMPILE_OPTIONS) if compile else None,
         "eager": {"memory_format": "contiguous", "bn_folded": False},
+        "exported": exported is not None,
         "static_macs": net.static_macs,
         "b1": b1,
         "b64": b64,
@@ -197,6 +217,15 @@ def format_table(result: dict[str, Any]) -> str:
             f"{x(s['speedup_vs_eager']):>9} {x(s['speedup_vs_compiled']):>11} "
             f"{s['mean_macs'] / 1e6:>10.2f} M {x(s['cost_reduction']):>11}"
         )
+    if result.get("exported"):
+        for key in ("b1", "b64"):
+            s = result[key]
+            lines.append(
+                f"exported b={s['batch']}: {ms(s['exported_ms'])} ms, "
+                f"{x(s['exported_vs_eager'])} vs dense eager, "
+                f"{x(s['exported_vs_compiled'])} vs dense compiled, "
+                f"{x(s['exported_vs_dynamic'])} vs the eager dynamic network"
+            )
     lines.append(
         f"static: {result['static_macs'] / 1e6:.2f} M MACs/sample; speedups are dense median / "
         "dynamic median; static/exec = static MACs / mean executed MACs"

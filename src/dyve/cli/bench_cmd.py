@@ -2,7 +2,8 @@
 
 Reads ``RUN_DIR/dynamic.json`` + ``dynamic.safetensors`` (written by ``dyve.dynamic.save``),
 times it on real images (the embedded CIFAR-10 sample by default) and writes
-``RUN_DIR/bench.json`` (see :mod:`dyve.bench`).
+``RUN_DIR/bench.json`` (see :mod:`dyve.bench`). A folder written by ``dyve export`` is
+timed twice: the eager dynamic network and the exported one (segments compiled).
 """
 
 from __future__ import annotations
@@ -48,13 +49,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise DyveError(f"--repeats must be >= 1, got {args.repeats}")
     net = load(run_dir)
+    exported = None
+    if (run_dir / "export.json").is_file():  # written by dyve export: time it as well
+        from dyve.export import load as load_export
+
+        exported = load_export(run_dir)
     info = model_info(create(str(net.backbone_id), **net.backbone_kwargs))
     dataset = args.data or "sample"
     images = data.load_images(dataset, args.split, args.data_dir, shape=info.input_size)
     source = {"dataset": dataset, "split": images.split}
     n1, n64 = min(args.repeats, len(images)), min(64, len(images))
     x, _ = next(data.batches(images, max(n1, n64), info.norm))
-    result = bench(net, x[:n1], x[:n64], repeats=args.repeats, compile=not args.no_compile)
+    result = bench(
+        net, x[:n1], x[:n64], repeats=args.repeats, compile=not args.no_compile, exported=exported
+    )
     result["data"] = {**source, "images_b1": n1, "images_b64": n64}
     result["run_dir"] = str(run_dir)
     write_json(run_dir / "bench.json", result)

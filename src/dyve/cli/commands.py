@@ -11,6 +11,7 @@ from dyve.cli import (
     bench_cmd,
     d2nn_cmd,
     dyvedeep_cmd,
+    export_cmd,
     lcnet_cmd,
     report_cmd,
     sweep_cmd,
@@ -36,6 +37,7 @@ def add_all(sub: Any) -> None:
     lcnet_cmd.add(sub)
     d2nn_cmd.add(sub)
     report_cmd.add(sub)
+    export_cmd.add(sub)
 
 
 def _add_discover(sub: Any) -> None:

@@ -1,0 +1,161 @@
+"""``dyve export``: a dynamic model for deployment, its static segments compiled, routing kept.
+
+A dynamic network is static code between decision points. :func:`segments` finds the
+largest submodules that hold no decision (no dyve unit, site, tail or tap inside, no module
+a mechanism drives itself, such as D2NN's graph) and do real work (a convolution or a linear
+layer): a stem, the blocks a gate may skip, the stages between exits, the nodes of a D2NN
+graph, each network of a selection. Sites (DyVEDeep's layers, LC-Net's channel-gated
+convolutions) run their own kernels and stay as they are. :func:`compile_segments` compiles each in place with
+``torch.compile`` (inductor, ``freezing``: BN folded, weights pre-packed, as for the dense
+baseline of ``dyve bench``), while the gates, the gather/scatter of rows and the trace stay
+in eager Python. Module identity is kept, so everything that reaches into a block (a
+skip path, a tap) still works.
+
+``export(run_dir, out)`` copies the run's model files into ``out``, compiles, checks the
+compiled model against the eager one on real images (logits within ``tol``, every sample's
+executed cost identical, i.e. the same decisions) and writes ``export.json``; ``load(out)``
+gives the compiled model back (compilation happens on the first calls). The weights are
+frozen into the compiled code: export for inference, after training.
+
+Mechanism & limitations: compiled code is cached per process, not written to disk, so a
+fresh process compiles again on its first calls (seconds per segment); TorchScript and ONNX
+files are not written. A segment holding a hook that routes (early exit) is compiled with a
+graph break at the hook.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dyve._io import read_json, write_json
+from dyve.errors import DyveError
+
+FORMAT = "dyve.export/1"
+#: inductor options of every segment (those of the compiled dense baseline of ``dyve bench``)
+OPTIONS: dict[str, Any] = {"freezing": True}
+#: the files that make a run's model (everything else in a run directory stays behind)
+MODEL_FILES = ("dynamic.json", "dynamic.safetensors", "selection.json", "policies.safetensors")
+
+
+def _routes(m: nn.Module) -> bool:
+    """True for a module that decides or is driven by a mechanism (never compiled whole)."""
+    from dyve.dynamic.site import SiteUnit, Tail
+    from dyve.dynamic.taps import Tap
+    from dyve.dynamic.unit import Unit
+
+    return isinstance(m, Unit | SiteUnit | Tail | Tap) or hasattr(m, "dyve_detach")
+
+
+def _works(m: nn.Module) -> bool:
+    return any(isinstance(x, nn.Conv2d | nn.Linear) for x in m.modules())
+
+
+def segments(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The static segments of a DynamicNet or a Selection, by qualified name, in order."""
+    trees = [(n, getattr(model, n, None)) for n in ("backbone", "networks", "exit_points")]
+    found = [(n, t) for n, t in trees if isinstance(t, nn.Module)]
+    if not found or found[0][0] == "exit_points":
+        raise DyveError(f"{type(model).__name__}: neither a DynamicNet nor a Selection")
+    return [seg for name, tree in found for seg in _walk(tree, name + ".")]
+
+
+def _walk(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
+    from dyve.dynamic.site import SiteUnit, Tail
+    from dyve.dynamic.unit import Unit
+
+    out: list[tuple[str, nn.Module]] = []
+    for name, child in module.named_children():
+        if isinstance(module, Unit) and name == "gates":
+            continue  # asked through decide(), never called
+        if isinstance(child, SiteUnit | Tail):
+            continue  # a site runs its own kernels (DyVEDeep, LC-Net's channels)
+        dynamic = any(_routes(x) for x in child.modules())
+        container = isinstance(child, nn.ModuleDict | nn.ModuleList)
+        if dynamic or container:
+            out += _walk(child, f"{prefix}{name}.")
+        elif _works(child):
+            out.append((prefix + name, child))
+    return out
+
+
+def compile_segments(model: nn.Module) -> list[str]:
+    """Compile every static segment of ``model`` in place; the segments' names."""
+    found = segments(model)
+    # identical blocks share their forward's code: one compiled graph per block and shape
+    limit = max(torch._dynamo.config.recompile_limit, 8 * len(found))
+    torch._dynamo.config.recompile_limit = limit
+    torch._dynamo.config.accumulated_recompile_limit = max(
+        torch._dynamo.config.accumulated_recompile_limit, 16 * limit
+    )
+    for _, m in found:
+        m.compile(options=OPTIONS)
+    return [n for n, _ in found]
+
+
+def load(folder: str | Path) -> nn.Module:
+    """The exported model in ``folder`` (written by :func:`export`), segments compiled."""
+    from dyve.report.subjects import load_run
+
+    folder = Path(folder)
+    desc = read_json(folder / "export.json") if (folder / "export.json").is_file() else None
+    if not isinstance(desc, dict) or desc.get("format") != FORMAT:
+        raise DyveError(f"{folder}: not a dyve export (no {FORMAT} export.json)")
+    model = load_run(folder).model
+    compile_segments(model)
+    return model.eval()
+
+
+@torch.no_grad()
+def check(eager: nn.Module, compiled: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    """Compiled against eager on ``x``, one image at a time and as one batch."""
+    worst, same = 0.0, True
+    for batch in [*(x[i : i + 1] for i in range(len(x))), x]:
+        a, b = eager.run(batch), compiled.run(batch)  # type: ignore[operator]
+        scale = float(a.logits.abs().max()) or 1.0
+        worst = max(worst, float((a.logits - b.logits).abs().max()) / scale)
+        same &= torch.equal(a.trace.cost.macs, b.trace.cost.macs)
+    return {"images": len(x), "max_rel_diff": worst, "same_costs": bool(same)}
+
+
+def export(
+    run_dir: str | Path, out: str | Path, images: torch.Tensor, *, tol: float = 1e-4
+) -> dict[str, Any]:
+    """Copy ``run_dir``'s model into ``out``, compile, check on ``images``, write export.json."""
+    from dyve.report.subjects import load_run
+
+    run_dir, out = Path(run_dir), Path(out)
+    files = [f for f in MODEL_FILES if (run_dir / f).is_file()]
+    if not files:
+        raise DyveError(f"{run_dir}: no dynamic.json or selection.json to export")
+    if out.resolve() == run_dir.resolve():
+        raise DyveError("--out must be a new folder, not the run itself")
+    out.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copyfile(run_dir / f, out / f)
+    eager = load_run(out).model.eval()
+    compiled = load_run(out).model.eval()
+    names = compile_segments(compiled)
+    result = check(eager, compiled, images)
+    desc = {
+        "format": FORMAT,
+        "source": str(run_dir),
+        "files": files,
+        "compiler": "torch.compile (inductor)",
+        "options": OPTIONS,
+        "torch": torch.__version__,
+        "segments": names,
+        "check": {**result, "tol": tol},
+    }
+    if result["max_rel_diff"] > tol or not result["same_costs"]:
+        raise DyveError(
+            f"the compiled model departs from the eager one on {result['images']} images "
+            f"(max relative logit difference {result['max_rel_diff']:.2e}, same decisions: "
+            f"{result['same_costs']}); not exported"
+        )
+    write_json(out / "export.json", desc)
+    return desc

@@ -1,0 +1,84 @@
+"""``dyve export``: which segments compile, the compiled model equals the eager one, bench
+times it, and a departing model is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import dyve
+from dyve import data
+from dyve.cli.main import main
+from dyve.demo import runs_dir
+from dyve.errors import DyveError
+from dyve.export import export, load, segments
+from dyve.mechanisms import BlockSkip
+from dyve.models import create
+from dyve.report import load_run
+
+
+@pytest.fixture(scope="module")
+def skip_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "skip_r20"
+    net = dyve.equip(create("resnet20_cifar", pretrained=True), BlockSkip(threshold=0.6))
+    dyve.dynamic.save(net, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    ds = data.load_images("sample", "test", limit=8)
+    x, _ = next(data.batches(ds, 8, dyve.models.model_info(create("resnet20_cifar")).norm))
+    return x
+
+
+def test_segments_are_the_static_code_between_decisions(skip_run: Path) -> None:
+    names = [n for n, _ in segments(load_run(skip_run).model)]
+    blocks = [f"backbone.layer{s}.{b}.module" for s in (1, 2, 3) for b in range(3)]
+    assert names == ["backbone.conv1", *blocks, "backbone.linear"]  # gates left out
+    # DyVEDeep's sites run their own kernels: only the layers outside them compile
+    dyvedeep = [n for n, _ in segments(load_run(runs_dir() / "dyvedeep_resnet56").model)]
+    assert dyvedeep == ["backbone.conv1", "backbone.linear"]
+    selection = [n for n, _ in segments(load_run(runs_dir() / "select_caffe_r20_r56").model)]
+    assert selection == [
+        "networks.caffe_cifar10",
+        "networks.resnet20_cifar",
+        "networks.resnet56_cifar",
+    ]
+
+
+def test_exported_equals_eager_and_is_benched(
+    skip_run: Path, images: torch.Tensor, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    desc = export(skip_run, tmp_path / "exp", images)
+    assert desc["check"]["same_costs"]
+    assert desc["check"]["max_rel_diff"] <= 1e-4
+    assert len(desc["segments"]) == 11
+    eager, compiled = load_run(skip_run).model, load(tmp_path / "exp")
+    with torch.no_grad():
+        a, b = eager.run(images), compiled.run(images)
+    assert torch.allclose(a.logits, b.logits, rtol=1e-4, atol=1e-4)
+    assert torch.equal(a.trace.cost.macs, b.trace.cost.macs)
+    assert torch.equal(a.trace.units["layer2.1"], b.trace.units["layer2.1"])
+    rc = main(["bench", str(tmp_path / "exp"), "--repeats", "2", "--no-compile"])
+    assert rc == 0
+    bench = json.loads((tmp_path / "exp" / "bench.json").read_text())
+    assert bench["exported"] is True
+    assert bench["b1"]["exported_ms"] > 0
+    assert bench["b1"]["exported_vs_dynamic"] > 0
+    assert "vs the eager dynamic network" in capsys.readouterr().out
+
+
+def test_export_refuses_what_departs_or_is_not_a_run(
+    skip_run: Path, images: torch.Tensor, tmp_path: Path
+) -> None:
+    with pytest.raises(DyveError, match="departs from the eager one"):
+        export(skip_run, tmp_path / "strict", images, tol=-1.0)
+    assert not (tmp_path / "strict" / "export.json").exists()
+    with pytest.raises(DyveError, match=r"no dynamic\.json or selection\.json"):
+        export(tmp_path, tmp_path / "x", images)
+    with pytest.raises(DyveError, match="not a dyve export"):
+        load(skip_run)
