@@ -21,7 +21,7 @@ from dyve.dynamic import DynamicNet, Unit, equip, load, save
 from dyve.errors import DyveError
 from dyve.mechanisms import BlockSkip
 
-TIMING = ("dense_eager", "dense_compiled", "dynamic")
+TIMING = ("dense_eager", "dense_compiled", "dynamic", "exported")
 SETTING_KEYS = {
     "batch",
     "threads",
@@ -47,6 +47,7 @@ TOP_KEYS = {
     "compile",
     "compile_options",
     "eager",
+    "exported",
     "static_macs",
     "b1",
     "b64",
@@ -118,6 +119,8 @@ def test_bench_keys_ratios_and_costs(net: DynamicNet, images: torch.Tensor) -> N
     assert r["machine"]["cores"] >= 1
     assert r["compile"] is False
     assert r["compile_options"] is None
+    assert r["exported"] is False  # a plain run: no exported variant, its timings null
+    assert r["b1"]["exported_ms"] is None
     assert (r["b1"]["batch"], r["b1"]["threads"], r["b1"]["repeats"]) == (1, 1, 2)
     assert (r["b64"]["batch"], r["b64"]["threads"], r["b64"]["repeats"]) == (8, 1, 1)
     _check_setting(r["b1"], net, images[:3], compiled=False)

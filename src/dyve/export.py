@@ -5,11 +5,11 @@ largest submodules that hold no decision (no dyve unit, site, tail or tap inside
 a mechanism drives itself, such as D2NN's graph) and do real work (a convolution or a linear
 layer): a stem, the blocks a gate may skip, the stages between exits, the nodes of a D2NN
 graph, each network of a selection. Sites (DyVEDeep's layers, LC-Net's channel-gated
-convolutions) run their own kernels and stay as they are. :func:`compile_segments` compiles each in place with
-``torch.compile`` (inductor, ``freezing``: BN folded, weights pre-packed, as for the dense
-baseline of ``dyve bench``), while the gates, the gather/scatter of rows and the trace stay
-in eager Python. Module identity is kept, so everything that reaches into a block (a
-skip path, a tap) still works.
+convolutions) run their own kernels and stay as they are. :func:`compile_segments`
+compiles each in place with ``torch.compile`` (inductor, ``freezing``: BN folded,
+weights pre-packed, as for the dense baseline of ``dyve bench``), while the gates, the
+gather/scatter of rows and the trace stay in eager Python. Module identity is kept, so
+everything that reaches into a block (a skip path, a tap) still works.
 
 ``export(run_dir, out)`` copies the run's model files into ``out``, compiles, checks the
 compiled model against the eager one on real images (logits within ``tol``, every sample's
