@@ -69,3 +69,16 @@ def run_snippet(tmp_path: Path):  # type: ignore[no-untyped-def]
         return proc.stdout
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def skip_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A block-skipping resnet20 saved as a run (shipped weights, a threshold that skips)."""
+    import dyve
+    from dyve.mechanisms import BlockSkip
+    from dyve.models import create
+
+    out = tmp_path_factory.mktemp("runs") / "skip_r20"
+    net = dyve.equip(create("resnet20_cifar", pretrained=True), BlockSkip(threshold=0.6))
+    dyve.dynamic.save(net, out)
+    return out

@@ -181,6 +181,27 @@ def test_cli_errors_are_one_line(
     assert not (target / "bench.json").exists()
 
 
+def test_cli_benches_a_run_saved_without_tensors_and_refuses_a_selection(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from dyve.demo import runs_dir
+
+    run = tmp_path / "dd"  # DyVEDeep's calibrated knobs only: the shipped weights are used
+    shutil.copytree(runs_dir() / "dyvedeep_resnet56", run)
+    assert not (run / "dynamic.safetensors").exists()
+    assert main(["bench", str(run), "--no-compile", "--repeats", "2"]) == 0
+    r = json.loads((run / "bench.json").read_text())
+    assert r["mechanisms"][0]["name"] == "dyvedeep"
+    assert r["b1"]["cost_reduction"] > 1.0
+    sel = tmp_path / "sel"
+    shutil.copytree(runs_dir() / "select_caffe_r20_r56", sel)
+    capsys.readouterr()
+    assert main(["bench", str(sel), "--no-compile", "--repeats", "1"]) == 2
+    assert "a network-selection run is timed by" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_bench_with_compile(net: DynamicNet, images: torch.Tensor) -> None:

@@ -15,17 +15,8 @@ from dyve.cli.main import main
 from dyve.demo import runs_dir
 from dyve.errors import DyveError
 from dyve.export import export, load, segments
-from dyve.mechanisms import BlockSkip
 from dyve.models import create
 from dyve.report import load_run
-
-
-@pytest.fixture(scope="module")
-def skip_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "skip_r20"
-    net = dyve.equip(create("resnet20_cifar", pretrained=True), BlockSkip(threshold=0.6))
-    dyve.dynamic.save(net, out)
-    return out
 
 
 @pytest.fixture(scope="module")

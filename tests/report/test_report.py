@@ -30,15 +30,6 @@ def sample() -> data.ImageSet:
 
 
 @pytest.fixture(scope="module")
-def skip_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A block-skipping resnet20 saved as a run (the shipped weights, a real threshold)."""
-    out = tmp_path_factory.mktemp("runs") / "skip_r20"
-    net = dyve.equip(create("resnet20_cifar", pretrained=True), BlockSkip(threshold=0.6))
-    dyve.dynamic.save(net, out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def report(skip_run: Path, sample: data.ImageSet, tmp_path_factory: pytest.TempPathFactory):
     subjects = with_dense([load_run(skip_run), load_run(runs_dir() / "select_caffe_r20_r56")])
     col = collect(subjects, sample, latency_images=4, repeats=2, progress=False, log=lambda m: None)
