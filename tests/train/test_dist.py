@@ -149,3 +149,19 @@ def test_adaptive_jobs_shard_their_caches_under_torchrun(
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert m2["n"] == m1["n"]
     assert m2["top1"] == pytest.approx(m1["top1"])
+
+
+def test_eval_shards_the_split_and_equals_one_process(tmp_path: Path) -> None:
+    """dyve eval under torchrun: every other image per process, the same run as one."""
+    import numpy as np
+
+    args = ["eval", "--model", "caffe_cifar10", "--data", "sample", "--no-progress"]
+    _dyve([*args, "--out", str(tmp_path / "one")], tmp_path)
+    _dyve([*args, "--out", str(tmp_path / "two")], tmp_path, procs=2)
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two == one
+    assert one["n"] == 1000
+    p1 = np.load(tmp_path / "one" / "predictions.npy")
+    p2 = np.load(tmp_path / "two" / "predictions.npy")
+    assert np.array_equal(p1, p2)

@@ -225,7 +225,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         data_root=args.data_dir,
     )
-    print(json.dumps({k: v for k, v in m.items() if k != "cost_convention"}, indent=2))
+    if m:  # empty on the other processes of a torchrun job
+        print(json.dumps({k: v for k, v in m.items() if k != "cost_convention"}, indent=2))
     return 0
 
 

@@ -3,6 +3,10 @@
 ``RUN_DIR/config.json`` holds the resolved settings, ``RUN_DIR/metrics.json`` the results
 (model, dataset, split, n, top1, top5 in percent, macs_per_sample, macs_static,
 cost_mode, the cost convention) and ``RUN_DIR/predictions.npy`` each sample's top-1 class.
+
+Under ``torchrun`` the split is sharded: each process runs every N-th image, the logits are
+gathered back in dataset order (:meth:`dyve.train.dist.Dist.gather_rows`) and rank 0
+scores and writes the run; the result equals one process's.
 """
 
 from __future__ import annotations
@@ -11,11 +15,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm import tqdm
+
 from dyve import data as dyve_data
 from dyve._io import save_npy, write_json
 from dyve.cost import CONVENTION, CostAccumulator, static_cost
-from dyve.eval.evaluate import evaluate
+from dyve.eval.evaluate import topk_correct
 from dyve.models import create, model_info
+from dyve.train.dist import init
 
 
 def eval_run(
@@ -43,22 +51,36 @@ def eval_run(
         "batch_size": batch_size,
         "data_dir": str(dyve_data.data_dir(data_root)),
     }
+    ddp = init()
     net = create(model, pretrained=weights if weights else True)
     info = model_info(net)
     images = dyve_data.load_images(dataset, split, data_root, shape=info.input_size)
-    acc = evaluate(net, images, info.norm, batch_size=batch_size, progress=progress, desc=model)
+
+    @torch.no_grad()
+    def logits(ds: dyve_data.ImageSet) -> dict[str, torch.Tensor]:
+        out = [net(x) for x, _ in tqdm(dyve_data.batches(ds, batch_size, info.norm),
+                                       desc=model, disable=not (progress and ddp.main),
+                                       total=-(-len(ds) // batch_size), leave=False)]  # fmt: skip
+        return {"logits": torch.cat(out).float()}
+
+    all_logits = ddp.gather_rows(logits, images)["logits"]
+    ddp.close()
+    if not ddp.main:
+        return {}
+    n = len(images)
+    c1, c5, top = topk_correct(all_logits, torch.as_tensor(images.labels))
     table = static_cost(net)
     # A static network runs every layer for every sample: executed cost = static cost.
-    cost = CostAccumulator(acc.n, "executed")
+    cost = CostAccumulator(n, "executed")
     cost.add(table.total_macs)
     metrics = {
         "model": model,
         "dataset": dataset,
         "split": images.split,
-        "n": acc.n,
-        "top1": round(acc.top1, 4),
-        "top5": round(acc.top5, 4),
-        "macs_per_sample": float(cost.per_sample.mean()) if acc.n else 0.0,
+        "n": n,
+        "top1": round(100.0 * c1 / n, 4),
+        "top5": round(100.0 * c5 / n, 4),
+        "macs_per_sample": float(cost.per_sample.mean()) if n else 0.0,
         "macs_static": table.total_macs,
         "other_ops_static": table.total_other,
         "cost_mode": cost.cost_mode,
@@ -66,6 +88,6 @@ def eval_run(
     }
     if out is not None:
         write_json(out / "config.json", config)
-        save_npy(out / "predictions.npy", acc.predictions)
+        save_npy(out / "predictions.npy", top.numpy())
         write_json(out / "metrics.json", metrics)
     return metrics
