@@ -47,9 +47,11 @@ def run_demo(
     full: bool = False,
     data_dir: str | None = None,
     progress: bool = True,
-    stream: TextIO = sys.stdout,
+    stream: TextIO | None = None,
 ) -> dict[str, Any]:
-    """Print both tables, write the report (and ``metrics.json``) into ``out``, return rows."""
+    """Print both tables (to ``stream``, default: the current ``sys.stdout``), write the
+    report (and ``metrics.json``) into ``out``, return the rows."""
+    stream = stream if stream is not None else sys.stdout
     t0 = time.time()
     sample = dyve_data.load_sample()
     models = _backbones(sample, repeats, stream)

@@ -149,3 +149,26 @@ def test_a_run_with_another_label_set_is_refused(tmp_path: Path, sample) -> None
     dyve.dynamic.save(net, tmp_path / "binary")
     with pytest.raises(DyveError, match="predicts 2 classes but cifar10-jpeg/test-sample has 10"):
         collect([load_run(tmp_path / "binary")], sample, repeats=0, log=lambda m: None)
+
+
+def test_dyvedeep_examples_carry_a_layer_map(sample) -> None:
+    from dyve.report import figures
+
+    col = collect(
+        with_dense([load_run(runs_dir() / "dyvedeep_resnet56")]),
+        sample,
+        repeats=0,
+        progress=False,
+        log=lambda m: None,
+    )
+    picks = figures.pick_examples(col)
+    site, grid, approx = figures.layer_maps(col.results[1], col, picks)
+    assert site in col.results[1].subject.model.mechanisms[0].ops
+    assert grid.shape[0] == len(picks)
+    assert grid.ndim == 3
+    assert grid.min() >= 0.0
+    assert grid.max() <= 1.0
+    assert grid.mean() < 1.0  # the chosen layer really skipped work on these images
+    assert approx.shape == (len(picks),)
+    assert figures.layer_maps(col.results[0], col, picks) is None  # dense: no maps
+    assert figures.examples(col, picks)[:8] == b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,10 @@
   spread over the images.
 - ``examples``: a few images with their *effort map* per subject: one cell per unit of the
   trace (blocks, sites, exits, networks, D2NN nodes), shaded by that unit's executed MACs
-  for the image relative to the most it cost any image (dark: skipped or not reached).
+  for the image relative to the most it cost any image (dark: skipped or not reached);
+  for DyVEDeep also the map of one layer: where its output was computed in full (SDSS
+  interpolated the rest, SPET stopped some), and the share of input channels SFMA
+  approximated.
 """
 
 from __future__ import annotations
@@ -206,16 +209,19 @@ def pick_examples(col: Collection, k: int = 6) -> list[int]:
 
 
 def examples(col: Collection, picks: Sequence[int]) -> bytes:
-    """Each picked image with, per dynamic subject, its effort map over the trace's units."""
+    """Each picked image with, per dynamic subject, its effort map over the trace's units,
+    and, for a mechanism that keeps maps inside a layer (DyVEDeep), where in that layer
+    the work was done."""
     plt = _plt()
     dyn = dynamic_results(col)
-    rows, cols = len(picks), 1 + len(dyn)
+    inner = [(r, m) for r in dyn if (m := layer_maps(r, col, picks)) is not None]
+    rows, cols = len(picks), 1 + len(dyn) + len(inner)
     fig, axes = plt.subplots(
         rows,
         cols,
-        figsize=(2.2 + 3.2 * len(dyn), 1.25 * rows + 0.4),
+        figsize=(2.2 + 3.2 * len(dyn) + 1.6 * len(inner), 1.25 * rows + 0.4),
         squeeze=False,
-        gridspec_kw={"width_ratios": [1] + [3] * len(dyn)},
+        gridspec_kw={"width_ratios": [1] + [3] * len(dyn) + [1] * len(inner)},
     )
     for i, idx in enumerate(picks):
         ax = axes[i, 0]
@@ -226,7 +232,42 @@ def examples(col: Collection, picks: Sequence[int]) -> bytes:
         ax.axis("off")
         for j, r in enumerate(dyn):
             _effort_strip(axes[i, j + 1], r, idx, col.data.labels[idx], last=i == rows - 1)
+        for j, (r, (site, grid, approx)) in enumerate(inner):
+            ax = axes[i, 1 + len(dyn) + j]
+            ax.imshow(grid[i], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(f"{r.subject.label}: SFMA {approx[i]:.0%} ch.", fontsize=7)
+            ax.axis("off")
+            if i == rows - 1:
+                ax.text(0.5, -0.12, f"computed in full at {site}", fontsize=6,
+                        ha="center", va="top", transform=ax.transAxes)  # fmt: skip
     return _png(fig)
+
+
+def layer_maps(
+    r: Measured, col: Collection, picks: Sequence[int]
+) -> tuple[str, np.ndarray, np.ndarray] | None:
+    """For a subject whose mechanism keeps maps inside layers (``effort_maps``): of the
+    sites at the finest resolution, the one with the least work in full on the picked
+    images, its ``[K, H, W]`` map of the share
+    of channels computed in full, and each image's share of input channels SFMA
+    approximated over all sites; None for other mechanisms."""
+    import torch
+
+    fn = next(
+        (getattr(m, "effort_maps", None) for m in getattr(r.subject.model, "mechanisms", [])),
+        None,
+    )
+    if fn is None:
+        return None
+    x = r.subject.norm.apply(torch.from_numpy(col.data.images[list(picks)]))
+    maps = fn(r.subject.model, x)
+    spatial = {k: v["computed"] for k, v in maps.items() if v["computed"][0].numel() > 1}
+    if not spatial:
+        return None
+    # the finest resolution (where positions show), and there the layer with least in full
+    site = max(spatial, key=lambda k: (spatial[k][0].numel(), -float(spatial[k].mean())))
+    approx = torch.stack([v["approximated"] for v in maps.values()]).float().mean(0)
+    return site, spatial[site].numpy(), approx.numpy()
 
 
 def _effort_strip(ax: Any, r: Measured, idx: int, label: int, *, last: bool) -> None:

@@ -116,7 +116,12 @@ CAPTIONS = {
     "examples": "Each strip is one subject's units in execution order (blocks, sites, exits, "
     "networks or D2NN nodes); shade = the unit's executed MACs for this image over the most "
     "it cost any image (dark = skipped, not reached or nearly free). "
-    "dN = difficulty fifth.",
+    "For DyVEDeep, the small map is one layer (of those at the finest resolution, the one "
+    "with the least work in full on these images): the share of its output channels "
+    "computed in full at each position (dark = interpolated by SDSS or stopped by SPET), "
+    "and, above it, the share of input channels "
+    "SFMA approximated over all layers (from the emulation; the fast kernels make the same "
+    "SDSS and SFMA decisions). dN = difficulty fifth.",
     "effort_by_difficulty": "Difficulty: fifths of the images by the first subject's dense "
     "reference's probability of the true class (1 = most confident).",
 }

@@ -219,8 +219,15 @@ def run_site(
     relu: bool,
     sdss_stride: int = 2,
     statistic: str = "variance",
+    maps: dict[str, torch.Tensor] | None = None,
 ) -> SiteResult:
-    """One layer's output (after the fused ReLU, if ``relu``) and its per-sample cost."""
+    """One layer's output (after the fused ReLU, if ``relu``) and its per-sample cost.
+
+    With ``maps`` (a dict), also puts there, per sample, the share of output channels
+    computed in full at each position, ``[N, Ho, Wo]`` under ``"computed"`` (0 where SDSS
+    interpolated everything, lower where SPET stopped neurons), and the share of input
+    channels SFMA approximated, ``[N]`` under ``"approximated"``: what a report draws.
+    """
     n = x.shape[0]
     x4 = x.reshape(n, -1, 1, 1) if geom.linear else x
     cin, h, w = x4.shape[1:]
@@ -297,6 +304,9 @@ def run_site(
     exact_saved = 2 * ((full - t2) * n_stop2).sum(1)
     n_stopped = (n_stop1 + n_stop2).sum(1)
     changed = (n_approx > 0) | (n_stopped > 0) | (n_interp > 0)
+    if maps is not None:
+        maps["computed"] = (computed & ~(stop1 | stop2)).float().mean(1)
+        maps["approximated"] = n_approx / cin
     if geom.linear:
         out = out.reshape(n, cout)
     return SiteResult(

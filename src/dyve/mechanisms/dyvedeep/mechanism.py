@@ -108,7 +108,9 @@ class DyVEDeepOp:
     def compute(self, x: torch.Tensor, unit: SiteUnit) -> SiteResult:
         cfg = self.mech.config
         plan = self.plan(unit)
-        if unit.backend == "fast" and self.mech.executes_fast and x.dtype == torch.float32:
+        record = self.mech.recording
+        fast = unit.backend == "fast" and self.mech.executes_fast
+        if record is None and fast and x.dtype == torch.float32:
             if self._fast is None or self._fast[0] is not plan:
                 self._fast = (plan, native.FastSite(plan, self.geom))
             return self._fast[1].run(
@@ -118,7 +120,8 @@ class DyVEDeepOp:
                 sdss_stride=cfg.sdss_stride,
                 statistic=cfg.sfma_statistic,
             )
-        return run_site(
+        maps: dict[str, torch.Tensor] | None = None if record is None else {}
+        res = run_site(
             x,
             plan,
             self.geom,
@@ -126,7 +129,11 @@ class DyVEDeepOp:
             relu=unit.relu,
             sdss_stride=cfg.sdss_stride,
             statistic=cfg.sfma_statistic,
+            maps=maps,
         )
+        if record is not None and maps is not None:
+            record[unit.name] = maps
+        return res
 
 
 def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
@@ -151,6 +158,24 @@ class DyVEDeep(Mechanism):
             return True
         w = self._units[0].module.weight  # the network moves as a whole
         return w.device.type == "cpu" and w.dtype == torch.float32
+
+    #: while :meth:`effort_maps` runs: site name -> the maps of :func:`run_site`
+    recording: dict[str, dict[str, torch.Tensor]] | None = None
+
+    @torch.no_grad()
+    def effort_maps(self, net: DynamicNet, x: torch.Tensor) -> dict[str, dict[str, Any]]:
+        """Per site, where work was done for each sample of ``x`` (what a report draws).
+
+        ``{"computed": [N, Ho, Wo]`` share of output channels computed in full at each
+        position, ``"approximated": [N]`` share of input channels SFMA approximated ``}``.
+        Runs the emulation (same decisions as the fast kernels, which keep no maps).
+        """
+        self.recording = {}
+        try:
+            net.run(x)
+            return {k: {m: v.cpu() for m, v in d.items()} for k, d in self.recording.items()}
+        finally:
+            self.recording = None
 
     def attach(self, net: DynamicNet) -> None:
         cfg = self.config
