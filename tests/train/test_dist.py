@@ -165,3 +165,26 @@ def test_eval_shards_the_split_and_equals_one_process(tmp_path: Path) -> None:
     p1 = np.load(tmp_path / "one" / "predictions.npy")
     p2 = np.load(tmp_path / "two" / "predictions.npy")
     assert np.array_equal(p1, p2)
+
+
+def test_dyvedeep_calibration_shards_its_evaluations(tmp_path: Path, prepared) -> None:  # type: ignore[no-untyped-def]
+    """Every evaluation split over 2 processes: the same search, points and choice as one."""
+    prepared("cifar10-jpeg")
+    args = ["dyvedeep", "calibrate", "--model", "caffe_cifar10", "--data", "cifar10-jpeg",
+            "--budget", "1.0", "--limit", "201", "--test-limit", "201", "--profile-images",
+            "32", "--batch-size", "64", "--no-progress"]  # fmt: skip
+    _dyve([*args, "--out", str(tmp_path / "one")], tmp_path)
+    _dyve([*args, "--out", str(tmp_path / "two")], tmp_path, procs=2)
+    one = json.loads((tmp_path / "one" / "calibration.json").read_text())
+    two = json.loads((tmp_path / "two" / "calibration.json").read_text())
+    assert len(one["trajectory"]) > 10
+    assert len(one["evaluations"]) >= 3
+    assert two["trajectory"] == one["trajectory"]
+    assert two["chosen"] == one["chosen"]
+    assert two["evaluations"].keys() == one["evaluations"].keys()
+    for step, e in one["evaluations"].items():
+        assert two["evaluations"][step]["top1"] == e["top1"]
+        assert two["evaluations"][step]["macs_mean"] == pytest.approx(e["macs_mean"], rel=1e-9)
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert (m2["top1"], m2["n"]) == (m1["top1"], m1["n"])

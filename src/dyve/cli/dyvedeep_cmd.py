@@ -90,6 +90,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise DyveError(str(exc)) from None
     command = shlex.join(["dyve", *sys.argv[1:]]) if sys.argv[1:2] == ["dyvedeep"] else None
     m = run_job(cfg, args.out, progress=not args.no_progress, log=print, command=command)
+    if not m:  # another process of a torchrun job: rank 0 reports
+        return 0
     c = m["calibration"]
     print(
         f"{args.model}: calibrated on {c['n']} {args.split} images "

@@ -7,6 +7,7 @@ reads the same trace the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from dyve.data.loader import Normalization, batches
 from dyve.dynamic.net import DynamicNet
 from dyve.dynamic.trace import RAN
 from dyve.eval.evaluate import topk_correct
+from dyve.train.dist import Dist
 
 
 @dataclass
@@ -123,3 +125,58 @@ def _spread(parts: list[tuple[int, np.ndarray]], n: int) -> np.ndarray:
     for start, values in parts:
         out[start : start + len(values)] = values
     return out
+
+
+def measure_sharded(
+    net: DynamicNet, data: ImageSet, norm: Normalization, ddp: Dist, **kw: Any
+) -> Measurement:
+    """:func:`measure` with the images split over ``torchrun``'s processes.
+
+    Each process measures every ``world``-th image; the pieces are gathered and merged on
+    every process into the :class:`Measurement` one process would give (counts exact,
+    per-sample arrays in dataset order, means up to the order of float sums).
+    """
+    import torch.distributed as tdist
+
+    if ddp.world == 1:
+        return measure(net, data, norm, **kw)
+    mine = measure(net, data.subset(slice(ddp.rank, None, ddp.world)), norm, **kw)
+    pieces: list[Any] = [None] * ddp.world
+    tdist.all_gather_object(pieces, mine)
+    n = len(data)
+    order = np.concatenate([np.arange(r, n, ddp.world) for r in range(ddp.world)])
+    parts: list[Measurement] = pieces
+
+    def placed(arrays: list[np.ndarray]) -> np.ndarray:
+        out = np.empty((n, *arrays[0].shape[1:]), dtype=arrays[0].dtype)
+        out[order] = np.concatenate(arrays)
+        return out
+
+    preds = placed([p.predictions for p in parts])
+    correct5 = sum(round(p.top5 * p.n / 100) for p in parts)
+    cost = CostAccumulator(n, parts[0].cost.cost_mode)
+    cost.macs = torch.from_numpy(placed([p.cost.macs.numpy() for p in parts]))
+    cost.scalar_ops = torch.from_numpy(placed([p.cost.scalar_ops.numpy() for p in parts]))
+    units = {u for p in parts for u in p.breakdown}
+    return Measurement(
+        n=n,
+        top1=100.0 * int((preds == data.labels).sum()) / n,
+        top5=100.0 * correct5 / n,
+        predictions=preds,
+        cost=cost,
+        breakdown={
+            u: {
+                k: sum(p.breakdown.get(u, {}).get(k, 0.0) * p.n for p in parts) / n
+                for k in {k for p in parts for k in p.breakdown.get(u, {})}
+            }
+            for u in units
+        },
+        ran_fraction={
+            u: sum(round(p.ran_fraction.get(u, 0.0) * p.n) for p in parts) / n
+            for u in {u for p in parts for u in p.ran_fraction}
+        },
+        unit_macs={
+            u: placed([p.unit_macs.get(u, np.zeros(p.n)) for p in parts])
+            for u in {u for p in parts for u in p.unit_macs}
+        },
+    )

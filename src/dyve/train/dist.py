@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -22,6 +23,8 @@ from torch import nn
 
 from dyve.data.core import ImageSet
 from dyve.errors import DyveError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,14 @@ class Dist:
                 full[r :: self.world] = part[: len(range(r, n, self.world))].to(v.device)
             out[key] = full
         return out
+
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every process (itself when not distributed)."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def barrier(self) -> None:
         """Wait for every process (no-op when not distributed)."""

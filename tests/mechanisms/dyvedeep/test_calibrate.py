@@ -92,7 +92,7 @@ def test_calibration_resumes_without_recomputing(tmp_path: Path, monkeypatch) ->
 
     first = calibrate(fresh(), data, NORM, cfg, state_dir=tmp_path, progress=False)
     calls = []
-    monkeypatch.setattr(calibrate_mod, "measure", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(calibrate_mod, "measure_sharded", lambda *a, **k: calls.append(1))
     monkeypatch.setattr(calibrate_mod, "_greedy", lambda *a, **k: calls.append(1))
     again = calibrate(fresh(), data, NORM, cfg, state_dir=tmp_path, progress=False)
     assert not calls, "a finished calibration must be reused, not recomputed"

@@ -33,10 +33,11 @@ from dyve.data.core import ImageSet
 from dyve.data.loader import Normalization, batches
 from dyve.dynamic.net import DynamicNet
 from dyve.errors import DyveError
-from dyve.eval.measure import Measurement, measure
+from dyve.eval.measure import Measurement, measure_sharded
 from dyve.mechanisms.dyvedeep.kernel import SiteKnobs
 from dyve.mechanisms.dyvedeep.mechanism import KNOBS, DyVEDeep
 from dyve.mechanisms.dyvedeep.profile import capture, sensitivities, site_profile
+from dyve.train.dist import Dist
 
 STATE = "calibration.json"
 GRID_KNOBS = ("spet", "sdss", "sfma")  # threshold knobs; spet_exact is on/off per site
@@ -200,8 +201,14 @@ def calibrate(
     state_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = lambda _m: None,
+    ddp: Dist | None = None,
 ) -> Calibration:
     """Search DyVEDeep's thresholds on ``calib`` and leave ``net`` at the chosen point.
+
+    Under ``torchrun`` (``ddp``), every evaluation on ``calib`` is split over the
+    processes (:func:`~dyve.eval.measure.measure_sharded`), rank 0 makes the greedy
+    trajectory and sends it to the others, and only rank 0 writes the state file; every
+    process ends at the same point.
 
     Example:
         >>> net = dyve.equip(model, DyVEDeep())  # doctest: +SKIP
@@ -210,6 +217,7 @@ def calibrate(
     """
     mech = net.mechanism("dyvedeep")
     assert isinstance(mech, DyVEDeep)
+    ddp = ddp or Dist()
     state_path = Path(state_dir) / STATE if state_dir is not None else None
     cfg_dict = {**asdict(cfg), "dataset": calib.name, "split": calib.split, "n": len(calib)}
     cal = _resume(state_path, cfg_dict)
@@ -217,7 +225,9 @@ def calibrate(
         mech.set_knob(k, v)
 
     def run(what: str) -> Measurement:
-        return measure(net, calib, norm, batch_size=cfg.batch_size, progress=progress, desc=what)
+        return measure_sharded(
+            net, calib, norm, ddp, batch_size=cfg.batch_size, progress=progress, desc=what
+        )
 
     if cal is None:
         m = run("dense")
@@ -225,13 +235,17 @@ def calibrate(
         cal = Calibration(cfg_dict, dense)
 
     def save() -> None:
-        if state_path is not None:
+        if state_path is not None and ddp.main:
             write_json(state_path, asdict(cal))
 
     save()
     if not cal.trajectory:
-        cal.trajectory = _greedy(net, mech, calib, norm, cfg, progress)
+        if ddp.main:
+            cal.trajectory = _greedy(net, mech, calib, norm, cfg, progress)
+        cal.trajectory = ddp.broadcast(cal.trajectory)
         save()
+    if not ddp.main:
+        log = _quiet
     log(f"greedy search: {len(cal.trajectory)} steps; verifying on {calib.name}/{calib.split}")
 
     def verify(step: int) -> dict[str, float]:
@@ -276,6 +290,10 @@ def calibrate(
     save()
     apply_knobs(mech, cal.knob_values(cal.chosen) if cal.chosen is not None else {})
     return cal
+
+
+def _quiet(_msg: str) -> None:
+    """The log of processes other than rank 0."""
 
 
 def _spread(n: int) -> list[float]:

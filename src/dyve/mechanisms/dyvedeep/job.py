@@ -24,7 +24,7 @@ from dyve.cost import CONVENTION
 from dyve.dynamic import equip, save
 from dyve.dynamic.net import DynamicNet
 from dyve.errors import DyveError
-from dyve.eval.measure import Measurement, measure
+from dyve.eval.measure import Measurement, measure_sharded
 from dyve.mechanisms.dyvedeep.calibrate import (
     Calibration,
     CalibrationConfig,
@@ -32,6 +32,7 @@ from dyve.mechanisms.dyvedeep.calibrate import (
     calibrate,
 )
 from dyve.mechanisms.dyvedeep.mechanism import KNOBS, DyVEDeep
+from dyve.train.dist import Dist, init
 from dyve.version import __version__
 
 #: the scalar-op convention every DyVEDeep table states
@@ -77,6 +78,7 @@ def run_job(
     from dyve.models.weights import shipped_meta
 
     out = Path(out)
+    ddp = init()
     backbone = create(cfg.model, pretrained=cfg.weights if cfg.weights else True)
     info = model_info(backbone)
     calib = load_images(cfg.data, cfg.split, cfg.data_dir, limit=cfg.limit, shape=info.input_size)
@@ -93,12 +95,22 @@ def run_job(
     config = {**asdict(cfg), "command": command, "dyve_version": __version__}
     _check_resume(out / "config.json", config)
     meta = shipped_meta(cfg.model) if not cfg.weights else {}
-    write_json(out / "config.json", {**config, "machine": machine()})
+    if ddp.main:
+        write_json(out / "config.json", {**config, "machine": machine()})
     cal = calibrate(
-        net, calib, info.norm, cfg.calibration, state_dir=out, progress=progress, log=log
+        net,
+        calib,
+        info.norm,
+        cfg.calibration,
+        state_dir=out,
+        progress=progress and ddp.main,
+        log=log,
+        ddp=ddp,
     )
     chosen = cal.knob_values(cal.chosen) if cal.chosen is not None else {}
-    tests = _TestRuns(net, test, info.norm, out / "test.json", cfg.calibration.batch_size, progress)
+    tests = _TestRuns(
+        net, test, info.norm, out / "test.json", cfg.calibration.batch_size, progress, ddp
+    )
     dense = tests.get("dense", {})
     dyn = tests.get("dyvedeep", chosen, keep=True)
     alone = {}
@@ -107,6 +119,9 @@ def run_job(
             if chosen.get(k):
                 alone[k] = tests.get(k, {k: chosen[k]})
     _set(net, chosen)
+    ddp.close()
+    if not ddp.main:  # rank 0 writes the run
+        return {}
     save(net, out)
     metrics = _metrics(net, cal, dense, dyn, alone, tests.breakdown, test.split, len(test))
     metrics["weights_saw_calibration_split"] = meta.get("val_heldout") is False
@@ -116,23 +131,32 @@ def run_job(
 
 
 class _TestRuns:
-    """Test-split evaluations, each run once and kept in ``test.json`` (resumable)."""
+    """Test-split evaluations, each run once and kept in ``test.json`` (resumable; split
+    over the processes under torchrun, written by rank 0)."""
 
     def __init__(
-        self, net: DynamicNet, data: Any, norm: Any, path: Path, batch: int, progress: bool
+        self,
+        net: DynamicNet,
+        data: Any,
+        norm: Any,
+        path: Path,
+        batch: int,
+        progress: bool,
+        ddp: Dist,
     ) -> None:
         self.net, self.data, self.norm, self.path = net, data, norm, path
-        self.batch, self.progress = batch, progress
+        self.batch, self.progress, self.ddp = batch, progress, ddp
         self.done: dict[str, Any] = read_json(path) if path.exists() else {}
         self.breakdown: dict[str, dict[str, float]] = self.done.get("_breakdown", {})
 
     def get(self, name: str, values: dict[str, Any], keep: bool = False) -> dict[str, float]:
         if name not in self.done:
             _set(self.net, values)
-            m: Measurement = measure(
+            m: Measurement = measure_sharded(
                 self.net,
                 self.data,
                 self.norm,
+                self.ddp,
                 batch_size=self.batch,
                 progress=self.progress,
                 desc=f"test: {name}",
@@ -146,7 +170,8 @@ class _TestRuns:
             }
             if keep:
                 self.breakdown = self.done["_breakdown"] = m.breakdown
-            write_json(self.path, self.done)
+            if self.ddp.main:
+                write_json(self.path, self.done)
         result: dict[str, float] = self.done[name]
         return result
 
