@@ -44,10 +44,12 @@ def test_segments_are_the_static_code_between_decisions(skip_run: Path) -> None:
 def test_exported_equals_eager_and_is_benched(
     skip_run: Path, images: torch.Tensor, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    desc = export(skip_run, tmp_path / "exp", images)
+    desc = export(skip_run, tmp_path / "exp", images, min_macs=1e6)
     assert desc["check"]["same_costs"]
     assert desc["check"]["max_rel_diff"] <= 1e-4
-    assert len(desc["segments"]) == 11
+    # every block of resnet20 (1.2-4.7 M MACs) compiles; the stem and the classifier not
+    assert desc["compiled"] == [n for n in desc["segments"] if n.endswith(".module")]
+    assert len(desc["compiled"]) == 9
     eager, compiled = load_run(skip_run).model, load(tmp_path / "exp")
     with torch.no_grad():
         a, b = eager.run(images), compiled.run(images)
@@ -63,11 +65,26 @@ def test_exported_equals_eager_and_is_benched(
     assert "vs the eager dynamic network" in capsys.readouterr().out
 
 
+def test_segment_macs_add_up_and_small_segments_stay_eager(
+    skip_run: Path, images: torch.Tensor, tmp_path: Path
+) -> None:
+    from dyve.export import segment_macs
+
+    net = load_run(skip_run).model
+    macs = segment_macs(net, (3, 32, 32))
+    # the segments hold every conv and linear of resnet20: their sum is the static cost
+    assert sum(macs.values()) == pytest.approx(net.static_macs)
+    assert net.backend == "fast"  # restored after counting
+    desc = export(skip_run, tmp_path / "exp", images)  # default: 10 M MACs
+    assert desc["compiled"] == []  # resnet20's blocks are all smaller
+    assert desc["min_segment_macs"] == 10e6
+
+
 def test_export_refuses_what_departs_or_is_not_a_run(
     skip_run: Path, images: torch.Tensor, tmp_path: Path
 ) -> None:
     with pytest.raises(DyveError, match="departs from the eager one"):
-        export(skip_run, tmp_path / "strict", images, tol=-1.0)
+        export(skip_run, tmp_path / "strict", images, tol=-1.0, min_macs=1e6)
     assert not (tmp_path / "strict" / "export.json").exists()
     with pytest.raises(DyveError, match=r"no dynamic\.json or selection\.json"):
         export(tmp_path, tmp_path / "x", images)

@@ -6,10 +6,12 @@ a mechanism drives itself, such as D2NN's graph) and do real work (a convolution
 layer): a stem, the blocks a gate may skip, the stages between exits, the nodes of a D2NN
 graph, each network of a selection. Sites (DyVEDeep's layers, LC-Net's channel-gated
 convolutions) run their own kernels and stay as they are. :func:`compile_segments`
-compiles each in place with ``torch.compile`` (inductor, ``freezing``: BN folded,
-weights pre-packed, as for the dense baseline of ``dyve bench``), while the gates, the
-gather/scatter of rows and the trace stay in eager Python. Module identity is kept, so
-everything that reaches into a block (a skip path, a tap) still works.
+compiles each segment of at least :data:`MIN_SEGMENT_MACS` in place with
+``torch.compile`` (inductor, ``freezing``: BN folded, weights pre-packed, as for the
+dense baseline of ``dyve bench``), while the gates, the gather/scatter of rows and the
+trace stay in eager Python; smaller segments stay eager, as compiling them does not pay.
+Module identity is kept, so everything that reaches into a block (a skip path, a tap)
+still works.
 
 ``export(run_dir, out)`` copies the run's model files into ``out``, compiles, checks the
 compiled model against the eager one on real images (logits within ``tol``, every sample's
@@ -38,6 +40,10 @@ from dyve.errors import DyveError
 FORMAT = "dyve.export/1"
 #: inductor options of every segment (those of the compiled dense baseline of ``dyve bench``)
 OPTIONS: dict[str, Any] = {"freezing": True}
+#: segments below this many MACs per sample stay eager: a compiled call costs about what
+#: it saves there (D2NN's nodes of a few M MACs ran slower compiled, stages of 40 M faster;
+#: docs/results/export.md, measured on a 2-core CPU)
+MIN_SEGMENT_MACS = 10e6
 #: the files that make a run's model (everything else in a run directory stays behind)
 MODEL_FILES = ("dynamic.json", "dynamic.safetensors", "selection.json", "policies.safetensors")
 
@@ -83,9 +89,33 @@ def _walk(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
     return out
 
 
-def compile_segments(model: nn.Module) -> list[str]:
-    """Compile every static segment of ``model`` in place; the segments' names."""
+@torch.no_grad()
+def segment_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
+    """MACs per sample of each static segment: a network of a selection by its static
+    count, a segment of a dynamic network counted while the emulated back-end runs every
+    unit on one blank image."""
+    from dyve.cost import CostCounter, static_cost
+    from dyve.dynamic.net import DynamicNet
+    from dyve.graph.discover import subtree_macs
+
     found = segments(model)
+    if not isinstance(model, DynamicNet):  # a selection: whole zoo networks
+        return {n: float(static_cost(m).total_macs) for n, m in found}
+    old = model.backend
+    model.backend = "emulated"
+    try:
+        with CostCounter(model) as cc:
+            model.eval()(torch.zeros(1, *input_shape))
+    finally:
+        model.backend = old
+    per_module = cc.by_module()
+    return {n: float(subtree_macs(n, per_module)) for n, _ in found}
+
+
+def compile_segments(model: nn.Module, names: list[str] | None = None) -> list[str]:
+    """Compile the static segments of ``model`` in place (``names``: only those); their
+    names."""
+    found = [(n, m) for n, m in segments(model) if names is None or n in names]
     # identical blocks share their forward's code: one compiled graph per block and shape
     limit = max(torch._dynamo.config.recompile_limit, 8 * len(found))
     torch._dynamo.config.recompile_limit = limit
@@ -106,7 +136,7 @@ def load(folder: str | Path) -> nn.Module:
     if not isinstance(desc, dict) or desc.get("format") != FORMAT:
         raise DyveError(f"{folder}: not a dyve export (no {FORMAT} export.json)")
     model = load_run(folder).model
-    compile_segments(model)
+    compile_segments(model, list(desc["compiled"]))
     return model.eval()
 
 
@@ -123,9 +153,15 @@ def check(eager: nn.Module, compiled: nn.Module, x: torch.Tensor) -> dict[str, A
 
 
 def export(
-    run_dir: str | Path, out: str | Path, images: torch.Tensor, *, tol: float = 1e-4
+    run_dir: str | Path,
+    out: str | Path,
+    images: torch.Tensor,
+    *,
+    tol: float = 1e-4,
+    min_macs: float = MIN_SEGMENT_MACS,
 ) -> dict[str, Any]:
-    """Copy ``run_dir``'s model into ``out``, compile, check on ``images``, write export.json."""
+    """Copy ``run_dir``'s model into ``out``, compile the segments of at least ``min_macs``
+    MACs per sample, check on ``images``, write export.json."""
     from dyve.report.subjects import load_run
 
     run_dir, out = Path(run_dir), Path(out)
@@ -139,7 +175,8 @@ def export(
         shutil.copyfile(run_dir / f, out / f)
     eager = load_run(out).model.eval()
     compiled = load_run(out).model.eval()
-    names = compile_segments(compiled)
+    macs = segment_macs(compiled, tuple(images.shape[1:]))
+    names = compile_segments(compiled, [n for n, v in macs.items() if v >= min_macs])
     result = check(eager, compiled, images)
     desc = {
         "format": FORMAT,
@@ -148,7 +185,9 @@ def export(
         "compiler": "torch.compile (inductor)",
         "options": OPTIONS,
         "torch": torch.__version__,
-        "segments": names,
+        "segments": macs,
+        "min_segment_macs": min_macs,
+        "compiled": names,
         "check": {**result, "tol": tol},
     }
     if result["max_rel_diff"] > tol or not result["same_costs"]:

@@ -29,6 +29,12 @@ def add(sub: Any) -> None:
     p.add_argument(
         "--tol", type=float, default=1e-4, help="largest relative logit difference allowed"
     )
+    p.add_argument(
+        "--min-macs",
+        type=float,
+        default=None,
+        help="compile segments of at least this many MACs per sample (default: 10e6)",
+    )
     p.set_defaults(func=cmd_export)
 
 
@@ -47,9 +53,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     x, _ = next(data.batches(images, len(images), subject.norm))
     print(f"compiling the static segments of {args.run_dir} (inductor; seconds per segment)")
-    desc = export(args.run_dir, args.out, x, tol=args.tol)
+    kw = {} if args.min_macs is None else {"min_macs": args.min_macs}
+    desc = export(args.run_dir, args.out, x, tol=args.tol, **kw)
     c = desc["check"]
-    print(f"{len(desc['segments'])} segments compiled: {', '.join(desc['segments'])}")
+    small = [n for n in desc["segments"] if n not in desc["compiled"]]
+    print(
+        f"{len(desc['compiled'])} of {len(desc['segments'])} static segments compiled: "
+        + (", ".join(desc["compiled"]) or "none")
+    )
+    if small:
+        print(
+            f"{len(small)} left eager (under {desc['min_segment_macs'] / 1e6:g} M MACs per "
+            "sample, where compiling does not pay)"
+        )
     print(
         f"check on {c['images']} images, batch 1 and batch {c['images']}: max relative logit "
         f"difference {c['max_rel_diff']:.2e} (tol {c['tol']:.0e}), same decisions and costs: "
