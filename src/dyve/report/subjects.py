@@ -12,7 +12,7 @@ shows what executes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,6 @@ class Subject:
     #: the run's own stored files, shown beside the measurement when present
     curve: StoredCurve | None = None
     bench: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_dense(self) -> bool:
@@ -209,5 +208,4 @@ def _selection(run_dir: Path) -> Subject:
         reference_name=biggest,
         norm=info.norm,
         input_shape=info.input_size,
-        extra={"networks": list(nets)},
     )
