@@ -96,7 +96,7 @@ def page(rows: list[tuple[str, dict, dict]]) -> str:  # type: ignore[type-arg]
         "Reading: a segment compiles only from "
         f"{rows[0][2]['min_segment_macs'] / 1e6:g} M MACs per sample up (`dyve export "
         "--min-macs`): below that a compiled call costs about what it saves (D2NN's nodes of "
-        "a few million MACs ran slower compiled in an earlier run of this benchmark). So the "
+        "a few million MACs ran slower compiled; export with `--min-macs 0` to compare). So the "
         "stages between early exits compile, while DyVEDeep's and LC-Net's work runs inside "
         "their sites' own kernels or per-layer wrappers and D2NN's nodes are small: those "
         "exports run their eager code, and their ratio to the eager dynamic network is timing "
