@@ -172,3 +172,18 @@ def test_dyvedeep_examples_carry_a_layer_map(sample) -> None:
     assert approx.shape == (len(picks),)
     assert figures.layer_maps(col.results[0], col, picks) is None  # dense: no maps
     assert figures.examples(col, picks)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_writes_the_report_with_labels(
+    skip_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dyve.cli.main import main
+
+    common = [str(skip_run), "--limit", "16", "--repeats", "0", "--no-progress"]
+    assert main(["report", *common, "--out", str(tmp_path / "r"), "--labels", "skip"]) == 0
+    doc = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert [s["label"] for s in doc["subjects"]] == ["dense resnet20_cifar", "skip"]
+    assert doc["subjects"][1]["latency_ms"] is None  # --repeats 0: not timed
+    assert "| skip | block skip |" in capsys.readouterr().out
+    assert main(["report", *common, "--out", str(tmp_path / "x"), "--labels", "a,b"]) == 2
+    assert "--labels needs 1 non-empty labels" in capsys.readouterr().err

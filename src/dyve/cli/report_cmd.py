@@ -38,6 +38,11 @@ def add(sub: Any) -> None:
         "--repeats", type=int, default=20, help="interleaved batch-1 timing rounds (0: no timing)"
     )
     p.add_argument("--latency-images", type=int, default=16, help="images cycled in timing")
+    p.add_argument(
+        "--labels",
+        default=None,
+        help="comma-separated row labels, one per RUN_DIR (default: folder names)",
+    )
     p.add_argument("--title", default="dyve report")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_report)
@@ -53,11 +58,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise DyveError("--repeats must be >= 0 and --latency-images >= 1")
     if args.limit is not None and args.limit < 1:
         raise DyveError(f"--limit must be >= 1, got {args.limit}")
-    labels = [r.name for r in args.run_dirs]
-    dup = {x for x in labels if labels.count(x) > 1}
-    subjects = [
-        load_run(r, f"{r.parent.name}/{r.name}" if r.name in dup else None) for r in args.run_dirs
-    ]
+    if args.labels is not None:
+        labels = [x.strip() for x in args.labels.split(",")]
+        if len(labels) != len(args.run_dirs) or not all(labels):
+            raise DyveError(f"--labels needs {len(args.run_dirs)} non-empty labels")
+    else:
+        names = [r.name for r in args.run_dirs]
+        dup = {x for x in names if names.count(x) > 1}
+        labels = [f"{r.parent.name}/{r.name}" if r.name in dup else r.name for r in args.run_dirs]
+    subjects = [load_run(r, label) for r, label in zip(args.run_dirs, labels, strict=True)]
     subjects = with_dense(subjects)
     shapes = {s.input_shape for s in subjects}
     if len(shapes) != 1:
