@@ -99,6 +99,8 @@ def tradeoff(col: Collection) -> bytes:
         )
         ax.set_xlabel(unit)
         ax.set_ylabel(f"top-1 (%) on {col.data.split} ({len(col.data)} images)")
+        tops = [r.m.top1 for r in col.results]  # the measured points set the view; a stored
+        ax.set_ylim(max(0.0, min(tops) - 5), min(100.0, max(tops) + 3))  # sweep may run off
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle("accuracy against cost (executed: what ran)", fontsize=11)
