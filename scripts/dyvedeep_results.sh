@@ -16,7 +16,7 @@ for m in "${models[@]}"; do
     dyve dyvedeep calibrate --model "$m" --data cifar10-jpeg --budget 0.5 --out "$runs/$m" --no-progress
   fi
   mkdir -p "docs/results/dyvedeep/$m"
-  cp "$runs/$m"/{metrics.json,config.json,calibration.json,curve.json,curve.png,dynamic.json} \
+  cp "$runs/$m"/{metrics.json,config.json,calibration.json,curve.json,curve.png,dynamic.json,dynamic.safetensors} \
     "docs/results/dyvedeep/$m/"
   dirs+=("docs/results/dyvedeep/$m")
 done

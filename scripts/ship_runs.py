@@ -27,7 +27,10 @@ from dyve.dynamic import load, save
 
 #: shipped folder -> (source run, files copied as they are)
 RUNS = {
-    "dyvedeep_resnet56": ("docs/results/dyvedeep/resnet56_cifar", ("dynamic.json",)),
+    "dyvedeep_resnet56": (
+        "docs/results/dyvedeep/resnet56_cifar",
+        ("dynamic.json", "dynamic.safetensors"),
+    ),
     "early_exit_resnet56": ("runs/adaptive/exits_resnet56", ()),
     "select_caffe_r20_r56": (
         "runs/adaptive/select_caffe_r20_r56",

@@ -181,7 +181,7 @@ def test_cli_errors_are_one_line(
     assert not (target / "bench.json").exists()
 
 
-def test_cli_benches_a_run_saved_without_tensors_and_refuses_a_selection(
+def test_cli_benches_a_run_over_shipped_weights_and_refuses_a_selection(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import shutil
@@ -190,7 +190,7 @@ def test_cli_benches_a_run_saved_without_tensors_and_refuses_a_selection(
 
     run = tmp_path / "dd"  # DyVEDeep's calibrated knobs only: the shipped weights are used
     shutil.copytree(runs_dir() / "dyvedeep_resnet56", run)
-    assert not (run / "dynamic.safetensors").exists()
+    assert (run / "dynamic.safetensors").stat().st_size < 1000  # no backbone tensors in it
     assert main(["bench", str(run), "--no-compile", "--repeats", "2"]) == 0
     r = json.loads((run / "bench.json").read_text())
     assert r["mechanisms"][0]["name"] == "dyvedeep"

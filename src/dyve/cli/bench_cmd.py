@@ -1,7 +1,6 @@
 """``dyve bench RUN_DIR``: time a saved dynamic network against its dense backbone.
 
-Reads ``RUN_DIR/dynamic.json`` + ``dynamic.safetensors`` (written by ``dyve.dynamic.save``;
-without tensors, a training-free run takes its zoo backbone's shipped weights),
+Reads ``RUN_DIR/dynamic.json`` + ``dynamic.safetensors`` (written by ``dyve.dynamic.save``),
 times it on real images (the embedded CIFAR-10 sample by default) and writes
 ``RUN_DIR/bench.json`` (see :mod:`dyve.bench`). A folder written by ``dyve export`` is
 timed twice: the eager dynamic network and the exported one (segments compiled).
@@ -40,23 +39,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from dyve import data
     from dyve._io import write_json
     from dyve.bench import bench, format_table
-    from dyve.dynamic import DynamicNet
+    from dyve.dynamic import load
     from dyve.errors import DyveError
     from dyve.models import create, model_info
-    from dyve.report.subjects import load_run
 
     run_dir: Path = args.run_dir
     if not run_dir.is_dir():
         raise DyveError(f"{run_dir}: no such run directory")
     if args.repeats < 1:
         raise DyveError(f"--repeats must be >= 1, got {args.repeats}")
-    model = load_run(run_dir).model  # a training-free run without tensors: shipped weights
-    if not isinstance(model, DynamicNet):
+    if (run_dir / "selection.json").is_file():
         raise DyveError(
             f"{run_dir}: dyve bench times a dynamic network; a network-selection run is "
             "timed by `dyve select fit` and by `dyve report`"
         )
-    net = model
+    net = load(run_dir)
     exported = None
     if (run_dir / "export.json").is_file():  # written by dyve export: time it as well
         from dyve.export import load as load_export

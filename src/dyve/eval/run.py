@@ -4,9 +4,9 @@
 (model, dataset, split, n, top1, top5 in percent, macs_per_sample, macs_static,
 cost_mode, the cost convention) and ``RUN_DIR/predictions.npy`` each sample's top-1 class.
 
-Under ``torchrun`` the split is sharded: each process runs every N-th image, the logits are
-gathered back in dataset order (:meth:`dyve.train.dist.Dist.gather_rows`) and rank 0
-scores and writes the run; the result equals one process's.
+Under ``torchrun`` the split is sharded: each process measures every N-th image, the
+measurements are merged (:func:`dyve.eval.measure.measure_sharded`) and rank 0 writes the
+run; the result equals one process's.
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm import tqdm
-
 from dyve import data as dyve_data
 from dyve._io import save_npy, write_json
-from dyve.cost import CONVENTION, CostAccumulator, static_cost
-from dyve.eval.evaluate import topk_correct
+from dyve.cost import CONVENTION, static_cost
+from dyve.dynamic.net import DynamicNet
+from dyve.eval.measure import measure_sharded
 from dyve.models import create, model_info
 from dyve.train.dist import init
 
@@ -55,39 +53,35 @@ def eval_run(
     net = create(model, pretrained=weights if weights else True)
     info = model_info(net)
     images = dyve_data.load_images(dataset, split, data_root, shape=info.input_size)
-
-    @torch.no_grad()
-    def logits(ds: dyve_data.ImageSet) -> dict[str, torch.Tensor]:
-        out = [net(x) for x, _ in tqdm(dyve_data.batches(ds, batch_size, info.norm),
-                                       desc=model, disable=not (progress and ddp.main),
-                                       total=-(-len(ds) // batch_size), leave=False)]  # fmt: skip
-        return {"logits": torch.cat(out).float()}
-
-    all_logits = ddp.gather_rows(logits, images)["logits"]
+    # the shared measurement (trace cost: every layer runs, so executed = static)
+    m = measure_sharded(
+        DynamicNet(net, backbone_id=model),
+        images,
+        info.norm,
+        ddp,
+        batch_size=batch_size,
+        progress=progress and ddp.main,
+        desc=model,
+    )
     ddp.close()
     if not ddp.main:
         return {}
-    n = len(images)
-    c1, c5, top = topk_correct(all_logits, torch.as_tensor(images.labels))
     table = static_cost(net)
-    # A static network runs every layer for every sample: executed cost = static cost.
-    cost = CostAccumulator(n, "executed")
-    cost.add(table.total_macs)
     metrics = {
         "model": model,
         "dataset": dataset,
         "split": images.split,
-        "n": n,
-        "top1": round(100.0 * c1 / n, 4),
-        "top5": round(100.0 * c5 / n, 4),
-        "macs_per_sample": float(cost.per_sample.mean()) if n else 0.0,
+        "n": m.n,
+        "top1": round(m.top1, 4),
+        "top5": round(m.top5, 4),
+        "macs_per_sample": m.macs_mean,
         "macs_static": table.total_macs,
         "other_ops_static": table.total_other,
-        "cost_mode": cost.cost_mode,
+        "cost_mode": m.cost.cost_mode,
         "cost_convention": CONVENTION,
     }
     if out is not None:
         write_json(out / "config.json", config)
-        save_npy(out / "predictions.npy", top.numpy())
+        save_npy(out / "predictions.npy", m.predictions)
         write_json(out / "metrics.json", metrics)
     return metrics

@@ -13,6 +13,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dyve._io import atomic_write, jsonable, write_json
 from dyve.cost import CONVENTION
 from dyve.report import figures
@@ -62,8 +64,6 @@ def rows(col: Collection) -> list[list[str]]:
 
 
 def _p95(r: Measured) -> float:
-    import numpy as np
-
     return float(np.percentile(r.relative_cost, 95))
 
 

@@ -159,18 +159,9 @@ def stored_curve(run_dir: Path) -> StoredCurve | None:
 
 def _dynamic(run_dir: Path) -> Subject:
     from dyve.dynamic import load
-    from dyve.dynamic.save import WEIGHTS
     from dyve.models import create, model_info
 
-    if (run_dir / WEIGHTS).is_file():
-        net = load(run_dir)
-    else:  # a training-free mechanism saved without tensors: the shipped weights
-        desc = read_json(run_dir / "dynamic.json")
-        name = desc.get("backbone") if isinstance(desc, dict) else None
-        if not isinstance(name, str):
-            raise DyveError(f"{run_dir}: no {WEIGHTS} and no zoo backbone to take weights from")
-        backbone = create(name, pretrained=True, **desc.get("backbone_kwargs", {}))
-        net = load(run_dir, backbone, weights=False)
+    net = load(run_dir)
     net.backend = "fast"
     if net.backbone_id is None:
         raise DyveError(f"{run_dir}: the backbone is not a zoo model")

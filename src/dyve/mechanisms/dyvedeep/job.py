@@ -122,7 +122,8 @@ def run_job(
     ddp.close()
     if not ddp.main:  # rank 0 writes the run
         return {}
-    save(net, out)
+    # training-free on shipped weights: only the description (tensors: the zoo's)
+    save(net, out, backbone_weights=bool(cfg.weights))
     metrics = _metrics(net, cal, dense, dyn, alone, tests.breakdown, test.split, len(test))
     metrics["weights_saw_calibration_split"] = meta.get("val_heldout") is False
     write_json(out / "metrics.json", metrics)
