@@ -13,6 +13,7 @@ only the rows that need it (cost ``executed``); at batch 1 that is a plain ``if`
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,6 +22,9 @@ from torch import nn
 
 from dyve.dynamic import runtime
 from dyve.dynamic.trace import RAN, SKIPPED, Trace
+
+#: answers of a gate's single-sample path checked against the generic path, per unit
+SINGLE_CHECKS = 8
 
 
 class Gate(Protocol):
@@ -36,6 +40,9 @@ class Gate(Protocol):
     # Optional: ``run_macs() -> [N] tensor | None``, the unit's per-sample cost when it runs
     # after the last ``decide`` (a gate that narrows the block, e.g. skips channels);
     # None or absent: the unit's static MACs.
+    # Optional: ``forward_single(x, unit) -> tensor | None``, the unit's whole output for one
+    # sample in the fast back-end when nothing is traced (a straight-line equivalent of
+    # decide + module); None: take the generic path. See :meth:`Unit.forward`.
 
 
 @dataclass
@@ -72,6 +79,9 @@ class Unit(nn.Module):
         self.skip_act = skip_act  # submodule of `module` applied after the merge; None = none
         self.gates = nn.ModuleDict()
         self._state = state
+        #: the only gate has a single-sample path (and how many answers were checked)
+        self._single = False
+        self._single_checked = 0
 
     def skip_output(self, x: torch.Tensor) -> torch.Tensor:
         """What a skipping sample gets: ``act(shortcut(x))``."""
@@ -90,6 +100,8 @@ class Unit(nn.Module):
         if mechanism in self.gates:
             raise ValueError(f"{self.name}: {mechanism} already gates this unit")
         self.gates[mechanism] = gate
+        self._single = len(self.gates) == 1 and hasattr(gate, "forward_single")
+        self._single_checked = 0
 
     def decide(self, x: torch.Tensor) -> tuple[torch.Tensor | None, list[nn.Module]]:
         """AND of all gates' decisions, and the gates that decided (their overhead is paid).
@@ -127,6 +139,34 @@ class Unit(nn.Module):
         return float(self.macs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        st = self._state
+        if x.shape[0] == 1 and st.backend == "fast" and st.trace is None and self._single:
+            out = self._forward_single(x)
+            if out is not None:
+                return out
+        return self._forward_batch(x)
+
+    def _forward_single(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The only gate's ``forward_single``; its first :data:`SINGLE_CHECKS` answers are
+        compared with the generic path, and one that differs disables it for good."""
+        (gate,) = self.gates.values()
+        out: torch.Tensor | None = gate.forward_single(x, self)  # type: ignore[operator]
+        if out is None or self._single_checked >= SINGLE_CHECKS:
+            return out
+        ref = self._forward_batch(x)
+        if not torch.equal(out, ref):
+            warnings.warn(
+                f"{self.name}: the single-sample path of its gate differs from the generic "
+                "path; using the generic path",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._single = False
+        self._single_checked += 1
+        return ref
+
+    def _forward_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Decide, then run the rows that run (any batch; the trace is charged)."""
         st = self._state
         run, active = self.decide(x)
         n = x.shape[0]

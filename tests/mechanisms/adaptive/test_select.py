@@ -49,6 +49,9 @@ def test_selection_runs_exactly_as_the_cached_study_predicts(tmp_path: Path) -> 
     assert torch.equal(ran, predicted.path)
     one = torch.cat([system.run(x[i : i + 1]).logits for i in range(8)])
     assert torch.allclose(one, res.logits[:8], atol=1e-4)
+    # forward routes the same way without the trace (what latency is measured on)
+    assert torch.equal(system(x), res.logits)
+    assert torch.equal(torch.cat([system(x[i : i + 1]) for i in range(8)]), one)
     # a saved run rebuilds the same system
     save_policies(tmp_path, NETS, [policy], 0, 17)
     again = load_selection(tmp_path)

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dyve.dynamic import equip
+from dyve.dynamic.unit import SINGLE_CHECKS
 from dyve.errors import DyveError
 from dyve.mechanisms import ConvNetAIG, LCNet
 from dyve.models import create
@@ -80,6 +81,49 @@ def test_skipped_channels_and_blocks_are_not_computed() -> None:
     ran = sum(int(s[0] == 0) for s in res.trace.units.values())
     assert len(block_calls) == ran < len(net.units)  # skipped blocks were not called
     assert min(widths) < 16  # some block computed fewer channels than it has
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_single_sample_path_is_the_generic_path_bit_for_bit(eps: float) -> None:
+    """Untraced batch 1 takes the straight-line path (:mod:`dyve.mechanisms.lcnet.single`):
+    the same logits as the traced generic path, and the same work (sliced and skipped)."""
+    net = _active(eps)
+    torch.manual_seed(1)  # past the first SINGLE_CHECKS samples only the single path runs
+    x = torch.cat([graded_inputs(32), torch.randn(SINGLE_CHECKS, 3, 32, 32)])
+    units = list(net.units.values())
+    assert all(u._single for u in units)
+    skipped = sliced = 0
+    with torch.no_grad():
+        for i in range(len(x)):
+            one = x[i : i + 1]
+            ref = net.run(one)
+            assert torch.equal(net(one), ref.logits)
+            skipped += sum(int(s[0] != 0) for s in ref.trace.units.values())
+            slots = net.mechanisms[0].slots  # type: ignore[attr-defined]
+            sliced += sum(int(slot.idx is not None) for slot in slots)
+    assert skipped > 0, "the inputs should exercise skipped blocks"
+    assert sliced > 0, "the inputs should exercise sliced channels"
+    assert all(u._single and u._single_checked == SINGLE_CHECKS for u in units)
+    for i in (3, len(x) - 1):
+        with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmv: _addmv}) as fc:
+            out = net(x[i : i + 1])
+        ref = net.run(x[i : i + 1])
+        assert torch.equal(out, ref.logits)
+        assert fc.get_total_flops() == 2 * int(ref.macs[0])
+
+
+def test_a_single_sample_path_that_differs_is_dropped_with_a_warning() -> None:
+    net = _active()
+    unit = next(iter(net.units.values()))
+    (gate,) = unit.gates.values()
+    gate.forward_single = lambda x, u: u._forward_batch(x) + 1  # type: ignore[method-assign]
+    x = graded_inputs(32)[:1]
+    want = net.run(x).logits
+    with pytest.warns(RuntimeWarning, match="differs from the generic path"):
+        got = net(x)
+    assert torch.equal(got, want)
+    assert not unit._single
+    assert torch.equal(net(x), want)
 
 
 def test_emulated_cost_counts_each_samples_own_channels_and_predictors() -> None:

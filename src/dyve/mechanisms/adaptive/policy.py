@@ -263,7 +263,10 @@ class Classifier:
 
     def score(self, probs: Tensor) -> Tensor:
         """Float64 ``[N]`` scores; > 0 picks the first option."""
-        phi = features(probs, self.kind).double()
+        return self.score_features(features(probs, self.kind).double())
+
+    def score_features(self, phi: Tensor) -> Tensor:
+        """:meth:`score` from ``features(probs, self.kind).double()`` computed once per node."""
         dev = phi.device
         z = (phi - self.mean.to(dev)) / self.std.to(dev)
         return z @ self.weight.to(dev) + self.bias.to(dev)
@@ -303,10 +306,11 @@ class NodeRule:
         n, dev = probs.shape[0], probs.device
         if self.stop is None:
             return torch.ones(n, dtype=torch.bool, device=dev), torch.full((n,), -1, device=dev)
-        stop = self.stop.predict(probs)
+        phi = features(probs, self.stop.kind).double()  # shared by the node's decisions
+        stop = self.stop.score_features(phi) > 0
         child = torch.full((n,), self.n_children - 1, dtype=torch.int64, device=dev)
         for i in reversed(range(len(self.choices))):  # the first choice that says yes wins
-            child = torch.where(self.choices[i].predict(probs), i, child)
+            child = torch.where(self.choices[i].score_features(phi) > 0, i, child)
         return stop, child.masked_fill(stop, -1)
 
 

@@ -55,8 +55,11 @@ class Selection(nn.Module):
         self.policy = policy
         self.policy_macs = policy_macs  # per decision evaluated
 
+    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x).logits
+        """Logits only: the same routing as :meth:`run` without the trace's bookkeeping
+        (what a deployment runs and what latency is measured on, as for DynamicNet)."""
+        return self._route(x, None)
 
     @torch.no_grad()
     def run(self, x: torch.Tensor) -> DynamicResult:
@@ -65,6 +68,11 @@ class Selection(nn.Module):
         trace = Trace(n, CostAccumulator(n, "executed"))
         for name in self.graph.names:
             trace.record(name, torch.empty(0, dtype=torch.int64), RAN)
+        return DynamicResult(self._route(x, trace), trace)
+
+    def _route(self, x: torch.Tensor, trace: Trace | None) -> torch.Tensor:
+        """Run the graph; charge ``trace`` (when given) with every network and decision."""
+        n = x.shape[0]
         out: torch.Tensor | None = None
         pending = {self.graph.names[0]: torch.arange(n)}
         for name in self.graph.topological():
@@ -72,8 +80,12 @@ class Selection(nn.Module):
             if rows is None or rows.numel() == 0:
                 continue
             node = self.graph.node(name)
-            logits = self.networks[name](x if rows.numel() == n else x[rows])
-            trace.charge(name, rows, RAN, node.cost)
+            whole = rows.numel() == n
+            logits = self.networks[name](x if whole else x[rows])
+            if trace is not None:
+                trace.charge(name, rows, RAN, node.cost)
+            if not node.children and whole:
+                return logits
             if out is None:
                 out = logits.new_zeros((n, logits.shape[1]))
             if not node.children:
@@ -81,15 +93,18 @@ class Selection(nn.Module):
                 continue
             stop, child = self.policy.decide(name, torch.softmax(logits.float(), 1))
             stop, child = stop.cpu(), child.cpu()
-            asked = _decisions(stop, child, len(node.children))
-            trace.cost.add(self.policy_macs * asked, rows, scalar_ops=2 * self.policy_macs * asked)
+            if trace is not None:
+                asked = _decisions(stop, child, len(node.children)) * self.policy_macs
+                trace.cost.add(asked, rows, scalar_ops=2 * asked)
+            if whole and bool(stop.all()):
+                return logits
             out[rows[stop]] = logits[stop.to(logits.device)]
             for j, c in enumerate(node.children):
                 go = rows[(~stop) & (child == j)]
                 if go.numel():
                     pending[c] = torch.cat([pending[c], go]) if c in pending else go
         assert out is not None
-        return DynamicResult(out, trace)
+        return out
 
 
 def _decisions(stop: torch.Tensor, child: torch.Tensor, children: int) -> torch.Tensor:

@@ -34,7 +34,10 @@ from dyve.mechanisms.adaptive.policy import (
 )
 
 #: default lambda grid: from "accuracy first" to "cost first" (loss per full cost)
-LAMS = (0.0, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+LAMS = (
+    *(0.0, 0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1),
+    *(0.125, 0.15, 0.2, 0.3, 0.5, 1.0),
+)
 
 
 @dataclass

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dyve.dynamic.taps import Slot
-from dyve.dynamic.unit import RunState
+from dyve.dynamic.unit import RunState, Unit
 from dyve.errors import DyveError
 from dyve.mechanisms.lcnet.blocks import BlockPlan
+from dyve.mechanisms.lcnet.single import SingleSample
 
 
 def relu1(z: torch.Tensor) -> torch.Tensor:
@@ -95,6 +96,7 @@ class LCGate(nn.Module):
         self.penalised: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
         if first and source is not None:
             self.predictor = source
+        self._single: SingleSample | None = None
 
     def _pre(self, p: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Pre-activations of L-Net and C-Net for every row of the pooled inputs ``p``."""
@@ -177,6 +179,12 @@ class LCGate(nn.Module):
             slot.s_c = zc.new_zeros(n, zc.shape[1]).index_copy_(0, rows, zc)
         self._slice(zc)
         return run
+
+    def forward_single(self, x: torch.Tensor, unit: Unit) -> torch.Tensor | None:
+        """The unit's output for one sample (fast back-end, untraced): see :mod:`.single`."""
+        if self._single is None:
+            self._single = SingleSample(self, unit)
+        return self._single(x)
 
     def _slice(self, kept_rows: torch.Tensor) -> None:
         """Fast back-end: the channels any running row keeps (None when all are kept)."""
