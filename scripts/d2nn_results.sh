@@ -4,16 +4,20 @@
 # at three lambdas and, as the static baseline, with random routing again; the same with
 # pre-training that runs every branch (high-low, cascade, hierarchical); plus the full
 # static network and some cheaper static paths trained alone for the whole budget.
+# Then, from the static graph's weights (`all`, or `random` for the chain, whose
+# controllers gate every stage), controllers alone Q-learned with the modules frozen
+# (`frozen_lam*`: the same modules, so only the decisions differ from the static graph).
 # Then docs/results/d2nn.md.
 # Two queues of runs side by side, one thread each; every run resumes where it stopped
 # (rerun after a crash) and a finished run (metrics.json present) is kept.
-# About 100 minutes on 2 cores. Benchmarks run after all training, alone.
+# About 110 minutes on 2 cores. Benchmarks run after all training, alone.
 set -euo pipefail
 RUNS=${RUNS:-runs/d2nn}
 PRE=${PRE:-4}      # pre-training epochs (random routing or every branch)
 JOINT=${JOINT:-3}  # epochs after pre-training (learned or random routing)
 LAMS=${LAMS:-"0.05 0.2 0.5"}
 LAMS_ALL=${LAMS_ALL:-"0.01 0.02 0.05 0.1"}
+LAMS_FROZEN=${LAMS_FROZEN:-"0.01 0.02 0.05 0.1 0.2"}
 
 train() {  # train ARCH NAME ARGS...
   local arch="$1" out="$RUNS/$1/$2"; shift 2
@@ -54,10 +58,21 @@ alone() {  # cheaper static paths, each trained alone for the whole budget
   train chain alone_half --route static --static q1=half,q2=half,q3=half --epochs $((PRE + JOINT))
 }
 
+frozen() {  # frozen ARCH INIT: controllers Q-learned on INIT's frozen modules (its static graph)
+  local arch="$1" init="$2"
+  for lam in $LAMS_FROZEN; do
+    train "$arch" "frozen_lam$lam" --route learned --lam "$lam" --epochs "$JOINT" \
+      --init "$RUNS/$arch/$init" --freeze
+  done
+}
+
 (queue highlow cascade && alone && every highlow cascade) > "$RUNS.queue1.log" 2>&1 &
 (queue chain hierarchical && every hierarchical) > "$RUNS.queue2.log" 2>&1 &
 wait
-for r in "$RUNS"/*/lam0.05/ "$RUNS"/*/all_lam0.05/ "$RUNS"/*/full/; do
+(frozen highlow all && frozen cascade all) > "$RUNS.queue1.log" 2>&1 &
+(frozen chain random && frozen hierarchical all) > "$RUNS.queue2.log" 2>&1 &
+wait
+for r in "$RUNS"/*/lam0.05/ "$RUNS"/*/all_lam0.05/ "$RUNS"/*/frozen_lam0.05/ "$RUNS"/*/full/; do
   [[ -f "$r/bench.json" ]] || dyve bench "$r" --data cifar10-jpeg --split test --repeats 40 \
     || echo "bench failed: $r"
 done

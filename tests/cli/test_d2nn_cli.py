@@ -48,6 +48,13 @@ def test_pretrain_baseline_learned_full_and_page(
     assert len(every["points"]) == 2  # the static paths of its weights
     assert every["macs_per_sample"] == pre["points"][1]["test_macs_per_sample"]
     learned = _train(runs / "lam0.2", "--lam", "0.2", "--init", str(runs / "pre"))
+    # --freeze: only the controllers learn; every other tensor (BN statistics too) is all's
+    _train(runs / "frozen", "--lam", "0.2", "--init", str(runs / "all"), "--freeze")
+    before = dyve.dynamic.load(runs / "all").backbone.state_dict()
+    after = dyve.dynamic.load(runs / "frozen").backbone.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved, "the controllers should have trained"
+    assert all(k.startswith("controllers.") for k in moved), moved
     full = _train(runs / "full", "--route", "static")
     low = _train(runs / "low", "--route", "static", "--static", "q=low")
     assert [p["static"] for p in low["points"]] == [{"q": "low"}]
@@ -104,6 +111,8 @@ def test_resume_and_refusals(prepared: Callable[[str], object], tmp_path: Path) 
     assert rc == 2  # not whole bags of 32
     rc, _ = _cli("d2nn", "train", "--out", str(tmp_path / "y"), *SMALL, "--init", str(run))
     assert rc == 2  # a cascade's weights cannot start a high-low graph
+    rc, _ = _cli("d2nn", "train", "--out", str(tmp_path / "z"), *SMALL, "--freeze")
+    assert rc == 2  # nothing to freeze without --init
 
 
 def test_init_must_hold_the_same_graph(tmp_path: Path) -> None:

@@ -44,6 +44,11 @@ def add(sub: Any) -> None:
     t.add_argument("--positive", type=int, default=d.positive, help="cascade: the class vs rest")
     t.add_argument("--bag", type=int, default=d.bag, help="cascade: mini-bag size for F1")
     t.add_argument("--init", default=None, help="start from this run directory's weights")
+    t.add_argument(
+        "--freeze",
+        action="store_true",
+        help="route learned from --init: train the controllers only (regular nodes frozen)",
+    )
     t.add_argument("--static", default=None, help='route static: the path to train ("q=low")')
     t.add_argument("--seed", type=int, default=d.seed)
     add_run_options(t)

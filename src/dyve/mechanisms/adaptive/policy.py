@@ -17,6 +17,8 @@ regression on features of the node's own softmax (never a later node's), fitted 
 downstream decisions already fitted and fixed (reverse topological order, and the choice chain
 of a node before its stop decision): the label is the better option for the sample and the
 weight how much better it is. Every sample trains every decision, as in the paper's reduction.
+The logistic loss is a surrogate: the classifier's bias is then set where the weighted 0/1
+objective of the decision is best along the fitted direction (dyve's choice).
 
 Baselines: fixed thresholds on max probability or entropy (a cascade that never jumps), the
 oracle (cheapest correct path per sample) and one node alone (the backbone is the last exit).
@@ -226,7 +228,8 @@ class Classifier:
         Values are lower-is-better. The label is the better option, the weight the absolute
         difference (ties carry no information and are dropped). The loss is the weighted mean
         logistic loss + ``l2 * |weight|^2`` on standardised features, minimised by L-BFGS in
-        float64 (deterministic). With nothing to separate (one class left, or all ties) the
+        float64 (deterministic); the bias is then set on the weighted 0/1 objective itself
+        (:func:`_best_bias`). With nothing to separate (one class left, or all ties) the
         classifier is a constant for the option that is better on the sum of the values.
         """
         phi = features(probs, kind).double()
@@ -258,8 +261,9 @@ class Classifier:
             return loss.detach()
 
         opt.step(closure)  # type: ignore[no-untyped-call]
-        weight, bias_t = params.detach()[:-1].clone(), params.detach()[-1].clone()
-        return cls(weight, bias_t, mean, std, kind)
+        weight = params.detach()[:-1].clone()
+        bias = _best_bias(((phi - mean) / std) @ weight, gain)
+        return cls(weight, torch.tensor(bias, dtype=torch.float64), mean, std, kind)
 
     def score(self, probs: Tensor) -> Tensor:
         """Float64 ``[N]`` scores; > 0 picks the first option."""
@@ -274,6 +278,24 @@ class Classifier:
     def predict(self, probs: Tensor) -> Tensor:
         """Bool ``[N]``: True where the first option (stop, or children[i]) is picked."""
         return self.score(probs) > 0
+
+
+def _best_bias(z: Tensor, gain: Tensor) -> float:
+    """The bias ``b`` maximising ``sum(gain[z + b > 0])``: the weighted 0/1 objective of the
+    decision, exactly, along the logistic regression's direction ``z`` (the surrogate loss
+    finds the direction; where to cut it is set on the objective itself). Cuts fall
+    halfway between distinct scores; among equal gains the fewest first-option picks win."""
+    order = torch.argsort(z, descending=True)
+    zs = z[order]
+    cum = torch.cat([gain.new_zeros(1), torch.cumsum(gain[order], 0)])
+    cuttable = torch.ones_like(cum, dtype=torch.bool)
+    cuttable[1:-1] = zs[:-1] > zs[1:]
+    k = int(torch.argmax(torch.where(cuttable, cum, -math.inf)))
+    if k == 0:
+        return -float(zs[0]) - 1.0
+    if k == len(zs):
+        return -float(zs[-1]) + 1.0
+    return -0.5 * float(zs[k - 1] + zs[k])
 
 
 class Policy(Protocol):

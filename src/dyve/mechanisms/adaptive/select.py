@@ -81,7 +81,7 @@ class Selection(nn.Module):
                 continue
             node = self.graph.node(name)
             whole = rows.numel() == n
-            logits = self.networks[name](x if whole else x[rows])
+            logits: torch.Tensor = self.networks[name](x if whole else x[rows])
             if trace is not None:
                 trace.charge(name, rows, RAN, node.cost)
             if not node.children and whole:

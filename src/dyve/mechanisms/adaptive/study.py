@@ -11,7 +11,6 @@ graph works in units of the most expensive single path (lambda = loss per full c
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,12 +95,15 @@ def run_study(
     budget_pp: float = 1.0,
     thresholds: int = 41,
     alone: dict[str, float] | None = None,
+    refine: int = 4,
 ) -> Study:
     """Fit on ``fit``, evaluate on ``held`` (see the module docstring).
 
     ``alone`` is each node's MACs when it is used on its own, the cost of the single
     nodes and of the reference (default: its cheapest path from the root, right for exits
-    of one network; a selection's networks run alone cost only themselves).
+    of one network; a selection's networks run alone cost only themselves). After the
+    ``lams`` sweep, up to ``refine`` more lambdas bisect between the cheapest one within
+    the budget and the next one that is not (the curve keeps every fitted lambda).
     """
     paths = graph.cheapest_paths()
     full = max(c for c, _ in paths.values())
@@ -110,25 +112,39 @@ def run_study(
     ref_fit = evaluate_node(graph, fit, reference)
     ref_macs = alone[reference]
     pc = policy_macs / full
-    policies, learned = [], []
-    chosen, best = None, -math.inf
-    for lam in lams:
+    ref_acc = ref_fit.accuracy
+    fitted: dict[float, tuple[LearnedPolicy, dict[str, Any], bool]] = {}
+
+    def add(lam: float) -> None:
         pol = fit_learned(unit, fit, lam, features=features, policy_cost=pc)
         on_fit = evaluate(graph, fit, pol, policy_cost=policy_macs)
         on_held = evaluate(graph, held, pol, policy_cost=policy_macs)
-        policies.append(pol)
-        learned.append(
-            _point(
-                on_held,
-                ref_macs,
-                lam=lam,
-                fit_top1=round(on_fit.accuracy, 3),
-                fit_macs_mean=on_fit.mean_cost,
-            )
+        row = _point(
+            on_held,
+            ref_macs,
+            lam=lam,
+            fit_top1=round(on_fit.accuracy, 3),
+            fit_macs_mean=on_fit.mean_cost,
         )
-        ok = on_fit.accuracy >= ref_fit.accuracy - budget_pp
-        if ok and ref_macs / on_fit.mean_cost > best:
-            chosen, best = len(learned) - 1, ref_macs / on_fit.mean_cost
+        fitted[lam] = (pol, row, on_fit.accuracy >= ref_acc - budget_pp)
+
+    def best() -> float | None:  # the cheapest lambda within the budget on the fit split
+        ok = [lam for lam, (_, _, within) in fitted.items() if within]
+        return min(ok, key=lambda lam: fitted[lam][1]["fit_macs_mean"]) if ok else None
+
+    for lam in lams:
+        add(lam)
+    for _ in range(refine):  # bisect towards the budget's edge above the best lambda
+        b = best()
+        above = sorted(lam for lam in fitted if b is not None and lam > b and not fitted[lam][2])
+        if b is None or not above or above[0] - b < 1e-4:
+            break
+        add(round((b + above[0]) / 2, 6))
+    order = sorted(fitted)
+    policies = [fitted[lam][0] for lam in order]
+    learned = [fitted[lam][1] for lam in order]
+    b = best()
+    chosen = None if b is None else order.index(b)
     classes = next(iter(held.logits.values())).shape[1]
     baselines = {
         kind: [

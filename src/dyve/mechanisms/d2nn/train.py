@@ -18,6 +18,10 @@ a routing:
   executed; also a static-decision baseline).
 * ``static``: always the static actions (the full network trained alone).
 
+``freeze`` (with ``learned`` and ``init``) trains the controllers only: the regular nodes
+keep ``init``'s weights, so the static paths are exactly ``init``'s (for example the
+``all`` run, every branch trained) and the comparison isolates the learned decisions.
+
 ``init`` starts from another run's weights (a pre-training run). Images are CIFAR-10's
 train split; the checkpoint kept is the last epoch; after training the run is measured
 once on val (``select``) and test (``report``) with the fast back-end: the greedy policy
@@ -73,6 +77,10 @@ class D2NNTrainConfig:
     positive: int = 0
     bag: int = 32
     init: str | None = None
+    #: route ``learned`` from ``init``: train the controllers only; every regular node keeps
+    #: ``init``'s weights (batch norms in eval mode), so the run's static paths are
+    #: exactly ``init``'s and the comparison isolates what the learned decisions add
+    freeze: bool = False
     #: route ``static``: the path trained ("q=low"; default: the graph's static actions)
     static: str | None = None
     seed: int = 0
@@ -87,6 +95,8 @@ class D2NNTrainConfig:
             raise ValueError(f"--route must be one of {ROUTES}, got {self.route!r}")
         if self.lam < 0 or not 0 <= self.eps_end <= self.eps_start <= 1:
             raise ValueError("need lam >= 0 and 0 <= eps_end <= eps_start <= 1")
+        if self.freeze and (self.route != "learned" or not self.init):
+            raise ValueError("--freeze trains the controllers of --route learned from --init")
         if self.static and self.route != "static":
             raise ValueError("--static names the path of --route static")
         if self.arch == "cascade" and self.batch_size % self.bag:
@@ -152,11 +162,16 @@ def train(
     ctrl = list(graph.controllers.parameters())
     ctrl_ids = {id(p) for p in ctrl}
     rest = [p for p in graph.parameters() if id(p) not in ctrl_ids]
+    groups: list[dict[str, Any]] = [
+        {"params": ctrl, "weight_decay": 0.0, "lr_scale": cfg.q_lr_scale}
+    ]
+    if cfg.freeze:
+        for p in rest:
+            p.requires_grad_(False)
+    else:
+        groups.insert(0, {"params": rest, "weight_decay": cfg.weight_decay})
     opt = torch.optim.SGD(
-        [
-            {"params": rest, "weight_decay": cfg.weight_decay},
-            {"params": ctrl, "weight_decay": 0.0, "lr_scale": cfg.q_lr_scale},
-        ],
+        groups,
         lr=cfg.lr,
         momentum=0.9,
         nesterov=True,
@@ -167,6 +182,9 @@ def train(
         model: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         g: D2Graph = model  # type: ignore[assignment]
+        if cfg.freeze:  # the regular nodes' batch norms keep init's running statistics
+            g.eval()
+            g.controllers.train()
         eps = cfg.eps(progress)
         seed = cfg.seed * 1_000_003 + round(progress * 1e9)
         if cfg.route == "all":
