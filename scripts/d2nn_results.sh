@@ -4,13 +4,14 @@
 # at three lambdas and, as the static baseline, with random routing again; the same with
 # pre-training that runs every branch (high-low, cascade, hierarchical); plus the full
 # static network and some cheaper static paths trained alone for the whole budget.
+# The two-level hierarchy (hierarchical2) is trained with every branch executed only.
 # Then, from the static graph's weights (`all`, or `random` for the chain, whose
 # controllers gate every stage), controllers alone Q-learned with the modules frozen
 # (`frozen_lam*`: the same modules, so only the decisions differ from the static graph).
 # Then docs/results/d2nn.md.
 # Two queues of runs side by side, one thread each; every run resumes where it stopped
 # (rerun after a crash) and a finished run (metrics.json present) is kept.
-# About 110 minutes on 2 cores. Benchmarks run after all training, alone.
+# About 140 minutes on 2 cores. Benchmarks run after all training, alone.
 set -euo pipefail
 RUNS=${RUNS:-runs/d2nn}
 PRE=${PRE:-4}      # pre-training epochs (random routing or every branch)
@@ -66,10 +67,16 @@ frozen() {  # frozen ARCH INIT: controllers Q-learned on INIT's frozen modules (
   done
 }
 
+two_levels() {  # hierarchical2: every-branch pre-training, its static graph, the full one alone
+  train hierarchical2 all_pre --route all --epochs "$PRE"
+  train hierarchical2 all --route all --epochs "$JOINT" --init "$RUNS/hierarchical2/all_pre"
+  train hierarchical2 full --route static --epochs $((PRE + JOINT))
+}
+
 (queue highlow cascade && alone && every highlow cascade) > "$RUNS.queue1.log" 2>&1 &
-(queue chain hierarchical && every hierarchical) > "$RUNS.queue2.log" 2>&1 &
+(queue chain hierarchical && every hierarchical && two_levels) > "$RUNS.queue2.log" 2>&1 &
 wait
-(frozen highlow all && frozen cascade all) > "$RUNS.queue1.log" 2>&1 &
+(frozen highlow all && frozen cascade all && frozen hierarchical2 all) > "$RUNS.queue1.log" 2>&1 &
 (frozen chain random && frozen hierarchical all) > "$RUNS.queue2.log" 2>&1 &
 wait
 for r in "$RUNS"/*/lam0.05/ "$RUNS"/*/all_lam0.05/ "$RUNS"/*/frozen_lam0.05/ "$RUNS"/*/full/; do

@@ -18,6 +18,7 @@ DESCRIPTIONS = {
     "cascade": "D2NN cascade: stop or continue after each of 3 stages (one class vs rest)",
     "chain": "D2NN chain: before each of 3 stages a controller picks 1, 2 or 4 filter groups",
     "hierarchical": "D2NN hierarchical: vehicles leaf, animals leaf, or both",
+    "hierarchical2": "D2NN hierarchical, two levels: groups, then sub-group leaves",
 }
 
 
@@ -29,7 +30,7 @@ def _build(arch: str, **kwargs: Any) -> nn.Module:
 
 def register() -> None:
     """Register d2nn_highlow_cifar, d2nn_cascade_cifar, d2nn_chain_cifar,
-    d2nn_hierarchical_cifar."""
+    d2nn_hierarchical_cifar, d2nn_hierarchical2_cifar."""
     for arch, text in DESCRIPTIONS.items():
         register_model(
             ModelInfo(

@@ -9,7 +9,7 @@ from torch import nn
 import dyve
 from dyve.mechanisms import D2NN
 from dyve.mechanisms.d2nn import D2Graph, Edge, GraphError, GraphSpec, Last, Place, Sum
-from dyve.mechanisms.d2nn.archs import ARCHS, build
+from dyve.mechanisms.d2nn.archs import ARCHS, NOT_RUN, build
 
 
 class Pick(nn.Module):
@@ -235,3 +235,14 @@ def test_run_all_executes_every_branch_and_returns_the_heads() -> None:
     out, heads = hier.run_all(torch.randn(2, 3, 32, 32))
     assert len(heads) == 1  # leaves are not 10-way: the output itself
     assert out.shape == (2, 10)
+
+
+def test_two_level_hierarchy_runs_one_leaf_of_four() -> None:
+    g = build("hierarchical2", static="q=vehicles,q_vehicles=road")
+    out = g(torch.randn(2, 3, 32, 32))
+    real = (out > NOT_RUN / 2).any(0).nonzero().squeeze(1).tolist()
+    assert real == [1, 9]  # automobile and truck: the road leaf only
+    assert g.path(g.static_choice()) >= {"trunk", "vehicles", "road"}
+    assert not g.path(g.static_choice()) & {"animals", "mammals", "air_sea", "bird_frog"}
+    full = max(g.path_macs(c) for c in g.static_choices())
+    assert full > 2.5 * g.path_macs(g.static_choice())  # two levels: one leaf of four

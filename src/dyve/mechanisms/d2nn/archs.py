@@ -14,6 +14,11 @@ with every controller at its most expensive action; controllers about 0.03 M eac
 * ``hierarchical``: a trunk, then a controller runs the vehicles leaf (airplane,
   automobile, ship, truck), the animals leaf (the other six) or both; classes of a leaf
   that did not run get a score that cannot win.
+* ``hierarchical2``: the same trunk and first decision, then one level deeper, as the
+  paper's class hierarchies are: each group (one conv) has a controller that runs one or
+  both of its sub-group leaves (road vehicles / aircraft and ships; mammals / birds and
+  frogs). One level caps the saving below 2x (a path runs half the leaves' work at best);
+  two levels let a path skip three of four leaves.
 """
 
 from __future__ import annotations
@@ -25,10 +30,15 @@ from dyve.mechanisms.d2nn.combine import Concat, Last, Place, Sum
 from dyve.mechanisms.d2nn.graph import Edge, GraphSpec
 from dyve.mechanisms.d2nn.module import D2Graph
 
-ARCHS = ("highlow", "cascade", "chain", "hierarchical")
+ARCHS = ("highlow", "cascade", "chain", "hierarchical", "hierarchical2")
 #: CIFAR-10's natural two-way hierarchy (class indices)
 VEHICLES = [0, 1, 8, 9]
 ANIMALS = [2, 3, 4, 5, 6, 7]
+#: its second level (``hierarchical2``): per group, two sub-groups (name, classes, width)
+SUBGROUPS = {
+    "vehicles": (("road", [1, 9], 64), ("air_sea", [0, 8], 64)),
+    "animals": (("mammals", [3, 4, 5, 7], 96), ("bird_frog", [2, 6], 64)),
+}
 #: score of a class whose leaf did not run: lower than any score a leaf produces
 NOT_RUN = -1e4
 
@@ -160,7 +170,49 @@ def hierarchical(num_classes: int = 10) -> GraphSpec:
     return g
 
 
-BUILDERS = {"highlow": highlow, "cascade": cascade, "chain": chain, "hierarchical": hierarchical}
+def hierarchical2(num_classes: int = 10) -> GraphSpec:
+    """Two levels of CIFAR-10's hierarchy: vehicles / animals, then sub-groups, then classes."""
+    if num_classes != 10:
+        raise ValueError("the hierarchical D2NN follows CIFAR-10's 10 classes")
+    g = GraphSpec()
+    g.regular("trunk", nn.Sequential(conv_bn(3, 16), conv_bn(16, 32, 2)), "input")
+    g.control(
+        "q",
+        Controller(32, 3),
+        state="trunk",
+        actions={"vehicles": ["vehicles"], "animals": ["animals"], "both": ["vehicles", "animals"]},
+        static="both",
+    )
+    leaves: list[tuple[str, list[int]]] = []
+    for group, subgroups in SUBGROUPS.items():
+        g.regular(group, conv_bn(32, 64, 2), "trunk")
+        (a, ca, wa), (b, cb, wb) = subgroups
+        g.control(
+            f"q_{group}",
+            Controller(64, 3),
+            state=group,
+            actions={a: [a], b: [b], "both": [a, b]},
+            static="both",
+        )
+        for leaf, classes, width in subgroups:
+            g.regular(leaf, nn.Sequential(conv_bn(64, width), head(width, len(classes))), group)
+            leaves.append((leaf, classes))
+    g.regular(
+        "out",
+        Place([c for _, c in leaves], 10),
+        [Edge(leaf, NOT_RUN) for leaf, _ in leaves],
+    )
+    g.output("out")
+    return g
+
+
+BUILDERS = {
+    "highlow": highlow,
+    "cascade": cascade,
+    "chain": chain,
+    "hierarchical": hierarchical,
+    "hierarchical2": hierarchical2,
+}
 
 
 def build(arch: str, num_classes: int | None = None, static: str | None = None) -> D2Graph:
