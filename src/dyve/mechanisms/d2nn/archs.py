@@ -148,7 +148,8 @@ def chain(num_classes: int = 10) -> GraphSpec:
     return g
 
 
-def hierarchical(num_classes: int = 10) -> GraphSpec:
+def _hierarchy_root(num_classes: int) -> GraphSpec:
+    """Both hierarchies' trunk and first decision: the vehicles group, animals, or both."""
     if num_classes != 10:
         raise ValueError("the hierarchical D2NN follows CIFAR-10's 10 classes")
     g = GraphSpec()
@@ -160,6 +161,11 @@ def hierarchical(num_classes: int = 10) -> GraphSpec:
         actions={"vehicles": ["vehicles"], "animals": ["animals"], "both": ["vehicles", "animals"]},
         static="both",
     )
+    return g
+
+
+def hierarchical(num_classes: int = 10) -> GraphSpec:
+    g = _hierarchy_root(num_classes)
     for leaf, classes, width in (("vehicles", VEHICLES, 64), ("animals", ANIMALS, 96)):
         body = nn.Sequential(conv_bn(32, 64, 2), conv_bn(64, width), head(width, len(classes)))
         g.regular(leaf, body, "trunk")
@@ -172,21 +178,11 @@ def hierarchical(num_classes: int = 10) -> GraphSpec:
 
 def hierarchical2(num_classes: int = 10) -> GraphSpec:
     """Two levels of CIFAR-10's hierarchy: vehicles / animals, then sub-groups, then classes."""
-    if num_classes != 10:
-        raise ValueError("the hierarchical D2NN follows CIFAR-10's 10 classes")
-    g = GraphSpec()
-    g.regular("trunk", nn.Sequential(conv_bn(3, 16), conv_bn(16, 32, 2)), "input")
-    g.control(
-        "q",
-        Controller(32, 3),
-        state="trunk",
-        actions={"vehicles": ["vehicles"], "animals": ["animals"], "both": ["vehicles", "animals"]},
-        static="both",
-    )
+    g = _hierarchy_root(num_classes)
     leaves: list[tuple[str, list[int]]] = []
     for group, subgroups in SUBGROUPS.items():
         g.regular(group, conv_bn(32, 64, 2), "trunk")
-        (a, ca, wa), (b, cb, wb) = subgroups
+        a, b = (leaf for leaf, _, _ in subgroups)
         g.control(
             f"q_{group}",
             Controller(64, 3),
