@@ -18,6 +18,7 @@ from dyve.mechanisms.adaptive.policy import (
     PolicyGraph,
     PolicyResult,
     ThresholdPolicy,
+    _best_bias,
     evaluate,
     evaluate_node,
     features,
@@ -306,6 +307,25 @@ def test_weights_decide_the_label() -> None:
     assert bool((ties.weight == 0).all())
     one = Classifier.fit(probs, torch.ones(30).double(), torch.zeros(30).double())
     assert not one.predict(probs).any()
+
+
+def test_the_bias_is_the_best_cut_of_the_weighted_objective() -> None:
+    z = torch.tensor([3.0, 2.0, 2.0, 1.0, 0.0], dtype=torch.float64)
+    gain = torch.tensor([1.0, 2.0, -0.5, -5.0, 1.0], dtype=torch.float64)
+    b = _best_bias(z, gain)
+    assert ((z + b) > 0).tolist() == [True, True, True, False, False]  # ties cut together
+    assert _best_bias(z, -gain.abs()) < -3.0  # nothing pays: no sample picks the first
+    assert (z + _best_bias(z, gain.abs()) > 0).all()  # everything pays
+    # a fitted classifier cuts its own direction where the objective is best
+    torch.manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(300, 4), 1)
+    first = torch.rand(300, dtype=torch.float64)
+    second = probs[:, 0].double() + 0.2 * torch.rand(300, dtype=torch.float64)
+    clf = Classifier.fit(probs, first, second, kind="confidence")
+    picked = float((second - first)[clf.predict(probs)].sum())
+    z = clf.score(probs) - clf.bias
+    cuts = [float((second - first)[z > t].sum()) for t in z.tolist()]
+    assert picked >= max(cuts) - 1e-9
 
 
 def test_state_round_trip(select_data: tuple[Outputs, Outputs]) -> None:
