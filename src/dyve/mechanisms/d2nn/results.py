@@ -259,9 +259,15 @@ def write_results(run_dirs: list[Path], out: Path) -> Path:
         "- Controllers that read early features (high-low, chain) learn nearly",
         "  input-independent policies in a few epochs; those that read a cheap head's scores",
         "  (cascade) or pick a coarse class (hierarchical) route per input.",
-        "- One hierarchy level caps the hierarchical saving near 2x (one of two leaves skipped).",
+        "- With the modules frozen at the static graph's weights (`frozen_lam*`), the static",
+        "  paths are exactly the baseline's and Q-learning only routes: a controller reading a",
+        "  head's scores (cascade) stops confident samples early; one reading trunk features",
+        "  (high-low, chain) has little to go on, and learns close to a fixed mixture.",
+        "- One hierarchy level caps the hierarchical saving below 2x (one of two leaves",
+        "  skipped); the second level (`hierarchical2`) lifts the cap, but routing from early",
+        "  features loses accuracy at each level.",
         "- What would close the gap: longer schedules (a GPU), controllers fed a cheap head's",
-        "  confidence, initialising the paths from networks trained alone, deeper hierarchies.",
+        "  confidence, initialising the paths from networks trained alone.",
         "",
     ]
     benches = [r["bench"] for r in runs if r["bench"]]
