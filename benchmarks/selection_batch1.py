@@ -5,7 +5,8 @@ On the first IMAGES test-b images, one thread, interleaved, median of 3 passes p
 the selection's ``forward`` (no trace), its ``run`` (with the trace's bookkeeping), every
 network alone, and, per image, the sum of the networks that the selection ran for it. The
 difference between ``forward`` and that sum is what routing costs (softmax, policy features
-and classifiers, index bookkeeping). See NOTES.md.
+and classifiers, index bookkeeping) plus any slowdown of the networks when they run back to
+back instead of alone. See NOTES.md.
 """
 
 from __future__ import annotations
