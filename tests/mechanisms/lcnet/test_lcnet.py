@@ -112,6 +112,13 @@ def test_single_sample_path_is_the_generic_path_bit_for_bit(eps: float) -> None:
         assert fc.get_total_flops() == 2 * int(ref.macs[0])
 
 
+def test_training_mode_never_takes_the_single_sample_path() -> None:
+    net = _active().train()
+    unit = next(iter(net.units.values()))
+    (gate,) = unit.gates.values()
+    assert gate.forward_single(graded_inputs(32)[:1], unit) is None
+
+
 def test_a_single_sample_path_that_differs_is_dropped_with_a_warning() -> None:
     net = _active()
     unit = next(iter(net.units.values()))
@@ -204,6 +211,8 @@ def test_training_step_and_both_backends_on_a_gpu() -> None:
     assert all(p.grad is not None for p in net.trainable_parameters())
     net.eval()
     fast = net.run(x)
+    for i in range(len(x)):  # the single-sample path on the device
+        assert torch.equal(net(x[i : i + 1]), net.run(x[i : i + 1]).logits)
     net.backend = "emulated"
     emu = net.run(x)
     assert torch.allclose(fast.logits, emu.logits, atol=1e-4)

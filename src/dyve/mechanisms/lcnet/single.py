@@ -89,7 +89,7 @@ class SingleSample:
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
         """The block's output for the one sample ``x``; None where the generic path must run."""
         g = self.gate
-        if self.mods is None or g.eps is None:
+        if self.mods is None or g.eps is None or g.training:  # training scales, never skips
             return None
         g.slot.clear()
         if self._eps[0] != g.eps:  # compared in float32, as the generic path's tensors are
@@ -121,7 +121,7 @@ class SingleSample:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        idx = torch.tensor(kept, dtype=torch.int64)
+        idx = torch.tensor(kept, dtype=torch.int64, device=c1.weight.device)
 
         def rows(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.detach().index_select(0, idx)
