@@ -3,7 +3,8 @@
 Usage: ``python benchmarks/selection_batch1.py RUN_DIR [IMAGES]`` (a ``dyve select fit`` run).
 On the first IMAGES test-b images, one thread, interleaved, median of 3 passes per image:
 the selection's ``forward`` (no trace), its ``run`` (with the trace's bookkeeping), every
-network alone, and, per image, the sum of the networks that the selection ran for it. The
+network alone, per image the sum of the networks that the selection ran for it, and the
+policy alone (softmax and decisions on those networks' logits). The
 difference between ``forward`` and that sum is what routing costs (softmax, policy features
 and classifiers, index bookkeeping) plus any slowdown of the networks when they run back to
 back instead of alone. See NOTES.md.
@@ -40,11 +41,24 @@ def main(run: str, n: int = 200) -> None:
                     t0 = time.perf_counter()
                     fn(im)
                     times[k][i].append(1e3 * (time.perf_counter() - t0))
+        # the policy alone: softmax + decide on the logits of every deciding node it ran
+        logits = {k: sel.networks[k](x) for k in names if sel.graph.node(k).children}
+        policy = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for i in range(n):
+                for k in ran[i]:
+                    if k in logits:
+                        sel.policy.decide(k, torch.softmax(logits[k][i : i + 1].float(), 1))
+            policy.append(1e3 * (time.perf_counter() - t0) / n)
     per = {k: [statistics.median(t) for t in v] for k, v in times.items()}
     mean = {k: sum(v) / n for k, v in per.items()}
     path = sum(sum(per[k][i] for k in ran[i]) for i in range(n)) / n
     print({k: round(v, 3) for k, v in mean.items()}, "ms per image, batch 1, 1 thread")
     print(f"networks on each image's path: {path:.3f} ms; routing: {mean['forward'] - path:.3f} ms")
+    print(
+        f"of which the policy (softmax, features, classifiers): {statistics.median(policy):.3f} ms"
+    )
     print(f"trace bookkeeping (run - forward): {mean['run'] - mean['forward']:.3f} ms")
     ref = names[-1]
     print(
