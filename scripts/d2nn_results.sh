@@ -7,18 +7,23 @@
 # The two-level hierarchy (hierarchical2) is trained with every branch executed only.
 # Then, from the static graph's weights (`all`, or `random` for the chain, whose
 # controllers gate every stage), controllers alone Q-learned with the modules frozen
-# (`frozen_lam*`: the same modules, so only the decisions differ from the static graph).
+# (`frozen_lam*`: the same modules, so only the decisions differ from the static graph),
+# for longer and at the full learning rate (only the small controllers train, each epoch
+# is cheap, and 3 epochs at the joint runs' controller rate left them undertrained).
 # Then docs/results/d2nn.md.
 # Two queues of runs side by side, one thread each; every run resumes where it stopped
 # (rerun after a crash) and a finished run (metrics.json present) is kept.
-# About 140 minutes on 2 cores. Benchmarks run after all training, alone.
+# About 170 minutes on 2 cores from nothing (the frozen runs and the benchmarks: 55).
+# Benchmarks run after all training, alone.
 set -euo pipefail
 RUNS=${RUNS:-runs/d2nn}
 PRE=${PRE:-4}      # pre-training epochs (random routing or every branch)
 JOINT=${JOINT:-3}  # epochs after pre-training (learned or random routing)
 LAMS=${LAMS:-"0.05 0.2 0.5"}
 LAMS_ALL=${LAMS_ALL:-"0.01 0.02 0.05 0.1"}
-LAMS_FROZEN=${LAMS_FROZEN:-"0.01 0.02 0.05 0.1 0.2"}
+LAMS_FROZEN=${LAMS_FROZEN:-"0.01 0.02 0.05 0.1 0.2 0.5"}
+FROZEN=${FROZEN:-12}  # epochs of the frozen runs (controllers only)
+FROZEN_QLR=${FROZEN_QLR:-1}  # their learning rate, as a factor of --lr
 
 train() {  # train ARCH NAME ARGS...
   local arch="$1" out="$RUNS/$1/$2"; shift 2
@@ -62,8 +67,8 @@ alone() {  # cheaper static paths, each trained alone for the whole budget
 frozen() {  # frozen ARCH INIT: controllers Q-learned on INIT's frozen modules (its static graph)
   local arch="$1" init="$2"
   for lam in $LAMS_FROZEN; do
-    train "$arch" "frozen_lam$lam" --route learned --lam "$lam" --epochs "$JOINT" \
-      --init "$RUNS/$arch/$init" --freeze
+    train "$arch" "frozen_lam$lam" --route learned --lam "$lam" --epochs "$FROZEN" \
+      --q-lr-scale "$FROZEN_QLR" --init "$RUNS/$arch/$init" --freeze
   done
 }
 
@@ -79,7 +84,8 @@ wait
 (frozen highlow all && frozen cascade all && frozen hierarchical2 all) > "$RUNS.queue1.log" 2>&1 &
 (frozen chain random && frozen hierarchical all) > "$RUNS.queue2.log" 2>&1 &
 wait
-for r in "$RUNS"/*/lam0.05/ "$RUNS"/*/all_lam0.05/ "$RUNS"/*/frozen_lam0.05/ "$RUNS"/*/full/; do
+for r in "$RUNS"/*/lam0.05/ "$RUNS"/*/all_lam0.05/ "$RUNS"/*/frozen_lam0.05/ \
+  "$RUNS"/*/frozen_lam0.2/ "$RUNS"/*/full/; do
   [[ -f "$r/bench.json" ]] || dyve bench "$r" --data cifar10-jpeg --split test --repeats 40 \
     || echo "bench failed: $r"
 done

@@ -49,9 +49,10 @@ def test_pretrain_baseline_learned_full_and_page(
     assert every["macs_per_sample"] == pre["points"][1]["test_macs_per_sample"]
     learned = _train(runs / "lam0.2", "--lam", "0.2", "--init", str(runs / "pre"))
     # --freeze: only the controllers learn; every other tensor (BN statistics too) is all's
-    _train(runs / "frozen", "--lam", "0.2", "--init", str(runs / "all"), "--freeze")
+    frozen = runs / "frozen_lam0.2"
+    _train(frozen, "--lam", "0.2", "--init", str(runs / "all"), "--freeze", "--epochs", "2")
     before = dyve.dynamic.load(runs / "all").backbone.state_dict()
-    after = dyve.dynamic.load(runs / "frozen").backbone.state_dict()
+    after = dyve.dynamic.load(frozen).backbone.state_dict()
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved, "the controllers should have trained"
     assert all(k.startswith("controllers.") for k in moved), moved
@@ -87,6 +88,9 @@ def test_pretrain_baseline_learned_full_and_page(
     assert "## highlow" in text
     assert "static frontier" in text
     assert "| lam0.2 | 0.0 |" in text
+    assert "| frozen_lam0.2 | 0.0 |" in text
+    assert "1 epochs of either Q-learned" in text  # the frozen run's 2 epochs are apart
+    assert "(2 epochs, `frozen_lam*`" in text
     assert "high, trained alone" in text
     assert "low, trained alone" in text
     assert (tmp_path / "d2nn" / "curves.png").stat().st_size > 10_000

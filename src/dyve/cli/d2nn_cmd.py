@@ -47,7 +47,8 @@ def add(sub: Any) -> None:
     t.add_argument(
         "--freeze",
         action="store_true",
-        help="route learned from --init: train the controllers only (regular nodes frozen)",
+        help="route learned from --init: train the controllers only (regular nodes frozen; "
+        "cheap epochs: use more of them and --q-lr-scale 1)",
     )
     t.add_argument("--static", default=None, help='route static: the path to train ("q=low")')
     t.add_argument("--seed", type=int, default=d.seed)
