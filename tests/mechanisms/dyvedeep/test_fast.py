@@ -28,7 +28,8 @@ RESULTS = Path(__file__).resolve().parents[3] / "docs" / "results" / "dyvedeep"
 ZOO = ("caffe_cifar10", "vgg16_bn_cifar_w025", "resnet20_cifar", "resnet56_cifar")
 RTOL = 1e-5
 
-pytestmark = pytest.mark.skipif(
+#: every test but the no-kernels one needs the kernels (that one is for where they are missing)
+needs_kernels = pytest.mark.skipif(
     not native.available(), reason="DyVEDeep's C++ kernels could not be built here (no g++?)"
 )
 
@@ -75,6 +76,7 @@ def _assert_same(x, plan, geom, knobs, *, relu=True, statistic="variance"):
     return emu, fast
 
 
+@needs_kernels
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "x".join(map(str, g)))
 @pytest.mark.parametrize("knobs", KNOBS, ids=lambda k: str(k)[9:-1].replace(" ", ""))
 def test_site_matches_emulation(geometry, knobs):
@@ -82,12 +84,14 @@ def test_site_matches_emulation(geometry, knobs):
     _assert_same(x, plan, geom, knobs)
 
 
+@needs_kernels
 @pytest.mark.parametrize("statistic", ["variance", "range"])
 def test_sfma_statistics_and_sites_without_relu(statistic):
     x, plan, geom = _layer(16, 16, 8, 3, 1, 1, torch.Generator().manual_seed(2))
     _assert_same(x, plan, geom, SiteKnobs(sdss=0.3, sfma=0.05), relu=False, statistic=statistic)
 
 
+@needs_kernels
 def test_linear_site_and_two_threads():
     gen = torch.Generator().manual_seed(3)
     x = torch.relu(torch.randn(5, 64, generator=gen))
@@ -102,6 +106,7 @@ def test_linear_site_and_two_threads():
     assert emu.parts["stopped"].sum() > 0
 
 
+@needs_kernels
 def test_real_skipping_costs_less_than_dense():
     x, plan, geom = _layer(32, 32, 8, 3, 1, 1, torch.Generator().manual_seed(4))
     dense = native.FastSite(plan, geom).run(x, SiteKnobs(), relu=True)
@@ -117,6 +122,7 @@ def _zoo_net(name: str):
     return net, model_info(backbone)
 
 
+@needs_kernels
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_models_fast_equals_emulated(name):
     fast, info = _zoo_net(name)
@@ -165,6 +171,7 @@ def test_without_kernels_dyve_says_so_once_and_emulates(tmp_path):
     assert not list(tmp_path.iterdir()), "nothing should be built when disabled"
 
 
+@needs_kernels
 def test_kernels_are_cached_and_rebuilt_atomically(tmp_path, monkeypatch):
     monkeypatch.setenv("DYVE_KERNELS", str(tmp_path))
     native.kernels.cache_clear()
