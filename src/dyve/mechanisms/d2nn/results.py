@@ -126,24 +126,18 @@ def analyse(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _kind(cfg: dict[str, Any]) -> str:
+    """What a run is: pre-training, joint (learned), frozen (controllers only) or alone."""
+    if cfg["route"] == "learned":
+        return "frozen" if cfg.get("freeze") else "joint"
+    if cfg["route"] == "static":
+        return "alone"
+    return "pre" if not cfg["init"] else "again"  # random/all from a pre-training run
+
+
 def _epochs(runs: list[dict[str, Any]], kind: str) -> str:
-    """Epochs of the pre-training, joint, frozen or trained-alone runs (as a range if they
-    differ)."""
-    routes = {
-        "pre": ("random", "all"),
-        "joint": ("learned",),
-        "frozen": ("learned",),
-        "alone": ("static",),
-    }[kind]
-    eps = sorted(
-        {
-            r["cfg"]["epochs"]
-            for r in runs
-            if r["cfg"]["route"] in routes
-            and (kind != "pre" or not r["cfg"]["init"])
-            and (kind not in ("joint", "frozen") or r["cfg"].get("freeze") == (kind == "frozen"))
-        }
-    )
+    """Epochs of the runs of one kind (see :func:`_kind`), as a range if they differ."""
+    eps = sorted({r["cfg"]["epochs"] for r in runs if _kind(r["cfg"]) == kind})
     return "-".join(map(str, [eps[0], eps[-1]] if len(eps) > 1 else eps)) or "?"
 
 
