@@ -63,8 +63,8 @@ def eval_run(
         progress=progress and ddp.main,
         desc=model,
     )
-    ddp.close()
     if not ddp.main:
+        ddp.close()
         return {}
     table = static_cost(net)
     metrics = {
@@ -84,4 +84,5 @@ def eval_run(
         write_json(out / "config.json", config)
         save_npy(out / "predictions.npy", m.predictions)
         write_json(out / "metrics.json", metrics)
+    ddp.close()
     return metrics

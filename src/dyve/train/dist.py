@@ -8,6 +8,12 @@ processes follows the same schedule as one process with the same ``--batch-size`
 Gradients are averaged by :class:`~torch.nn.parallel.DistributedDataParallel` (or, for a
 step DDP cannot hook, by :meth:`Dist.average_gradients` after each backward); only rank 0
 validates and writes files, the others wait at a barrier.
+
+Every process leaves together: :meth:`Dist.close` waits at a barrier before tearing the
+group down, and each job calls it last on rank 0 (after the run is written) and as soon
+as their share is done on the others. A process that tore its group down and exited
+while a peer was still working aborted now and then in CI (gloo, ``terminate called
+without an active exception``); waiting for everyone first is the documented order.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -25,6 +32,11 @@ from dyve.data.core import ImageSet
 from dyve.errors import DyveError
 
 T = TypeVar("T")
+
+# How long a collective may wait for a peer. Rank 0 alone evaluates and measures the run
+# at the end while the others wait in ``close()``: minutes on a CPU, so well above the
+# 30-minute default.
+TIMEOUT = timedelta(hours=2)
 
 
 @dataclass(frozen=True)
@@ -116,8 +128,10 @@ class Dist:
             dist.barrier()
 
     def close(self) -> None:
-        """Leave the process group."""
+        """Wait for every process, then leave the process group (see the module docstring:
+        rank 0 calls this after writing the run, so the others wait for it)."""
         if self.world > 1 and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 
@@ -134,7 +148,7 @@ def init(batch_size: int | None = None) -> Dist:
         raise DyveError(f"--batch-size {batch_size} must be a multiple of the {world} processes")
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=TIMEOUT)
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
     return Dist(rank, world, local)

@@ -119,8 +119,8 @@ def run_job(
             if chosen.get(k):
                 alone[k] = tests.get(k, {k: chosen[k]})
     _set(net, chosen)
-    ddp.close()
     if not ddp.main:  # rank 0 writes the run
+        ddp.close()
         return {}
     # training-free on shipped weights: only the description (tensors: the zoo's)
     save(net, out, backbone_weights=bool(cfg.weights))
@@ -128,6 +128,7 @@ def run_job(
     metrics["weights_saw_calibration_split"] = meta.get("val_heldout") is False
     write_json(out / "metrics.json", metrics)
     _write_curve(cal, out, cfg)
+    ddp.close()
     return metrics
 
 
