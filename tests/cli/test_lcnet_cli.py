@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import dyve.dynamic
 from dyve._io import read_json
@@ -60,8 +63,19 @@ def test_train_crash_resume_bench_and_page(
         48,
         "executed",
     )
-    history = (run / "history.jsonl").read_text().splitlines()
-    assert len(history) == 2
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    # resumed, not restarted: the run equals one that never crashed (losses, the kept
+    # checkpoint's tensors and the test metrics)
+    straight = tmp_path / "straight"
+    assert _cli(*args[:3], str(straight), *args[4:])[0] == 0
+    again = [json.loads(line) for line in (straight / "history.jsonl").read_text().splitlines()]
+    assert [h["train_loss"] for h in again] == [h["train_loss"] for h in history]
+    a, b = load_file(run / "dynamic.safetensors"), load_file(straight / "dynamic.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    m2 = read_json(straight / "metrics.json")
+    assert (m2["top1"], m2["macs_per_sample"]) == (m["top1"], m["macs_per_sample"])
     net = dyve.dynamic.load(run)  # the kept checkpoint rebuilds from its files alone
     assert net.knobs() == {"lcnet.eps": 0.0}
 

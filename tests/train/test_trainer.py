@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from dyve.errors import DyveError
 from dyve.train import trainer
@@ -76,6 +77,17 @@ def test_train_crash_resume_and_outputs(tmp_path: Path, prepared, monkeypatch) -
 
     net = models.create("caffe_cifar10", pretrained=out / "model.safetensors")
     assert net(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+    # resumed, not restarted: the same weights and history as a run that never crashed
+    # (a restart would redo epoch 1 and train 3 epochs; a lost optimiser state or data
+    # order would change epoch 2)
+    straight = tmp_path / "straight"
+    train(cfg, straight, progress=False)
+    a, b = load_file(out / "model.safetensors"), load_file(straight / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = [json.loads(line) for line in (straight / "history.jsonl").read_text().splitlines()]
+    assert [h["train_loss"] for h in lines] == [h["train_loss"] for h in history]
 
 
 def test_resume_without_a_run(tmp_path: Path) -> None:
