@@ -459,13 +459,25 @@ def check_backends_agree(case: ContractCase, tmp: Path) -> None:
 
 @_check
 def check_trainable_surface(case: ContractCase, tmp: Path) -> None:
-    net = _equip(case)
-    backbone_ids = {id(p) for p in net.backbone.parameters() if not _in_gate(net, p)}
-    added = list(net.trainable_parameters())
-    assert not any(id(p) in backbone_ids for p in added), (
-        "trainable parameters include backbone weights"
-    )
-
-
-def _in_gate(net: DynamicNet, p: nn.Parameter) -> bool:
-    return any(p is q for q in net.gate_parameters())
+    """What a trainer optimises is what the mechanism added, and nothing of the backbone:
+    every parameter the mechanism added is in it (counted against the bare backbone), each
+    once and reachable from the network (so it is saved), and moving all of it leaves the
+    knobs-off network equal to the backbone (a backbone weight among them would not)."""
+    backbone = case.make_backbone().eval()
+    x = case.make_inputs()
+    with torch.no_grad():
+        ref = backbone(x)
+    net = _equip(case, copy.deepcopy(backbone))
+    trainable = list(net.trainable_parameters())
+    ids = [id(p) for p in trainable]
+    assert len(ids) == len(set(ids)), "a trainable parameter is listed twice"
+    assert set(ids) <= {id(p) for p in net.parameters()}, "a trainable parameter is not saved"
+    added = sum(p.numel() for p in net.parameters()) - sum(p.numel() for p in backbone.parameters())
+    assert sum(p.numel() for p in trainable) >= added, "added parameters left out of training"
+    gen = torch.Generator().manual_seed(12345)
+    with torch.no_grad():
+        for p in trainable:
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    _off(net)
+    with torch.no_grad():
+        assert torch.equal(net(x), ref), "moving the trainable parameters changed the backbone"
