@@ -44,6 +44,17 @@ def test_two_processes_train_the_same_weights_as_one(tmp_path: Path, prepared) -
     assert one.keys() == two.keys()
     for k in one:
         assert torch.allclose(one[k], two[k], atol=1e-5), f"{k} differs between 1 and 2 processes"
+    # and training moved them (equal untrained weights would pass the check above): the
+    # trainer's random initialisation is create() after manual_seed(seed=0)
+    from dyve.models import create
+
+    torch.manual_seed(0)
+    init = create("caffe_cifar10").state_dict()
+    for k in one:
+        moved = float((one[k] - init[k]).abs().max())
+        apart = float((one[k] - two[k]).abs().max())
+        assert moved > 0, f"{k} did not train"
+        assert apart <= 1e-3 * moved, f"{k}: 1 vs 2 processes {apart:.2g}, moved {moved:.2g}"
     rows = [json.loads(r) for r in (tmp_path / "two" / "history.jsonl").read_text().splitlines()]
     assert len(rows) == 1  # written once, by rank 0
     assert (rows[0]["processes"], rows[0]["images_per_process"]) == (2, 48)  # half each
