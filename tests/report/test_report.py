@@ -57,7 +57,9 @@ def test_measurement_is_the_shared_measure(report, skip_run: Path, sample) -> No
     assert r.m.top1 == ref.top1
     assert np.array_equal(r.m.cost.macs.numpy(), ref.cost.macs.numpy())
     assert r.reduction == pytest.approx(net.static_macs / ref.macs_mean)
-    # the per-sample unit record adds up to the aggregated breakdown
+    # the per-sample unit record covers the same units and adds up to the breakdown
+    assert r.m.unit_macs.keys() == ref.breakdown.keys()
+    assert r.m.unit_macs
     for unit, per_sample in r.m.unit_macs.items():
         assert per_sample.mean() == pytest.approx(ref.breakdown[unit]["macs"])
     assert r.reduction > 1.0  # the threshold really skips blocks on these images
