@@ -174,6 +174,24 @@ def test_apply_point_sets_every_knob(net: DynamicNet, curve: TradeoffCurve) -> N
         net.set_knobs(threshold=0.0)
 
 
+def test_apply_point_sets_several_knobs_of_a_mechanism() -> None:
+    """A calibrated point sets several knobs at once (DyVEDeep's four)."""
+    from dataclasses import replace
+
+    from dyve.mechanisms.dyvedeep import DyVEDeep
+    from dyve.testing.toy import toy_bottleneck_net
+
+    dv = equip(toy_bottleneck_net().eval(), DyVEDeep(), example_inputs=torch.zeros(1, 3, 32, 32))
+    knobs = {
+        "dyvedeep.spet": 0.1,
+        "dyvedeep.spet_exact": True,
+        "dyvedeep.sdss": 0.2,
+        "dyvedeep.sfma": 0.05,
+    }
+    apply_point(dv, replace(point(0.1, 90.0, 50.0), knobs=knobs))
+    assert dv.knobs() == knobs
+
+
 # ------------------------------------------------------------------ hand-made curves
 def point(value: Any, top1: float, macs: float, *, reference: bool = False) -> CurvePoint:
     return CurvePoint(
