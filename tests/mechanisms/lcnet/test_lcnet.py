@@ -170,13 +170,35 @@ def test_regularizer_is_the_papers_sum_and_macs_weighting_keeps_its_total_at_ini
 
 def test_aig_gates_are_hard_and_pass_gradients_in_training() -> None:
     net = equip(_r20(), ConvNetAIG(threshold=0.5, open_bias=0.0)).train()
+    torch.manual_seed(0)
     out = net(torch.randn(8, 3, 32, 32))
     mech = net.mechanisms[0]
-    loss = out.sum() + mech.target_loss(0.5)  # type: ignore[attr-defined]
     for g in mech.gates:  # type: ignore[attr-defined]
         assert set(g.last.detach().unique().tolist()) <= {0.0, 1.0}
+    # the task loss alone reaches every gate through its hard 0/1 decision
+    # (straight-through Gumbel): a gate cut from the graph would get no gradient
+    out.sum().backward()
+    for g in mech.gates:  # type: ignore[attr-defined]
+        grads = [p.grad for p in g.parameters()]
+        assert all(x is not None for x in grads)
+        assert any(bool(x.abs().sum() > 0) for x in grads)
+
+
+def test_aig_target_loss_is_the_rate_gap_and_pulls_rates_to_the_target() -> None:
+    net = equip(_r20(), ConvNetAIG(threshold=0.5, open_bias=0.0)).train()
+    torch.manual_seed(0)
+    net(torch.randn(8, 3, 32, 32))
+    mech = net.mechanisms[0]
+    rates = torch.stack([g.last.detach().mean() for g in mech.gates])  # type: ignore[attr-defined]
+    loss = mech.target_loss(0.25)  # type: ignore[attr-defined]
+    assert loss.item() == pytest.approx(float(((rates - 0.25) ** 2).mean()), rel=1e-6)
     loss.backward()
-    assert all(p.grad is not None for p in net.trainable_parameters())
+    # every gate whose rate is off the target gets a gradient from it
+    off = [g for g, r in zip(mech.gates, rates.tolist(), strict=True) if r != 0.25]  # type: ignore[attr-defined]
+    assert off
+    for g in off:
+        grads = [p.grad for p in g.parameters() if p.grad is not None]
+        assert any(bool(x.abs().sum() > 0) for x in grads)
 
 
 def test_bad_settings_are_refused() -> None:
