@@ -182,5 +182,16 @@ def test_kernels_are_cached_and_rebuilt_atomically(tmp_path, monkeypatch):
         built = list(tmp_path.iterdir())
         assert len(built) == 1
         assert built[0].suffix == ".so"
+        # a new process (a cleared cache) loads the built library instead of compiling
+        stamp = built[0].stat().st_mtime_ns
+
+        def no_build(*a: object) -> str:
+            raise AssertionError("the cached kernels were compiled again")
+
+        monkeypatch.setattr(native, "_build", no_build)
+        native.kernels.cache_clear()
+        assert native.kernels() is not None
+        assert list(tmp_path.iterdir()) == built
+        assert built[0].stat().st_mtime_ns == stamp
     finally:
         native.kernels.cache_clear()
