@@ -87,3 +87,18 @@ def test_exits_and_select_write_runs_and_a_page(
         "--no-progress",
     )
     assert rc2 == 2
+
+
+def test_selection_needs_two_different_networks_before_any_work(tmp_path: Path) -> None:
+    for models in ("resnet20_cifar", "resnet20_cifar,resnet20_cifar", "nope,resnet20_cifar"):
+        out = tmp_path / "s"
+        assert _cli("select", "fit", "--models", models, "--out", str(out))[0] == 2
+        assert not out.exists(), "a refused job must not leave a run directory behind"
+
+
+def test_bad_exit_points_and_budgets_are_refused_before_a_run_exists(tmp_path: Path) -> None:
+    out = tmp_path / "e"
+    base = ("exits", "fit", "--model", "resnet20_cifar", "--out", str(out), "--no-progress")
+    assert _cli(*base, "--exits", "nope")[0] == 2
+    assert _cli(*base, "--budget", "-1")[0] == 2
+    assert not out.exists(), "a corrected rerun must not meet a config it never ran"

@@ -68,6 +68,8 @@ def _config(args: argparse.Namespace, models: tuple[str, ...], **extra: Any) -> 
         raise DyveError(f"--lams must be comma-separated numbers, got {args.lams!r}") from None
     if any(v < 0 for v in lams):
         raise DyveError("--lams must be >= 0")
+    if args.budget < 0:
+        raise DyveError(f"--budget is an accuracy loss in pp and must be >= 0, got {args.budget}")
     if args.latency_images < 1 or (args.limit is not None and args.limit < 1):
         raise DyveError("--latency-images and --limit must be >= 1")
     return JobConfig(
@@ -115,6 +117,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     from dyve.mechanisms.adaptive.select_job import run_select
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    if len(set(models)) != len(models) or len(models) < 2:  # refused before any work
+        raise DyveError(f"--models needs two or more different networks, got {args.models!r}")
     try:
         m = run_select(_config(args, models), args.out, progress=not args.no_progress)
     except ValueError as exc:

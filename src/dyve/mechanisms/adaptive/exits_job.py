@@ -40,7 +40,6 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
     rest (heads, policies, the real run) is rank 0's, and the others return ``{}``.
     """
     ddp = init()
-    load_config(out, cfg)
     model = cfg.models[0]
     backbone = create(model, pretrained=True)
     norm = model_info(backbone).norm
@@ -49,6 +48,7 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
     net.attach(mech)
     points = list(mech.heads())
     fit, held = choose_splits(cfg.fit_split, cfg.eval_split, heldout(model))
+    load_config(out, cfg)  # after the checks above: a refused job leaves no run directory
     dense = net.detach()
 
     def cache(split: str) -> dict[str, Any]:

@@ -45,13 +45,13 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
     rest is rank 0's, and the others return ``{}``.
     """
     ddp = init()
-    load_config(out, cfg)
     nets = {m: create(m, pretrained=True) for m in cfg.models}
     norms = {model_info(n).norm for n in nets.values()}
     if len(norms) != 1:
         raise DyveError("network selection needs networks with the same input normalisation")
     norm = norms.pop()
     fit, held = choose_splits(cfg.fit_split, cfg.eval_split, all(heldout(m) for m in cfg.models))
+    load_config(out, cfg)  # after the checks above: a refused job leaves no run directory
 
     def node_outputs(split: str) -> Outputs:
         ds = load_split(cfg, split)
