@@ -117,8 +117,6 @@ def cmd_select(args: argparse.Namespace) -> int:
     from dyve.mechanisms.adaptive.select_job import run_select
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
-    if len(set(models)) != len(models) or len(models) < 2:  # refused before any work
-        raise DyveError(f"--models needs two or more different networks, got {args.models!r}")
     try:
         m = run_select(_config(args, models), args.out, progress=not args.no_progress)
     except ValueError as exc:

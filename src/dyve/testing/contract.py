@@ -25,7 +25,7 @@ import contextlib
 import copy
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -289,6 +289,14 @@ def _off(net: DynamicNet) -> None:
             m.set_knob(k, v)
 
 
+def _move(params: Iterable[nn.Parameter], scale: float) -> None:
+    """Add seeded Gaussian noise of std ``scale`` to each parameter, in place."""
+    noise = torch.Generator().manual_seed(12345)
+    with torch.no_grad():
+        for p in params:
+            p.add_(scale * torch.randn(p.shape, generator=noise).to(p))
+
+
 def _hooks(model: nn.Module) -> int:
     return sum(
         len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
@@ -391,10 +399,7 @@ def check_round_trip(case: ContractCase, tmp: Path) -> None:
     net.set_knobs(**case.active)
     # move what the mechanism added off its seeded initial values: a rebuilt mechanism
     # draws those again, so only a save/load that keeps them passes
-    noise = torch.Generator().manual_seed(12345)
-    with torch.no_grad():
-        for p in {id(p): p for p in (*net.gate_parameters(), *net.trainable_parameters())}.values():
-            p.add_(0.01 * torch.randn(p.shape, generator=noise).to(p))
+    _move({id(p): p for p in (*net.gate_parameters(), *net.trainable_parameters())}.values(), 0.01)
     save(net, tmp / "saved")
     again = load(tmp / "saved", backbone=case.make_backbone())
     want, got = net.state_dict(), again.state_dict()
@@ -474,10 +479,7 @@ def check_trainable_surface(case: ContractCase, tmp: Path) -> None:
     assert set(ids) <= {id(p) for p in net.parameters()}, "a trainable parameter is not saved"
     added = sum(p.numel() for p in net.parameters()) - sum(p.numel() for p in backbone.parameters())
     assert sum(p.numel() for p in trainable) >= added, "added parameters left out of training"
-    gen = torch.Generator().manual_seed(12345)
-    with torch.no_grad():
-        for p in trainable:
-            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    _move(trainable, 1.0)
     _off(net)
     with torch.no_grad():
         assert torch.equal(net(x), ref), "moving the trainable parameters changed the backbone"

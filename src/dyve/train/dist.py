@@ -37,8 +37,8 @@ from dyve.errors import DyveError
 T = TypeVar("T")
 
 # How long a collective may wait for a peer. Rank 0 alone evaluates and measures the run
-# at the end while the others wait in ``close()``: minutes on a CPU, so well above the
-# 30-minute default.
+# at the end while the others wait in ``close()``; that takes minutes on a CPU, and the
+# 30-minute default leaves too thin a margin on a slow or busy machine.
 TIMEOUT = timedelta(hours=2)
 
 

@@ -44,6 +44,8 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
     Under torchrun each network's outputs are computed in shards over the processes; the
     rest is rank 0's, and the others return ``{}``.
     """
+    if len(set(cfg.models)) != len(cfg.models) or len(cfg.models) < 2:  # before any work
+        raise DyveError(f"network selection needs two or more different networks: {cfg.models}")
     ddp = init()
     nets = {m: create(m, pretrained=True) for m in cfg.models}
     norms = {model_info(n).norm for n in nets.values()}
