@@ -6,6 +6,7 @@ import contextlib
 import io
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,6 +46,7 @@ def test_exits_and_select_write_runs_and_a_page(
     assert 0.0 <= m["chosen_lam"] <= 0.3
     assert abs(m["top1"] - m["cache_prediction"]["top1"]) < 1e-3
     assert abs(m["macs_per_sample"] - m["cache_prediction"]["macs_mean"]) < 1e-6
+    _check_latency(curves, m, ["layer1", "layer2", "final"], "final")
     net = dyve.dynamic.load(tmp_path / "e")
     assert net.mechanism("early_exit").config.lams == (0.0, 0.1, 0.3)
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
@@ -65,6 +67,8 @@ def test_exits_and_select_write_runs_and_a_page(
     assert 0.0 <= s["chosen_lam"] <= 0.3
     assert abs(s["top1"] - s["cache_prediction"]["top1"]) < 1e-3
     assert abs(s["macs_per_sample"] - s["cache_prediction"]["macs_mean"]) < 1e-6
+    sc = read_json(tmp_path / "s" / "curves.json")
+    _check_latency(sc, s, ["caffe_cifar10", "resnet20_cifar"], "resnet20_cifar")
     page = tmp_path / "adaptive.md"
     rc, _ = _cli(
         "adaptive", "results", str(tmp_path / "e"), str(tmp_path / "s"), "--out", str(page)
@@ -74,6 +78,8 @@ def test_exits_and_select_write_runs_and_a_page(
     assert "Early exit on resnet20_cifar" in text
     assert "Network selection" in text
     assert (tmp_path / "adaptive" / "e.png").is_file()
+    assert text.count("Stage latencies") == 2
+    assert "est. speedup" in text
     # a different configuration in the same directory is refused
     rc2, _ = _cli(
         "exits",
@@ -87,6 +93,24 @@ def test_exits_and_select_write_runs_and_a_page(
         "--no-progress",
     )
     assert rc2 == 2
+
+
+def _check_latency(
+    curves: dict[str, Any], metrics: dict[str, Any], nodes: list[str], reference: str
+) -> None:
+    """The stage table covers every node, was timed with the executed point, and every
+    curve point carries its estimate."""
+    lat = curves["latency"]
+    assert list(lat["stage_ms"]) == nodes
+    assert lat["images"] == metrics["latency_images"] == 5
+    assert lat["alone_ms"][reference] == metrics["baseline_latency_ms_b1"]
+    root = nodes[0]
+    assert lat["stage_ms"][root] == lat["path_ms"][root] > 0
+    pts = [*curves["learned"], *curves["baselines"]["max_prob"], curves["oracle"]]
+    for p in pts:
+        assert p["ran_fraction"][root] == 1.0
+        assert p["latency_ms"] > 0
+        assert abs(p["speedup_est"] * p["latency_ms"] - lat["alone_ms"][reference]) < 1e-9
 
 
 def test_selection_needs_two_different_networks_before_any_work(tmp_path: Path) -> None:

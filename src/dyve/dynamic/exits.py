@@ -123,9 +123,14 @@ class ExitRun:
         logits, leave, overhead = self.points[k].evaluate(out)
         if logits is None or leave is None:
             return None
+        trace: Trace | None = st.trace
+        if self.fast and es.n == 1 and trace is None:  # batch 1, no bookkeeping: leave or not
+            if not bool(leave):
+                return None
+            es.logits = logits
+            raise AllLeft
         rows: torch.Tensor = st.rows if st.rows is not None else torch.arange(es.n)
         leave = leave.cpu()
-        trace: Trace | None = st.trace
         if self.fast:
             if trace is not None:
                 trace.charge(exit_unit(self.points[k].name), rows, RAN, overhead)

@@ -104,6 +104,39 @@ def test_learned_policy_runs_exactly_as_the_cached_study_predicts() -> None:
         assert torch.allclose(res.macs, predicted.cost), backend
         assert torch.equal(res.logits.argmax(1) == y, predicted.correct), backend
 
+    # batch 1 decides on Python floats (decide_one), and forward without a trace returns
+    # at the exit with no bookkeeping: the same exits, image by image
+    net.backend = "fast"
+    for i in range(len(x)):
+        one = net.run(x[i : i + 1])
+        assert one.trace.exit_at is not None
+        assert int(one.trace.exit_at[0]) == int(res.trace.exit_at[i]), i
+        assert torch.equal(net(x[i : i + 1]), one.logits), i
+
+    # forced (how stage latencies are measured): everyone leaves where told, and every exit
+    # on the way still evaluates its head and its policy, whose cost is paid
+    ask = [hm[0] + dim, hm[1] + dim]
+    for leave, at, cost in (
+        ("layer1", 0, t1 + ask[0]),
+        ("layer2", 1, t2 + sum(ask)),
+        (None, -1, g.total_macs + sum(ask)),
+    ):
+        mech.force(leave)
+        res = net.run(x)
+        assert res.trace.exit_at is not None
+        assert torch.all(res.trace.exit_at == at), leave
+        assert torch.allclose(res.macs, torch.full_like(res.macs, float(cost))), leave
+    mech.unforce()
+    again = net.run(x).trace.exit_at
+    assert again is not None
+    assert torch.equal(torch.where(again < 0, 2, again), predicted.stop_node)
+    net.set_knobs(policy="off")  # forcing still reaches the exits (the stored policy is asked)
+    mech.force("layer1")
+    assert torch.all(net.run(x).trace.exit_at == 0)
+    mech.unforce()
+    with pytest.raises(DyveError, match="no exit 'layer3'"):
+        mech.force("layer3")
+
 
 def test_stored_policies_survive_save_and_load(tmp_path: object) -> None:
     from pathlib import Path

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from dyve.mechanisms.adaptive.policy import (
+    FEATURE_KINDS,
     Classifier,
     LearnedPolicy,
     Node,
@@ -22,6 +23,7 @@ from dyve.mechanisms.adaptive.policy import (
     evaluate,
     evaluate_node,
     features,
+    features_one,
     fit_learned,
     oracle,
     sweep_learned,
@@ -123,9 +125,12 @@ def test_outputs_features_and_argument_errors(chain_data: tuple[Outputs, Outputs
     assert features(p, "softmax").shape == (1, 3)
     conf = features(p, "confidence")  # top-3 sorted, entropy, margin
     ent = -(p * p.log()).sum()
-    torch.testing.assert_close(conf[0], torch.tensor([0.6, 0.3, 0.1, float(ent), 0.3]))
+    torch.testing.assert_close(conf[0], torch.tensor([0.6, 0.3, 0.1, float(ent), 0.3]).double())
     assert features(torch.full((2, 10), 0.1), "both").shape == (2, 10 + 5 + 2)
-    assert features(p, "both").dtype == torch.float32
+    assert features(p, "both").dtype == torch.float64
+    for kind in FEATURE_KINDS:  # one sample in Python floats: the same numbers
+        one = features_one(p[0].tolist(), kind)
+        torch.testing.assert_close(torch.tensor(one, dtype=torch.float64), features(p, kind)[0])
     with pytest.raises(ValueError, match="feature kind"):
         features(p, "logits")
 
@@ -349,6 +354,28 @@ def test_state_round_trip(select_data: tuple[Outputs, Outputs]) -> None:
     del state["G.stop.mean"]
     with pytest.raises(ValueError, match=r"G\.stop\.mean"):
         LearnedPolicy.from_state(meta, state)
+
+
+def test_one_sample_decisions_equal_the_batched_ones(
+    select_data: tuple[Outputs, Outputs],
+) -> None:
+    """``decide_one`` (batch 1, Python floats) picks what ``decide`` picks, sample by sample."""
+    fit, ev = select_data
+    policies = [
+        fit_learned(SELECT, fit, lam, features=k) for lam in (0.02, 0.1) for k in FEATURE_KINDS
+    ]
+    policies += [ThresholdPolicy("max_prob", 0.6), ThresholdPolicy("entropy", 0.8)]
+    answers: set[int | None] = set()
+    for pol in policies:
+        for name in ("A", "G"):
+            probs = ev.probs(name)
+            stop, child = pol.decide(name, probs)
+            batched = [
+                None if s else int(c) for s, c in zip(stop.tolist(), child.tolist(), strict=True)
+            ]
+            assert [pol.decide_one(name, p) for p in probs.tolist()] == batched, (pol, name)
+            answers |= set(batched)
+    assert answers == {None, 0, 1}, "stop, and both children of A, must each be picked"
 
 
 def test_selection_decides_at_a_from_a_alone(select_data: tuple[Outputs, Outputs]) -> None:

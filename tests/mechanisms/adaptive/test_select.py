@@ -49,9 +49,12 @@ def test_selection_runs_exactly_as_the_cached_study_predicts(tmp_path: Path) -> 
     assert torch.equal(ran, predicted.path)
     one = torch.cat([system.run(x[i : i + 1]).logits for i in range(8)])
     assert torch.allclose(one, res.logits[:8], atol=1e-4)
-    # forward routes the same way without the trace (what latency is measured on)
+    # forward routes the same way without the trace (what latency is measured on); at
+    # batch 1 it decides on Python floats (decide_one): the same network for every image
     assert torch.equal(system(x), res.logits)
     assert torch.equal(torch.cat([system(x[i : i + 1]) for i in range(8)]), one)
+    for i in range(8, len(x)):
+        assert torch.equal(system(x[i : i + 1]), system.run(x[i : i + 1]).logits), i
     # a saved run rebuilds the same system
     save_policies(tmp_path, NETS, [policy], 0, 17)
     again = load_selection(tmp_path)

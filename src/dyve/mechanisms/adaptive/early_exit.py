@@ -28,7 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from dyve.errors import DyveError
-from dyve.mechanisms.adaptive.policy import Classifier, LearnedPolicy, ThresholdPolicy
+from dyve.mechanisms.adaptive.policy import (
+    Classifier,
+    LearnedPolicy,
+    ThresholdPolicy,
+    features_one,
+)
 from dyve.mechanisms.adaptive.policy import features as policy_features
 from dyve.mechanisms.base import MECHANISMS, Mechanism
 
@@ -104,19 +109,39 @@ class ExitModule(nn.Module):
         self.policy = "off"
         self.threshold = math.inf
         self.index = 0  # which learned policy
+        self.forced: bool | None = None  # see EarlyExit.force
+        self._classifier: tuple[tuple[int, ...], Classifier] | None = None  # see classifier
 
     def decide(self, probs: torch.Tensor) -> torch.Tensor:
         """Bool ``[N]``: leave here, from the head's softmax ``probs``."""
         if self.policy in ("max_prob", "entropy"):  # the very rule the cached study evaluates
-            return ThresholdPolicy(self.policy, self.threshold).decide("", probs)[0]
-        return self.classifier(self.index).predict(probs)
+            leave = ThresholdPolicy(self.policy, self.threshold).decide("", probs)[0]
+        else:
+            leave = self.classifier(self.index).predict(probs)
+        return leave if self.forced is None else torch.full_like(leave, self.forced)
+
+    def decide_one(self, probs: list[float]) -> bool:
+        """:meth:`decide` for one sample's probabilities, on Python floats (batch 1)."""
+        if self.policy in ("max_prob", "entropy"):
+            leave = ThresholdPolicy(self.policy, self.threshold).decide_one("", probs) is None
+        else:
+            clf = self.classifier(self.index)
+            leave = clf.score_one(features_one(probs, self.feature_kind)) > 0
+        return leave if self.forced is None else self.forced
 
     def classifier(self, index: int) -> Classifier:
         """The stored learned policy ``index`` as the classifier it was fitted as."""
-        i = index
-        return Classifier(
-            self.weight[i], self.bias[i], self.mean[i], self.std[i], self.feature_kind
-        )
+        # kept while the buffers stay the same tensors, unchanged in place (a load copies
+        # into them, store() replaces them): batch 1 reuses its Python floats (score_one)
+        parts = (self.weight, self.bias, self.mean, self.std)
+        key = (index, *(t.data_ptr() for t in parts), *(t._version for t in parts))
+        if self._classifier is None or self._classifier[0] != key:
+            i = index
+            clf = Classifier(
+                self.weight[i], self.bias[i], self.mean[i], self.std[i], self.feature_kind
+            )
+            self._classifier = (key, clf)
+        return self._classifier[1]
 
     def store(self, classifiers: list[Classifier]) -> None:
         """Keep one fitted classifier per lambda (replaces what was stored)."""
@@ -125,9 +150,12 @@ class ExitModule(nn.Module):
             setattr(self, part, torch.stack(stacked) if stacked else getattr(self, part)[:0])
 
     def evaluate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.policy == "off":
+        if self.policy == "off" and self.forced is None:
             return x, None
         logits = self.head(x)
+        if logits.shape[0] == 1:  # no small tensor ops between the network's layers
+            probs = torch.softmax(logits.float(), 1)[0].tolist()
+            return logits, torch.tensor([self.decide_one(probs)])
         return logits, self.decide(torch.softmax(logits.float(), 1))
 
     def overhead_macs(self) -> float:
@@ -201,6 +229,24 @@ class EarlyExit(Mechanism):
             self.set_knob("lam", lams[0] if lams else 0.0)
         if not lams and self.config.policy == "learned":
             self.set_knob("policy", "off")
+
+    def force(self, leave_at: str | None) -> None:
+        """Every sample leaves at exit ``leave_at`` (None: at none; ``unforce`` undoes it).
+
+        Each exit reached still evaluates its head and its policy (the stored learned one
+        when the policy knob is "off"), whose answer is then overridden: a timed forced
+        run pays what the real policy costs on its path (how
+        :mod:`~dyve.mechanisms.adaptive.latency` measures stage latencies).
+        """
+        if leave_at is not None and leave_at not in self.modules:
+            raise DyveError(f"early_exit: no exit {leave_at!r}; exits: {list(self.modules)}")
+        for p, m in self.modules.items():
+            m.forced = p == leave_at
+
+    def unforce(self) -> None:
+        """Back to the policies' own decisions."""
+        for m in self.modules.values():
+            m.forced = None
 
     def heads(self) -> dict[str, ExitHead]:
         """The exit heads by exit point, in the order samples reach them."""

@@ -5,8 +5,11 @@ See :mod:`dyve.mechanisms.adaptive.job` for what every job writes and how splits
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from dyve._io import write_json
 from dyve.data.core import ImageSet
@@ -24,9 +27,9 @@ from dyve.mechanisms.adaptive.job import (
     latency_metrics,
     load_config,
     load_split,
-    mean_latency,
     write_study,
 )
+from dyve.mechanisms.adaptive.latency import annotate, stage_latency
 from dyve.mechanisms.adaptive.policy import Outputs, PolicyGraph
 from dyve.mechanisms.adaptive.study import run_study
 from dyve.models import create, model_info
@@ -92,15 +95,29 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
             "final": g.total_macs,
         },
     )
-    write_study(out, study, f"{model}: early exit at {', '.join(points)}")
     mech.store_policies(study.policies)
     if study.chosen is not None:
         net.set_knobs(policy="learned", lam=study.policies[study.chosen].lam)
     save(net, out)
     ds = load_split(cfg, held)
     ran = executed(net.run, ds, cfg, norm)
+
+    def forced(path: tuple[str, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+        def run(x: torch.Tensor) -> torch.Tensor:
+            mech.force(path[-1] if path[-1] != "final" else None)
+            try:
+                out: torch.Tensor = net(x)
+                return out
+            finally:
+                mech.unforce()
+
+        return run
+
     imgs = latency_images(ds, cfg, norm)
-    lat = mean_latency({"dynamic": net, "baseline": dense}, imgs)
+    ms, table = stage_latency(graph, forced, {"final": dense}, net, imgs)
+    annotate(study, table)
+    write_study(out, study, f"{model}: early exit at {', '.join(points)}")
+    lat = {"dynamic": ms, "baseline": table["alone_ms"]["final"]}
     metrics = base_metrics(study, cfg, fit, held, len(ds), ran)
     metrics.update(
         method="early_exit",

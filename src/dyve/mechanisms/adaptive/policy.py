@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import torch
@@ -189,21 +190,44 @@ def entropy(probs: Tensor) -> Tensor:
 
 
 def features(probs: Tensor, kind: str) -> Tensor:
-    """Float32 ``[N, F]`` policy inputs from one node's softmax ``probs`` ``[N, C]``.
+    """Float64 ``[N, F]`` policy inputs from one node's softmax ``probs`` ``[N, C]``.
 
     ``softmax``: the probabilities; ``confidence``: the top-k sorted probabilities
     (k = min(5, C)), the entropy and the top-1 minus top-2 margin; ``both``: the two joined.
+    Float64 so that :func:`features_one` (plain Python floats) computes the same numbers.
     """
     if kind not in FEATURE_KINDS:
         raise ValueError(f"unknown feature kind {kind!r}; choose from {FEATURE_KINDS}")
     if probs.ndim != 2 or probs.shape[1] < 2:
         raise ValueError(f"probs must be [N, C >= 2], got {tuple(probs.shape)}")
-    p = probs.float()
+    p = probs.double()
     if kind == "softmax":
         return p
     top = p.topk(min(5, p.shape[1]), 1).values
     conf = torch.cat([top, entropy(p)[:, None], top[:, :1] - top[:, 1:2]], 1)
     return conf if kind == "confidence" else torch.cat([p, conf], 1)
+
+
+def entropy_one(p: Sequence[float]) -> float:
+    """:func:`entropy` of one sample's probabilities, in Python floats."""
+    return -sum(v * math.log(max(v, 1e-30)) for v in p)
+
+
+def features_one(p: Sequence[float], kind: str) -> list[float]:
+    """:func:`features` of one sample (``probs[i].tolist()``) in Python floats.
+
+    Batch 1 decides with no tensor op at all: after a network has run, each small op costs
+    several times its warm dispatch time (its code is out of the caches), and a decision in
+    tensors takes some twenty of them. Equal to ``features(probs, kind)[i]`` up to float64
+    rounding (summation order).
+    """
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"unknown feature kind {kind!r}; choose from {FEATURE_KINDS}")
+    if kind == "softmax":
+        return list(p)
+    top = sorted(p, reverse=True)[: min(5, len(p))]
+    conf = [*top, entropy_one(p), top[0] - top[1]]
+    return conf if kind == "confidence" else [*p, *conf]
 
 
 @dataclass(frozen=True)
@@ -279,6 +303,17 @@ class Classifier:
         """Bool ``[N]``: True where the first option (stop, or children[i]) is picked."""
         return self.score(probs) > 0
 
+    @cached_property
+    def _floats(self) -> tuple[list[float], list[float], list[float], float]:
+        return self.weight.tolist(), self.mean.tolist(), self.std.tolist(), float(self.bias)
+
+    def score_one(self, phi: Sequence[float]) -> float:
+        """:meth:`score_features` of one sample's :func:`features_one`, in Python floats."""
+        weight, mean, std, bias = self._floats
+        return (
+            sum((f - m) / s * w for f, m, s, w in zip(phi, mean, std, weight, strict=True)) + bias
+        )
+
 
 def _best_bias(z: Tensor, gain: Tensor) -> float:
     """The bias ``b`` maximising ``sum(gain[z + b > 0])``: the weighted 0/1 objective of the
@@ -303,6 +338,11 @@ class Policy(Protocol):
 
     def decide(self, node: str, probs: Tensor) -> tuple[Tensor, Tensor]:
         """Bool ``[N]`` stop, int64 ``[N]`` child index (-1 where stopping)."""
+        ...
+
+    def decide_one(self, node: str, probs: Sequence[float]) -> int | None:
+        """:meth:`decide` for one sample's probabilities (a list): None to stop, else the
+        child index; what batch 1 runs (see :func:`features_one`)."""
         ...
 
 
@@ -335,6 +375,16 @@ class NodeRule:
             child = torch.where(self.choices[i].score_features(phi) > 0, i, child)
         return stop, child.masked_fill(stop, -1)
 
+    def decide_one(self, probs: Sequence[float]) -> int | None:
+        if self.stop is None:
+            return None
+        phi = features_one(probs, self.stop.kind)
+        if self.stop.score_one(phi) > 0:
+            return None
+        return next(
+            (i for i, c in enumerate(self.choices) if c.score_one(phi) > 0), self.n_children - 1
+        )
+
 
 @dataclass(frozen=True)
 class LearnedPolicy:
@@ -351,6 +401,12 @@ class LearnedPolicy:
         if node not in self.rules:
             raise ValueError(f"the policy has no node {node!r}; nodes: {list(self.rules)}")
         return self.rules[node].decide(probs)
+
+    def decide_one(self, node: str, probs: Sequence[float]) -> int | None:
+        """None (stop) or the child index for one sample at ``node``."""
+        if node not in self.rules:
+            raise ValueError(f"the policy has no node {node!r}; nodes: {list(self.rules)}")
+        return self.rules[node].decide_one(probs)
 
     def state(self) -> dict[str, Tensor]:
         """Flat tensors, e.g. ``"A.stop.weight"``, ``"A.choice0.bias"``; see :meth:`meta`."""
@@ -409,7 +465,7 @@ class ThresholdPolicy:
             raise ValueError("the threshold is NaN")
 
     def decide(self, node: str, probs: Tensor) -> tuple[Tensor, Tensor]:
-        p = probs.float()
+        p = probs.double()
         if self.kind == "max_prob":
             stop = p.max(1).values >= self.threshold
         else:
@@ -417,6 +473,13 @@ class ThresholdPolicy:
         return stop, torch.zeros(p.shape[0], dtype=torch.int64, device=p.device).masked_fill(
             stop, -1
         )
+
+    def decide_one(self, node: str, probs: Sequence[float]) -> int | None:
+        if self.kind == "max_prob":
+            stop = max(probs) >= self.threshold
+        else:
+            stop = entropy_one(probs) <= self.threshold
+        return None if stop else 0
 
 
 @dataclass(frozen=True)
@@ -444,6 +507,12 @@ class PolicyResult:
         """Share of the samples that stopped at each node."""
         counts = torch.bincount(self.stop_node, minlength=len(self.names)).double()
         return dict(zip(self.names, (counts / len(self.stop_node)).tolist(), strict=True))
+
+    @property
+    def ran_fraction(self) -> dict[str, float]:
+        """Share of the samples that evaluated each node (on their path)."""
+        shares = self.path.double().mean(0) if len(self.path) else self.path.double().sum(0)
+        return dict(zip(self.names, shares.tolist(), strict=True))
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able summary: accuracy (percent), mean cost, stop fractions."""

@@ -59,7 +59,7 @@ class Selection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits only: the same routing as :meth:`run` without the trace's bookkeeping
         (what a deployment runs and what latency is measured on, as for DynamicNet)."""
-        return self._route(x, None)
+        return self._route_one(x) if x.shape[0] == 1 else self._route(x, None)
 
     @torch.no_grad()
     def run(self, x: torch.Tensor) -> DynamicResult:
@@ -69,6 +69,21 @@ class Selection(nn.Module):
         for name in self.graph.names:
             trace.record(name, torch.empty(0, dtype=torch.int64), RAN)
         return DynamicResult(self._route(x, trace), trace)
+
+    def _route_one(self, x: torch.Tensor) -> torch.Tensor:
+        """One sample: the policy decides on plain floats (``Policy.decide_one``: no small
+        tensor ops between networks, which cost most right after a network has run)."""
+        name = self.graph.names[0]
+        while True:
+            logits: torch.Tensor = self.networks[name](x)
+            children = self.graph.node(name).children
+            if not children:
+                return logits
+            probs = torch.softmax(logits.float(), 1)[0].tolist()
+            pick = self.policy.decide_one(name, probs)
+            if pick is None:
+                return logits
+            name = children[pick]
 
     def _route(self, x: torch.Tensor, trace: Trace | None) -> torch.Tensor:
         """Run the graph; charge ``trace`` (when given) with every network and decision."""

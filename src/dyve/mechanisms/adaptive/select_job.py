@@ -25,9 +25,9 @@ from dyve.mechanisms.adaptive.job import (
     latency_metrics,
     load_config,
     load_split,
-    mean_latency,
     write_study,
 )
+from dyve.mechanisms.adaptive.latency import ForcedPolicy, annotate, stage_latency
 from dyve.mechanisms.adaptive.policy import LearnedPolicy, Outputs, features
 from dyve.mechanisms.adaptive.select import Selection, cascade_graph
 from dyve.mechanisms.adaptive.study import run_study
@@ -84,14 +84,21 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
         budget_pp=cfg.budget_pp,
         alone={n.name: n.cost for n in graph.nodes},
     )
-    write_study(out, study, "network selection: " + " -> ".join(cfg.models))
     chosen = study.chosen if study.chosen is not None else 0
     save_policies(out, cfg.models, study.policies, chosen, feat_dim)
-    system = Selection(nets, graph, study.policies[chosen], policy_macs=feat_dim)
+    policy = study.policies[chosen]
+    system = Selection(nets, graph, policy, policy_macs=feat_dim)
     ds = load_split(cfg, held)
     ran = executed(system.run, ds, cfg, norm)
+
+    def forced(path: tuple[str, ...]) -> Selection:
+        return Selection(nets, graph, ForcedPolicy(policy, graph, path), policy_macs=feat_dim)
+
     imgs = latency_images(ds, cfg, norm)
-    lat = mean_latency({"dynamic": system, "baseline": nets[reference]}, imgs)
+    ms, table = stage_latency(graph, forced, dict(nets), system, imgs)
+    annotate(study, table)
+    write_study(out, study, "network selection: " + " -> ".join(cfg.models))
+    lat = {"dynamic": ms, "baseline": table["alone_ms"][reference]}
     metrics = base_metrics(study, cfg, fit, held, len(ds), ran)
     metrics.update(
         method="network_selection",

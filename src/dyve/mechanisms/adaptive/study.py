@@ -7,6 +7,8 @@ single node, evaluates all of them once on the eval split, and picks the operati
 (cheapest learned policy within the accuracy budget *on the fit split*, so the eval split
 is never tuned on). Costs are MACs per sample (:data:`dyve.cost.CONVENTION`); the policy
 graph works in units of the most expensive single path (lambda = loss per full cost).
+Every point keeps which nodes its samples evaluated (``ran_fraction``), from which
+:mod:`~dyve.mechanisms.adaptive.latency` adds its estimated batch-1 latency.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class Study:
     oracle: dict[str, Any]
     chosen: int | None  # index into ``learned``
     budget_pp: float
+    #: the stage latency table once measured (:func:`~dyve.mechanisms.adaptive.latency.annotate`)
+    latency: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +71,7 @@ class Study:
             "single": self.single,
             "oracle": self.oracle,
             "chosen": self.chosen,
+            "latency": self.latency,
         }
 
 
@@ -80,6 +85,7 @@ def _point(
         "macs_mean": cost,
         "cost_reduction": ref_macs / cost,
         "stop_fraction": {k: round(v, 4) for k, v in res.stop_fraction.items()},
+        "ran_fraction": {k: round(v, 4) for k, v in res.ran_fraction.items()},
     }
 
 
@@ -173,34 +179,42 @@ def run_study(
 
 
 def plot(study: Study, path: str | os.PathLike[str], title: str) -> Path:
-    """``path`` (PNG): top-1 vs mean MACs for the learned policy, baselines, oracle, nodes."""
+    """``path`` (PNG): top-1 vs mean MACs for the learned policy, baselines, oracle, nodes;
+    beside it top-1 vs estimated batch-1 latency once the stage latencies are measured."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    timed = study.latency is not None
+    fig = Figure(figsize=(11.5 if timed else 6.4, 4.4), layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    m = 1e6
+    axes = fig.subplots(1, 2 if timed else 1, squeeze=False)[0]
+    scales = [("macs_mean", 1e6, f"mean MACs per sample (millions; {CONVENTION})")]
+    if timed:
+        scales.append(("latency_ms", 1.0, "estimated mean latency (ms; batch 1, one thread)"))
+    for ax, (key, m, xlabel) in zip(axes, scales, strict=True):
+        _panel(ax, study, key, m, xlabel)
+    fig.suptitle(title, fontsize=9)
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return Path(path)
+
+
+def _panel(ax: Any, study: Study, key: str, m: float, xlabel: str) -> None:
+    """One plot of top-1 against the points' ``key`` (divided by ``m``)."""
 
     def line(pts: list[dict[str, Any]], label: str, style: str) -> None:
-        pts = sorted(pts, key=lambda p: p["macs_mean"])
-        ax.plot(
-            [p["macs_mean"] / m for p in pts], [p["top1"] for p in pts], style, label=label, ms=4
-        )
+        xy = sorted((p[key] / m, p["top1"]) for p in pts)
+        ax.plot([x for x, _ in xy], [y for _, y in xy], style, label=label, ms=4)
 
     line(study.learned, "learned policy (lambda sweep)", "o-")
     line(study.baselines["max_prob"], "max-probability threshold", "s--")
     line(study.baselines["entropy"], "entropy threshold", "^:")
-    ax.plot(study.oracle["macs_mean"] / m, study.oracle["top1"], "k*", ms=10, label="oracle")
+    ax.plot(study.oracle[key] / m, study.oracle["top1"], "k*", ms=10, label="oracle")
     for name, p in study.single.items():
-        ax.plot(p["macs_mean"] / m, p["top1"], "kx")
-        ax.annotate(name, (p["macs_mean"] / m, p["top1"]), fontsize=7)
+        ax.plot(p[key] / m, p["top1"], "kx")
+        ax.annotate(name, (p[key] / m, p["top1"]), fontsize=7)
     if study.chosen is not None:
         c = study.learned[study.chosen]
-        ax.plot(c["macs_mean"] / m, c["top1"], "ro", ms=9, mfc="none", label="chosen on fit split")
-    ax.set_xlabel(f"mean MACs per sample (millions; {CONVENTION})", fontsize=7)
+        ax.plot(c[key] / m, c["top1"], "ro", ms=9, mfc="none", label="chosen on fit split")
+    ax.set_xlabel(xlabel, fontsize=7)
     ax.set_ylabel("top-1 (%) on the evaluation split")
-    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
-    return Path(path)
