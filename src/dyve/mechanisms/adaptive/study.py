@@ -188,7 +188,8 @@ def plot(study: Study, path: str | os.PathLike[str], title: str) -> Path:
     fig = Figure(figsize=(11.5 if timed else 6.4, 4.4), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2 if timed else 1, squeeze=False)[0]
-    scales = [("macs_mean", 1e6, f"mean MACs per sample (millions; {CONVENTION})")]
+    macs = "mean MACs per sample (millions; multiply-accumulates, FLOPs = 2 x MACs)"
+    scales = [("macs_mean", 1e6, macs)]
     if timed:
         scales.append(("latency_ms", 1.0, "estimated mean latency (ms; batch 1, one thread)"))
     for ax, (key, m, xlabel) in zip(axes, scales, strict=True):
