@@ -181,7 +181,7 @@ def test_cli_errors_are_one_line(
     assert not (target / "bench.json").exists()
 
 
-def test_cli_benches_a_run_over_shipped_weights_and_refuses_a_selection(
+def test_cli_benches_a_run_over_shipped_weights_and_a_selection(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import shutil
@@ -195,11 +195,32 @@ def test_cli_benches_a_run_over_shipped_weights_and_refuses_a_selection(
     r = json.loads((run / "bench.json").read_text())
     assert r["mechanisms"][0]["name"] == "dyvedeep"
     assert r["b1"]["cost_reduction"] > 1.0
+    # a network selection, against its most accurate network (the run's reference)
     sel = tmp_path / "sel"
     shutil.copytree(runs_dir() / "select_caffe_r20_r56", sel)
     capsys.readouterr()
-    assert main(["bench", str(sel), "--no-compile", "--repeats", "1"]) == 2
-    assert "a network-selection run is timed by" in capsys.readouterr().err
+    assert main(["bench", str(sel), "--no-compile", "--repeats", "3"]) == 0
+    assert "resnet56_cifar + network_selection" in capsys.readouterr().out
+    s = json.loads((sel / "bench.json").read_text())
+    assert s["backbone"] == "resnet56_cifar"
+    assert s["mechanisms"] == [
+        {
+            "name": "network_selection",
+            "networks": ["caffe_cifar10", "resnet20_cifar", "resnet56_cifar"],
+        }
+    ]
+    assert s["static_macs"] == 125485696
+    from dyve.mechanisms.adaptive.select_job import load_selection
+
+    norm = models.create("resnet56_cifar").dyve_info.norm
+    x, _ = next(data.batches(data.load_sample().subset(slice(0, 64)), 64, norm))
+    executed = float(load_selection(sel).run(x).macs.mean())
+    for key, n in (("b1", 3), ("b64", 64)):
+        assert s[key]["images"] == n
+        assert s[key]["dynamic_ms"] > 0
+        assert s[key]["dense_eager_ms"] > 0
+    assert s["b64"]["mean_macs"] == pytest.approx(executed)
+    assert s["b64"]["cost_reduction"] == pytest.approx(125485696 / executed)
 
 
 @pytest.mark.slow

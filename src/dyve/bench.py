@@ -9,8 +9,9 @@ given images; the large batch runs on two threads. A speedup is a ratio of media
 same run. ``net.run`` over the same images gives the mean executed MACs per sample, so the
 cost reduction (static / executed) sits next to the measured speedup.
 
-``dyve bench RUN_DIR`` (see :mod:`dyve.cli.bench_cmd`) writes the result to
-``RUN_DIR/bench.json``.
+A network selection is timed the same way against its most accurate network (given as
+``reference``; its static MACs are the reduction's numerator). ``dyve bench RUN_DIR``
+(see :mod:`dyve.cli.bench_cmd`) writes the result to ``RUN_DIR/bench.json``.
 
 Mechanism & limitations: the eager paths run in NCHW without BN folding, exactly as the
 backbone was given, so "dense eager" and "dynamic" differ only by the gates. The compiled
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from dyve._io import jsonable
+from dyve.cost import static_cost
 from dyve.dynamic.net import DynamicNet
 from dyve.dynamic.save import describe
 from dyve.errors import DyveError
@@ -57,10 +59,11 @@ def _compiled(dense: nn.Module, warm: torch.Tensor) -> Callable[[torch.Tensor], 
 
 
 def _setting(
-    net: DynamicNet,
+    net: nn.Module,
     dense: nn.Module,
     batches: list[torch.Tensor],
     *,
+    static: float,
     threads: int,
     repeats: int,
     compile: bool,
@@ -77,7 +80,7 @@ def _setting(
                 exported(b)
             fns["exported"] = cycling(exported, batches)
         t = interleaved(fns, repeats=repeats)
-    res = net.run(torch.cat(batches))
+    res = net.run(torch.cat(batches))  # type: ignore[operator]
     mean_macs = float(res.macs.mean())
     out: dict[str, Any] = {
         "batch": int(batches[0].shape[0]),
@@ -99,15 +102,15 @@ def _setting(
         out["exported_vs_eager"] = round(t["dense_eager"].median_ms / exp, 4)
         out["exported_vs_compiled"] = round(comp.median_ms / exp, 4) if comp else None
         out["exported_vs_dynamic"] = round(dyn / exp, 4)
-    out["static_macs"] = net.static_macs
+    out["static_macs"] = static
     out["mean_macs"] = mean_macs
-    out["cost_reduction"] = net.static_macs / mean_macs
+    out["cost_reduction"] = static / mean_macs
     out["cost_mode"] = res.trace.cost.cost_mode
     return out
 
 
 def bench(
-    net: DynamicNet,
+    net: nn.Module,
     data_batch1: torch.Tensor,
     data_batch64: torch.Tensor,
     *,
@@ -117,11 +120,14 @@ def bench(
     threads_b1: int = 1,
     threads_b64: int = 2,
     exported: nn.Module | None = None,
+    reference: tuple[nn.Module, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Time ``net`` (fast back-end) against its dense backbone, eager and compiled.
 
     Args:
-        net: the dynamic network (its back-end is set to ``fast`` for the run, then restored).
+        net: the dynamic network (its back-end is set to ``fast`` for the run, then
+            restored), or another system with ``forward`` and ``run`` (a network selection),
+            given with ``reference``.
         data_batch1: normalised images ``[N, C, H, W]``; each batch-1 call takes the next one
             (cycling), so pass ``repeats`` images for each to be timed once.
         data_batch64: one normalised batch, timed whole (its size is recorded as ``batch``).
@@ -130,6 +136,9 @@ def bench(
         repeats_b64: timed repeats of the large batch (default ``max(3, repeats // 3)``).
         threads_b1, threads_b64: torch intra-op threads of each setting.
         exported: the same network exported (:mod:`dyve.export`), timed as a fourth variant.
+        reference: for a system that is not a DynamicNet, the dense network it is timed
+            against (whose static MACs are the reduction's numerator) and the result's
+            description (``backbone``, ``backbone_kwargs``, ``mechanisms``, ``knobs``).
 
     Returns:
         The ``bench.json`` content: ``b1`` and ``b64`` settings plus the run's description.
@@ -143,9 +152,25 @@ def bench(
     if data_batch1.dim() < 2 or len(data_batch1) == 0 or len(data_batch64) == 0:
         raise DyveError("bench needs at least one image for each batch setting")
     r64 = repeats_b64 if repeats_b64 is not None else max(3, repeats // 3)
-    dense = net.detach()
-    old_backend, was_training = net.backend, net.training
-    net.backend = "fast"
+    if isinstance(net, DynamicNet):
+        desc = describe(net)
+        dense, static = net.detach(), float(net.static_macs)
+        about = {
+            "backbone": net.backbone_id,
+            "backbone_kwargs": desc["backbone_kwargs"],
+            "mechanisms": desc["mechanisms"],
+            "knobs": jsonable(net.knobs()),
+        }
+        old_backend = net.backend
+        net.backend = "fast"
+    elif reference is None:
+        raise DyveError(
+            f"bench: a {type(net).__name__} needs reference=(dense network, description)"
+        )
+    else:
+        dense, about = reference
+        static = float(static_cost(dense).total_macs)
+    was_training = net.training
     net.eval()
     try:
         with torch.no_grad():
@@ -153,6 +178,7 @@ def bench(
                 net,
                 dense,
                 [data_batch1[i : i + 1] for i in range(len(data_batch1))],
+                static=static,
                 threads=threads_b1,
                 repeats=repeats,
                 compile=compile,
@@ -162,30 +188,28 @@ def bench(
                 net,
                 dense,
                 [data_batch64],
+                static=static,
                 threads=threads_b64,
                 repeats=r64,
                 compile=compile,
                 exported=exported,
             )
     finally:
-        net.backend = old_backend
+        if isinstance(net, DynamicNet):
+            net.backend = old_backend
         net.train(was_training)
-    desc = describe(net)
     return {
         "format": FORMAT,
         "dyve_version": __version__,
         "torch": torch.__version__,
         "machine": machine(),
-        "backbone": net.backbone_id,
-        "backbone_kwargs": desc["backbone_kwargs"],
-        "mechanisms": desc["mechanisms"],
-        "knobs": jsonable(net.knobs()),
+        **about,
         "backend": "fast",
         "compile": compile,
         "compile_options": dict(COMPILE_OPTIONS) if compile else None,
         "eager": {"memory_format": "contiguous", "bn_folded": False},
         "exported": exported is not None,
-        "static_macs": net.static_macs,
+        "static_macs": static,
         "b1": b1,
         "b64": b64,
     }

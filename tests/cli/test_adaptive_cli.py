@@ -69,6 +69,9 @@ def test_exits_and_select_write_runs_and_a_page(
     assert abs(s["macs_per_sample"] - s["cache_prediction"]["macs_mean"]) < 1e-6
     sc = read_json(tmp_path / "s" / "curves.json")
     _check_latency(sc, s, ["caffe_cifar10", "resnet20_cifar"], "resnet20_cifar")
+    for run in ("e", "s"):
+        rc, _ = _cli("bench", str(tmp_path / run), "--no-compile", "--repeats", "2")
+        assert rc == 0
     page = tmp_path / "adaptive.md"
     rc, _ = _cli(
         "adaptive", "results", str(tmp_path / "e"), str(tmp_path / "s"), "--out", str(page)
@@ -80,6 +83,8 @@ def test_exits_and_select_write_runs_and_a_page(
     assert (tmp_path / "adaptive" / "e.png").is_file()
     assert text.count("Stage latencies") == 2
     assert "est. speedup" in text
+    assert text.count("`dyve bench` against") == 2
+    assert "`dyve bench` against resnet20_cifar (median of 2 interleaved" in text
     # a different configuration in the same directory is refused
     rc2, _ = _cli(
         "exits",

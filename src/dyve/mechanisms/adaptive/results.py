@@ -111,6 +111,33 @@ def _stages(curves: dict[str, Any], m: dict[str, Any], budget: float) -> list[st
     return [*rows, ""]
 
 
+def _bench(run: Path, lam: float | None) -> list[str]:
+    """The run's ``dyve bench`` result (bench.json), when it has one of the chosen point."""
+    if not (run / "bench.json").is_file():
+        return []
+    b = read_json(run / "bench.json")
+    timed = next((v for k, v in b["knobs"].items() if k.split(".")[-1] == "lam"), None)
+    if timed != lam:
+        return [f"(`bench.json` timed lambda {timed}, not {lam}: left out.)", ""]
+
+    def setting(k: str) -> str:
+        s = b[k]
+        comp = s["speedup_vs_compiled"]
+        return (
+            f"batch {s['batch']} ({s['threads']} thread{'s' if s['threads'] > 1 else ''}): "
+            f"**{s['speedup_vs_eager']:.2f}x** vs dense eager"
+            + (f", {comp:.2f}x vs dense compiled" if comp is not None else "")
+            + f" ({s['cost_reduction']:.2f}x fewer MACs executed)"
+        )
+
+    return [
+        f"`dyve bench` against {b['backbone']} (median of {b['b1']['repeats']} interleaved "
+        f"batch-1 repeats over {b['b1']['images']} {b['data']['split']} images): "
+        f"{setting('b1')}; {setting('b64')}.",
+        "",
+    ]
+
+
 def write_results(runs: list[Path], out: Path) -> Path:
     """Write the page ``out`` (Markdown) and copy each run's plot into ``out``'s folder."""
     figs = out.with_suffix("")
@@ -168,6 +195,7 @@ def write_results(runs: list[Path], out: Path) -> Path:
             f"- Oracle (cheapest correct exit): {c['oracle']['top1']:.2f} % at "
             f"{c['oracle']['cost_reduction']:.2f}x fewer MACs, the bound no policy can beat.",
             "",
+            *_bench(run, m["chosen_lam"]),
             *(_stages(c, m, m["budget_pp"]) if c.get("latency") else []),
             *_table(c, m["baseline_macs_per_sample"]),
             "",
