@@ -3,11 +3,15 @@
 :func:`bench` times three things interleaved (same machine state, see
 :mod:`dyve.eval.latency`): the dense backbone in eager mode, the dense backbone under
 ``torch.compile`` (inductor with ``freezing``: BN folded into the convs and weights
-pre-packed, the strongest dense baseline a CPU user would pick), and the dynamic network on
-the ``fast`` back-end. Batch 1 runs on one thread, one image per call, cycling through the
-given images; the large batch runs on two threads. A speedup is a ratio of medians from the
-same run. ``net.run`` over the same images gives the mean executed MACs per sample, so the
-cost reduction (static / executed) sits next to the measured speedup.
+pre-packed; at batch 1 TorchScript-frozen channels_last code ran faster still, see
+``benchmarks/NOTES.md``), and the dynamic network on the ``fast`` back-end. Batch 1 runs
+on one thread, one image per call, cycling through the given images; the large batch runs
+on two threads. A time (``*_ms``) is the mean over the images of each image's median (a
+dynamic network's time depends on the image: the median call would be a typical image,
+not what the images cost on average; ``*_median_ms`` keeps it), and a speedup is a ratio
+of those times from the same run. ``net.run`` over the same images gives the mean
+executed MACs per sample, so the cost reduction (static / executed) sits next to the
+measured speedup.
 
 A network selection is timed the same way against its most accurate network (given as
 ``reference``; its static MACs are the reduction's numerator). ``dyve bench RUN_DIR``
@@ -36,7 +40,7 @@ from dyve.errors import DyveError
 from dyve.eval.latency import Timing, cycling, interleaved, machine, num_threads
 from dyve.version import __version__
 
-FORMAT = "dyve.bench/1"
+FORMAT = "dyve.bench/2"  # /2: *_ms is the mean over images (was the median call)
 #: Inductor options of the compiled dense baseline.
 COMPILE_OPTIONS: dict[str, Any] = {"freezing": True}
 #: The timed variants, in the order they run in each round.
@@ -79,7 +83,7 @@ def _setting(
             for b in batches[:2]:  # compile outside the timed rounds
                 exported(b)
             fns["exported"] = cycling(exported, batches)
-        t = interleaved(fns, repeats=repeats)
+        t = interleaved(fns, repeats=repeats, cycle=len(batches))
     res = net.run(torch.cat(batches))  # type: ignore[operator]
     mean_macs = float(res.macs.mean())
     out: dict[str, Any] = {
@@ -90,17 +94,18 @@ def _setting(
     }
     timings: dict[str, Timing | None] = {k: t.get(k) for k in VARIANTS}
     for k, tk in timings.items():
-        out[f"{k}_ms"] = round(tk.median_ms, 4) if tk else None
+        out[f"{k}_ms"] = round(tk.mean_ms, 4) if tk else None
+        out[f"{k}_median_ms"] = round(tk.median_ms, 4) if tk else None
         out[f"{k}_p10_ms"] = round(tk.p10_ms, 4) if tk else None
         out[f"{k}_p90_ms"] = round(tk.p90_ms, 4) if tk else None
-    dyn = t["dynamic"].median_ms
+    dyn = t["dynamic"].mean_ms
     comp = timings["dense_compiled"]
-    out["speedup_vs_eager"] = round(t["dense_eager"].median_ms / dyn, 4)
-    out["speedup_vs_compiled"] = round(comp.median_ms / dyn, 4) if comp else None
+    out["speedup_vs_eager"] = round(t["dense_eager"].mean_ms / dyn, 4)
+    out["speedup_vs_compiled"] = round(comp.mean_ms / dyn, 4) if comp else None
     if "exported" in t:
-        exp = t["exported"].median_ms
-        out["exported_vs_eager"] = round(t["dense_eager"].median_ms / exp, 4)
-        out["exported_vs_compiled"] = round(comp.median_ms / exp, 4) if comp else None
+        exp = t["exported"].mean_ms
+        out["exported_vs_eager"] = round(t["dense_eager"].mean_ms / exp, 4)
+        out["exported_vs_compiled"] = round(comp.mean_ms / exp, 4) if comp else None
         out["exported_vs_dynamic"] = round(dyn / exp, 4)
     out["static_macs"] = static
     out["mean_macs"] = mean_macs
@@ -131,7 +136,8 @@ def bench(
         data_batch1: normalised images ``[N, C, H, W]``; each batch-1 call takes the next one
             (cycling), so pass ``repeats`` images for each to be timed once.
         data_batch64: one normalised batch, timed whole (its size is recorded as ``batch``).
-        repeats: timed repeats at batch 1 (median reported, with p10/p90).
+        repeats: timed calls at batch 1 (mean over images of each image's median, with the
+            median call and p10/p90).
         compile: also time the dense backbone under ``torch.compile`` (else recorded null).
         repeats_b64: timed repeats of the large batch (default ``max(3, repeats // 3)``).
         threads_b1, threads_b64: torch intra-op threads of each setting.
@@ -227,7 +233,8 @@ def format_table(result: dict[str, Any]) -> str:
     mechs = ", ".join(m["name"] for m in result["mechanisms"]) or "none"
     lines = [
         f"{result['backbone']} + {mechs}  (knobs: {result['knobs']})",
-        "times: median ms per call (p10-p90 in bench.json), interleaved in one run; "
+        "times: mean ms per image (each image's median; median call and p10-p90 in "
+        "bench.json), interleaved in one run; "
         "costs: MACs per sample (executed)",
         f"{'setting':<8} {'threads':>7} {'dense eager':>11} {'dense compiled':>14} "
         f"{'dynamic':>9} {'vs eager':>9} {'vs compiled':>11} {'MACs/sample':>12} "
@@ -251,8 +258,8 @@ def format_table(result: dict[str, Any]) -> str:
                 f"{x(s['exported_vs_dynamic'])} vs the eager dynamic network"
             )
     lines.append(
-        f"static: {result['static_macs'] / 1e6:.2f} M MACs/sample; speedups are dense median / "
-        "dynamic median; static/exec = static MACs / mean executed MACs"
+        f"static: {result['static_macs'] / 1e6:.2f} M MACs/sample; speedups are dense / dynamic "
+        "time; static/exec = static MACs / mean executed MACs"
     )
     lines.append(f"machine: {result['machine']['cpu']}, torch {result['torch']}")
     return "\n".join(lines)

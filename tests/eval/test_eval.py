@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from torch import nn
 
 from dyve.data import ImageSet, Normalization
 from dyve.eval.evaluate import evaluate
-from dyve.eval.latency import interleaved, machine, model_latency, num_threads
+from dyve.eval.latency import cycling, interleaved, machine, model_latency, num_threads
 
 
 class Oracle(nn.Module):
@@ -72,6 +73,36 @@ def test_interleaved_and_threads() -> None:
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="repeats"):
         interleaved({"a": lambda: None}, repeats=0)
+
+
+def test_interleaved_mean_is_over_inputs_not_the_median_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dynamic model cheap on 3 inputs of 4 and dear on the fourth: its median call is
+    the cheap one, what the inputs cost on average is the mean over inputs."""
+    import dyve.eval.latency as latency
+
+    clock = [0.0]
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: clock[0])
+
+    def costs(ms: list[float]) -> Callable[[], None]:
+        def run(item: float) -> None:
+            clock[0] += item / 1e3
+
+        return cycling(run, ms)
+
+    t = interleaved(
+        {"dyn": costs([1.0, 1.0, 1.0, 10.0]), "dense": costs([4.0] * 4)},
+        repeats=8,
+        warmup=3,
+        cycle=4,
+    )
+    assert t["dyn"].median_ms == pytest.approx(1.0)
+    assert t["dyn"].mean_ms == pytest.approx(13.0 / 4)
+    assert t["dense"].mean_ms == pytest.approx(4.0)
+    assert t["dense"].median_ms == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="cycle"):
+        interleaved({"a": lambda: None}, cycle=0)
 
 
 def test_model_latency_and_machine() -> None:

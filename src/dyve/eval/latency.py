@@ -23,12 +23,20 @@ import torch
 
 @dataclass(frozen=True)
 class Timing:
-    """Median and spread of repeated timings, in milliseconds."""
+    """Median and spread of repeated timings, in milliseconds.
+
+    ``mean_ms``: over the inputs a callable cycles through (``interleaved(cycle=N)``), the
+    mean of each input's median time. A dynamic model's time depends on its input, so the
+    median call is the time of a *typical* input while ``mean_ms`` is what the inputs cost
+    on average: speedups of dynamic models are ratios of ``mean_ms``. With one input the
+    two are the same.
+    """
 
     median_ms: float
     p10_ms: float
     p90_ms: float
     repeats: int
+    mean_ms: float
 
     def as_dict(self) -> dict[str, float]:
         """JSON-ready form."""
@@ -54,16 +62,20 @@ def num_threads(n: int | None) -> Iterator[None]:
 
 
 def interleaved(
-    fns: dict[str, Callable[[], Any]], *, repeats: int = 30, warmup: int = 3
+    fns: dict[str, Callable[[], Any]], *, repeats: int = 30, warmup: int = 3, cycle: int = 1
 ) -> dict[str, Timing]:
     """Time each callable ``repeats`` times, round-robin, after ``warmup`` untimed rounds.
+
+    ``cycle``: every callable steps through that many inputs in turn (:func:`cycling` over
+    the same inputs), so timed call ``j`` of each is on the same input; ``mean_ms`` is the
+    mean over inputs of each input's median (see :class:`Timing`).
 
     Example:
         >>> t = interleaved({"dense": lambda: model(x), "fast": lambda: fast(x)})  # doctest: +SKIP
         >>> t["dense"].median_ms / t["fast"].median_ms   # speedup, same run
     """
-    if repeats < 1:
-        raise ValueError("repeats must be >= 1")
+    if repeats < 1 or cycle < 1:
+        raise ValueError("repeats and cycle must be >= 1")
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(warmup + repeats):
         for name, fn in fns.items():
@@ -75,7 +87,8 @@ def interleaved(
     out = {}
     for name, s in samples.items():
         q = statistics.quantiles(s, n=10, method="inclusive") if len(s) > 1 else [s[0]] * 9
-        out[name] = Timing(statistics.median(s), q[0], q[-1], len(s))
+        per_input = [statistics.median(s[i::cycle]) for i in range(min(cycle, len(s)))]
+        out[name] = Timing(statistics.median(s), q[0], q[-1], len(s), statistics.fmean(per_input))
     return out
 
 

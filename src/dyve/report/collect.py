@@ -3,7 +3,8 @@
 Accuracy and per-sample executed cost come from :func:`dyve.eval.measure.measure` (the
 trace, read the same way as everywhere else). Batch-1 latency comes from one interleaved
 run (:func:`dyve.eval.latency.interleaved`, one thread) over every subject and every
-dense reference architecture, so each speedup is a ratio of two medians from the same run.
+dense reference architecture, so each speedup is a ratio of two times from the same run
+(each the mean over the images of each image's median: what the images cost on average).
 An image's *difficulty* is how little probability the first subject's dense reference puts
 on its true class (quintiles: 1 = easiest fifth, 5 = hardest).
 """
@@ -54,7 +55,7 @@ class Measured:
     def speedup(self) -> float | None:
         if self.latency is None or self.reference_latency is None:
             return None
-        return self.reference_latency.median_ms / self.latency.median_ms
+        return self.reference_latency.mean_ms / self.latency.mean_ms
 
 
 @dataclass
@@ -126,7 +127,8 @@ def _check_classes(subjects: list[Subject], data: ImageSet) -> None:
 
 @torch.no_grad()
 def _time(results: list[Measured], data: ImageSet, n_images: int, repeats: int) -> None:
-    """Batch-1 medians of every subject and each distinct reference, in one interleaved run."""
+    """Batch-1 times of every subject and each distinct reference, in one interleaved run
+    (each: the mean over the images of each image's median, :class:`Timing.mean_ms`)."""
     s0 = results[0].subject
     x, _ = next(batches(data, min(n_images, len(data)), s0.norm))
     images = [x[i : i + 1] for i in range(len(x))]
@@ -144,7 +146,7 @@ def _time(results: list[Measured], data: ImageSet, n_images: int, repeats: int) 
             fns[f"ref{i}"] = cycling(s.reference.eval(), images)
         fns[f"s{i}"] = cycling(s.reference if s.is_dense else s.model, images)
     with num_threads(1):
-        t = interleaved(fns, repeats=repeats)
+        t = interleaved(fns, repeats=repeats, cycle=len(images))
     for i, r in enumerate(results):
         r.latency = t[f"s{i}"]
         r.reference_latency = t[refs[r.subject.reference_name]]

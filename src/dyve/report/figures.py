@@ -65,7 +65,7 @@ def tradeoff(col: Collection) -> bytes:
     axes = np.atleast_1d(axes)
     cost_axes: list[tuple[str, Any]] = [("MACs", lambda r: r.m.macs_mean / 1e6)]
     if timed:
-        cost_axes.append(("latency", lambda r: r.latency.median_ms))
+        cost_axes.append(("latency", lambda r: r.latency.mean_ms))
     for ax, (what, x_of) in zip(axes, cost_axes, strict=False):
         pts = [(x_of(r), r.m.top1) for r in col.results]
         for method, colour in colours.items():
@@ -95,7 +95,7 @@ def tradeoff(col: Collection) -> bytes:
         unit = (
             "mean executed MACs per sample (M)"
             if what == "MACs"
-            else ("batch-1 latency, median (ms, 1 thread)")
+            else ("batch-1 latency, mean over images (ms, 1 thread)")
         )
         ax.set_xlabel(unit)
         ax.set_ylabel(f"top-1 (%) on {col.data.split} ({len(col.data)} images)")

@@ -54,7 +54,7 @@ def rows(col: Collection) -> list[list[str]]:
                 f"{r.m.macs_mean / 1e6:.1f}",
                 f"{r.reduction:.2f}x",
                 f"{float(_p95(r)):.2f}",
-                "" if r.latency is None else f"{r.latency.median_ms:.2f}",
+                "" if r.latency is None else f"{r.latency.mean_ms:.2f}",
                 "" if r.speedup is None else f"{r.speedup:.2f}x",
                 _bench(s.bench, 1),
                 _bench(s.bench, 64),
@@ -92,10 +92,11 @@ def notes(col: Collection) -> list[str]:
     ]
     if col.latency_repeats:
         out.append(
-            f"Latency: batch 1, one thread, median of {col.latency_repeats} interleaved rounds "
-            f"over {col.latency_images} images; every subject and one dense network per "
-            "reference architecture in the same run, so a speedup is a ratio of medians of "
-            f"one run. Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}."
+            f"Latency: batch 1, one thread, {col.latency_repeats} interleaved rounds over "
+            f"{col.latency_images} images, per subject the mean over the images of each "
+            "image's median; every subject and one dense network per reference architecture "
+            "in the same run, so a speedup is a ratio of times of one run. Machine: "
+            f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}."
         )
     out.append(
         "Bench columns: the run's own `dyve bench` result (bench.json), when it has one: "
@@ -182,10 +183,10 @@ def summary(col: Collection) -> dict[str, Any]:
                 "reference_macs": r.reference_macs,
                 "reduction": r.reduction,
                 "cost_mode": r.m.cost.cost_mode,
-                "latency_ms": None if r.latency is None else r.latency.median_ms,
+                "latency_ms": None if r.latency is None else r.latency.mean_ms,
                 "reference_latency_ms": None
                 if r.reference_latency is None
-                else r.reference_latency.median_ms,
+                else r.reference_latency.mean_ms,
                 "speedup_b1": r.speedup,
                 "bench": r.subject.bench,
             }
