@@ -25,7 +25,7 @@ import torch
 
 from dyve import data
 from dyve._io import atomic_write, jsonable, write_json
-from dyve.bench import bench
+from dyve.bench import VISITS, bench
 from dyve.dynamic import load
 from dyve.dynamic.site import SiteUnit
 from dyve.eval.latency import num_threads
@@ -103,7 +103,7 @@ def measure(name: str, images: Any, repeats: int) -> dict[str, Any]:
     net = build(name)
     info = model_info(net.backbone)
     x, _ = next(data.batches(images, max(repeats, 64), info.norm))
-    result = bench(net, x[:repeats], x[:64], repeats=repeats)
+    result = bench(net, x[: max(1, repeats // VISITS)], x[:64], repeats=repeats)
     metrics = json.loads((RESULTS / name / "metrics.json").read_text())
     net.backend = "fast"
     return {

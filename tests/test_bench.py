@@ -143,7 +143,7 @@ def test_cli_writes_bench_json(
     monkeypatch.setattr(dyve.data.sample, "load_sample", lambda: small)
     # one thread for the large batch: 2 threads crawl when the CPU is shared (OpenMP spin)
     monkeypatch.setattr(dyve.bench, "bench", functools.partial(bench, threads_b64=1))
-    assert main(["bench", str(run_dir), "--no-compile", "--repeats", "2"]) == 0
+    assert main(["bench", str(run_dir), "--no-compile", "--repeats", "6"]) == 0
     out = capsys.readouterr().out
     assert "mean ms per image" in out
     assert "MACs" in out
@@ -160,7 +160,7 @@ def test_cli_writes_bench_json(
     x = models.CIFAR_NORM.apply(torch.from_numpy(small.images))
     _check_setting(r["b1"], net, x[:2], compiled=False)
     _check_setting(r["b64"], net, x, compiled=False)
-    assert r["b1"]["repeats"] == 2
+    assert r["b1"]["repeats"] == 6  # 2 images, each timed 3 times (VISITS)
     assert r["b64"]["repeats"] == 3
 
 
@@ -199,7 +199,7 @@ def test_cli_benches_a_run_over_shipped_weights_and_a_selection(
     sel = tmp_path / "sel"
     shutil.copytree(runs_dir() / "select_caffe_r20_r56", sel)
     capsys.readouterr()
-    assert main(["bench", str(sel), "--no-compile", "--repeats", "3"]) == 0
+    assert main(["bench", str(sel), "--no-compile", "--repeats", "6"]) == 0
     assert "resnet56_cifar + network_selection" in capsys.readouterr().out
     s = json.loads((sel / "bench.json").read_text())
     assert s["backbone"] == "resnet56_cifar"
@@ -215,7 +215,8 @@ def test_cli_benches_a_run_over_shipped_weights_and_a_selection(
     norm = models.create("resnet56_cifar").dyve_info.norm
     x, _ = next(data.batches(data.load_sample().subset(slice(0, 64)), 64, norm))
     executed = float(load_selection(sel).run(x).macs.mean())
-    for key, n in (("b1", 3), ("b64", 64)):
+    assert s["b1"]["repeats"] == 6  # each of 2 images timed three times (VISITS)
+    for key, n in (("b1", 2), ("b64", 64)):
         assert s[key]["images"] == n
         assert s[key]["dynamic_ms"] > 0
         assert s[key]["dense_eager_ms"] > 0

@@ -43,6 +43,8 @@ from dyve.version import __version__
 FORMAT = "dyve.bench/2"  # /2: *_ms is the mean over images (was the median call)
 #: Inductor options of the compiled dense baseline.
 COMPILE_OPTIONS: dict[str, Any] = {"freezing": True}
+#: batch-1 timings per image that ``dyve bench`` aims for (repeats / images)
+VISITS = 3
 #: The timed variants, in the order they run in each round.
 VARIANTS = ("dense_eager", "dense_compiled", "dynamic", "exported")
 
@@ -134,7 +136,9 @@ def bench(
             restored), or another system with ``forward`` and ``run`` (a network selection),
             given with ``reference``.
         data_batch1: normalised images ``[N, C, H, W]``; each batch-1 call takes the next one
-            (cycling), so pass ``repeats`` images for each to be timed once.
+            (cycling). Pass ``repeats / VISITS`` images so that each is timed
+            :data:`VISITS` times: its median then drops a one-off stall, which a mean over
+            single timings would carry.
         data_batch64: one normalised batch, timed whole (its size is recorded as ``batch``).
         repeats: timed calls at batch 1 (mean over images of each image's median, with the
             median call and p10/p90).
