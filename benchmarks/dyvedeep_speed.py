@@ -129,7 +129,8 @@ def page(results: list[dict[str, Any]], command: str) -> str:
         f"{m['cpu']}, {m.get('cores', '?')} cores, torch {results[0]['bench']['torch']}. "
         "Times are interleaved repeats (dense eager, dense `torch.compile` with freezing, "
         "DyVEDeep fast) on CIFAR-10 test images, at batch 1 the mean over the images of each "
-        "image's median; speedup = dense time / DyVEDeep time, measured in the same run. Costs: *simulated* op reduction = the calibrated "
+        "image's median; speedup = dense time / DyVEDeep time, measured in the same run. "
+        "Costs: *simulated* op reduction = the calibrated "
         "point's scalar-op reduction on the whole test split (from the emulation, "
         "docs/results/dyvedeep.md); *executed* MAC reduction = static MACs / MACs the "
         "kernels really ran on the timed images.",
