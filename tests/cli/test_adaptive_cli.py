@@ -84,7 +84,7 @@ def test_exits_and_select_write_runs_and_a_page(
     assert text.count("Stage latencies") == 2
     assert "est. speedup" in text
     assert text.count("`dyve bench` against") == 2
-    assert "`dyve bench` against resnet20_cifar (median of 2 interleaved" in text
+    assert "`dyve bench` against resnet20_cifar (2 interleaved batch-1 calls over 1" in text
     # a different configuration in the same directory is refused
     rc2, _ = _cli(
         "exits",

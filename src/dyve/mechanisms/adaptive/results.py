@@ -131,8 +131,9 @@ def _bench(run: Path, lam: float | None) -> list[str]:
         )
 
     return [
-        f"`dyve bench` against {b['backbone']} (median of {b['b1']['repeats']} interleaved "
-        f"batch-1 repeats over {b['b1']['images']} {b['data']['split']} images): "
+        f"`dyve bench` against {b['backbone']} ({b['b1']['repeats']} interleaved batch-1 "
+        f"calls over {b['b1']['images']} {b['data']['split']} images: the mean over the "
+        "images of each one's median): "
         f"{setting('b1')}; {setting('b64')}.",
         "",
     ]
