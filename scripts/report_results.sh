@@ -12,5 +12,5 @@ dyve report \
   runs/lcnet/lcnet_l01_c0005 \
   runs/d2nn/hierarchical/all_lam0.1 \
   --labels "DyVEDeep,early exit,network selection,LC-Net,D2NN" \
-  --data cifar10-jpeg --split test-b --repeats 100 --latency-images 50 --no-progress \
+  --data cifar10-jpeg --split test-b --repeats 150 --latency-images 50 --no-progress \
   --title "dyve: every method on CIFAR-10 test-b" --out "$OUT"

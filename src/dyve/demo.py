@@ -43,7 +43,7 @@ def runs_dir() -> Path:
 def run_demo(
     out: Path | None = None,
     *,
-    repeats: int = 20,
+    repeats: int = 48,
     full: bool = False,
     data_dir: str | None = None,
     progress: bool = True,

@@ -35,7 +35,10 @@ def add(sub: Any) -> None:
     p.add_argument("--data-dir", default=None, help="dataset cache folder")
     p.add_argument("--limit", type=int, default=None, help="use the first N images")
     p.add_argument(
-        "--repeats", type=int, default=20, help="interleaved batch-1 timing rounds (0: no timing)"
+        "--repeats",
+        type=int,
+        default=48,
+        help="interleaved batch-1 timing rounds, best 3 per latency image (0: no timing)",
     )
     p.add_argument("--latency-images", type=int, default=16, help="images cycled in timing")
     p.add_argument(

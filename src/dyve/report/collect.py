@@ -77,7 +77,7 @@ def collect(
     data: ImageSet,
     *,
     latency_images: int = 16,
-    repeats: int = 20,
+    repeats: int = 48,  # three timings of each latency image: its median drops a stall
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> Collection:
