@@ -95,6 +95,8 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
             "final": g.total_macs,
         },
     )
+    title = f"{model}: early exit at {', '.join(points)}"
+    write_study(out, study, title)  # the curves in MACs now; with latencies after timing
     mech.store_policies(study.policies)
     if study.chosen is not None:
         net.set_knobs(policy="learned", lam=study.policies[study.chosen].lam)
@@ -116,7 +118,7 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
     imgs = latency_images(ds, cfg, norm)
     ms, table = stage_latency(graph, forced, {"final": dense}, net, imgs)
     annotate(study, table)
-    write_study(out, study, f"{model}: early exit at {', '.join(points)}")
+    write_study(out, study, title)
     lat = {"dynamic": ms, "baseline": table["alone_ms"]["final"]}
     metrics = base_metrics(study, cfg, fit, held, len(ds), ran)
     metrics.update(

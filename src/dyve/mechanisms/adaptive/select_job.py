@@ -84,6 +84,8 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
         budget_pp=cfg.budget_pp,
         alone={n.name: n.cost for n in graph.nodes},
     )
+    title = "network selection: " + " -> ".join(cfg.models)
+    write_study(out, study, title)  # the curves in MACs now; with latencies after timing
     chosen = study.chosen if study.chosen is not None else 0
     save_policies(out, cfg.models, study.policies, chosen, feat_dim)
     policy = study.policies[chosen]
@@ -97,7 +99,7 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
     imgs = latency_images(ds, cfg, norm)
     ms, table = stage_latency(graph, forced, dict(nets), system, imgs)
     annotate(study, table)
-    write_study(out, study, "network selection: " + " -> ".join(cfg.models))
+    write_study(out, study, title)
     lat = {"dynamic": ms, "baseline": table["alone_ms"][reference]}
     metrics = base_metrics(study, cfg, fit, held, len(ds), ran)
     metrics.update(
