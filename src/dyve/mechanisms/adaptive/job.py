@@ -16,8 +16,6 @@ that is ``val`` when every network's weights held val out, else the halves of te
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from torch import nn
 
 from dyve import data as dyve_data
 from dyve._io import read_json, write_json
-from dyve.eval.latency import machine, num_threads
+from dyve.eval.latency import cycling, interleaved, machine, num_threads
 from dyve.mechanisms.adaptive.heads import load_cache, save_cache, train_head
 from dyve.mechanisms.adaptive.study import LAMS, Study, plot
 from dyve.train.dist import Dist
@@ -90,25 +88,18 @@ def mean_latency(
 ) -> dict[str, float]:
     """Mean batch-1 latency (ms, one thread) per callable over ``images``.
 
-    The callables take turns on each image (interleaved, same run); each pass sums the
-    time per callable, and the median over passes is reported. A dynamic model's time
-    depends on the image, so the mean over real images is what a user pays.
+    The callables take turns on each image (interleaved, same run) and every image is timed
+    ``passes`` times; per callable, the mean over the images of each image's median
+    (:attr:`~dyve.eval.latency.Timing.mean_ms`): a dynamic model's time depends on the
+    image, so the mean over real images is what a user pays.
     """
-    totals: dict[str, list[float]] = {k: [] for k in fns}
     with num_threads(1), torch.no_grad():
-        for x in images[:3]:
-            for fn in fns.values():
-                fn(x)
-        for _ in range(passes):
-            acc = dict.fromkeys(fns, 0.0)
-            for x in images:
-                for k, fn in fns.items():
-                    t0 = time.perf_counter()
-                    fn(x)
-                    acc[k] += time.perf_counter() - t0
-            for k, v in acc.items():
-                totals[k].append(1e3 * v / len(images))
-    return {k: statistics.median(v) for k, v in totals.items()}
+        t = interleaved(
+            {k: cycling(fn, images) for k, fn in fns.items()},
+            repeats=passes * len(images),
+            cycle=len(images),
+        )
+    return {k: v.mean_ms for k, v in t.items()}
 
 
 def latency_metrics(lat: dict[str, float], images: int) -> dict[str, Any]:
