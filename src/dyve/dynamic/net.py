@@ -8,7 +8,7 @@ cost of what ran. The user's model is deep-copied; equipping never changes it.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -239,11 +239,24 @@ class DynamicNet(nn.Module):
         """The backbone's forward with the gates in effect: a drop-in replacement."""
         with self._running(None):
             if not self._active_exits():
+                runner = self._runner(args, kwargs)
+                if runner is not None:
+                    return runner(args[0])
                 return self.backbone(*args, **kwargs)
             if kwargs and args:
                 raise DyveError("with exits, call with positional or keyword inputs, not both")
             inputs: ExampleInputs = kwargs if not args else args if len(args) > 1 else args[0]
             return self._call(inputs, None)[0]
+
+    def _runner(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Callable[[torch.Tensor], Any] | None:
+        """The only mechanism's whole-network runner for this call (fast, eval), or None."""
+        if self.backend != "fast" or self.training or kwargs or len(self.mechanisms) != 1:
+            return None
+        if len(args) != 1 or not isinstance(args[0], torch.Tensor):
+            return None
+        return self.mechanisms[0].fast_runner(self, args[0])
 
     def _active_exits(self) -> list[ExitPoint]:
         return [p for p in self._points() if len(p.exits)]

@@ -52,6 +52,44 @@ class SiteOp(Protocol):
         """The site's output for input ``x`` and its per-sample cost."""
 
 
+def state_key(modules: tuple[nn.Module, ...]) -> tuple[tuple[int, int], ...]:
+    """Changes whenever a parameter or buffer of ``modules`` is modified or replaced.
+
+    Reads the modules' tensor dicts directly: attribute access through ``nn.Module`` costs
+    more than the rest of a batch-1 site call's Python (benchmarks/NOTES.md).
+    """
+    return tuple(
+        (t._version, t.data_ptr())
+        for m in modules
+        for d in (m._parameters, m._buffers)
+        for t in d.values()
+        if t is not None
+    )
+
+
+@torch.no_grad()
+def fold(layer: nn.Conv2d | nn.Linear, bn: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``bn(layer(x))`` as one layer (``bn``: a tracked BatchNorm or None)."""
+    w = layer.weight.detach().clone()
+    bias = layer.bias
+    b = (
+        bias.detach().clone()
+        if bias is not None
+        else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    )
+    if isinstance(bn, nn.BatchNorm2d | nn.BatchNorm1d):
+        if bn.running_var is None or bn.running_mean is None:
+            raise ValueError("only a BatchNorm with running statistics can be folded")
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        w = w * scale.view(-1, *([1] * (w.dim() - 1)))
+        b = (b - bn.running_mean) * scale
+        if bn.bias is not None:
+            b = b + bn.bias
+    return w, b
+
+
 class Tail(nn.Module):
     """A site's batch norm or ReLU: passes its input through when a site unit fused it.
 
@@ -89,7 +127,7 @@ class SiteUnit(nn.Module):
         self.tails: dict[str, Tail] = {}  # role ("bn", "act") -> tail; not registered here
         self.pending: set[str] = set()
         self._state = state
-        self._folded: tuple[tuple[int, ...], torch.Tensor, torch.Tensor] | None = None
+        self._folded: tuple[tuple[tuple[int, int], ...], torch.Tensor, torch.Tensor] | None = None
 
     def add_tail(self, role: str, tail: Tail) -> None:
         """Fuse the site's ``bn`` (a BatchNorm) or ``act`` (a ReLU) tail into this unit."""
@@ -109,44 +147,22 @@ class SiteUnit(nn.Module):
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Weight and bias of ``bn(layer(x))`` as one layer, cached until the weights change."""
         bn = self.tails["bn"].module if "bn" in self.tails else None
-        tensors: list[object] = [self.module.weight, self.module.bias]
-        if bn is not None:
-            tensors += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
-        key = tuple(
-            v for t in tensors if isinstance(t, torch.Tensor) for v in (t._version, t.data_ptr())
-        )
+        key = state_key((self.module,) if bn is None else (self.module, bn))
         if self._folded is None or self._folded[0] != key:
-            with torch.no_grad():
-                w = self.module.weight.detach().clone()
-                b = (
-                    self.module.bias.detach().clone()
-                    if self.module.bias is not None
-                    else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
-                )
-                if isinstance(bn, nn.BatchNorm2d | nn.BatchNorm1d):
-                    assert bn.running_var is not None  # site_unit() fuses tracked BN only
-                    assert bn.running_mean is not None
-                    scale = torch.rsqrt(bn.running_var + bn.eps)
-                    if bn.weight is not None:
-                        scale = scale * bn.weight
-                    w = w * scale.view(-1, *([1] * (w.dim() - 1)))
-                    b = (b - bn.running_mean) * scale
-                    if bn.bias is not None:
-                        b = b + bn.bias
-            self._folded = (key, w, b)
+            self._folded = (key, *fold(self.module, bn))
         return self._folded[1], self._folded[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self._state
         op = self.op
         if op is None or self.training or not op.active():
-            self.pending = set()
+            self.pending.clear()
             out: torch.Tensor = self.module(x)
             if st.trace is not None:
                 st.trace.charge(self.name, st.rows, RAN, float(self.macs))
             return out
         res = op.compute(x, self)
-        self.pending = set(self.tails)
+        self.pending.update(self.tails)
         if st.trace is not None:
             status = torch.where(res.changed.cpu(), APPROXIMATED, RAN).to(torch.int8)
             st.trace.charge(self.name, st.rows, status, res.macs, res.scalar_ops, res.parts)

@@ -25,10 +25,11 @@ To add one::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
 from torch import nn
 
 from dyve.errors import UnknownNameError
@@ -69,6 +70,16 @@ class Mechanism(ABC):
         """True when the ``fast`` back-end really skips this mechanism's work; False when it
         still computes and masks, so that costs are reported as ``simulated`` there too."""
         return True
+
+    def fast_runner(self, net: DynamicNet, x: torch.Tensor) -> Callable[[torch.Tensor], Any] | None:
+        """A callable that runs all of ``net`` on inputs like ``x`` natively, or None.
+
+        ``DynamicNet.forward`` on the fast back-end uses it when this is the only mechanism,
+        no exit is active and no trace is kept, to skip the per-unit Python; it must return
+        what the per-unit path returns. Default: None (DyVEDeep lowers the network to one
+        native program).
+        """
+        return None
 
     @abstractmethod
     def attach(self, net: DynamicNet) -> None:

@@ -1,7 +1,8 @@
 // DyVEDeep's knobs on one conv/linear site, really skipping work (the "fast" back-end).
 //
-// Built on first use by dyve/mechanisms/dyvedeep/native.py (g++ -O3 -march=native) and
-// called through ctypes, one call per site and batch. It computes what the emulation in
+// Built on first use by dyve/mechanisms/dyvedeep/native.py (g++ -O3 -march=native, with
+// fast_program.cpp appended) and called through ctypes: one call per site and batch here,
+// or one call per network and batch through fast_program.cpp. It computes what the emulation in
 // kernel.py computes (same knob semantics), but only the work it decides to do, and
 // counts that work. Layout per sample (see docs/methods/dyvedeep.md, "fast back-end"):
 //
@@ -78,6 +79,7 @@ struct DyveSite {
   int threads;
   float* out;      // [n, cout, ho, wo]
   double* stats;   // [n, DYVE_NSTAT]
+  uint8_t* changed;  // [n]: 1 when any knob acted on the sample (a torch.bool tensor)
 };
 
 // Columns of `stats`, per sample.
@@ -91,12 +93,11 @@ enum {
   ST_RECOMPUTED,      // check-term MACs done again by completed neurons
   ST_CHECKED,         // SPET checks made
   ST_WASTED,          // MACs of stopped neurons completed with their plane vector
-  ST_CHANGED,         // 1 when any knob acted on the sample
   DYVE_NSTAT
 };
 
 int dyve_nstat() { return DYVE_NSTAT; }
-int dyve_abi() { return 1; }
+int dyve_abi() { return 2; }
 
 }  // extern "C"
 
@@ -107,6 +108,7 @@ constexpr float NEURON_COST = 1.0f;
 
 struct Scratch {
   std::vector<float> xq, xt, wc, wr, topw, bias, partial;
+  std::vector<float> arena;  // a whole-network program's buffers (fast_program.cpp)
   std::vector<int32_t> kept, slot, toff, ttop, trel, flat, active, vecs, tap_off, tap_rel, xbase;
   std::vector<int> ntop;
 };
@@ -132,19 +134,18 @@ void release(Scratch* sc) {
 struct Sample {
   const DyveSite& s;
   Scratch& sc;
-  const float* x;
-  float* out;
-  double* st;
+  const float* x;   // this sample's input [cin, h, w]
+  float* out;       // its output [cout, ho, wo]
+  double* st;       // its statistics [DYVE_NSTAT] (zeroed by the caller)
+  uint8_t* changed;  // its "any knob acted" flag
   int nk = 0, k2 = 0, P = 0, K = 0;
   int Hp = 0, Wp = 0, Hq = 0, Wq = 0, PQ = 0, NF = 0, L = 0, L16 = 0;
   const float* wc = nullptr;  // [cout][K] weights of the kept channels, term order
   const float* wr = nullptr;  // [cout][kh][L16] the same in kernel-row runs
 
-  Sample(const DyveSite& site, Scratch& scratch, int i)
-      : s(site), sc(scratch),
-        x(site.x + (size_t)i * site.cin * site.h * site.w),
-        out(site.out + (size_t)i * site.cout * site.ho * site.wo),
-        st(site.stats + (size_t)i * DYVE_NSTAT) {
+  Sample(const DyveSite& site, Scratch& scratch, const float* x_, float* out_, double* st_,
+         uint8_t* changed_)
+      : s(site), sc(scratch), x(x_), out(out_), st(st_), changed(changed_) {
     k2 = s.kh * s.kw;
     P = s.ho * s.wo;
     Hp = s.h + 2 * s.ph;
@@ -580,15 +581,18 @@ struct Sample {
       dense();
     st[ST_OVERHEAD] += st[ST_CHECKED];
     st[ST_OPS] = 2.0 * st[ST_MACS] + st[ST_OVERHEAD];
-    st[ST_CHANGED] = st[ST_APPROXIMATED] + st[ST_STOPPED] + st[ST_INTERPOLATED] > 0;
+    *changed = st[ST_APPROXIMATED] + st[ST_STOPPED] + st[ST_INTERPOLATED] > 0;
   }
 };
 
 void run_range(const DyveSite* s, int lo, int hi) {
   Scratch* sc = acquire();
   for (int i = lo; i < hi; ++i) {
-    std::memset(s->stats + (size_t)i * DYVE_NSTAT, 0, sizeof(double) * DYVE_NSTAT);
-    Sample(*s, *sc, i).run();
+    double* st = s->stats + (size_t)i * DYVE_NSTAT;
+    std::memset(st, 0, sizeof(double) * DYVE_NSTAT);
+    Sample(*s, *sc, s->x + (size_t)i * s->cin * s->h * s->w,
+           s->out + (size_t)i * s->cout * s->ho * s->wo, st, s->changed + i)
+        .run();
   }
   release(sc);
 }

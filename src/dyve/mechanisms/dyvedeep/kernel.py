@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dyve.dynamic.site import SiteResult
 
@@ -67,6 +68,21 @@ class Geometry:
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
+
+    @classmethod
+    def of(cls, layer: nn.Module, name: str = "layer") -> Geometry:
+        """The geometry of an ungrouped, zero-padded ``nn.Conv2d`` or of an ``nn.Linear``."""
+        if isinstance(layer, nn.Linear):
+            return cls(True)
+        if not isinstance(layer, nn.Conv2d) or layer.groups != 1:
+            raise ValueError(f"{name}: only ungrouped Conv2d and Linear layers have knobs")
+        if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
+            raise ValueError(f"{name}: only numeric zero padding is supported")
+        return cls(False, _pair(layer.stride), _pair(layer.padding), _pair(layer.dilation))
+
+
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 @dataclass(frozen=True)

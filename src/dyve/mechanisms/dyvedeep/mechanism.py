@@ -18,7 +18,7 @@ layers followed by a ReLU, SDSS and SFMA on spatial convs, none on the first lay
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,7 @@ from dyve.mechanisms.dyvedeep.kernel import (
 
 if TYPE_CHECKING:
     from dyve.dynamic.net import DynamicNet
+    from dyve.mechanisms.dyvedeep.program import Program
 
 KNOBS = ("spet", "spet_exact", "sdss", "sfma")
 KnobValue = float | bool | Mapping[str, Any] | None
@@ -76,14 +77,7 @@ class DyVEDeepOp:
     """The knobs of one site and the plan derived from its folded weights."""
 
     def __init__(self, unit: SiteUnit, mech: DyVEDeep) -> None:
-        mod = unit.module
-        if isinstance(mod, nn.Conv2d):
-            pad = mod.padding
-            if isinstance(pad, str) or mod.padding_mode != "zeros":
-                raise ValueError(f"{unit.name}: only numeric zero padding is supported")
-            self.geom = Geometry(False, _pair(mod.stride), _pair(pad), _pair(mod.dilation))
-        else:
-            self.geom = Geometry(True)
+        self.geom = Geometry.of(unit.module, unit.name)
         self.mech = mech
         self.knobs = SiteKnobs()
         self._plan: tuple[torch.Tensor, Plan] | None = None
@@ -92,6 +86,10 @@ class DyVEDeepOp:
 
     def active(self) -> bool:
         return self.knobs.active
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles drop the native call structure (it holds raw addresses)."""
+        return {**self.__dict__, "_fast": None}
 
     def plan(self, unit: SiteUnit) -> Plan:
         w, b = unit.folded()
@@ -136,10 +134,6 @@ class DyVEDeepOp:
         return res
 
 
-def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 class DyVEDeep(Mechanism):
     """SPET, SDSS and SFMA on every eligible layer (see module docstring)."""
 
@@ -158,6 +152,36 @@ class DyVEDeep(Mechanism):
             return True
         w = self._units[0].module.weight  # the network moves as a whole
         return w.device.type == "cpu" and w.dtype == torch.float32
+
+    def fast_runner(self, net: DynamicNet, x: torch.Tensor) -> Callable[[torch.Tensor], Any] | None:
+        """The network lowered to one native program (:mod:`.program`), rebuilt when the
+        knobs, the weights or the input shape change. None with every knob off, when the
+        kernels are unavailable, or when the network cannot be lowered (the reason is kept
+        in ``program_unsupported``)."""
+        from dyve.mechanisms.dyvedeep.program import Program, Unsupported  # imports this module
+
+        if self.program_unsupported or x.dtype != torch.float32 or x.device.type != "cpu":
+            return None
+        if not self.executes_fast or x.dim() < 2:
+            return None
+        if not any(op.active() for op in self.ops.values()):
+            return None  # every knob off: the per-site path is the backbone bit for bit
+        prog = self._program
+        if prog is None or not prog.valid(x):
+            try:
+                prog = self._program = Program(net, self, x)
+            except Unsupported as exc:
+                self.program_unsupported = str(exc)
+                return None
+        return prog
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles drop the program (native structures holding raw addresses)."""
+        return {**self.__dict__, "_program": None}
+
+    #: why :meth:`fast_runner` could not lower the network (None: it could, or not tried)
+    program_unsupported: str | None = None
+    _program: Program | None = None
 
     #: while :meth:`effort_maps` runs: site name -> the maps of :func:`run_site`
     recording: dict[str, dict[str, torch.Tensor]] | None = None

@@ -33,7 +33,8 @@ import torch
 from dyve.dynamic.site import SiteResult
 from dyve.mechanisms.dyvedeep.kernel import STATISTICS, Geometry, Plan, SiteKnobs
 
-SOURCE = "fast_kernel.cpp"
+#: compiled as one translation unit, in this order (the program runs the site kernels)
+SOURCES = ("fast_kernel.cpp", "fast_program.cpp")
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno"]
 #: Columns of the kernel's per-sample statistics (``DYVE_NSTAT`` in the source).
 STATS = (
@@ -46,8 +47,9 @@ STATS = (
     "recomputed",
     "checked",
     "wasted",
-    "changed",
 )
+#: The source's ``dyve_abi()``: the layout of ``DyveSite`` and of the statistics.
+ABI = 2
 _ptr = ctypes.c_void_p
 _INTS = ("n", "cin", "h", "w", "cout", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "ho", "wo")
 
@@ -72,6 +74,7 @@ class DyveSite(ctypes.Structure):
         ("threads", ctypes.c_int),
         ("out", _ptr),
         ("stats", _ptr),
+        ("changed", _ptr),
     ]
 
 
@@ -142,7 +145,8 @@ def _load_reason() -> ctypes.CDLL | str:
     cxx = _compiler()
     if cxx is None:
         return "no C++ compiler found; install g++ or set CXX"
-    src = resources.files("dyve.mechanisms.dyvedeep").joinpath(SOURCE).read_text()
+    pkg = resources.files("dyve.mechanisms.dyvedeep")
+    src = "\n".join(pkg.joinpath(name).read_text() for name in SOURCES)
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256("\0".join([src, " ".join(FLAGS), version, _cpu()]).encode())
     lib = cache_dir() / f"dyvedeep-{key.hexdigest()[:16]}.so"
@@ -156,7 +160,9 @@ def _load_reason() -> ctypes.CDLL | str:
         return f"cannot load {lib}: {exc}"
     dll.dyve_site.argtypes = [ctypes.POINTER(DyveSite)]
     dll.dyve_site.restype = ctypes.c_int
-    if dll.dyve_nstat() != len(STATS):
+    dll.dyve_program.argtypes = [ctypes.c_void_p]
+    dll.dyve_program.restype = ctypes.c_int
+    if dll.dyve_abi() != ABI or dll.dyve_nstat() != len(STATS):
         return f"{lib} does not match this dyve version"
     return dll
 
@@ -195,6 +201,27 @@ class FastSite:
         st.weight, st.bias, st.wsum = plan.w.data_ptr(), plan.b.data_ptr(), plan.wsum.data_ptr()
         st.top_ci, st.top_tap = self.top_ci.data_ptr(), self.top_tap.data_ptr()
         st.top_w, st.wr_full, st.m = self.top_w.data_ptr(), self.wr_full.data_ptr(), idx.shape[1]
+        self._ref = ctypes.byref(st)
+        self._shape: tuple[int, ...] = ()
+        self._knobs: SiteKnobs | None = None
+        self._opts: tuple[bool, int, str] | None = None
+
+    def _configure(
+        self, shape: tuple[int, ...], knobs: SiteKnobs, opts: tuple[bool, int, str]
+    ) -> None:
+        """Set the call structure's input geometry and knobs (kept while they do not change)."""
+        relu, sdss_stride, statistic = opts
+        st = self.site
+        st.cin, st.h, st.w = shape
+        st.ho = (st.h + 2 * st.ph - st.dh * (st.kh - 1) - 1) // st.sh + 1
+        st.wo = (st.w + 2 * st.pw - st.dw * (st.kw - 1) - 1) // st.sw + 1
+        st.use_spet = knobs.spet is not None
+        st.spet = knobs.spet or 0.0
+        st.use_sdss = knobs.sdss is not None and st.ho * st.wo > 1 and not self.geom.linear
+        st.sdss, st.sdss_stride = knobs.sdss or 0.0, sdss_stride
+        st.use_sfma, st.sfma = knobs.sfma is not None, knobs.sfma or 0.0
+        st.statistic, st.relu = STATISTICS.index(statistic), relu
+        self._shape, self._knobs, self._opts = tuple(shape), knobs, opts
 
     def run(
         self,
@@ -217,21 +244,22 @@ class FastSite:
         if x4.dtype != torch.float32 or x4.device.type != "cpu":
             raise TypeError("the fast kernels take float32 CPU tensors")
         st = self.site
-        st.n, st.cin, st.h, st.w = n, *x4.shape[1:]
-        st.ho = (st.h + 2 * st.ph - st.dh * (st.kh - 1) - 1) // st.sh + 1
-        st.wo = (st.w + 2 * st.pw - st.dw * (st.kw - 1) - 1) // st.sw + 1
+        opts = (relu, sdss_stride, statistic)
+        if x4.shape[1:] != self._shape or knobs is not self._knobs or opts != self._opts:
+            self._configure(x4.shape[1:], knobs, opts)
+        st.n = n
+        st.threads = torch.get_num_threads()
         out = torch.empty(n, st.cout, st.ho, st.wo)
         stats = torch.empty(n, len(STATS), dtype=torch.float64)
-        st.use_spet = knobs.spet is not None
-        st.spet = knobs.spet or 0.0
-        st.use_sdss = knobs.sdss is not None and st.ho * st.wo > 1 and not self.geom.linear
-        st.sdss, st.sdss_stride = knobs.sdss or 0.0, sdss_stride
-        st.use_sfma, st.sfma = knobs.sfma is not None, knobs.sfma or 0.0
-        st.statistic, st.relu = STATISTICS.index(statistic), relu
-        st.threads = torch.get_num_threads()
-        st.x, st.out, st.stats = x4.data_ptr(), out.data_ptr(), stats.data_ptr()
-        rc = self._dll.dyve_site(ctypes.byref(st))
-        st.x = st.out = st.stats = None
+        changed = torch.empty(n, dtype=torch.bool)
+        st.x, st.out, st.stats, st.changed = (
+            x4.data_ptr(),
+            out.data_ptr(),
+            stats.data_ptr(),
+            changed.data_ptr(),
+        )
+        rc = self._dll.dyve_site(self._ref)
+        st.x = st.out = st.stats = st.changed = None
         if rc != 0:
             raise RuntimeError(f"dyvedeep fast kernel failed (code {rc})")
         col = dict(zip(STATS, stats.unbind(1), strict=True))
@@ -239,6 +267,6 @@ class FastSite:
             out=out.reshape(n, st.cout) if self.geom.linear else out,
             macs=col.pop("macs"),
             scalar_ops=col.pop("scalar_ops"),
-            changed=col.pop("changed") > 0,
+            changed=changed,
             parts=col,
         )

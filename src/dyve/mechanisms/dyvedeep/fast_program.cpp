@@ -1,0 +1,155 @@
+// A whole calibrated DyVEDeep network in one call (appended to fast_kernel.cpp when built).
+//
+// Calling the site kernels one by one from Python costs tens of microseconds per site in
+// the interpreter (more than a small site's kernel; benchmarks/NOTES.md). program.py
+// lowers the network to a list of ops on per-sample buffers: the sites (the kernels of
+// fast_kernel.cpp, knobs on or off, batch norm and ReLU fused), and the few operations
+// between them (residual add, ReLU, pooling, the option-A shortcut); flatten and fused
+// tails are aliases. One call runs the list for every sample, samples split over threads,
+// each sample's buffers in a per-thread arena that stays in cache.
+
+extern "C" {
+
+enum {
+  DYVE_OP_SITE = 0,   // a site's kernel: out = act(bn(conv(a))) with its knobs
+  DYVE_OP_ADD,        // out = a + b
+  DYVE_OP_RELU,       // out = max(a, 0)
+  DYVE_OP_MAXPOOL,    // window kh x kw, stride sh x sw, padding ph x pw (padding never wins)
+  DYVE_OP_AVGPOOL,    // same window; divisor as PyTorch's avg_pool2d (count_include_pad)
+  DYVE_OP_MEAN,       // global average over h x w
+  DYVE_OP_SHORTCUT,   // option-A shortcut: a[:, ::sh, ::sw] with ph zero channels each side
+};
+
+struct DyveOp {
+  int kind;
+  int a, b, out;                // buffers: input, second input (add), output
+  int c, h, w;                  // input shape per sample
+  int oc, oh, ow;               // output shape per sample
+  int kh, kw, sh, sw, ph, pw;   // window, stride, padding (shortcut: stride, channel pad)
+  int count_include_pad;
+  int slot;                     // DYVE_OP_SITE: its row in the program's stats and changed
+  DyveSite* site;               // DYVE_OP_SITE: geometry and knobs set; n, x, out unused
+};
+
+struct DyveProgram {
+  int n, nops, nbuf, threads;
+  const DyveOp* ops;
+  const int64_t* floats;  // per-sample size of each buffer
+  int in_buf, out_buf;    // the input buffer is x's row, the output buffer y's row
+  const float* x;         // [n, floats[in_buf]]
+  float* y;               // [n, floats[out_buf]]
+  double* stats;          // [sites, n, DYVE_NSTAT]: each site's statistics per sample
+  uint8_t* changed;       // [sites, n]
+};
+
+}  // extern "C"
+
+namespace {
+
+void op_pool(const DyveOp& op, const float* a, float* o, bool max) {
+  for (int c = 0; c < op.c; ++c) {
+    const float* ac = a + (size_t)c * op.h * op.w;
+    for (int y = 0; y < op.oh; ++y)
+      for (int x = 0; x < op.ow; ++x) {
+        int y0 = y * op.sh - op.ph, x0 = x * op.sw - op.pw;
+        int y1 = std::min(y0 + op.kh, op.h + op.ph), x1 = std::min(x0 + op.kw, op.w + op.pw);
+        const int size = (y1 - y0) * (x1 - x0);
+        y0 = std::max(y0, 0), x0 = std::max(x0, 0);
+        y1 = std::min(y1, op.h), x1 = std::min(x1, op.w);
+        float acc = max ? -INFINITY : 0.f;
+        for (int i = y0; i < y1; ++i)
+          for (int j = x0; j < x1; ++j) {
+            const float v = ac[i * op.w + j];
+            acc = max ? (v > acc || std::isnan(v) ? v : acc) : acc + v;
+          }
+        if (!max) acc /= op.count_include_pad ? size : (y1 - y0) * (x1 - x0);
+        o[((size_t)c * op.oh + y) * op.ow + x] = acc;
+      }
+  }
+}
+
+void op_run(const DyveProgram* p, const DyveOp& op, float* const* bp, Scratch& sc, int i) {
+  const float* a = bp[op.a];
+  float* o = bp[op.out];
+  const size_t size = (size_t)op.c * op.h * op.w;
+  switch (op.kind) {
+    case DYVE_OP_SITE: {
+      const size_t row = (size_t)op.slot * p->n + i;
+      double* st = p->stats + row * DYVE_NSTAT;
+      std::memset(st, 0, sizeof(double) * DYVE_NSTAT);
+      Sample(*op.site, sc, a, o, st, p->changed + row).run();
+      break;
+    }
+    case DYVE_OP_ADD: {
+      const float* b = bp[op.b];
+      for (size_t j = 0; j < size; ++j) o[j] = a[j] + b[j];
+      break;
+    }
+    case DYVE_OP_RELU:
+      for (size_t j = 0; j < size; ++j) o[j] = a[j] < 0.f ? 0.f : a[j];
+      break;
+    case DYVE_OP_MAXPOOL:
+    case DYVE_OP_AVGPOOL:
+      op_pool(op, a, o, op.kind == DYVE_OP_MAXPOOL);
+      break;
+    case DYVE_OP_MEAN: {
+      const int hw = op.h * op.w;
+      for (int c = 0; c < op.c; ++c) {
+        float acc = 0.f;
+        for (int j = 0; j < hw; ++j) acc += a[(size_t)c * hw + j];
+        o[c] = acc / hw;
+      }
+      break;
+    }
+    case DYVE_OP_SHORTCUT: {
+      const size_t plane = (size_t)op.oh * op.ow;
+      std::memset(o, 0, sizeof(float) * op.oc * plane);
+      for (int c = 0; c < op.c; ++c)
+        for (int y = 0; y < op.oh; ++y)
+          for (int x = 0; x < op.ow; ++x)
+            o[(c + op.ph) * plane + (size_t)y * op.ow + x] =
+                a[((size_t)c * op.h + y * op.sh) * op.w + x * op.sw];
+      break;
+    }
+  }
+}
+
+void program_range(const DyveProgram* p, int lo, int hi) {
+  Scratch* sc = acquire();
+  std::vector<size_t> at(p->nbuf + 1, 0);  // arena offsets, 16-float aligned
+  for (int k = 0; k < p->nbuf; ++k) at[k + 1] = at[k] + (size_t)round_up((int)p->floats[k], V);
+  if (sc->arena.size() < at[p->nbuf]) sc->arena.resize(at[p->nbuf]);
+  std::vector<float*> bp(p->nbuf);
+  for (int k = 0; k < p->nbuf; ++k) bp[k] = sc->arena.data() + at[k];
+  for (int i = lo; i < hi; ++i) {
+    bp[p->in_buf] = const_cast<float*>(p->x) + (size_t)i * p->floats[p->in_buf];
+    bp[p->out_buf] = p->y + (size_t)i * p->floats[p->out_buf];
+    for (int k = 0; k < p->nops; ++k) op_run(p, p->ops[k], bp.data(), *sc, i);
+  }
+  release(sc);
+}
+
+}  // namespace
+
+extern "C" int dyve_program(const DyveProgram* p) {
+  if (p->n < 0 || p->nops < 1 || p->in_buf == p->out_buf) return 1;
+  for (int k = 0; k < p->nops; ++k) {
+    const DyveOp& op = p->ops[k];
+    if (op.kind < DYVE_OP_SITE || op.kind > DYVE_OP_SHORTCUT) return 3;
+    if (op.out == p->in_buf || (op.kind == DYVE_OP_SITE && op.site == nullptr)) return 3;
+  }
+  const int T = std::max(1, std::min(p->threads, p->n));
+  if (T == 1) {
+    program_range(p, 0, p->n);
+    return 0;
+  }
+  std::vector<std::thread> pool;
+  const int per = (p->n + T - 1) / T;
+  for (int t = 1; t < T; ++t) {
+    const int lo = t * per, hi = std::min(p->n, lo + per);
+    if (lo < hi) pool.emplace_back(program_range, p, lo, hi);
+  }
+  program_range(p, 0, std::min(p->n, per));
+  for (auto& th : pool) th.join();
+  return 0;
+}

@@ -1,0 +1,204 @@
+"""The whole-network program (one native call per batch) against the per-site fast path.
+
+On every zoo model at its calibrated point and on a random network that uses every op the
+program knows: the same outputs (relative error <= 1e-5), the same decisions per site and the
+same executed MACs; ``net(x)`` on the fast back-end runs the program and rebuilds it when
+knobs or weights change; a network it cannot lower keeps the per-site path and says why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dyve.data import batches, load_sample
+from dyve.dynamic import equip, load
+from dyve.dynamic.trace import APPROXIMATED
+from dyve.mechanisms.dyvedeep import DyVEDeep, native
+from dyve.mechanisms.dyvedeep.program import Program, Unsupported
+from dyve.models import create, model_info
+from dyve.models.resnet_cifar import ShortcutA
+
+RESULTS = Path(__file__).resolve().parents[3] / "docs" / "results" / "dyvedeep"
+ZOO = ("caffe_cifar10", "vgg16_bn_cifar_w025", "resnet20_cifar", "resnet56_cifar")
+RTOL = 1e-5
+
+pytestmark = pytest.mark.skipif(
+    not native.available(), reason="DyVEDeep's C++ kernels could not be built here (no g++?)"
+)
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = ShortcutA((cout - cin) // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return torch.relu(out + self.shortcut(x))
+
+
+class _AllOps(nn.Module):
+    """Every op the program lowers: plain and knobbed sites, pools, add, shortcut, flatten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, 8, 3, 1, 1)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.relu0 = nn.ReLU()
+        self.pool0 = nn.MaxPool2d(3, 2, 1)
+        self.conv1 = nn.Conv2d(8, 8, 5, 1, 2)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.AvgPool2d(3, 2, padding=1, ceil_mode=True)
+        self.block = _Block(8, 16)
+        self.pool2 = nn.MaxPool2d(2, ceil_mode=True)
+        self.fc1 = nn.Linear(16 * 2 * 2, 24)
+        self.relu2 = nn.ReLU()
+        self.drop = nn.Dropout(0.5)
+        self.fc2 = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool0(self.relu0(self.bn0(self.conv0(x))))
+        x = self.block(self.pool1(self.relu1(self.conv1(x))))
+        x = torch.flatten(self.pool2(x), 1)
+        return self.fc2(self.drop(self.relu2(self.fc1(x))))
+
+
+def _random_net(**knobs: object):
+    torch.manual_seed(0)
+    model = _AllOps()
+    for m in model.modules():  # BN statistics away from the identity
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    net = equip(
+        model, DyVEDeep(first_layer=True, **knobs), example_inputs=torch.zeros(1, 3, 27, 27)
+    )
+    return net.eval()
+
+
+def _zoo_net(name: str):
+    backbone = create(name, pretrained=True)
+    net = load(RESULTS / name, backbone=backbone, weights=False)
+    net.backend = "fast"
+    return net.eval(), model_info(backbone)
+
+
+def _assert_matches_per_site(net, x: torch.Tensor) -> Program:
+    prog = Program(net, net.mechanisms[0], x)
+    with torch.no_grad():
+        y, stats, changed = prog.run(x)
+        ref = net.run(x)  # the per-site fast path, with its trace
+    assert ref.trace.cost.cost_mode == "executed"
+    assert (y - ref.logits).abs().max() <= RTOL * ref.logits.abs().max()
+    assert torch.equal(y.argmax(1), ref.logits.argmax(1))
+    # what ran: each site's decisions and the network's executed MACs
+    for k, name in enumerate(prog.site_names):
+        if name in ref.trace.units:
+            assert torch.equal(changed[k], ref.trace.units[name] == APPROXIMATED), name
+    assert torch.allclose(stats[:, :, 0].sum(0), ref.macs, rtol=0, atol=0.5)
+    return prog
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_models_program_equals_per_site(name):
+    net, info = _zoo_net(name)
+    x, _ = next(batches(load_sample(), 24, info.norm))
+    prog = _assert_matches_per_site(net, x)
+    assert len(prog.site_names) == len(net.graph.sites)  # every layer runs in the program
+    assert (prog.run(x)[1][:, :, 0].sum(0) < net.static_macs).all(), "it must skip work"
+
+
+def test_random_network_with_every_op():
+    net = _random_net(spet=0.0, sfma=0.02, sdss=0.05)
+    x = torch.relu(torch.randn(6, 3, 27, 27, generator=torch.Generator().manual_seed(1)))
+    prog = _assert_matches_per_site(net, x)
+    assert [o["kind"] for o in prog._ops].count(1) == 1  # the residual add
+    changed = prog.run(x)[2]
+    assert changed.any(), "the knobs must act somewhere"
+    # knobs off: the program computes the backbone (folded BN, another summation order)
+    net.set_knobs(spet=None, sfma=None, sdss=None)
+    with torch.no_grad():
+        y, ref = Program(net, net.mechanisms[0], x)(x), net.detach().eval()(x)
+    assert (y - ref).abs().max() <= RTOL * ref.abs().max()
+
+
+def test_batch_split_over_threads_equals_batch_1():
+    net, info = _zoo_net("resnet20_cifar")
+    x, _ = next(batches(load_sample(), 8, info.norm))
+    prog = Program(net, net.mechanisms[0], x)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y, stats, _ = prog.run(x)
+    finally:
+        torch.set_num_threads(old)
+    for i in range(len(x)):
+        yi, si, _ = prog.run(x[i : i + 1])
+        assert torch.equal(yi[0], y[i])
+        assert torch.equal(si[:, 0], stats[:, i])
+
+
+def test_forward_runs_the_program_and_follows_knobs_and_weights():
+    net = _random_net(spet=0.0, sfma=0.02)
+    mech = net.mechanisms[0]
+    x = torch.relu(torch.randn(4, 3, 27, 27, generator=torch.Generator().manual_seed(2)))
+
+    def check() -> None:
+        with torch.no_grad():
+            y, ref = net(x), net.run(x).logits
+        assert mech._program is not None
+        assert mech._program.valid(x)
+        assert (y - ref).abs().max() <= RTOL * ref.abs().max()
+
+    check()
+    first = mech._program
+    with torch.no_grad():
+        net(x)
+    assert mech._program is first, "an unchanged network reuses its program"
+    net.set_knobs(spet=None)
+    check()
+    assert mech._program is not first
+    second = mech._program
+    with torch.no_grad():
+        net.backbone.conv1.module.weight.mul_(0.5)  # a site unit's layer, changed in place
+    check()
+    assert mech._program is not second
+    net.backend = "emulated"
+    mech._program = None
+    with torch.no_grad():
+        net(x)
+    assert mech._program is None, "the emulated back-end never runs the program"
+
+
+def test_a_network_it_cannot_lower_keeps_the_per_site_path():
+    class Doubling(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.relu = nn.ReLU()
+            self.fc = nn.Linear(4 * 8 * 8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.flatten(self.relu(self.conv(x)) * 2, 1))
+
+    net = equip(Doubling().eval(), DyVEDeep(first_layer=True, spet=0.0),
+                example_inputs=torch.zeros(1, 3, 8, 8)).eval()  # fmt: skip
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(Unsupported, match="mul"):
+        Program(net, net.mechanisms[0], x)
+    with torch.no_grad():
+        y = net(x)
+    assert "mul" in (net.mechanisms[0].program_unsupported or "")
+    assert torch.allclose(y, net.run(x).logits)
