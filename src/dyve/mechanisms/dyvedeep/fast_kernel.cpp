@@ -25,6 +25,9 @@
 // code depending on the -march the library was built for.
 
 #include <algorithm>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -50,6 +53,22 @@ inline float hsum(vf v) {
   return (b[0] + b[2]) + (b[1] + b[3]);
 }
 inline int round_up(int a, int b) { return (a + b - 1) / b * b; }
+
+// Bit l set when lane l of v is not <= thr (SPET keeps the neuron; NaN is kept, as in the
+// emulation's `partial <= threshold` stop test).
+#if defined(__AVX512F__)
+inline uint32_t kept_lanes(vf v, float thr) {
+  return _mm512_cmp_ps_mask((__m512)v, _mm512_set1_ps(thr), _CMP_NLE_UQ);
+}
+#else
+typedef int32_t vi __attribute__((vector_size(64)));
+inline uint32_t kept_lanes(vf v, float thr) {
+  const vi stop = v <= splat(thr);
+  uint32_t m = 0;
+  for (int l = 0; l < V; ++l) m |= (uint32_t)(stop[l] == 0) << l;
+  return m;
+}
+#endif
 
 }  // namespace
 
@@ -110,6 +129,7 @@ struct Scratch {
   std::vector<float> xq, xt, wc, wr, topw, bias, partial;
   std::vector<float> arena;  // a whole-network program's buffers (fast_program.cpp)
   std::vector<int32_t> kept, slot, toff, ttop, trel, flat, active, vecs, tap_off, tap_rel, xbase;
+  std::vector<uint32_t> valid;  // per plane vector: bit l set when lane l is an output position
   std::vector<int> ntop;
 };
 
@@ -258,6 +278,8 @@ struct Sample {
     sc.flat.assign(round_up(NF, 4 * V) + 4 * V, -1);
     for (int r = 0; r < s.ho; ++r)
       for (int c = 0; c < s.wo; ++c) sc.flat[r * Wq + c] = r * s.wo + c;
+    sc.valid.assign(sc.flat.size() / V, 0u);
+    for (size_t j = 0; j < sc.flat.size(); ++j) sc.valid[j / V] |= (uint32_t)(sc.flat[j] >= 0) << (j % V);
   }
 
   // Channels-last padded input (neuron layout) and weights in runs of kernel rows,
@@ -431,17 +453,16 @@ struct Sample {
       }
       alignas(64) float buf[4][V];
       for (int v = 0; v < 4; ++v) store(buf[v], a[v]);
-      for (int v = 0; v < ng; ++v)
-        for (int l = 0; l < V; ++l) {
-          const int p = sc.flat[at[v] + l];
-          if (p < 0) continue;
-          lanes += 1;
-          if (part[at[v] + l] <= s.spet) {
-            stopped += 1;
-          } else {
-            oc[p] = finish(b + buf[v][l]);
-          }
+      for (int v = 0; v < ng; ++v) {
+        const uint32_t valid = sc.valid[at[v] / V];
+        uint32_t m = kept_lanes(load(part + at[v]), s.spet) & valid;
+        lanes += __builtin_popcount(valid);
+        stopped += __builtin_popcount(valid) - __builtin_popcount(m);
+        for (; m; m &= m - 1) {  // stopped lanes keep the 0 spet() wrote
+          const int l = __builtin_ctz(m);
+          oc[sc.flat[at[v] + l]] = finish(b + buf[v][l]);
         }
+      }
     }
     st[ST_MACS] += (double)K * lanes;
     st[ST_WASTED] += (double)K * stopped;
@@ -460,6 +481,7 @@ struct Sample {
       float* oc = out + (size_t)o * P;
       sc.active.clear();
       sc.vecs.clear();
+      std::fill(oc, oc + P, 0.f);  // the neurons SPET stops
       for (int i = 0; i < NF; i += 4 * V) {
         vf a[4];
         for (int v = 0; v < 4; ++v) a[v] = splat(sc.bias[o]);
@@ -471,20 +493,13 @@ struct Sample {
           a[2] += wv * load(r + 2 * V);
           a[3] += wv * load(r + 3 * V);
         }
-        for (int v = 0; v < 4; ++v) store(&partial[i + v * V], a[v]);
         for (int v = 0; v < 4; ++v) {
-          bool any = false;
-          for (int l = 0; l < V; ++l) {
-            const int p = sc.flat[i + v * V + l];
-            if (p < 0) continue;
-            if (partial[i + v * V + l] <= s.spet) {
-              oc[p] = 0.f;
-            } else {
-              sc.active.push_back(p);
-              any = true;
-            }
-          }
-          if (any) sc.vecs.push_back(i + v * V);
+          const int at = i + v * V;
+          store(&partial[at], a[v]);
+          uint32_t m = kept_lanes(a[v], s.spet) & sc.valid[at / V];
+          if (!m) continue;
+          sc.vecs.push_back(at);
+          for (; m; m &= m - 1) sc.active.push_back(sc.flat[at + __builtin_ctz(m)]);
         }
       }
       const int na = (int)sc.active.size();
