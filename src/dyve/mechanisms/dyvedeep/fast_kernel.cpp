@@ -99,6 +99,8 @@ struct DyveSite {
   float* out;      // [n, cout, ho, wo]
   double* stats;   // [n, DYVE_NSTAT]
   uint8_t* changed;  // [n]: 1 when any knob acted on the sample (a torch.bool tensor)
+  int32_t* top_off;  // [cout, m] check-term offsets when every channel is kept (dyve_prepare)
+  int32_t* top_rel;  // [cout, m] the same in the neuron layout
 };
 
 // Columns of `stats`, per sample.
@@ -116,7 +118,7 @@ enum {
 };
 
 int dyve_nstat() { return DYVE_NSTAT; }
-int dyve_abi() { return 2; }
+int dyve_abi() { return 3; }
 
 }  // extern "C"
 
@@ -130,6 +132,7 @@ struct Scratch {
   std::vector<float> arena;  // a whole-network program's buffers (fast_program.cpp)
   std::vector<int32_t> kept, slot, toff, ttop, trel, flat, active, vecs, tap_off, tap_rel, xbase;
   std::vector<uint32_t> valid;  // per plane vector: bit l set when lane l is an output position
+  std::vector<uint8_t> wr_ok;   // per filter: its kernel-row weights are in wr
   std::vector<int> ntop;
 };
 
@@ -160,8 +163,11 @@ struct Sample {
   uint8_t* changed;  // its "any knob acted" flag
   int nk = 0, k2 = 0, P = 0, K = 0;
   int Hp = 0, Wp = 0, Hq = 0, Wq = 0, PQ = 0, NF = 0, L = 0, L16 = 0;
-  const float* wc = nullptr;  // [cout][K] weights of the kept channels, term order
-  const float* wr = nullptr;  // [cout][kh][L16] the same in kernel-row runs
+  const float* wc = nullptr;  // [cout][K] weights of the kept channels, term order (lazy)
+  const float* wr = nullptr;  // [cout][kh][L16] the same in kernel-row runs (lazy per filter)
+  const int32_t* ttop = nullptr;  // [cout][m] each filter's check terms: plane offsets,
+  const int32_t* trel = nullptr;  // neuron-layout offsets,
+  const float* topw = nullptr;    // weights (sc.ntop[o] of them per filter)
 
   Sample(const DyveSite& site, Scratch& scratch, const float* x_, float* out_, double* st_,
          uint8_t* changed_)
@@ -253,6 +259,10 @@ struct Sample {
         const int py = iy + s.ph;
         float* dst = &sc.xq[j * cstride + (size_t)(py % s.sh) * s.sw * PQ + (py / s.sh) * Wq];
         const float* src = xc + (size_t)iy * s.w;
+        if (s.sw == 1) {  // one phase: the row is contiguous
+          std::memcpy(dst + s.pw, src, sizeof(float) * s.w);
+          continue;
+        }
         for (int fx = 0; fx < s.sw; ++fx) {  // input columns of one phase: stride sw
           const int ix0 = ((fx - s.pw) % s.sw + s.sw) % s.sw;
           float* d = dst + (size_t)((ix0 + s.pw) % s.sw) * PQ + (ix0 + s.pw) / s.sw;
@@ -263,17 +273,6 @@ struct Sample {
     sc.toff.resize(std::max(K, 1));
     for (int j = 0; j < nk; ++j)
       for (int t = 0; t < k2; ++t) sc.toff[j * k2 + t] = (int)(j * cstride) + sc.tap_off[t];
-    if (nk == s.cin) {
-      wc = s.weight;
-    } else {
-      const int Kall = s.cin * k2;
-      sc.wc.resize((size_t)s.cout * std::max(K, 1));
-      for (int o = 0; o < s.cout; ++o)
-        for (int j = 0; j < nk; ++j)
-          std::memcpy(&sc.wc[(size_t)o * K + j * k2],
-                      s.weight + (size_t)o * Kall + sc.kept[j] * k2, sizeof(float) * k2);
-      wc = sc.wc.data();
-    }
     // flat index i = r * Wq + c of the planes -> output position (-1: beyond the map)
     sc.flat.assign(round_up(NF, 4 * V) + 4 * V, -1);
     for (int r = 0; r < s.ho; ++r)
@@ -282,8 +281,25 @@ struct Sample {
     for (size_t j = 0; j < sc.flat.size(); ++j) sc.valid[j / V] |= (uint32_t)(sc.flat[j] >= 0) << (j % V);
   }
 
-  // Channels-last padded input (neuron layout) and weights in runs of kernel rows,
-  // built when the first neuron is computed alone.
+  // The kept channels' weights in term order, for the plane passes (built on first use:
+  // the SPET path usually completes neurons in the neuron layout and never needs them).
+  void terms() {
+    if (wc != nullptr) return;
+    if (nk == s.cin) {
+      wc = s.weight;
+      return;
+    }
+    const int Kall = s.cin * k2;
+    sc.wc.resize((size_t)s.cout * std::max(K, 1));
+    for (int o = 0; o < s.cout; ++o)
+      for (int j = 0; j < nk; ++j)
+        std::memcpy(&sc.wc[(size_t)o * K + j * k2], s.weight + (size_t)o * Kall + sc.kept[j] * k2,
+                    sizeof(float) * k2);
+    wc = sc.wc.data();
+  }
+
+  // Channels-last padded input (neuron layout), built when the first neuron is computed
+  // alone; the weights in runs of kernel rows come per filter from filter_rows().
   bool have_rows = false;
   void rows() {
     if (have_rows) return;
@@ -292,12 +308,13 @@ struct Sample {
     L16 = round_up(std::max(L, 1), V);
     sc.xt.assign((size_t)Hp * Wp * nk + L16 + V, 0.f);
     const size_t hw = (size_t)s.h * s.w;
-    for (int iy = 0; iy < s.h; ++iy)
-      for (int ix = 0; ix < s.w; ++ix) {
-        float* d = &sc.xt[((size_t)(iy + s.ph) * Wp + ix + s.pw) * nk];
-        const float* src = x + (size_t)iy * s.w + ix;
-        for (int j = 0; j < nk; ++j) d[j] = src[sc.kept[j] * hw];
+    for (int iy = 0; iy < s.h; ++iy) {  // row by row: the destination row stays in L1
+      float* d = &sc.xt[((size_t)(iy + s.ph) * Wp + s.pw) * nk];
+      for (int j = 0; j < nk; ++j) {
+        const float* src = x + sc.kept[j] * hw + (size_t)iy * s.w;
+        for (int ix = 0; ix < s.w; ++ix) d[(size_t)ix * nk + j] = src[ix];
       }
+    }
     sc.xbase.resize(P);
     for (int r = 0; r < s.ho; ++r)
       for (int c = 0; c < s.wo; ++c) sc.xbase[r * s.wo + c] = (r * s.sh * Wp + c * s.sw) * nk;
@@ -305,24 +322,39 @@ struct Sample {
       wr = s.wr_full;
       return;
     }
-    const int Kall = s.cin * k2;
-    sc.wr.assign((size_t)s.cout * s.kh * L16, 0.f);
-    for (int o = 0; o < s.cout; ++o)
-      for (int ky = 0; ky < s.kh; ++ky)
-        for (int kx = 0; kx < s.kw; ++kx)
-          for (int j = 0; j < nk; ++j)
-            sc.wr[((size_t)o * s.kh + ky) * L16 + kx * nk + j] =
-                s.weight[(size_t)o * Kall + (sc.kept[j] * s.kh + ky) * s.kw + kx];
+    sc.wr.resize((size_t)s.cout * s.kh * L16);
+    sc.wr_ok.assign(s.cout, 0);
     wr = sc.wr.data();
   }
 
-  // Each filter's check terms among the kept channels: plane offsets, neuron offsets.
-  void checks() {
+  // Filter o's weights in kernel-row runs of the kept channels (laid out on first use: a
+  // sample completes neurons of only some filters).
+  const float* filter_rows(int o) {
+    float* w = const_cast<float*>(wr) + (size_t)o * s.kh * L16;
+    if (nk == s.cin || sc.wr_ok[o]) return w;
+    sc.wr_ok[o] = 1;
+    std::fill(w, w + (size_t)s.kh * L16, 0.f);
+    const float* src = s.weight + (size_t)o * s.cin * k2;
+    for (int j = 0; j < nk; ++j)
+      for (int ky = 0; ky < s.kh; ++ky)
+        for (int kx = 0; kx < s.kw; ++kx)
+          w[ky * L16 + kx * nk + j] = src[(sc.kept[j] * s.kh + ky) * s.kw + kx];
+    return w;
+  }
+
+  // Each filter's check terms among the kept channels: plane offsets, neuron offsets
+  // (only in neuron mode), weights. With every channel kept they are the site's prepared
+  // table (dyve_prepare); otherwise rebuilt for this sample's kept channels.
+  void checks(bool neuron_mode) {
+    sc.ntop.assign(s.cout, s.m);
+    if (nk == s.cin && s.top_off != nullptr) {
+      ttop = s.top_off, trel = s.top_rel, topw = s.top_w;
+      return;
+    }
     const size_t cstride = (size_t)s.sh * s.sw * PQ;
     sc.ttop.resize((size_t)s.cout * s.m);
-    sc.trel.resize((size_t)s.cout * s.m);
+    sc.trel.resize(neuron_mode ? (size_t)s.cout * s.m : 0);
     sc.topw.resize((size_t)s.cout * s.m);
-    sc.ntop.assign(s.cout, 0);
     for (int o = 0; o < s.cout; ++o) {
       int t = 0;
       for (size_t q = (size_t)o * s.m; q < (size_t)(o + 1) * s.m; ++q) {
@@ -330,11 +362,21 @@ struct Sample {
         if (j < 0) continue;
         const size_t at = (size_t)o * s.m + t;
         sc.ttop[at] = (int)(j * cstride) + sc.tap_off[tap];
-        sc.trel[at] = sc.tap_rel[tap] * nk + j;
+        if (neuron_mode) sc.trel[at] = sc.tap_rel[tap] * nk + j;
         sc.topw[at] = s.top_w[q];
         ++t;
       }
       sc.ntop[o] = t;
+    }
+    ttop = sc.ttop.data(), trel = sc.trel.data(), topw = sc.topw.data();
+  }
+
+  // The site's check-term table with every channel kept (see checks()).
+  void prepare(int32_t* off, int32_t* rel) {
+    const size_t cstride = (size_t)s.sh * s.sw * PQ;
+    for (size_t q = 0; q < (size_t)s.cout * s.m; ++q) {
+      off[q] = (int)(s.top_ci[q] * cstride) + sc.tap_off[s.top_tap[q]];
+      rel[q] = sc.tap_rel[s.top_tap[q]] * s.cin + s.top_ci[q];
     }
   }
 
@@ -342,6 +384,7 @@ struct Sample {
 
   // Dense plane pass: all output channels at all positions, 8 channels x 32 positions.
   void dense() {
+    terms();
     const float* xq = sc.xq.data();
     const int* toff = sc.toff.data();
     for (int o = 0; o < s.cout; o += 8) {
@@ -392,7 +435,7 @@ struct Sample {
   // Neuron dot products (runs of kernel rows in the channels-last layout), 4 at a time.
   void neurons(int o, const int32_t* ps, int n) {
     rows();
-    const float* wo = wr + (size_t)o * s.kh * L16;
+    const float* wo = filter_rows(o);
     const float* xt = sc.xt.data();
     float* oc = out + (size_t)o * P;
     const float b = sc.bias[o];
@@ -432,6 +475,7 @@ struct Sample {
 
   // Vectorised completion of whole plane vectors (flat starts in `vs`), 4 at a time.
   void vectors(int o, const int32_t* vs, int n, const float* part) {
+    terms();
     const float* xq = sc.xq.data();
     const float* w = wc + (size_t)o * K;
     const int* toff = sc.toff.data();
@@ -476,8 +520,8 @@ struct Sample {
     partial.assign(sc.flat.size(), 0.f);
     for (int o = 0; o < s.cout; ++o) {
       const int nt = sc.ntop[o];
-      const int32_t* tk = &sc.ttop[(size_t)o * s.m];
-      const float* tw = &sc.topw[(size_t)o * s.m];
+      const int32_t* tk = ttop + (size_t)o * s.m;
+      const float* tw = topw + (size_t)o * s.m;
       float* oc = out + (size_t)o * P;
       sc.active.clear();
       sc.vecs.clear();
@@ -521,8 +565,8 @@ struct Sample {
     if (s.use_spet) {
       const float* xb = sc.xt.data() + sc.xbase[p];
       const int nt = sc.ntop[o];
-      const int32_t* rel = &sc.trel[(size_t)o * s.m];
-      const float* tw = &sc.topw[(size_t)o * s.m];
+      const int32_t* rel = trel + (size_t)o * s.m;
+      const float* tw = topw + (size_t)o * s.m;
       float a = sc.bias[o];
       for (int t = 0; t < nt; ++t) a += tw[t] * xb[rel[t]];
       st[ST_MACS] += nt;
@@ -587,7 +631,7 @@ struct Sample {
     taps();
     const bool plane = !(s.use_sdss && P > 1) && P > 1;
     if (plane) planes();
-    if (s.use_spet) checks();
+    if (s.use_spet) checks(!plane);
     if (!plane)
       neuron_mode();
     else if (s.use_spet)
@@ -613,6 +657,18 @@ void run_range(const DyveSite* s, int lo, int hi) {
 }
 
 }  // namespace
+
+// Fill the site's check-term table for its configured geometry (top_off, top_rel; see
+// Sample::checks). Called once per configuration, before any call that uses it.
+extern "C" int dyve_prepare(const DyveSite* s) {
+  if (s->m < 1 || s->top_ci == nullptr || s->top_off == nullptr || s->top_rel == nullptr) return 2;
+  Scratch* sc = acquire();
+  Sample sample(*s, *sc, nullptr, nullptr, nullptr, nullptr);
+  sample.taps();
+  sample.prepare(s->top_off, s->top_rel);
+  release(sc);
+  return 0;
+}
 
 extern "C" int dyve_site(const DyveSite* s) {
   if (s->n < 0 || s->cout < 1 || s->cin < 1 || s->ho < 1 || s->wo < 1) return 1;

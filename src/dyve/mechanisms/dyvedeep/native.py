@@ -49,7 +49,7 @@ STATS = (
     "wasted",
 )
 #: The source's ``dyve_abi()``: the layout of ``DyveSite`` and of the statistics.
-ABI = 2
+ABI = 3
 _ptr = ctypes.c_void_p
 _INTS = ("n", "cin", "h", "w", "cout", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "ho", "wo")
 
@@ -75,6 +75,8 @@ class DyveSite(ctypes.Structure):
         ("out", _ptr),
         ("stats", _ptr),
         ("changed", _ptr),
+        ("top_off", _ptr),
+        ("top_rel", _ptr),
     ]
 
 
@@ -162,6 +164,8 @@ def _load_reason() -> ctypes.CDLL | str:
     dll.dyve_site.restype = ctypes.c_int
     dll.dyve_program.argtypes = [ctypes.c_void_p]
     dll.dyve_program.restype = ctypes.c_int
+    dll.dyve_prepare.argtypes = [ctypes.POINTER(DyveSite)]
+    dll.dyve_prepare.restype = ctypes.c_int
     if dll.dyve_abi() != ABI or dll.dyve_nstat() != len(STATS):
         return f"{lib} does not match this dyve version"
     return dll
@@ -202,6 +206,7 @@ class FastSite:
         st.top_ci, st.top_tap = self.top_ci.data_ptr(), self.top_tap.data_ptr()
         st.top_w, st.wr_full, st.m = self.top_w.data_ptr(), self.wr_full.data_ptr(), idx.shape[1]
         self._ref = ctypes.byref(st)
+        self._table = torch.empty(0, dtype=torch.int32)  # [2, cout * m] (see _configure)
         self._shape: tuple[int, ...] = ()
         self._knobs: SiteKnobs | None = None
         self._opts: tuple[bool, int, str] | None = None
@@ -221,6 +226,14 @@ class FastSite:
         st.sdss, st.sdss_stride = knobs.sdss or 0.0, sdss_stride
         st.use_sfma, st.sfma = knobs.sfma is not None, knobs.sfma or 0.0
         st.statistic, st.relu = STATISTICS.index(statistic), relu
+        if st.use_spet:  # the check-term table for samples that keep every channel
+            if self._table.numel() == 0:
+                self._table = torch.empty(2, self.top_ci.numel(), dtype=torch.int32)
+            st.top_off, st.top_rel = self._table[0].data_ptr(), self._table[1].data_ptr()
+            if self._dll.dyve_prepare(self._ref) != 0:
+                raise RuntimeError("dyvedeep: preparing the check-term table failed")
+        else:
+            st.top_off = st.top_rel = None
         self._shape, self._knobs, self._opts = tuple(shape), knobs, opts
 
     def run(
