@@ -40,6 +40,7 @@ GEOMETRIES = [
     (20, 24, 7, 1, 1, 0),
     (8, 12, 10, 5, 1, 2),
     (12, 10, 7, 3, 2, 0),
+    (16, 16, 20, 3, 1, 1),  # a long check pass: SFMA's drops are compacted away
 ]
 KNOBS = [
     SiteKnobs(),
@@ -48,6 +49,7 @@ KNOBS = [
     SiteKnobs(sfma=0.05),
     SiteKnobs(sfma=1e9),  # approximates every channel
     SiteKnobs(sdss=0.3),
+    SiteKnobs(spet=0.05, sfma=0.05),  # small maps: dropped channels kept as zeros
     SiteKnobs(spet=0.05, sdss=0.3, sfma=0.05),
 ]
 

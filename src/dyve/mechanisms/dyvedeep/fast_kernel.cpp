@@ -101,6 +101,7 @@ struct DyveSite {
   uint8_t* changed;  // [n]: 1 when any knob acted on the sample (a torch.bool tensor)
   int32_t* top_off;  // [cout, m] check-term offsets when every channel is kept (dyve_prepare)
   int32_t* top_rel;  // [cout, m] the same in the neuron layout
+  const int32_t* top_count;  // [cout, cin] how many of each filter's check terms are on each channel
 };
 
 // Columns of `stats`, per sample.
@@ -118,7 +119,7 @@ enum {
 };
 
 int dyve_nstat() { return DYVE_NSTAT; }
-int dyve_abi() { return 3; }
+int dyve_abi() { return 4; }
 
 }  // extern "C"
 
@@ -133,6 +134,7 @@ struct Scratch {
   std::vector<int32_t> kept, slot, toff, ttop, trel, flat, active, vecs, tap_off, tap_rel, xbase;
   std::vector<uint32_t> valid;  // per plane vector: bit l set when lane l is an output position
   std::vector<uint8_t> wr_ok;   // per filter: its kernel-row weights are in wr
+  std::vector<int32_t> dropped, tkept;  // zeroed mode: channels SFMA dropped, check terms kept
   std::vector<int> ntop;
 };
 
@@ -162,6 +164,11 @@ struct Sample {
   double* st;       // its statistics [DYVE_NSTAT] (zeroed by the caller)
   uint8_t* changed;  // its "any knob acted" flag
   int nk = 0, k2 = 0, P = 0, K = 0;
+  // Zeroed mode (SPET sites on small maps): the channels SFMA drops stay in every layout as
+  // zeros instead of being compacted away, so no per-sample table or weight re-layout is
+  // needed; the MACs spent on the zeros are counted as wasted. nkept: channels really kept.
+  bool zeroed = false;
+  int nkept = 0;
   int Hp = 0, Wp = 0, Hq = 0, Wq = 0, PQ = 0, NF = 0, L = 0, L16 = 0;
   const float* wc = nullptr;  // [cout][K] weights of the kept channels, term order (lazy)
   const float* wr = nullptr;  // [cout][kh][L16] the same in kernel-row runs (lazy per filter)
@@ -224,7 +231,21 @@ struct Sample {
         sc.kept.push_back(c);
       }
     }
-    nk = (int)sc.kept.size();
+    nk = nkept = (int)sc.kept.size();
+    // zeroed mode when the check pass is short (few 64-position blocks) compared with the
+    // share of channels dropped: then re-laying out tables costs more than the zeros
+    const bool plane = !(s.use_sdss && P > 1) && P > 1;
+    const int blocks = (NF + 4 * V - 1) / (4 * V);
+    if (s.use_spet && plane && nk < s.cin && s.top_off != nullptr && s.top_count != nullptr &&
+        blocks * (s.cin - nk) <= 2 * s.cin) {
+      zeroed = true;
+      sc.dropped.clear();
+      for (int c = 0; c < s.cin; ++c)
+        if (sc.slot[c] < 0) sc.dropped.push_back(c);
+      sc.kept.resize(s.cin);
+      for (int c = 0; c < s.cin; ++c) sc.kept[c] = sc.slot[c] = c;
+      nk = s.cin;
+    }
     K = nk * k2;
     if (s.use_sfma) {
       const double per_channel = s.statistic == 0 ? 5.0 * hw + 1 : 2.0 * hw + 2;
@@ -253,7 +274,12 @@ struct Sample {
     const size_t size = (size_t)nk * s.sh * s.sw * PQ + PQ + 8 * V;
     sc.xq.assign(size, 0.f);
     const size_t cstride = (size_t)s.sh * s.sw * PQ;
+    size_t next_drop = 0;  // zeroed mode: dropped channels keep their zero planes
     for (int j = 0; j < nk; ++j) {
+      if (zeroed && next_drop < sc.dropped.size() && sc.dropped[next_drop] == j) {
+        ++next_drop;
+        continue;
+      }
       const float* xc = x + (size_t)sc.kept[j] * s.h * s.w;
       for (int iy = 0; iy < s.h; ++iy) {
         const int py = iy + s.ph;
@@ -310,7 +336,12 @@ struct Sample {
     const size_t hw = (size_t)s.h * s.w;
     for (int iy = 0; iy < s.h; ++iy) {  // row by row: the destination row stays in L1
       float* d = &sc.xt[((size_t)(iy + s.ph) * Wp + s.pw) * nk];
+      size_t next_drop = 0;  // zeroed mode: dropped channels stay zero
       for (int j = 0; j < nk; ++j) {
+        if (zeroed && next_drop < sc.dropped.size() && sc.dropped[next_drop] == j) {
+          ++next_drop;
+          continue;
+        }
         const float* src = x + sc.kept[j] * hw + (size_t)iy * s.w;
         for (int ix = 0; ix < s.w; ++ix) d[(size_t)ix * nk + j] = src[ix];
       }
@@ -334,11 +365,15 @@ struct Sample {
     if (nk == s.cin || sc.wr_ok[o]) return w;
     sc.wr_ok[o] = 1;
     std::fill(w, w + (size_t)s.kh * L16, 0.f);
-    const float* src = s.weight + (size_t)o * s.cin * k2;
-    for (int j = 0; j < nk; ++j)
-      for (int ky = 0; ky < s.kh; ++ky)
-        for (int kx = 0; kx < s.kw; ++kx)
-          w[ky * L16 + kx * nk + j] = src[(sc.kept[j] * s.kh + ky) * s.kw + kx];
+    const int run = s.kw * s.cin;  // from the all-channel runs: a gather per kernel tap
+    const int run16 = round_up(run, V);
+    const int32_t* kept = sc.kept.data();
+    for (int ky = 0; ky < s.kh; ++ky)
+      for (int kx = 0; kx < s.kw; ++kx) {
+        const float* src = s.wr_full + ((size_t)o * s.kh + ky) * run16 + kx * s.cin;
+        float* dst = w + ky * L16 + kx * nk;
+        for (int j = 0; j < nk; ++j) dst[j] = src[kept[j]];
+      }
     return w;
   }
 
@@ -349,6 +384,11 @@ struct Sample {
     sc.ntop.assign(s.cout, s.m);
     if (nk == s.cin && s.top_off != nullptr) {
       ttop = s.top_off, trel = s.top_rel, topw = s.top_w;
+      if (zeroed) {  // the check terms on real (kept) channels, for the cost statistics
+        sc.tkept.assign(s.cout, s.m);
+        for (int o = 0; o < s.cout; ++o)
+          for (int c : sc.dropped) sc.tkept[o] -= s.top_count[(size_t)o * s.cin + c];
+      }
       return;
     }
     const size_t cstride = (size_t)s.sh * s.sw * PQ;
@@ -356,15 +396,18 @@ struct Sample {
     sc.trel.resize(neuron_mode ? (size_t)s.cout * s.m : 0);
     sc.topw.resize((size_t)s.cout * s.m);
     for (int o = 0; o < s.cout; ++o) {
+      // branch-free: every term is written, and kept only when its channel is (the drop
+      // pattern is random, so a branch per term mispredicts)
+      const size_t base = (size_t)o * s.m;
+      int32_t* off = &sc.ttop[base];
+      float* w = &sc.topw[base];
       int t = 0;
-      for (size_t q = (size_t)o * s.m; q < (size_t)(o + 1) * s.m; ++q) {
-        const int j = sc.slot[s.top_ci[q]], tap = s.top_tap[q];
-        if (j < 0) continue;
-        const size_t at = (size_t)o * s.m + t;
-        sc.ttop[at] = (int)(j * cstride) + sc.tap_off[tap];
-        if (neuron_mode) sc.trel[at] = sc.tap_rel[tap] * nk + j;
-        sc.topw[at] = s.top_w[q];
-        ++t;
+      for (int q = 0; q < s.m; ++q) {
+        const int j = sc.slot[s.top_ci[base + q]], tap = s.top_tap[base + q];
+        off[t] = j * (int)cstride + sc.tap_off[tap];
+        w[t] = s.top_w[base + q];
+        if (neuron_mode) sc.trel[base + t] = sc.tap_rel[tap] * nk + j;
+        t += j >= 0;
       }
       sc.ntop[o] = t;
     }
@@ -471,6 +514,7 @@ struct Sample {
       oc[ps[i]] = finish(b + hsum(a0));
     }
     st[ST_MACS] += (double)K * n;
+    st[ST_WASTED] += (double)(nk - nkept) * k2 * n;  // zeroed mode's dropped channels
   }
 
   // Vectorised completion of whole plane vectors (flat starts in `vs`), 4 at a time.
@@ -509,7 +553,7 @@ struct Sample {
       }
     }
     st[ST_MACS] += (double)K * lanes;
-    st[ST_WASTED] += (double)K * stopped;
+    st[ST_WASTED] += (double)K * stopped + (double)(nk - nkept) * k2 * (lanes - stopped);
   }
 
   // SPET in the plane layout: check pass, then each channel completes its kept neurons
@@ -547,9 +591,11 @@ struct Sample {
         }
       }
       const int na = (int)sc.active.size();
+      const int real = zeroed ? sc.tkept[o] : nt;  // check terms on kept channels
       st[ST_MACS] += (double)nt * P;
+      st[ST_WASTED] += (double)(nt - real) * P;
       st[ST_STOPPED] += P - na;
-      st[ST_RECOMPUTED] += (double)nt * na;
+      st[ST_RECOMPUTED] += (double)real * na;
       if (na * NEURON_COST < (float)sc.vecs.size() * V) {
         neurons(o, sc.active.data(), na);
       } else {

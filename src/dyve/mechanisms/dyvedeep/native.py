@@ -49,7 +49,7 @@ STATS = (
     "wasted",
 )
 #: The source's ``dyve_abi()``: the layout of ``DyveSite`` and of the statistics.
-ABI = 3
+ABI = 4
 _ptr = ctypes.c_void_p
 _INTS = ("n", "cin", "h", "w", "cout", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "ho", "wo")
 
@@ -77,6 +77,7 @@ class DyveSite(ctypes.Structure):
         ("changed", _ptr),
         ("top_off", _ptr),
         ("top_rel", _ptr),
+        ("top_count", _ptr),
     ]
 
 
@@ -195,6 +196,10 @@ class FastSite:
         self.top_ci = (idx // k2).to(torch.int32).contiguous()
         self.top_tap = (idx % k2).to(torch.int32).contiguous()
         self.top_w = plan.w.reshape(cout, -1).gather(1, idx).contiguous()
+        ci = self.top_ci.long()  # per filter and input channel: how many check terms
+        self.top_count = torch.zeros(cout, cin, dtype=torch.int32).scatter_add_(
+            1, ci, torch.ones_like(ci, dtype=torch.int32)
+        )
         run = kw * cin
         rows = plan.w.permute(0, 2, 3, 1).reshape(cout, kh, run)
         self.wr_full = torch.nn.functional.pad(rows, (0, -run % 16)).contiguous()
@@ -205,6 +210,7 @@ class FastSite:
         st.weight, st.bias, st.wsum = plan.w.data_ptr(), plan.b.data_ptr(), plan.wsum.data_ptr()
         st.top_ci, st.top_tap = self.top_ci.data_ptr(), self.top_tap.data_ptr()
         st.top_w, st.wr_full, st.m = self.top_w.data_ptr(), self.wr_full.data_ptr(), idx.shape[1]
+        st.top_count = self.top_count.data_ptr()
         self._ref = ctypes.byref(st)
         self._table = torch.empty(0, dtype=torch.int32)  # [2, cout * m] (see _configure)
         self._shape: tuple[int, ...] = ()
