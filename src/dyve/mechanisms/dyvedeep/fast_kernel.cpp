@@ -135,6 +135,7 @@ struct Scratch {
   std::vector<uint32_t> valid;  // per plane vector: bit l set when lane l is an output position
   std::vector<uint8_t> wr_ok;   // per filter: its kernel-row weights are in wr
   std::vector<int32_t> dropped, tkept;  // zeroed mode: channels SFMA dropped, check terms kept
+  std::vector<int32_t> keep, pending, npending;  // neuron mode: kept / listed neurons
   std::vector<int> ntop;
 };
 
@@ -605,39 +606,50 @@ struct Sample {
     st[ST_CHECKED] += (double)P * s.cout;
   }
 
-  // One neuron alone (neuron layout): SPET check by gather, then its dot product.
-  void single(int o, int p) {
+  // Neurons of filter o at positions ps (neuron layout): SPET checks each by gather (when
+  // on), then the ones it keeps are completed four at a time.
+  void some(int o, const int32_t* ps, int n) {
     rows();
-    if (s.use_spet) {
-      const float* xb = sc.xt.data() + sc.xbase[p];
-      const int nt = sc.ntop[o];
-      const int32_t* rel = trel + (size_t)o * s.m;
-      const float* tw = topw + (size_t)o * s.m;
+    if (!s.use_spet) {
+      neurons(o, ps, n);
+      return;
+    }
+    const int nt = sc.ntop[o];
+    const int32_t* rel = trel + (size_t)o * s.m;
+    const float* tw = topw + (size_t)o * s.m;
+    float* oc = out + (size_t)o * P;
+    sc.keep.clear();
+    for (int i = 0; i < n; ++i) {
+      const float* xb = sc.xt.data() + sc.xbase[ps[i]];
       float a = sc.bias[o];
       for (int t = 0; t < nt; ++t) a += tw[t] * xb[rel[t]];
-      st[ST_MACS] += nt;
-      st[ST_CHECKED] += 1;
-      if (a <= s.spet) {
-        out[(size_t)o * P + p] = 0.f;
-        st[ST_STOPPED] += 1;
-        return;
-      }
-      st[ST_RECOMPUTED] += nt;
+      if (a <= s.spet)
+        oc[ps[i]] = 0.f;
+      else
+        sc.keep.push_back(ps[i]);
     }
-    const int32_t one = p;
-    neurons(o, &one, 1);
+    const int kept = (int)sc.keep.size();
+    st[ST_MACS] += (double)nt * n;
+    st[ST_CHECKED] += n;
+    st[ST_STOPPED] += n - kept;
+    st[ST_RECOMPUTED] += (double)nt * kept;
+    neurons(o, sc.keep.data(), kept);
   }
 
-  // Neuron mode (SDSS sites, linear layers): grid neurons, then each off-grid neuron
-  // interpolated from its grid neighbours or computed alone.
+  // Neuron mode (SDSS sites, linear layers): the grid neurons, then each off-grid neuron
+  // interpolated from its grid neighbours or listed; listed neurons are computed per
+  // filter at the end (the decisions read only grid neurons).
   void neuron_mode() {
     const int S = s.use_sdss ? s.sdss_stride : 1;
+    sc.active.clear();
     for (int r = 0; r < s.ho; r += S)
-      for (int c = 0; c < s.wo; c += S)
-        for (int o = 0; o < s.cout; ++o) single(o, r * s.wo + c);
+      for (int c = 0; c < s.wo; c += S) sc.active.push_back(r * s.wo + c);
+    for (int o = 0; o < s.cout; ++o) some(o, sc.active.data(), (int)sc.active.size());
     if (!s.use_sdss) return;
     double tests = 0.0, avg = 0.0, interp = 0.0;
     int nb[4];
+    sc.pending.resize((size_t)s.cout * P);
+    sc.npending.assign(s.cout, 0);
     for (int r = 0; r < s.ho; ++r)
       for (int c = 0; c < s.wo; ++c) {
         const bool on_r = r % S == 0, on_c = c % S == 0;
@@ -664,10 +676,11 @@ struct Sample {
             interp += 1;
             avg += cnt;
           } else {
-            single(o, p);
+            sc.pending[(size_t)o * P + sc.npending[o]++] = p;
           }
         }
       }
+    for (int o = 0; o < s.cout; ++o) some(o, &sc.pending[(size_t)o * P], sc.npending[o]);
     st[ST_INTERPOLATED] = interp;
     st[ST_OVERHEAD] += tests + avg;
   }
