@@ -202,3 +202,20 @@ def test_a_network_it_cannot_lower_keeps_the_per_site_path():
         y = net(x)
     assert "mul" in (net.mechanisms[0].program_unsupported or "")
     assert torch.allclose(y, net.run(x).logits)
+
+
+def test_profile_times_every_op_without_changing_the_result():
+    net = _random_net(spet=0.0, sfma=0.02, sdss=0.05)
+    x = torch.relu(torch.randn(3, 3, 27, 27, generator=torch.Generator().manual_seed(3)))
+    prog = Program(net, net.mechanisms[0], x)
+    seconds = torch.zeros(len(prog.ops), dtype=torch.float64)
+    y, stats, _ = prog.run(x, seconds)
+    y0, stats0, _ = prog.run(x)
+    assert torch.equal(y, y0)
+    assert torch.equal(stats, stats0)
+    assert (seconds > 0).all()
+    kinds = [op["kind"] for op in prog.ops]
+    assert {"site", "add", "relu", "maxpool", "avgpool", "shortcut"} <= set(kinds)
+    assert "spet+sdss+sfma" in {op.get("knobs") for op in prog.ops}
+    with pytest.raises(ValueError, match="float64"):
+        prog.run(x, torch.zeros(len(prog.ops)))

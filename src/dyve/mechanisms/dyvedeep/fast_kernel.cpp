@@ -25,6 +25,7 @@
 // code depending on the -march the library was built for.
 
 #include <algorithm>
+#include <chrono>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif

@@ -40,31 +40,45 @@ struct DyveProgram {
   float* y;               // [n, floats[out_buf]]
   double* stats;          // [sites, n, DYVE_NSTAT]: each site's statistics per sample
   uint8_t* changed;       // [sites, n]
+  double* seconds;        // [nops] or null: time spent in each op is added (one thread)
 };
 
 }  // extern "C"
 
 namespace {
 
-void op_pool(const DyveOp& op, const float* a, float* o, bool max) {
+// Max (a NaN in the window wins, as in PyTorch) or average over each window, clamped to
+// the input. Branch-free: a branch per compare mispredicts about half the time.
+template <bool MAX>
+void op_pool(const DyveOp& op, const float* a, float* o) {
   for (int c = 0; c < op.c; ++c) {
     const float* ac = a + (size_t)c * op.h * op.w;
-    for (int y = 0; y < op.oh; ++y)
+    for (int y = 0; y < op.oh; ++y) {
+      int y0 = y * op.sh - op.ph;
+      int y1 = std::min(y0 + op.kh, op.h + op.ph);
+      const int hsize = y1 - y0;
+      y0 = std::max(y0, 0), y1 = std::min(y1, op.h);
       for (int x = 0; x < op.ow; ++x) {
-        int y0 = y * op.sh - op.ph, x0 = x * op.sw - op.pw;
-        int y1 = std::min(y0 + op.kh, op.h + op.ph), x1 = std::min(x0 + op.kw, op.w + op.pw);
-        const int size = (y1 - y0) * (x1 - x0);
-        y0 = std::max(y0, 0), x0 = std::max(x0, 0);
-        y1 = std::min(y1, op.h), x1 = std::min(x1, op.w);
-        float acc = max ? -INFINITY : 0.f;
+        int x0 = x * op.sw - op.pw;
+        int x1 = std::min(x0 + op.kw, op.w + op.pw);
+        const int size = hsize * (x1 - x0);
+        x0 = std::max(x0, 0), x1 = std::min(x1, op.w);
+        float acc = MAX ? -INFINITY : 0.f;
+        bool nan = false;
         for (int i = y0; i < y1; ++i)
           for (int j = x0; j < x1; ++j) {
             const float v = ac[i * op.w + j];
-            acc = max ? (v > acc || std::isnan(v) ? v : acc) : acc + v;
+            if (MAX) {
+              acc = v > acc ? v : acc;
+              nan |= v != v;
+            } else {
+              acc += v;
+            }
           }
-        if (!max) acc /= op.count_include_pad ? size : (y1 - y0) * (x1 - x0);
-        o[((size_t)c * op.oh + y) * op.ow + x] = acc;
+        const float div = op.count_include_pad ? size : (y1 - y0) * (x1 - x0);
+        o[((size_t)c * op.oh + y) * op.ow + x] = MAX ? (nan ? NAN : acc) : acc / div;
       }
+    }
   }
 }
 
@@ -89,8 +103,10 @@ void op_run(const DyveProgram* p, const DyveOp& op, float* const* bp, Scratch& s
       for (size_t j = 0; j < size; ++j) o[j] = a[j] < 0.f ? 0.f : a[j];
       break;
     case DYVE_OP_MAXPOOL:
+      op_pool<true>(op, a, o);
+      break;
     case DYVE_OP_AVGPOOL:
-      op_pool(op, a, o, op.kind == DYVE_OP_MAXPOOL);
+      op_pool<false>(op, a, o);
       break;
     case DYVE_OP_MEAN: {
       const int hw = op.h * op.w;
@@ -124,7 +140,15 @@ void program_range(const DyveProgram* p, int lo, int hi) {
   for (int i = lo; i < hi; ++i) {
     bp[p->in_buf] = const_cast<float*>(p->x) + (size_t)i * p->floats[p->in_buf];
     bp[p->out_buf] = p->y + (size_t)i * p->floats[p->out_buf];
-    for (int k = 0; k < p->nops; ++k) op_run(p, p->ops[k], bp.data(), *sc, i);
+    if (p->seconds == nullptr) {
+      for (int k = 0; k < p->nops; ++k) op_run(p, p->ops[k], bp.data(), *sc, i);
+      continue;
+    }
+    for (int k = 0; k < p->nops; ++k) {
+      const auto t0 = std::chrono::steady_clock::now();
+      op_run(p, p->ops[k], bp.data(), *sc, i);
+      p->seconds[k] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
   }
   release(sc);
 }
@@ -138,7 +162,7 @@ extern "C" int dyve_program(const DyveProgram* p) {
     if (op.kind < DYVE_OP_SITE || op.kind > DYVE_OP_SHORTCUT) return 3;
     if (op.out == p->in_buf || (op.kind == DYVE_OP_SITE && op.site == nullptr)) return 3;
   }
-  const int T = std::max(1, std::min(p->threads, p->n));
+  const int T = p->seconds != nullptr ? 1 : std::max(1, std::min(p->threads, p->n));
   if (T == 1) {
     program_range(p, 0, p->n);
     return 0;

@@ -60,7 +60,7 @@ class DyveProgram(ctypes.Structure):
         ("floats", ctypes.c_void_p),
         ("in_buf", ctypes.c_int),
         ("out_buf", ctypes.c_int),
-        *((name, ctypes.c_void_p) for name in ("x", "y", "stats", "changed")),
+        *((name, ctypes.c_void_p) for name in ("x", "y", "stats", "changed", "seconds")),
     ]
 
 
@@ -376,10 +376,20 @@ class Program:
             and self._state() == self._key
         )
 
-    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits, each site's statistics ``[sites, N, STATS]`` and ``changed`` ``[sites, N]``."""
+    def run(
+        self, x: torch.Tensor, seconds: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, each site's statistics ``[sites, N, STATS]`` and ``changed`` ``[sites, N]``.
+
+        ``seconds`` (float64, one per op of :attr:`ops`): the time spent in each op is added
+        to it; the batch then runs on one thread (a profile; rows named by :attr:`ops`).
+        """
         if x.dtype != torch.float32 or x.device.type != "cpu" or tuple(x.shape[1:]) != self.shape:
             raise ValueError(f"the program takes float32 CPU inputs of shape [N, {self.shape}]")
+        if seconds is not None and (
+            seconds.dtype != torch.float64 or seconds.numel() != len(self._ops)
+        ):
+            raise ValueError(f"seconds must be a float64 tensor of {len(self._ops)} values")
         x = x.contiguous()
         n = x.shape[0]
         y = torch.empty(n, *self.out_shape)
@@ -393,11 +403,31 @@ class Program:
             stats.data_ptr(),
             changed.data_ptr(),
         )
+        p.seconds = None if seconds is None else seconds.data_ptr()
         rc = self._dll.dyve_program(self._ref)
-        p.x = p.y = p.stats = p.changed = None
+        p.x = p.y = p.stats = p.changed = p.seconds = None
         if rc != 0:
             raise RuntimeError(f"dyvedeep program failed (code {rc})")
         return y, stats, changed
+
+    @property
+    def ops(self) -> list[dict[str, Any]]:
+        """One row per op: ``kind`` (site, add, relu, maxpool, avgpool, mean, shortcut),
+        ``name`` (the module or node), and for sites ``knobs`` (those on, ``+``-joined)."""
+        kinds = ("site", "add", "relu", "maxpool", "avgpool", "mean", "shortcut")
+        rows = []
+        for op in self._ops:
+            row = {"kind": kinds[op["kind"]], "name": str(op["node"].target)}
+            if op["site"] is not None:
+                k = op["site"]._knobs
+                on = [
+                    n
+                    for n, v in (("spet", k.spet), ("sdss", k.sdss), ("sfma", k.sfma))
+                    if v is not None
+                ]
+                row["knobs"] = "+".join(on) or "off"
+            rows.append(row)
+        return rows
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)[0]
