@@ -103,6 +103,7 @@ struct DyveSite {
   int32_t* top_off;  // [cout, m] check-term offsets when every channel is kept (dyve_prepare)
   int32_t* top_rel;  // [cout, m] the same in the neuron layout
   const int32_t* top_count;  // [cout, cin] how many of each filter's check terms are on each channel
+  const float* weight_t;     // [cin*kh*kw, cout]: the weights term-major (plane passes)
 };
 
 // Columns of `stats`, per sample.
@@ -120,7 +121,7 @@ enum {
 };
 
 int dyve_nstat() { return DYVE_NSTAT; }
-int dyve_abi() { return 4; }
+int dyve_abi() { return 5; }
 
 }  // extern "C"
 
@@ -130,9 +131,9 @@ namespace {
 constexpr float NEURON_COST = 1.0f;
 
 struct Scratch {
-  std::vector<float> xq, xt, wc, wr, topw, bias, partial;
+  std::vector<float> xq, xt, wr, topw, bias, partial;
   std::vector<float> arena;  // a whole-network program's buffers (fast_program.cpp)
-  std::vector<int32_t> kept, slot, toff, ttop, trel, flat, active, vecs, tap_off, tap_rel, xbase;
+  std::vector<int32_t> kept, slot, toff, wofs, ttop, trel, flat, active, vecs, tap_off, tap_rel, xbase;
   std::vector<uint32_t> valid;  // per plane vector: bit l set when lane l is an output position
   std::vector<uint8_t> wr_ok;   // per filter: its kernel-row weights are in wr
   std::vector<int32_t> dropped, tkept;  // zeroed mode: channels SFMA dropped, check terms kept
@@ -172,7 +173,6 @@ struct Sample {
   bool zeroed = false;
   int nkept = 0;
   int Hp = 0, Wp = 0, Hq = 0, Wq = 0, PQ = 0, NF = 0, L = 0, L16 = 0;
-  const float* wc = nullptr;  // [cout][K] weights of the kept channels, term order (lazy)
   const float* wr = nullptr;  // [cout][kh][L16] the same in kernel-row runs (lazy per filter)
   const int32_t* ttop = nullptr;  // [cout][m] each filter's check terms: plane offsets,
   const int32_t* trel = nullptr;  // neuron-layout offsets,
@@ -298,32 +298,21 @@ struct Sample {
         }
       }
     }
+    // per term k of the kept channels: its plane offset, and where its weights for every
+    // filter start in the term-major weights (no per-sample weight copy)
     sc.toff.resize(std::max(K, 1));
+    sc.wofs.resize(std::max(K, 1));
     for (int j = 0; j < nk; ++j)
-      for (int t = 0; t < k2; ++t) sc.toff[j * k2 + t] = (int)(j * cstride) + sc.tap_off[t];
+      for (int t = 0; t < k2; ++t) {
+        sc.toff[j * k2 + t] = (int)(j * cstride) + sc.tap_off[t];
+        sc.wofs[j * k2 + t] = (sc.kept[j] * k2 + t) * s.cout;
+      }
     // flat index i = r * Wq + c of the planes -> output position (-1: beyond the map)
     sc.flat.assign(round_up(NF, 4 * V) + 4 * V, -1);
     for (int r = 0; r < s.ho; ++r)
       for (int c = 0; c < s.wo; ++c) sc.flat[r * Wq + c] = r * s.wo + c;
     sc.valid.assign(sc.flat.size() / V, 0u);
     for (size_t j = 0; j < sc.flat.size(); ++j) sc.valid[j / V] |= (uint32_t)(sc.flat[j] >= 0) << (j % V);
-  }
-
-  // The kept channels' weights in term order, for the plane passes (built on first use:
-  // the SPET path usually completes neurons in the neuron layout and never needs them).
-  void terms() {
-    if (wc != nullptr) return;
-    if (nk == s.cin) {
-      wc = s.weight;
-      return;
-    }
-    const int Kall = s.cin * k2;
-    sc.wc.resize((size_t)s.cout * std::max(K, 1));
-    for (int o = 0; o < s.cout; ++o)
-      for (int j = 0; j < nk; ++j)
-        std::memcpy(&sc.wc[(size_t)o * K + j * k2], s.weight + (size_t)o * Kall + sc.kept[j] * k2,
-                    sizeof(float) * k2);
-    wc = sc.wc.data();
   }
 
   // Channels-last padded input (neuron layout), built when the first neuron is computed
@@ -429,21 +418,22 @@ struct Sample {
 
   // Dense plane pass: all output channels at all positions, 8 channels x 32 positions.
   void dense() {
-    terms();
     const float* xq = sc.xq.data();
     const int* toff = sc.toff.data();
+    const int* wofs = sc.wofs.data();
     for (int o = 0; o < s.cout; o += 8) {
       const int no = std::min(8, s.cout - o);
+      const float* wt = s.weight_t + o;
       for (int i = 0; i < NF; i += 2 * V) {
         vf acc[8][2];
         for (int t = 0; t < 8; ++t) acc[t][0] = acc[t][1] = vf{};
         if (no == 8) {
-          const float* w0 = wc + (size_t)o * K;
           for (int k = 0; k < K; ++k) {
             const float* r = xq + toff[k] + i;
+            const float* w = wt + wofs[k];
             const vf a0 = load(r), a1 = load(r + V);
             for (int t = 0; t < 8; ++t) {
-              const vf wv = splat(w0[(size_t)t * K + k]);
+              const vf wv = splat(w[t]);
               acc[t][0] += wv * a0;
               acc[t][1] += wv * a1;
             }
@@ -451,9 +441,10 @@ struct Sample {
         } else {
           for (int k = 0; k < K; ++k) {
             const float* r = xq + toff[k] + i;
+            const float* w = wt + wofs[k];
             const vf a0 = load(r), a1 = load(r + V);
             for (int t = 0; t < no; ++t) {
-              const vf wv = splat(wc[(size_t)(o + t) * K + k]);
+              const vf wv = splat(w[t]);
               acc[t][0] += wv * a0;
               acc[t][1] += wv * a1;
             }
@@ -521,10 +512,10 @@ struct Sample {
 
   // Vectorised completion of whole plane vectors (flat starts in `vs`), 4 at a time.
   void vectors(int o, const int32_t* vs, int n, const float* part) {
-    terms();
     const float* xq = sc.xq.data();
-    const float* w = wc + (size_t)o * K;
+    const float* wt = s.weight_t + o;
     const int* toff = sc.toff.data();
+    const int* wofs = sc.wofs.data();
     float* oc = out + (size_t)o * P;
     const float b = sc.bias[o];
     double lanes = 0.0, stopped = 0.0;
@@ -534,7 +525,7 @@ struct Sample {
       int at[4] = {vs[g], vs[g], vs[g], vs[g]};
       for (int v = 1; v < ng; ++v) at[v] = vs[g + v];
       for (int k = 0; k < K; ++k) {
-        const vf wv = splat(w[k]);
+        const vf wv = splat(wt[wofs[k]]);
         const float* r = xq + toff[k];
         a[0] += wv * load(r + at[0]);
         a[1] += wv * load(r + at[1]);

@@ -49,7 +49,7 @@ STATS = (
     "wasted",
 )
 #: The source's ``dyve_abi()``: the layout of ``DyveSite`` and of the statistics.
-ABI = 4
+ABI = 5
 _ptr = ctypes.c_void_p
 _INTS = ("n", "cin", "h", "w", "cout", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "ho", "wo")
 
@@ -78,6 +78,7 @@ class DyveSite(ctypes.Structure):
         ("top_off", _ptr),
         ("top_rel", _ptr),
         ("top_count", _ptr),
+        ("weight_t", _ptr),
     ]
 
 
@@ -211,6 +212,8 @@ class FastSite:
         st.top_ci, st.top_tap = self.top_ci.data_ptr(), self.top_tap.data_ptr()
         st.top_w, st.wr_full, st.m = self.top_w.data_ptr(), self.wr_full.data_ptr(), idx.shape[1]
         st.top_count = self.top_count.data_ptr()
+        self.weight_t = plan.w.reshape(cout, -1).t().contiguous()  # term-major
+        st.weight_t = self.weight_t.data_ptr()
         self._ref = ctypes.byref(st)
         self._table = torch.empty(0, dtype=torch.int32)  # [2, cout * m] (see _configure)
         self._shape: tuple[int, ...] = ()
