@@ -175,6 +175,11 @@ def test_forward_runs_the_program_and_follows_knobs_and_weights():
         net.backbone.conv1.module.weight.mul_(0.5)  # a site unit's layer, changed in place
     check()
     assert mech._program is not second
+    third = mech._program
+    conv = net.backbone.conv1.module
+    conv.weight = nn.Parameter(conv.weight.detach() * 2)  # replaced, not changed in place
+    check()
+    assert mech._program is not third
     net.backend = "emulated"
     mech._program = None
     with torch.no_grad():

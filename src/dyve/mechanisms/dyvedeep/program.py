@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import ctypes
 import operator
+from itertools import chain
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from dyve.dynamic.site import SiteUnit, Tail, fold, state_key
+from dyve.dynamic.site import SiteUnit, Tail, fold
 from dyve.errors import DyveError
 from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.dyvedeep.kernel import Geometry, Plan, SiteKnobs, make_plan
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from dyve.mechanisms.dyvedeep.mechanism import DyVEDeep
 
 SITE, ADD, RELU, MAXPOOL, AVGPOOL, MEAN, SHORTCUT = range(7)  # DYVE_OP_* in the source
+_version = operator.attrgetter("_version")
 _WINDOW = ("kh", "kw", "sh", "sw", "ph", "pw", "count_include_pad", "slot")
 _INTS = ("kind", "a", "b", "out", "c", "h", "w", "oc", "oh", "ow", *_WINDOW)
 
@@ -363,10 +365,18 @@ class Program:
         p.nops, p.nbuf, p.in_buf, p.out_buf = len(self._ops), len(sizes), 0, 1
         p.ops, p.floats = ctypes.addressof(self._cops), ctypes.addressof(self._floats)
         self._ref = ctypes.byref(p)
-        self._tensors = tuple(self._watched)
+        # what the weights were built from: the modules' tensor dicts, their tensors (kept
+        # alive, so an id is never reused) and their versions (in-place changes)
+        self._dicts = [d for m in self._watched for d in (m._parameters, m._buffers) if d]
+        self._held = [t for d in self._dicts for t in d.values() if t is not None]
+        self._ids = self._identity()
 
-    def _state(self) -> tuple[Any, ...]:
-        return state_key(self._tensors)
+    def _identity(self) -> tuple[int, ...]:
+        return tuple(map(id, chain.from_iterable(d.values() for d in self._dicts)))
+
+    def _state(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Changes when a tensor is replaced (ids) or modified in place (versions)."""
+        return self._identity(), tuple(map(_version, self._held))
 
     def valid(self, x: torch.Tensor) -> bool:
         """True while the network's weights and knobs are those the program was built from."""
