@@ -721,21 +721,31 @@ extern "C" int dyve_prepare(const DyveSite* s) {
   return 0;
 }
 
+namespace {
+
+// fn(lo, hi) over [0, n) in up to `threads` contiguous ranges, the first on this thread.
+template <class F>
+void split(int n, int threads, F fn) {
+  const int T = std::max(1, std::min(threads, n));
+  if (T == 1) {
+    fn(0, n);
+    return;
+  }
+  std::vector<std::thread> pool;
+  const int per = (n + T - 1) / T;
+  for (int t = 1; t < T; ++t) {
+    const int lo = t * per, hi = std::min(n, lo + per);
+    if (lo < hi) pool.emplace_back(fn, lo, hi);
+  }
+  fn(0, std::min(n, per));
+  for (auto& th : pool) th.join();
+}
+
+}  // namespace
+
 extern "C" int dyve_site(const DyveSite* s) {
   if (s->n < 0 || s->cout < 1 || s->cin < 1 || s->ho < 1 || s->wo < 1) return 1;
   if (s->use_spet && (s->m < 1 || s->top_ci == nullptr)) return 2;
-  const int T = std::max(1, std::min(s->threads, s->n));
-  if (T == 1) {
-    run_range(s, 0, s->n);
-    return 0;
-  }
-  std::vector<std::thread> pool;
-  const int per = (s->n + T - 1) / T;
-  for (int t = 1; t < T; ++t) {
-    const int lo = t * per, hi = std::min(s->n, lo + per);
-    if (lo < hi) pool.emplace_back(run_range, s, lo, hi);
-  }
-  run_range(s, 0, std::min(s->n, per));
-  for (auto& th : pool) th.join();
+  split(s->n, s->threads, [s](int lo, int hi) { run_range(s, lo, hi); });
   return 0;
 }

@@ -162,18 +162,7 @@ extern "C" int dyve_program(const DyveProgram* p) {
     if (op.kind < DYVE_OP_SITE || op.kind > DYVE_OP_SHORTCUT) return 3;
     if (op.out == p->in_buf || (op.kind == DYVE_OP_SITE && op.site == nullptr)) return 3;
   }
-  const int T = p->seconds != nullptr ? 1 : std::max(1, std::min(p->threads, p->n));
-  if (T == 1) {
-    program_range(p, 0, p->n);
-    return 0;
-  }
-  std::vector<std::thread> pool;
-  const int per = (p->n + T - 1) / T;
-  for (int t = 1; t < T; ++t) {
-    const int lo = t * per, hi = std::min(p->n, lo + per);
-    if (lo < hi) pool.emplace_back(program_range, p, lo, hi);
-  }
-  program_range(p, 0, std::min(p->n, per));
-  for (auto& th : pool) th.join();
+  const int threads = p->seconds != nullptr ? 1 : p->threads;  // a profile runs on one
+  split(p->n, threads, [p](int lo, int hi) { program_range(p, lo, hi); });
   return 0;
 }
