@@ -19,7 +19,7 @@ from dyve.dynamic import equip, load
 from dyve.dynamic.trace import APPROXIMATED
 from dyve.mechanisms.dyvedeep import DyVEDeep, native
 from dyve.mechanisms.dyvedeep.program import Program, Unsupported
-from dyve.models import create, model_info
+from dyve.models import create, list_models, model_info
 from dyve.models.resnet_cifar import ShortcutA
 
 RESULTS = Path(__file__).resolve().parents[3] / "docs" / "results" / "dyvedeep"
@@ -224,3 +224,24 @@ def test_profile_times_every_op_without_changing_the_result():
     assert "spet+sdss+sfma" in {op.get("knobs") for op in prog.ops}
     with pytest.raises(ValueError, match="float64"):
         prog.run(x, torch.zeros(len(prog.ops)))
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in list_models() if not n.startswith("d2nn")]
+)  # D2NN's graphs route per sample: torch.fx cannot trace them (they keep the per-site path)
+def test_every_zoo_architecture_lowers(name):
+    torch.manual_seed(0)
+    backbone = create(name, pretrained=False).eval()
+    x = torch.randn(2, *model_info(backbone).input_size)
+    net = equip(backbone, DyVEDeep(sfma=0.01)).eval()
+    prog = Program(net, net.mechanisms[0], x)
+    with torch.no_grad():
+        y, ref = prog(x), net.run(x).logits
+    assert y.shape == ref.shape
+    assert (y - ref).abs().max() <= RTOL * ref.abs().max()
+
+
+def test_a_graph_torch_fx_cannot_trace_is_unsupported():
+    net = equip(create("d2nn_cascade_cifar").eval(), DyVEDeep(sfma=0.01)).eval()
+    with pytest.raises(Unsupported, match=r"torch\.fx"):
+        Program(net, net.mechanisms[0], torch.zeros(1, 3, 32, 32))

@@ -4,7 +4,8 @@
 // the interpreter (more than a small site's kernel; benchmarks/NOTES.md). program.py
 // lowers the network to a list of ops on per-sample buffers: the sites (the kernels of
 // fast_kernel.cpp, knobs on or off, batch norm and ReLU fused), and the few operations
-// between them (residual add, ReLU, pooling, the option-A shortcut); flatten and fused
+// between them (residual add, ReLU, pooling, the option-A shortcut, channel concatenation);
+// flatten and fused
 // tails are aliases. One call runs the list for every sample, samples split over threads,
 // each sample's buffers in a per-thread arena that stays in cache.
 
@@ -18,6 +19,7 @@ enum {
   DYVE_OP_AVGPOOL,    // same window; divisor as PyTorch's avg_pool2d (count_include_pad)
   DYVE_OP_MEAN,       // global average over h x w
   DYVE_OP_SHORTCUT,   // option-A shortcut: a[:, ::sh, ::sw] with ph zero channels each side
+  DYVE_OP_CONCAT,     // out = a's channels, then b's (same h x w)
 };
 
 struct DyveOp {
@@ -117,6 +119,12 @@ void op_run(const DyveProgram* p, const DyveOp& op, float* const* bp, Scratch& s
       }
       break;
     }
+    case DYVE_OP_CONCAT: {
+      const size_t plane = (size_t)op.h * op.w;
+      std::memcpy(o, a, sizeof(float) * op.c * plane);
+      std::memcpy(o + op.c * plane, bp[op.b], sizeof(float) * (op.oc - op.c) * plane);
+      break;
+    }
     case DYVE_OP_SHORTCUT: {
       const size_t plane = (size_t)op.oh * op.ow;
       std::memset(o, 0, sizeof(float) * op.oc * plane);
@@ -159,7 +167,7 @@ extern "C" int dyve_program(const DyveProgram* p) {
   if (p->n < 0 || p->nops < 1 || p->in_buf == p->out_buf) return 1;
   for (int k = 0; k < p->nops; ++k) {
     const DyveOp& op = p->ops[k];
-    if (op.kind < DYVE_OP_SITE || op.kind > DYVE_OP_SHORTCUT) return 3;
+    if (op.kind < DYVE_OP_SITE || op.kind > DYVE_OP_CONCAT) return 3;
     if (op.out == p->in_buf || (op.kind == DYVE_OP_SITE && op.site == nullptr)) return 3;
   }
   const int threads = p->seconds != nullptr ? 1 : p->threads;  // a profile runs on one

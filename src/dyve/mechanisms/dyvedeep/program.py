@@ -8,7 +8,8 @@ once to a list of ops on per-sample buffers and runs it in one call:
 * every conv/linear layer is a kernel site with its batch norm and ReLU fused (the
   DyVEDeep sites with their knobs, the other layers with every knob off);
 * between them: residual add, ReLU, max/average pooling, global average pooling, the
-  option-A shortcut; flatten, identity, dropout (eval) and fused tails are aliases.
+  option-A shortcut, concatenation of two maps on channels; flatten, identity, dropout
+  (eval) and fused tails are aliases.
 
 The network is traced with :mod:`torch.fx`; anything else makes :func:`lower` raise
 :class:`Unsupported`, and the network keeps the per-site path. The decisions and outputs
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from dyve.dynamic.net import DynamicNet
     from dyve.mechanisms.dyvedeep.mechanism import DyVEDeep
 
-SITE, ADD, RELU, MAXPOOL, AVGPOOL, MEAN, SHORTCUT = range(7)  # DYVE_OP_* in the source
+SITE, ADD, RELU, MAXPOOL, AVGPOOL, MEAN, SHORTCUT, CONCAT = range(8)  # DYVE_OP_* in the source
 _version = operator.attrgetter("_version")
 _WINDOW = ("kh", "kw", "sh", "sw", "ph", "pw", "count_include_pad", "slot")
 _INTS = ("kind", "a", "b", "out", "c", "h", "w", "oc", "oh", "ow", *_WINDOW)
@@ -118,7 +119,10 @@ class Program:
         self._dll = dll
         self.mech = mech
         self.shape = tuple(example.shape[1:])
-        gm = fx.GraphModule(net.backbone, _Leaves().trace(net.backbone))
+        try:
+            gm = fx.GraphModule(net.backbone, _Leaves().trace(net.backbone))
+        except Exception as exc:  # data-dependent control flow and the like
+            raise Unsupported(f"torch.fx cannot trace the network: {exc}") from None
         modules = dict(gm.named_modules())
         prop = _Shapes(gm)
         with torch.no_grad():
@@ -154,6 +158,7 @@ class Program:
                 if not isinstance(out, fx.Node) or out not in buf:
                     raise Unsupported("the network's output is not one tensor")
                 self._output = buf[out]
+                self.out_shape = self._shapes[out]  # the output's shape (after any flatten)
             elif node.op == "get_attr":
                 raise Unsupported(f"{node.name}: reads a tensor attribute")
             else:
@@ -162,6 +167,9 @@ class Program:
     def _node(
         self, node: fx.Node, buf: _Bufs, fused: dict[fx.Node, SiteUnit], done: set[fx.Node]
     ) -> None:
+        if node.target is torch.cat:
+            self._concat(node, buf)
+            return
         args = [a for a in node.args if isinstance(a, fx.Node)]
         src = buf.get(args[0]) if args else None
         if src is None:
@@ -192,6 +200,20 @@ class Program:
             raise Unsupported(
                 f"{node.name}: {node.op} {getattr(node.target, '__name__', node.target)}"
             )
+
+    def _concat(self, node: fx.Node, buf: _Bufs) -> None:
+        """``torch.cat([a, b], 1)`` of two feature maps."""
+        parts = node.args[0] if node.args else None
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if not (isinstance(parts, list | tuple) and len(parts) == 2 and dim == 1):
+            raise Unsupported(f"{node.name}: concatenation other than two maps on channels")
+        a, b = parts
+        if not (isinstance(a, fx.Node) and isinstance(b, fx.Node) and a in buf and b in buf):
+            raise Unsupported(f"{node.name}: concatenation of non-tensors")
+        if len(self._shapes[a]) != 3 or self._shapes[a][1:] != self._shapes[b][1:]:
+            raise Unsupported(f"{node.name}: concatenation of maps of different sizes")
+        self._op(CONCAT, node, buf[a], b=buf[b])
+        buf[node] = node
 
     def _flattens(self, node: fx.Node) -> bool:
         start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
@@ -350,7 +372,6 @@ class Program:
                     free.append(ids[v])
         if self._ops[-1]["node"] is not self._output:
             raise Unsupported("the network's output is not its last operation")
-        self.out_shape = self._shapes[self._output]
         self._cops = (DyveOp * len(self._ops))()
         for c, op in zip(self._cops, self._ops, strict=True):
             c.kind, c.a, c.out = op["kind"], ids[op["a"]], ids[op["node"]]
@@ -424,7 +445,7 @@ class Program:
     def ops(self) -> list[dict[str, Any]]:
         """One row per op: ``kind`` (site, add, relu, maxpool, avgpool, mean, shortcut),
         ``name`` (the module or node), and for sites ``knobs`` (those on, ``+``-joined)."""
-        kinds = ("site", "add", "relu", "maxpool", "avgpool", "mean", "shortcut")
+        kinds = ("site", "add", "relu", "maxpool", "avgpool", "mean", "shortcut", "concat")
         rows = []
         for op in self._ops:
             row = {"kind": kinds[op["kind"]], "name": str(op["node"].target)}
