@@ -97,7 +97,7 @@ class DyVEDeepOp:
             self._plan = (w, make_plan(w, b, self.mech.config.checkpoint))
         return self._plan[1]
 
-    def _fast_knobs(self) -> SiteKnobs:
+    def fast_knobs(self) -> SiteKnobs:
         """The knobs without the exact check (lossless, does not pay: ``fast_ignores``)."""
         if self._no_exact[0] is not self.knobs:
             self._no_exact = (self.knobs, replace(self.knobs, exact=False))
@@ -113,7 +113,7 @@ class DyVEDeepOp:
                 self._fast = (plan, native.FastSite(plan, self.geom))
             return self._fast[1].run(
                 x,
-                self._fast_knobs(),
+                self.fast_knobs(),
                 relu=unit.relu,
                 sdss_stride=cfg.sdss_stride,
                 statistic=cfg.sfma_statistic,

@@ -215,15 +215,17 @@ class FastSite:
         self.weight_t = plan.w.reshape(cout, -1).t().contiguous()  # term-major
         st.weight_t = self.weight_t.data_ptr()
         self._ref = ctypes.byref(st)
-        self._table = torch.empty(0, dtype=torch.int32)  # [2, cout * m] (see _configure)
+        self._table = torch.empty(0, dtype=torch.int32)  # [2, cout * m] (see configure)
         self._shape: tuple[int, ...] = ()
         self._knobs: SiteKnobs | None = None
         self._opts: tuple[bool, int, str] | None = None
 
-    def _configure(
+    def configure(
         self, shape: tuple[int, ...], knobs: SiteKnobs, opts: tuple[bool, int, str]
     ) -> None:
-        """Set the call structure's input geometry and knobs (kept while they do not change)."""
+        """Set the call structure for per-sample input ``shape`` (cin, h, w), ``knobs`` and
+        ``opts`` (relu, sdss_stride, statistic); :meth:`run` keeps them while they hold,
+        the whole-network program sets them once per site."""
         relu, sdss_stride, statistic = opts
         st = self.site
         st.cin, st.h, st.w = shape
@@ -244,6 +246,11 @@ class FastSite:
         else:
             st.top_off = st.top_rel = None
         self._shape, self._knobs, self._opts = tuple(shape), knobs, opts
+
+    @property
+    def knobs(self) -> SiteKnobs | None:
+        """The knobs the call structure is configured with (None before the first call)."""
+        return self._knobs
 
     def run(
         self,
@@ -268,7 +275,7 @@ class FastSite:
         st = self.site
         opts = (relu, sdss_stride, statistic)
         if x4.shape[1:] != self._shape or knobs is not self._knobs or opts != self._opts:
-            self._configure(x4.shape[1:], knobs, opts)
+            self.configure(x4.shape[1:], knobs, opts)
         st.n = n
         st.threads = torch.get_num_threads()
         out = torch.empty(n, st.cout, st.ho, st.wo)

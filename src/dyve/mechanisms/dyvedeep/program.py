@@ -261,7 +261,7 @@ class Program:
             raise Unsupported(f"{node.name}: a site of another mechanism")
         if op is not None:
             plan, geom = op.plan(unit), op.geom
-            knobs = op._fast_knobs() if op.active() else SiteKnobs()
+            knobs = op.fast_knobs() if op.active() else SiteKnobs()
             self._knobs.append((op, op.knobs))
         else:
             plan = make_plan(*unit.folded(), self.mech.config.checkpoint)
@@ -320,7 +320,7 @@ class Program:
             raise Unsupported(f"{node.name}: a convolution on per-sample shape {shape}")
         cfg = self.mech.config
         fs = native.FastSite(plan, geom)
-        fs._configure(shape, knobs, (relu, cfg.sdss_stride, cfg.sfma_statistic))
+        fs.configure(shape, knobs, (relu, cfg.sdss_stride, cfg.sfma_statistic))
         self._op(SITE, node, src, site=fs, shape=out, params={"slot": len(self._sites)})
         self._sites.append(fs)
         self.site_names.append(str(node.target))
@@ -450,7 +450,7 @@ class Program:
         for op in self._ops:
             row = {"kind": kinds[op["kind"]], "name": str(op["node"].target)}
             if op["site"] is not None:
-                k = op["site"]._knobs
+                k = op["site"].knobs
                 on = [
                     n
                     for n, v in (("spet", k.spet), ("sdss", k.sdss), ("sfma", k.sfma))
