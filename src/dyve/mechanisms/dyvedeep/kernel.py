@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,11 +79,12 @@ class Geometry:
             raise ValueError(f"{name}: only ungrouped Conv2d and Linear layers have knobs")
         if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
             raise ValueError(f"{name}: only numeric zero padding is supported")
-        return cls(False, _pair(layer.stride), _pair(layer.padding), _pair(layer.dilation))
+        return cls(False, pair(layer.stride), pair(layer.padding), pair(layer.dilation))
 
 
-def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+def pair(v: Any) -> tuple[int, int]:
+    """``k`` or ``(kh, kw)`` as ``(kh, kw)`` (PyTorch's layer arguments)."""
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from torch import fx, nn
 from dyve.dynamic.site import SiteUnit, Tail, fold
 from dyve.errors import DyveError
 from dyve.mechanisms.dyvedeep import native
-from dyve.mechanisms.dyvedeep.kernel import Geometry, Plan, SiteKnobs, make_plan
+from dyve.mechanisms.dyvedeep.kernel import Geometry, Plan, SiteKnobs, make_plan, pair
 from dyve.mechanisms.dyvedeep.mechanism import DyVEDeepOp
 from dyve.models.resnet_cifar import ShortcutA
 
@@ -240,13 +240,13 @@ class Program:
                 raise Unsupported(f"{node.name}: average pooling with a divisor override")
             kind = MAXPOOL if isinstance(mod, nn.MaxPool2d) else AVGPOOL
             (kh, kw), (sh, sw), (ph, pw) = (
-                _pair(mod.kernel_size),
-                _pair(mod.stride or mod.kernel_size),
-                _pair(mod.padding),
+                pair(mod.kernel_size),
+                pair(mod.stride or mod.kernel_size),
+                pair(mod.padding),
             )
             extra = {"kh": kh, "kw": kw, "sh": sh, "sw": sw, "ph": ph, "pw": pw}
             extra["count_include_pad"] = int(getattr(mod, "count_include_pad", True))
-        elif isinstance(mod, nn.AdaptiveAvgPool2d) and _pair(mod.output_size) == (1, 1):
+        elif isinstance(mod, nn.AdaptiveAvgPool2d) and pair(mod.output_size) == (1, 1):
             kind = MEAN
         elif isinstance(mod, ShortcutA):
             kind, extra = SHORTCUT, {"sh": 2, "sw": 2, "ph": mod.pad_channels}
@@ -462,10 +462,6 @@ class Program:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)[0]
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def _numel(shape: tuple[int, ...]) -> int:
