@@ -236,7 +236,11 @@ class DynamicNet(nn.Module):
             st.trace, st.rows = None, None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """The backbone's forward with the gates in effect: a drop-in replacement."""
+        """The backbone's forward with the gates in effect: a drop-in replacement.
+
+        On the fast back-end, with one mechanism and no exit, the mechanism may run the
+        whole network natively (:meth:`~dyve.mechanisms.base.Mechanism.fast_runner`).
+        """
         with self._running(None):
             if not self._active_exits():
                 runner = self._runner(args, kwargs)

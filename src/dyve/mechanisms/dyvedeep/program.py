@@ -390,7 +390,6 @@ class Program:
         # alive, so an id is never reused) and their versions (in-place changes)
         self._dicts = [d for m in self._watched for d in (m._parameters, m._buffers) if d]
         self._held = [t for d in self._dicts for t in d.values() if t is not None]
-        self._ids = self._identity()
 
     def _identity(self) -> tuple[int, ...]:
         return tuple(map(id, chain.from_iterable(d.values() for d in self._dicts)))
