@@ -468,44 +468,35 @@ struct Sample {
     st[ST_MACS] += (double)K * P * s.cout;
   }
 
-  // Neuron dot products (runs of kernel rows in the channels-last layout), 4 at a time.
+  // G neurons of one filter (channels-last runs): each weight vector is loaded once for G.
+  template <int G>
+  void neuron_group(const float* wo, const int32_t* ps, float* oc, float b) {
+    const size_t row = (size_t)s.dh * Wp * nk;
+    const float* p[G];
+    for (int g = 0; g < G; ++g) p[g] = sc.xt.data() + sc.xbase[ps[g]];
+    vf a[G];
+    for (int g = 0; g < G; ++g) a[g] = vf{};
+    for (int ky = 0; ky < s.kh; ++ky) {
+      const float* w = wo + ky * L16;
+      const size_t d = ky * row;
+      for (int k = 0; k < L16; k += V) {
+        const vf wv = load(w + k);
+        for (int g = 0; g < G; ++g) a[g] += wv * load(p[g] + d + k);
+      }
+    }
+    for (int g = 0; g < G; ++g) oc[ps[g]] = finish(b + hsum(a[g]));
+  }
+
+  // Neuron dot products (runs of kernel rows in the channels-last layout), 8 at a time.
   void neurons(int o, const int32_t* ps, int n) {
     rows();
     const float* wo = filter_rows(o);
-    const float* xt = sc.xt.data();
     float* oc = out + (size_t)o * P;
     const float b = sc.bias[o];
-    const size_t row = (size_t)s.dh * Wp * nk;
-    const int32_t* xb = sc.xbase.data();
-    auto base = [&](int p) { return xt + xb[p]; };
     int i = 0;
-    for (; i + 4 <= n; i += 4) {
-      const float *p0 = base(ps[i]), *p1 = base(ps[i + 1]), *p2 = base(ps[i + 2]),
-                  *p3 = base(ps[i + 3]);
-      vf a0{}, a1{}, a2{}, a3{};
-      for (int ky = 0; ky < s.kh; ++ky) {
-        const float* w = wo + ky * L16;
-        const size_t d = ky * row;
-        for (int k = 0; k < L16; k += V) {
-          const vf wv = load(w + k);
-          a0 += wv * load(p0 + d + k);
-          a1 += wv * load(p1 + d + k);
-          a2 += wv * load(p2 + d + k);
-          a3 += wv * load(p3 + d + k);
-        }
-      }
-      oc[ps[i]] = finish(b + hsum(a0));
-      oc[ps[i + 1]] = finish(b + hsum(a1));
-      oc[ps[i + 2]] = finish(b + hsum(a2));
-      oc[ps[i + 3]] = finish(b + hsum(a3));
-    }
-    for (; i < n; ++i) {
-      const float* p0 = base(ps[i]);
-      vf a0{};
-      for (int ky = 0; ky < s.kh; ++ky)
-        for (int k = 0; k < L16; k += V) a0 += load(wo + ky * L16 + k) * load(p0 + ky * row + k);
-      oc[ps[i]] = finish(b + hsum(a0));
-    }
+    for (; i + 8 <= n; i += 8) neuron_group<8>(wo, ps + i, oc, b);
+    if (i + 4 <= n) neuron_group<4>(wo, ps + i, oc, b), i += 4;
+    for (; i < n; ++i) neuron_group<1>(wo, ps + i, oc, b);
     st[ST_MACS] += (double)K * n;
     st[ST_WASTED] += (double)(nk - nkept) * k2 * n;  // zeroed mode's dropped channels
   }
