@@ -164,15 +164,16 @@ class DyVEDeep(Mechanism):
             return None
         if not self.executes_fast or x.dim() < 2:
             return None
+        prog = self._program
+        if prog is not None and prog.valid(x):  # same knobs as when it was built
+            return prog
         if not any(op.active() for op in self.ops.values()):
             return None  # every knob off: the per-site path is the backbone bit for bit
-        prog = self._program
-        if prog is None or not prog.valid(x):
-            try:
-                prog = self._program = Program(net, self, x)
-            except Unsupported as exc:
-                self.program_unsupported = str(exc)
-                return None
+        try:
+            prog = self._program = Program(net, self, x)
+        except Unsupported as exc:
+            self.program_unsupported = str(exc)
+            return None
         return prog
 
     def __getstate__(self) -> dict[str, Any]:
