@@ -40,16 +40,23 @@ def test_plan_gates_the_branchs_second_to_last_conv_and_leaves_the_shortcut_alon
 
 
 def test_at_init_the_network_is_the_backbone() -> None:
+    """Bit for bit on the per-block path; the native program folds batch norms (1e-5)."""
     backbone = _r20().eval()
     x = graded_inputs(32)
     net = equip(backbone, LCNet(eps=0.0))  # bias 1, weights 0: every scale is exactly 1
     with torch.no_grad():
-        assert torch.equal(net(x), backbone(x))
+        ref = backbone(x)
+        native = net(x)
+        net.mechanisms[0].native_program = False  # type: ignore[attr-defined]
+        assert torch.equal(net(x), ref)
+    assert torch.allclose(native, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
 
 
-def _active(eps: float = 0.0) -> nn.Module:
+def _active(eps: float = 0.0, native: bool = False) -> nn.Module:
+    """R20 with predictors that skip; ``native``: ``net(x)`` may run the native program."""
     net = equip(_r20(), LCNet(init_bias=0.3, init_std=0.5, eps=eps))
     net.backend = "fast"
+    net.mechanisms[0].native_program = native  # type: ignore[attr-defined]
     return net
 
 

@@ -121,7 +121,7 @@ enum {
 };
 
 int dyve_nstat() { return DYVE_NSTAT; }
-int dyve_abi() { return 5; }
+int dyve_abi() { return 6; }
 
 }  // extern "C"
 
@@ -139,6 +139,8 @@ struct Scratch {
   std::vector<int32_t> dropped, tkept;  // zeroed mode: channels SFMA dropped, check terms kept
   std::vector<int32_t> keep, pending, npending;  // neuron mode: kept / listed neurons
   std::vector<int> ntop;
+  std::vector<float> gate_p, gate_s, gate_h, gate_t;  // a gated block (fast_gated.cpp)
+  std::vector<int32_t> gate_kept;
 };
 
 // Scratch buffers are pooled, not thread_local: TLS in a dlopen'ed library goes through
@@ -177,6 +179,16 @@ struct Sample {
   const int32_t* ttop = nullptr;  // [cout][m] each filter's check terms: plane offsets,
   const int32_t* trel = nullptr;  // neuron-layout offsets,
   const float* topw = nullptr;    // weights (sc.ntop[o] of them per filter)
+  // Subset mode (LC-Net's gated blocks, fast_gated.cpp; plane layout, every knob off):
+  // in_ids (in_n of them): the input channels x holds, compactly (plane j is channel
+  // in_ids[j]'s); fl (nf of them): the filters computed, written compactly (output channel
+  // u is filter fl[u]); each output is scaled by osc[u] (or oscale) before the ReLU.
+  const int32_t* in_ids = nullptr;
+  int in_n = 0;
+  const int32_t* fl = nullptr;
+  int nf = 0;
+  const float* osc = nullptr;
+  float oscale = 1.f;
 
   Sample(const DyveSite& site, Scratch& scratch, const float* x_, float* out_, double* st_,
          uint8_t* changed_)
@@ -195,6 +207,12 @@ struct Sample {
   void channels() {
     const int hw = s.h * s.w;
     sc.bias.assign(s.bias, s.bias + s.cout);
+    if (in_ids != nullptr) {  // subset mode: the given channels, no SFMA
+      sc.kept.assign(in_ids, in_ids + in_n);
+      nk = nkept = in_n;
+      K = nk * k2;
+      return;
+    }
     sc.kept.clear();
     sc.slot.assign(s.cin, -1);
     int approx = 0;
@@ -282,7 +300,7 @@ struct Sample {
         ++next_drop;
         continue;
       }
-      const float* xc = x + (size_t)sc.kept[j] * s.h * s.w;
+      const float* xc = x + (size_t)(in_ids != nullptr ? j : sc.kept[j]) * s.h * s.w;
       for (int iy = 0; iy < s.h; ++iy) {
         const int py = iy + s.ph;
         float* dst = &sc.xq[j * cstride + (size_t)(py % s.sh) * s.sw * PQ + (py / s.sh) * Wq];
@@ -416,56 +434,68 @@ struct Sample {
 
   inline float finish(float v) const { return s.relu && v < 0.f ? 0.f : v; }
 
-  // Dense plane pass: all output channels at all positions, 8 channels x 32 positions.
-  void dense() {
+  // 8 output channels (from u; filters fl[u + t] in subset mode) x 32 positions from i.
+  template <bool SUBSET>
+  void tile(int u, int no, int i, vf (&acc)[8][2]) const {
     const float* xq = sc.xq.data();
     const int* toff = sc.toff.data();
     const int* wofs = sc.wofs.data();
-    for (int o = 0; o < s.cout; o += 8) {
-      const int no = std::min(8, s.cout - o);
-      const float* wt = s.weight_t + o;
+    int f[8];
+    for (int t = 0; t < 8; ++t) f[t] = SUBSET ? fl[u + std::min(t, no - 1)] : u + t;
+    for (int t = 0; t < 8; ++t) acc[t][0] = acc[t][1] = vf{};
+    if (no == 8) {
+      for (int k = 0; k < K; ++k) {
+        const float* r = xq + toff[k] + i;
+        const float* w = s.weight_t + wofs[k];
+        const vf a0 = load(r), a1 = load(r + V);
+        for (int t = 0; t < 8; ++t) {
+          const vf wv = splat(w[f[t]]);
+          acc[t][0] += wv * a0;
+          acc[t][1] += wv * a1;
+        }
+      }
+      return;
+    }
+    for (int k = 0; k < K; ++k) {
+      const float* r = xq + toff[k] + i;
+      const float* w = s.weight_t + wofs[k];
+      const vf a0 = load(r), a1 = load(r + V);
+      for (int t = 0; t < no; ++t) {
+        const vf wv = splat(w[f[t]]);
+        acc[t][0] += wv * a0;
+        acc[t][1] += wv * a1;
+      }
+    }
+  }
+
+  // Dense plane pass: every output channel (subset mode: the filters fl) at every position.
+  void dense() {
+    const int nout = fl != nullptr ? nf : s.cout;
+    for (int u = 0; u < nout; u += 8) {
+      const int no = std::min(8, nout - u);
       for (int i = 0; i < NF; i += 2 * V) {
         vf acc[8][2];
-        for (int t = 0; t < 8; ++t) acc[t][0] = acc[t][1] = vf{};
-        if (no == 8) {
-          for (int k = 0; k < K; ++k) {
-            const float* r = xq + toff[k] + i;
-            const float* w = wt + wofs[k];
-            const vf a0 = load(r), a1 = load(r + V);
-            for (int t = 0; t < 8; ++t) {
-              const vf wv = splat(w[t]);
-              acc[t][0] += wv * a0;
-              acc[t][1] += wv * a1;
-            }
-          }
-        } else {
-          for (int k = 0; k < K; ++k) {
-            const float* r = xq + toff[k] + i;
-            const float* w = wt + wofs[k];
-            const vf a0 = load(r), a1 = load(r + V);
-            for (int t = 0; t < no; ++t) {
-              const vf wv = splat(w[t]);
-              acc[t][0] += wv * a0;
-              acc[t][1] += wv * a1;
-            }
-          }
-        }
+        if (fl != nullptr)
+          tile<true>(u, no, i, acc);
+        else
+          tile<false>(u, no, i, acc);
         alignas(64) float buf[8][2 * V];
         for (int t = 0; t < 8; ++t) {
           store(buf[t], acc[t][0]);
           store(buf[t] + V, acc[t][1]);
         }
         for (int t = 0; t < no; ++t) {
-          float* oc = out + (size_t)(o + t) * P;
-          const float b = sc.bias[o + t];
+          float* oc = out + (size_t)(u + t) * P;
+          const float b = sc.bias[fl != nullptr ? fl[u + t] : u + t];
+          const float scale = osc != nullptr ? osc[u + t] : oscale;
           for (int l = 0; l < 2 * V; ++l) {
             const int p = sc.flat[i + l];
-            if (p >= 0) oc[p] = finish(b + buf[t][l]);
+            if (p >= 0) oc[p] = finish((b + buf[t][l]) * scale);
           }
         }
       }
     }
-    st[ST_MACS] += (double)K * P * s.cout;
+    st[ST_MACS] += (double)K * P * nout;
   }
 
   // G neurons of one filter (channels-last runs): each weight vector is loaded once for G.

@@ -4,9 +4,8 @@
 // the interpreter (more than a small site's kernel; benchmarks/NOTES.md). program.py
 // lowers the network to a list of ops on per-sample buffers: the sites (the kernels of
 // fast_kernel.cpp, knobs on or off, batch norm and ReLU fused), and the few operations
-// between them (residual add, ReLU, pooling, the option-A shortcut, channel concatenation);
-// flatten and fused
-// tails are aliases. One call runs the list for every sample, samples split over threads,
+// between them (residual add, ReLU, pooling, the option-A shortcut, channel concatenation),
+// and LC-Net's gated blocks (fast_gated.cpp); flatten and fused tails are aliases. One call runs the list for every sample, samples split over threads,
 // each sample's buffers in a per-thread arena that stays in cache.
 
 extern "C" {
@@ -20,6 +19,7 @@ enum {
   DYVE_OP_MEAN,       // global average over h x w
   DYVE_OP_SHORTCUT,   // option-A shortcut: a[:, ::sh, ::sw] with ph zero channels each side
   DYVE_OP_CONCAT,     // out = a's channels, then b's (same h x w)
+  DYVE_OP_GATED,      // a gated residual block (fast_gated.cpp)
 };
 
 struct DyveOp {
@@ -29,8 +29,9 @@ struct DyveOp {
   int oc, oh, ow;               // output shape per sample
   int kh, kw, sh, sw, ph, pw;   // window, stride, padding (shortcut: stride, channel pad)
   int count_include_pad;
-  int slot;                     // DYVE_OP_SITE: its row in the program's stats and changed
+  int slot;                     // SITE, GATED: its row in the program's stats and changed
   DyveSite* site;               // DYVE_OP_SITE: geometry and knobs set; n, x, out unused
+  DyveGate* gate;               // DYVE_OP_GATED: the block
 };
 
 struct DyveProgram {
@@ -94,6 +95,13 @@ void op_run(const DyveProgram* p, const DyveOp& op, float* const* bp, Scratch& s
       double* st = p->stats + row * DYVE_NSTAT;
       std::memset(st, 0, sizeof(double) * DYVE_NSTAT);
       Sample(*op.site, sc, a, o, st, p->changed + row).run();
+      break;
+    }
+    case DYVE_OP_GATED: {
+      const size_t row = (size_t)op.slot * p->n + i;
+      double* st = p->stats + row * DYVE_NSTAT;
+      std::memset(st, 0, sizeof(double) * DYVE_NSTAT);
+      gated_run(*op.gate, op.h, op.w, op.oc, op.oh, op.ow, a, o, sc, st, p->changed + row);
       break;
     }
     case DYVE_OP_ADD: {
@@ -167,8 +175,10 @@ extern "C" int dyve_program(const DyveProgram* p) {
   if (p->n < 0 || p->nops < 1 || p->in_buf == p->out_buf) return 1;
   for (int k = 0; k < p->nops; ++k) {
     const DyveOp& op = p->ops[k];
-    if (op.kind < DYVE_OP_SITE || op.kind > DYVE_OP_CONCAT) return 3;
+    if (op.kind < DYVE_OP_SITE || op.kind > DYVE_OP_GATED) return 3;
     if (op.out == p->in_buf || (op.kind == DYVE_OP_SITE && op.site == nullptr)) return 3;
+    if (op.kind == DYVE_OP_GATED && (op.gate == nullptr || op.gate->conv1 == nullptr ||
+                                     op.gate->conv2 == nullptr)) return 3;
   }
   const int threads = p->seconds != nullptr ? 1 : p->threads;  // a profile runs on one
   split(p->n, threads, [p](int lo, int hi) { program_range(p, lo, hi); });

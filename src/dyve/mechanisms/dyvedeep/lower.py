@@ -8,7 +8,9 @@ turns every node into one op of ``fast_program.cpp`` or an alias:
   DyVEDeep sites with their knobs, the other layers with every knob off);
 * between them: residual add, ReLU, max/average pooling, global average pooling, the
   option-A shortcut, concatenation of two maps on channels; flatten, identity, dropout
-  (eval) and fused tails are aliases.
+  (eval) and fused tails are aliases;
+* a gated block (a :class:`~dyve.dynamic.unit.Unit`) is lowered by the mechanism that
+  gates it (:meth:`Lowering._block`; LC-Net's in :mod:`dyve.mechanisms.lcnet.program`).
 
 Anything else raises :class:`Unsupported` (the network keeps the per-site path).
 :class:`~dyve.mechanisms.dyvedeep.program.Program` lays the ops out for the native call.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import math
 import operator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from dyve.dynamic.site import SiteUnit, Tail, fold
+from dyve.dynamic.unit import Unit
 from dyve.errors import DyveError
 from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.dyvedeep.kernel import Geometry, Plan, SiteKnobs, make_plan, pair
@@ -33,10 +37,10 @@ from dyve.models.resnet_cifar import ShortcutA
 
 if TYPE_CHECKING:
     from dyve.dynamic.net import DynamicNet
-    from dyve.mechanisms.dyvedeep.mechanism import DyVEDeep
 
-SITE, ADD, RELU, MAXPOOL, AVGPOOL, MEAN, SHORTCUT, CONCAT = range(8)  # DYVE_OP_* in the source
-KINDS = ("site", "add", "relu", "maxpool", "avgpool", "mean", "shortcut", "concat")
+# DYVE_OP_* in the source
+SITE, ADD, RELU, MAXPOOL, AVGPOOL, MEAN, SHORTCUT, CONCAT, GATED = range(9)
+KINDS = ("site", "add", "relu", "maxpool", "avgpool", "mean", "shortcut", "concat", "gated")
 
 _Bufs = dict[fx.Node, fx.Node]  # node -> the node whose buffer holds its value
 
@@ -45,11 +49,22 @@ class Unsupported(DyveError):
     """The network holds an operation the program cannot run (it keeps the per-site path)."""
 
 
+@dataclass(frozen=True)
+class SiteOptions:
+    """How sites are built: SPET's checkpoint (its check terms), SDSS's grid stride and
+    SFMA's statistic (DyVEDeep's settings; irrelevant to sites whose knobs are off)."""
+
+    checkpoint: float = 0.5
+    sdss_stride: int = 2
+    statistic: str = "variance"
+
+
 class _Leaves(fx.Tracer):
-    """Stops at site units, tails and the option-A shortcut, besides torch.nn's modules."""
+    """Stops at units, site units, tails and the option-A shortcut, besides torch.nn's."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, SiteUnit | Tail | ShortcutA) or super().is_leaf_module(m, qualname)
+        leaf = isinstance(m, Unit | SiteUnit | Tail | ShortcutA)
+        return leaf or super().is_leaf_module(m, qualname)
 
 
 class _Shapes(fx.Interpreter):
@@ -81,10 +96,10 @@ def _is_relu(node: fx.Node | None, modules: dict[str, nn.Module]) -> bool:
 
 
 class Lowering:
-    """``net`` (with DyVEDeep attached) as ops for inputs of per-sample shape ``shape``."""
+    """``net`` as ops for inputs of per-sample shape ``shape`` (see module docstring)."""
 
-    def __init__(self, net: DynamicNet, mech: DyVEDeep, example: torch.Tensor) -> None:
-        self.mech = mech
+    def __init__(self, net: DynamicNet, example: torch.Tensor, opts: SiteOptions) -> None:
+        self.net, self.opts = net, opts
         self.shape = tuple(example.shape[1:])
         try:
             gm = fx.GraphModule(net.backbone, _Leaves().trace(net.backbone))
@@ -97,11 +112,13 @@ class Lowering:
         self._modules = modules
         self._shapes = prop.shapes
         self._ops: list[dict[str, Any]] = []
-        self._sites: list[native.FastSite] = []
-        #: the module name of each site, in the order of the program's statistics
+        #: the module name of each site and gated block, in the order of the program's
+        #: statistics (their ``slot``)
         self.site_names: list[str] = []
         self._watched: list[nn.Module] = []  # whose weights the program folded in
-        self._knobs: list[tuple[Any, SiteKnobs]] = []  # (op, knobs) of the DyVEDeep sites
+        #: (object, attribute, value): the knobs the program was built with
+        self._knobs: list[tuple[Any, str, Any]] = []
+        self._native: list[Any] = []  # native structures the ops point to (kept alive)
         self._lower(gm.graph)
 
     def _lower(self, graph: fx.Graph) -> None:
@@ -144,6 +161,9 @@ class Lowering:
         elif isinstance(mod, SiteUnit):
             self._unit(node, args[0], src, mod)
             buf[node], fused[node] = node, mod
+        elif isinstance(mod, Unit):
+            self._block(node, args[0], src, mod)
+            buf[node] = node
         elif isinstance(mod, nn.Conv2d | nn.Linear):
             self._plain(node, args[0], src, mod, buf, done)
         elif isinstance(mod, Tail):
@@ -160,6 +180,9 @@ class Lowering:
             buf[node] = node
         elif self._flattens(node):
             buf[node] = src
+        elif self._spatial_mean(node):
+            self._op(MEAN, node, src)
+            buf[node] = node
         else:
             raise Unsupported(
                 f"{node.name}: {node.op} {getattr(node.target, '__name__', node.target)}"
@@ -184,6 +207,22 @@ class Lowering:
         if node.op == "call_function" and node.target is torch.flatten:
             return bool(start == 1 and len(node.args) <= 2)
         return bool(node.op == "call_method" and node.target == "flatten" and start == 1)
+
+    def _spatial_mean(self, node: fx.Node) -> bool:
+        """``x.mean((2, 3))`` / ``torch.mean(x, (-2, -1))`` of a feature map (keepdim or not)."""
+        if not (
+            (node.op == "call_method" and node.target == "mean")
+            or (node.op == "call_function" and node.target is torch.mean)
+        ):
+            return False
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        arg = node.args[0]
+        if not isinstance(arg, fx.Node) or len(self._shapes.get(arg, ())) != 3:
+            return False
+        extra = set(node.kwargs) - {"dim", "keepdim"} or len(node.args) > 3
+        if extra or not isinstance(dims, list | tuple):
+            return False
+        return {int(d) % 4 for d in dims} == {2, 3} and len(dims) == 2
 
     def _module(self, node: fx.Node, src: fx.Node, mod: nn.Module, buf: _Bufs) -> None:
         kind: int
@@ -226,9 +265,9 @@ class Lowering:
         if op is not None:
             plan, geom = op.plan(unit), op.geom
             knobs = op.fast_knobs() if op.active() else SiteKnobs()
-            self._knobs.append((op, op.knobs))
+            self._knobs.append((op, "knobs", op.knobs))
         else:
-            plan = make_plan(*unit.folded(), self.mech.config.checkpoint)
+            plan = make_plan(*unit.folded(), self.opts.checkpoint)
             geom, knobs = Geometry.of(unit.module, unit.name), SiteKnobs()
         self._watched += [unit.module] + [t.module for t in unit.tails.values()]
         self._site(node, arg, src, plan, geom, knobs, relu=unit.relu, out=node)
@@ -258,7 +297,7 @@ class Lowering:
         relu = _is_relu(_sole_user(chain[-1]), self._modules)
         if relu:
             chain.append(next(iter(chain[-1].users)))
-        plan = make_plan(*fold(layer, bn), self.mech.config.checkpoint)
+        plan = make_plan(*fold(layer, bn), self.opts.checkpoint)
         self._watched += [layer] + ([bn] if bn is not None else [])
         self._site(node, arg, src, plan, geom, SiteKnobs(), relu=relu, out=chain[-1])
         for n in chain:
@@ -282,12 +321,22 @@ class Lowering:
             shape = (math.prod(shape), 1, 1)
         elif len(shape) != 3:
             raise Unsupported(f"{node.name}: a convolution on per-sample shape {shape}")
-        cfg = self.mech.config
-        fs = native.FastSite(plan, geom)
-        fs.configure(shape, knobs, (relu, cfg.sdss_stride, cfg.sfma_statistic))
-        self._op(SITE, node, src, site=fs, shape=out, params={"slot": len(self._sites)})
-        self._sites.append(fs)
+        fs = self.fast_site(plan, geom, shape, knobs, relu=relu)
+        self._op(SITE, node, src, site=fs, shape=out, params={"slot": len(self.site_names)})
         self.site_names.append(str(node.target))
+
+    def fast_site(
+        self, plan: Plan, geom: Geometry, shape: tuple[int, ...], knobs: SiteKnobs, *, relu: bool
+    ) -> native.FastSite:
+        """A kernel site configured for per-sample input ``shape`` (cin, h, w)."""
+        fs = native.FastSite(plan, geom)
+        fs.configure(shape, knobs, (relu, self.opts.sdss_stride, self.opts.statistic))
+        self._native.append(fs)
+        return fs
+
+    def _block(self, node: fx.Node, arg: fx.Node, src: fx.Node, unit: Unit) -> None:
+        """A gated block: lowered by the subclass of the mechanism that gates it."""
+        raise Unsupported(f"{node.name}: a gated block")
 
     def _op(
         self,
@@ -297,17 +346,17 @@ class Lowering:
         *,
         b: fx.Node | None = None,
         site: native.FastSite | None = None,
+        gate: Any = None,
         shape: fx.Node | None = None,
         params: dict[str, int] | None = None,
     ) -> None:
         """Append an op reading ``src`` (and ``b``); its output has ``shape``'s shape."""
         out = self._shapes[shape or node]
         self._ops.append(
-            {"kind": kind, "node": node, "a": src, "b": b, "site": site, **(params or {}),
+            {"kind": kind, "node": node, "a": src, "b": b, "site": site, "gate": gate,
+             **(params or {}),
              "in": _chw(self._shapes[src]), "out": _chw(out), "size": math.prod(out)}
         )  # fmt: skip
-
-    # ------------------------------------------------------------------ buffers and the call
 
 
 def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:

@@ -18,7 +18,7 @@ layers followed by a ReLU, SDSS and SFMA on spatial convs, none on the first lay
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from dyve.dynamic.site import SiteResult, SiteUnit
-from dyve.mechanisms.base import MECHANISMS, Mechanism
+from dyve.mechanisms.base import MECHANISMS
 from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.dyvedeep.kernel import (
     STATISTICS,
@@ -36,9 +36,11 @@ from dyve.mechanisms.dyvedeep.kernel import (
     make_plan,
     run_site,
 )
+from dyve.mechanisms.dyvedeep.runner import NativeRunner
 
 if TYPE_CHECKING:
     from dyve.dynamic.net import DynamicNet
+    from dyve.mechanisms.dyvedeep.lower import SiteOptions
     from dyve.mechanisms.dyvedeep.program import Program
 
 KNOBS = ("spet", "spet_exact", "sdss", "sfma")
@@ -134,7 +136,7 @@ class DyVEDeepOp:
         return res
 
 
-class DyVEDeep(Mechanism):
+class DyVEDeep(NativeRunner):
     """SPET, SDSS and SFMA on every eligible layer (see module docstring)."""
 
     name = "dyvedeep"
@@ -153,36 +155,22 @@ class DyVEDeep(Mechanism):
         w = self._units[0].module.weight  # the network moves as a whole
         return w.device.type == "cpu" and w.dtype == torch.float32
 
-    def fast_runner(self, net: DynamicNet, x: torch.Tensor) -> Callable[[torch.Tensor], Any] | None:
-        """The network lowered to one native program (:mod:`.program`), rebuilt when the
-        knobs, the weights or the input shape change. None with every knob off, when the
-        kernels are unavailable, or when the network cannot be lowered (the reason is kept
-        in ``program_unsupported``)."""
-        from dyve.mechanisms.dyvedeep.program import Program, Unsupported  # imports this module
+    def lower(self, net: DynamicNet, x: torch.Tensor) -> Program | None:
+        """The network as one native program (:mod:`.program`); None with every knob off
+        (the per-site path is then the backbone bit for bit)."""
+        from dyve.mechanisms.dyvedeep.program import Program  # imports this module
 
-        if self.program_unsupported or x.dtype != torch.float32 or x.device.type != "cpu":
-            return None
-        if not self.executes_fast or x.dim() < 2:
-            return None
-        prog = self._program
-        if prog is not None and prog.valid(x):  # same knobs as when it was built
-            return prog
         if not any(op.active() for op in self.ops.values()):
-            return None  # every knob off: the per-site path is the backbone bit for bit
-        try:
-            prog = self._program = Program(net, self, x)
-        except Unsupported as exc:
-            self.program_unsupported = str(exc)
             return None
-        return prog
+        return Program(net, x, self.site_options)
 
-    def __getstate__(self) -> dict[str, Any]:
-        """Copies and pickles drop the program (native structures holding raw addresses)."""
-        return {**self.__dict__, "_program": None}
+    @property
+    def site_options(self) -> SiteOptions:
+        """How this mechanism's program builds its sites (checkpoint, SDSS stride, statistic)."""
+        from dyve.mechanisms.dyvedeep.lower import SiteOptions
 
-    #: why :meth:`fast_runner` could not lower the network (None: it could, or not tried)
-    program_unsupported: str | None = None
-    _program: Program | None = None
+        cfg = self.config
+        return SiteOptions(cfg.checkpoint, cfg.sdss_stride, cfg.sfma_statistic)
 
     #: while :meth:`effort_maps` runs: site name -> the maps of :func:`run_site`
     recording: dict[str, dict[str, torch.Tensor]] | None = None

@@ -34,7 +34,7 @@ from dyve.dynamic.site import SiteResult
 from dyve.mechanisms.dyvedeep.kernel import STATISTICS, Geometry, Plan, SiteKnobs
 
 #: compiled as one translation unit, in this order (the program runs the site kernels)
-SOURCES = ("fast_kernel.cpp", "fast_program.cpp")
+SOURCES = ("fast_kernel.cpp", "fast_gated.cpp", "fast_program.cpp")
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno"]
 #: Columns of the kernel's per-sample statistics (``DYVE_NSTAT`` in the source).
 STATS = (
@@ -48,8 +48,8 @@ STATS = (
     "checked",
     "wasted",
 )
-#: The source's ``dyve_abi()``: the layout of ``DyveSite`` and of the statistics.
-ABI = 5
+#: The source's ``dyve_abi()``: the layout of its structures and of the statistics.
+ABI = 6
 _ptr = ctypes.c_void_p
 _INTS = ("n", "cin", "h", "w", "cout", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "ho", "wo")
 
@@ -79,6 +79,21 @@ class DyveSite(ctypes.Structure):
         ("top_rel", _ptr),
         ("top_count", _ptr),
         ("weight_t", _ptr),
+    ]
+
+
+class DyveGate(ctypes.Structure):
+    """Mirror of ``struct DyveGate`` in ``fast_gated.cpp``: a gated (LC-Net) block."""
+
+    _fields_: ClassVar[list[tuple[str, Any]]] = [
+        *((name, ctypes.c_int) for name in ("cin", "cmid", "layer", "channel")),
+        ("eps", ctypes.c_float),
+        ("wl", _ptr),
+        ("bl", ctypes.c_float),
+        ("wc", _ptr),
+        ("bc", _ptr),
+        *((name, ctypes.POINTER(DyveSite)) for name in ("conv1", "conv2", "proj")),
+        *((name, ctypes.c_int) for name in ("shortcut", "pad", "post_relu")),
     ]
 
 

@@ -21,13 +21,12 @@ import torch
 from torch import fx
 
 from dyve.mechanisms.dyvedeep import native
-from dyve.mechanisms.dyvedeep.lower import KINDS, Lowering, Unsupported
+from dyve.mechanisms.dyvedeep.lower import KINDS, Lowering, SiteOptions, Unsupported
 
 if TYPE_CHECKING:
     from dyve.dynamic.net import DynamicNet
-    from dyve.mechanisms.dyvedeep.mechanism import DyVEDeep
 
-__all__ = ["Program", "Unsupported"]
+__all__ = ["Program", "SiteOptions", "Unsupported"]
 
 _version = operator.attrgetter("_version")
 _WINDOW = ("kh", "kw", "sh", "sw", "ph", "pw", "count_include_pad", "slot")
@@ -40,6 +39,7 @@ class DyveOp(ctypes.Structure):
     _fields_: ClassVar[list[tuple[str, Any]]] = [
         *((name, ctypes.c_int) for name in _INTS),
         ("site", ctypes.POINTER(native.DyveSite)),
+        ("gate", ctypes.POINTER(native.DyveGate)),
     ]
 
 
@@ -57,14 +57,16 @@ class DyveProgram(ctypes.Structure):
 
 
 class Program(Lowering):
-    """``net`` (with DyVEDeep attached) lowered and laid out for the native call."""
+    """``net`` lowered and laid out for the native call."""
 
-    def __init__(self, net: DynamicNet, mech: DyVEDeep, example: torch.Tensor) -> None:
+    def __init__(
+        self, net: DynamicNet, example: torch.Tensor, opts: SiteOptions | None = None
+    ) -> None:
         dll = native.kernels()
         if dll is None:
             raise Unsupported("the fast kernels are unavailable")
         self._dll = dll
-        super().__init__(net, mech, example)
+        super().__init__(net, example, opts or SiteOptions())
         self._struct()
         self._key = self._state()
 
@@ -105,6 +107,8 @@ class Program(Lowering):
                 setattr(c, f, op.get(f, 0))
             if op["site"] is not None:
                 c.site = ctypes.pointer(op["site"].site)
+            if op["gate"] is not None:
+                c.gate = ctypes.pointer(op["gate"])
         self._floats = (ctypes.c_int64 * len(sizes))(*sizes)
         p = self._prog = DyveProgram()
         p.nops, p.nbuf, p.in_buf, p.out_buf = len(self._ops), len(sizes), 0, 1
@@ -126,14 +130,15 @@ class Program(Lowering):
         """True while the network's weights and knobs are those the program was built from."""
         return (
             tuple(x.shape[1:]) == self.shape
-            and all(op.knobs is k for op, k in self._knobs)
+            and all(getattr(o, attr) == v for o, attr, v in self._knobs)
             and self._state() == self._key
         )
 
     def run(
         self, x: torch.Tensor, seconds: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits, each site's statistics ``[sites, N, STATS]`` and ``changed`` ``[sites, N]``.
+        """Logits, the statistics ``[sites, N, STATS]`` and ``changed`` ``[sites, N]`` of each
+        site and gated block (rows named by :attr:`site_names`).
 
         ``seconds`` (float64, one per op of :attr:`ops`): the time spent in each op is added
         to it; the batch then runs on one thread (a profile; rows named by :attr:`ops`).
@@ -147,8 +152,9 @@ class Program(Lowering):
         x = x.contiguous()
         n = x.shape[0]
         y = torch.empty(n, *self.out_shape)
-        stats = torch.empty(len(self._sites), n, len(native.STATS), dtype=torch.float64)
-        changed = torch.empty(len(self._sites), n, dtype=torch.bool)
+        rows = len(self.site_names)
+        stats = torch.empty(rows, n, len(native.STATS), dtype=torch.float64)
+        changed = torch.empty(rows, n, dtype=torch.bool)
         p = self._prog
         p.n, p.threads = n, torch.get_num_threads()
         p.x, p.y, p.stats, p.changed = (
@@ -161,12 +167,12 @@ class Program(Lowering):
         rc = self._dll.dyve_program(self._ref)
         p.x = p.y = p.stats = p.changed = p.seconds = None
         if rc != 0:
-            raise RuntimeError(f"dyvedeep program failed (code {rc})")
+            raise RuntimeError(f"native program failed (code {rc})")
         return y, stats, changed
 
     @property
     def ops(self) -> list[dict[str, Any]]:
-        """One row per op: ``kind`` (site, add, relu, maxpool, avgpool, mean, shortcut),
+        """One row per op: ``kind`` (one of :data:`~.lower.KINDS`),
         ``name`` (the module or node), and for sites ``knobs`` (those on, ``+``-joined)."""
         rows = []
         for op in self._ops:

@@ -26,11 +26,13 @@ from torch import nn
 
 from dyve.dynamic.taps import Slot
 from dyve.mechanisms.base import MECHANISMS
+from dyve.mechanisms.dyvedeep.runner import NativeRunner
 from dyve.mechanisms.lcnet.blocks import BlockGates, BlockPlan, Taps, set_all
 from dyve.mechanisms.lcnet.gates import AIGGate, GlobalPredictor, LCGate
 
 if TYPE_CHECKING:
     from dyve.dynamic.net import DynamicNet
+    from dyve.mechanisms.dyvedeep.program import Program
 
 PREDICTORS = ("block", "global")
 WEIGHTINGS = ("none", "macs")
@@ -64,7 +66,7 @@ class LCNetConfig:
             raise ValueError(f"lcnet: eps must be >= 0 or None, got {self.eps}")
 
 
-class LCNet(BlockGates):
+class LCNet(BlockGates, NativeRunner):
     """L-Net + C-Net on every residual block (see module docstring)."""
 
     name = "lcnet"
@@ -98,6 +100,13 @@ class LCNet(BlockGates):
         )
         gate.eps = cfg.eps
         return gate
+
+    def lower(self, net: DynamicNet, x: torch.Tensor) -> Program | None:
+        """The network with its gated blocks as one native program (:mod:`.program`); None
+        with the predictors off (the per-block path is then the backbone bit for bit)."""
+        from dyve.mechanisms.lcnet.program import GatedProgram
+
+        return None if self.config.eps is None else GatedProgram(net, x, self)
 
     def set_knob(self, knob: str, value: Any) -> None:
         self._check_knob(knob)

@@ -1,0 +1,119 @@
+// A gated residual block (LC-Net) in a whole-network program (appended after fast_kernel.cpp).
+//
+// The block is out = post_relu(s_L * bn2(conv2(relu(s_C * bn1(conv1(x))))) + shortcut(x)),
+// its batch norms folded into the convs. Per sample: the predictors read the block input's
+// channel means (L-Net: s_L = clamp(bl + wl . p, 0, 1); C-Net: s_C = clamp(bc + Wc p, 0, 1));
+// a block with s_L <= eps is skipped (out = post_relu(shortcut(x))); otherwise only the
+// gated channels with s_C > eps are computed by conv1 (the dense tile over those filters),
+// and conv2 reads only them. The decisions are those of lcnet/gates.py (tested there).
+
+extern "C" {
+
+struct DyveGate {
+  int cin, cmid;          // block input channels; gated channels (conv1's outputs)
+  int layer, channel;     // L-Net / C-Net present
+  float eps;              // skip where a scale is <= eps
+  const float* wl;        // L-Net [cin] and bias
+  float bl;
+  const float* wc;        // C-Net [cmid, cin] and bias [cmid]
+  const float* bc;
+  DyveSite* conv1;        // the gated conv, ReLU on (applied after s_C)
+  DyveSite* conv2;        // the last conv, ReLU off
+  DyveSite* proj;         // a conv shortcut (shortcut == 2), else null
+  int shortcut;           // 0: identity, 1: option A (stride 2, `pad` zero channels each side), 2: proj
+  int pad;
+  int post_relu;          // a ReLU after the merge
+};
+
+}  // extern "C"
+
+namespace {
+
+// Statistics of a gated block (its row in the program's stats): ST_MACS the MACs its convs
+// executed, ST_OVERHEAD the predictors' MACs, ST_STOPPED 1 when the block was skipped,
+// ST_APPROXIMATED the gated channels not computed; `changed` when any was skipped.
+// x: the sample's block input [cin, h, w]; out: its output [oc, oh, ow].
+void gated_run(const DyveGate& g, int h, int w, int oc, int oh, int ow, const float* x,
+               float* out, Scratch& sc, double* st, uint8_t* changed) {
+  const int hw = h * w, P = oh * ow;
+  const size_t size = (size_t)oc * P;
+  std::vector<float>& p = sc.gate_p;
+  p.resize(g.cin);
+  for (int c = 0; c < g.cin; ++c) {
+    float acc = 0.f;
+    for (int j = 0; j < hw; ++j) acc += x[(size_t)c * hw + j];
+    p[c] = acc / hw;
+  }
+  double dummy[DYVE_NSTAT];
+  uint8_t flag = 0;
+  // the shortcut's value: x itself, or in gate_t (option A, the projection)
+  const float* sx = x;
+  if (g.shortcut != 0) sc.gate_t.resize(size);
+  if (g.shortcut == 1) {
+    float* t = sc.gate_t.data();
+    std::memset(t, 0, sizeof(float) * size);
+    for (int c = 0; c < g.cin; ++c)
+      for (int y = 0; y < oh; ++y)
+        for (int xx = 0; xx < ow; ++xx)
+          t[(c + g.pad) * (size_t)P + (size_t)y * ow + xx] = x[((size_t)c * h + y * 2) * w + xx * 2];
+    sx = t;
+  } else if (g.shortcut == 2) {
+    std::memset(dummy, 0, sizeof(dummy));
+    Sample(*g.proj, sc, x, sc.gate_t.data(), dummy, &flag).run();
+    st[ST_MACS] += dummy[ST_MACS];
+    sx = sc.gate_t.data();
+  }
+  float s_l = 1.f;
+  if (g.layer) {
+    float z = g.bl;
+    for (int c = 0; c < g.cin; ++c) z += g.wl[c] * p[c];
+    s_l = std::min(std::max(z, 0.f), 1.f);
+    st[ST_OVERHEAD] += g.cin;
+  }
+  if (g.layer && !(s_l > g.eps)) {  // skipped: post_relu(shortcut(x))
+    st[ST_STOPPED] = 1;
+    *changed = 1;
+    for (size_t j = 0; j < size; ++j) {
+      const float v = sx[j];
+      out[j] = g.post_relu && v < 0.f ? 0.f : v;
+    }
+    return;
+  }
+  std::vector<int32_t>& kept = sc.gate_kept;
+  std::vector<float>& s = sc.gate_s;
+  kept.clear();
+  s.clear();
+  if (g.channel) {
+    for (int j = 0; j < g.cmid; ++j) {
+      float z = g.bc[j];
+      const float* w = g.wc + (size_t)j * g.cin;
+      for (int c = 0; c < g.cin; ++c) z += w[c] * p[c];
+      z = std::min(std::max(z, 0.f), 1.f);
+      if (z > g.eps) kept.push_back(j), s.push_back(z);
+    }
+    st[ST_OVERHEAD] += (double)g.cin * g.cmid;
+  } else {
+    for (int j = 0; j < g.cmid; ++j) kept.push_back(j), s.push_back(1.f);
+  }
+  const int k = (int)kept.size();
+  st[ST_APPROXIMATED] = g.cmid - k;
+  *changed = k < g.cmid;
+  const int P1 = g.conv1->ho * g.conv1->wo;
+  sc.gate_h.resize((size_t)std::max(k, 1) * P1);
+  Sample a(*g.conv1, sc, x, sc.gate_h.data(), dummy, &flag);
+  a.fl = kept.data(), a.nf = k, a.osc = s.data();
+  std::memset(dummy, 0, sizeof(dummy));
+  a.run();
+  st[ST_MACS] += dummy[ST_MACS];
+  Sample b(*g.conv2, sc, sc.gate_h.data(), out, dummy, &flag);
+  b.in_ids = kept.data(), b.in_n = k, b.oscale = s_l;
+  std::memset(dummy, 0, sizeof(dummy));
+  b.run();
+  st[ST_MACS] += dummy[ST_MACS];
+  for (size_t j = 0; j < size; ++j) {
+    const float v = out[j] + sx[j];
+    out[j] = g.post_relu && v < 0.f ? 0.f : v;
+  }
+}
+
+}  // namespace

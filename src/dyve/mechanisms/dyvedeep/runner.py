@@ -1,0 +1,62 @@
+"""The fast runner of mechanisms whose networks lower to one native program (:mod:`.program`).
+
+DyVEDeep and LC-Net both implement :meth:`~dyve.mechanisms.base.Mechanism.fast_runner`
+through :class:`NativeRunner`: the program is built on first use, kept while it is valid
+(same knobs, weights and input shape) and rebuilt otherwise. A network that cannot be
+lowered keeps the per-module path for good, and ``program_unsupported`` says why;
+``native_program = False`` keeps it by choice.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from dyve.mechanisms.base import Mechanism
+
+if TYPE_CHECKING:
+    from dyve.dynamic.net import DynamicNet
+    from dyve.mechanisms.dyvedeep.program import Program
+
+
+class NativeRunner(Mechanism):
+    """A mechanism that runs the whole network natively (see module docstring)."""
+
+    #: False keeps the per-module path (what the program is compared with in tests)
+    native_program: bool = True
+    #: why the network could not be lowered (None: it could, or not tried)
+    program_unsupported: str | None = None
+    _program: Program | None = None
+
+    @abstractmethod
+    def lower(self, net: DynamicNet, x: torch.Tensor) -> Program | None:
+        """A new program for ``net`` on inputs like ``x``; None when the per-module path
+        should run (e.g. every knob off: that path is the backbone bit for bit). Raises
+        :class:`~dyve.mechanisms.dyvedeep.lower.Unsupported` when it cannot be lowered."""
+
+    def fast_runner(self, net: DynamicNet, x: torch.Tensor) -> Program | None:
+        """The program for this call: the kept one while valid, else a new one (or None)."""
+        from dyve.mechanisms.dyvedeep.lower import Unsupported
+
+        if not self.native_program or self.program_unsupported:
+            return None
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            return None
+        if not self.executes_fast or x.dim() < 2:
+            return None
+        prog = self._program
+        if prog is not None and prog.valid(x):
+            return prog
+        try:
+            prog = self._program = self.lower(net, x)
+        except Unsupported as exc:
+            self.program_unsupported = str(exc)
+            self._program = None
+            return None
+        return prog
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles drop the program (native structures holding raw addresses)."""
+        return {**self.__dict__, "_program": None}

@@ -1,0 +1,162 @@
+"""LC-Net's gated blocks in the native program: the per-block path's outputs, decisions and
+executed cost, with every sample's own channels; rebuilt on changes; fallbacks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from dyve.dynamic import equip
+from dyve.mechanisms import LCNet
+from dyve.mechanisms.dyvedeep import native
+from dyve.mechanisms.lcnet.program import GatedProgram
+from dyve.models import create
+from dyve.testing.contract import graded_inputs
+from dyve.testing.toy import toy_bottleneck_net
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="the native kernels are unavailable")
+
+COL = {name: k for k, name in enumerate(native.STATS)}
+
+
+def _net(backbone: nn.Module, example: torch.Tensor | None = None, **cfg: Any) -> Any:
+    """``backbone`` with LC-Net predictors that skip blocks and channels (fast back-end)."""
+    torch.manual_seed(0)
+    kw = {"example_inputs": example} if example is not None else {}
+    cfg = {"init_bias": 0.3, "init_std": 0.5, "eps": 0.0, **cfg}
+    return equip(backbone.eval(), LCNet(**cfg), backend="fast", **kw).eval()
+
+
+def _r20() -> nn.Module:
+    torch.manual_seed(0)
+    return create("resnet20_cifar")
+
+
+def _inputs(size: int = 32) -> torch.Tensor:
+    torch.manual_seed(2)
+    return torch.cat([graded_inputs(size), torch.randn(8, 3, size, size)])
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.allclose(a, b, rtol=0, atol=1e-5 * max(1.0, float(b.abs().max())))
+
+
+def _check_against_per_block(net: Any, x: torch.Tensor) -> tuple[int, int]:
+    """Each sample against the per-block path at batch 1 (its own channels, its trace);
+    returns how many (blocks skipped, blocks that dropped channels) the inputs exercised."""
+    prog = GatedProgram(net, x[:1], net.mechanisms[0])
+    y, stats, changed = prog.run(x)
+    gated = {name: k for k, name in enumerate(prog.site_names) if name in net.units}
+    assert len(gated) == len(net.units)
+    skipped = dropped = 0
+    with torch.no_grad():
+        for i in range(len(x)):
+            ref = net.run(x[i : i + 1])
+            assert _close(y[i : i + 1], ref.logits)
+            for name, row in gated.items():
+                st = stats[row, i]
+                ran = int(ref.trace.units[name][0]) == 0
+                assert bool(st[COL["stopped"]]) == (not ran), name
+                # executed cost: the block's convs as they ran, plus the predictors
+                charged = float(ref.trace.detail[name]["macs"][0])
+                assert float(st[COL["macs"]] + st[COL["overhead"]]) == charged, name
+                assert bool(changed[row, i]) == (not ran or st[COL["channels_approximated"]] > 0)
+                skipped += not ran
+                dropped += int(st[COL["channels_approximated"]] > 0)
+    return skipped, dropped
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_program_is_the_per_block_path_on_resnet20(eps: float) -> None:
+    net = _net(_r20(), eps=eps)
+    skipped, dropped = _check_against_per_block(net, _inputs())
+    assert skipped > 0, "the inputs should skip some blocks"
+    assert dropped > 0, "the inputs should drop some channels"
+
+
+@pytest.mark.parametrize("which", [{"channel": False}, {"layer": False}])
+def test_l_net_only_and_c_net_only(which: dict[str, bool]) -> None:
+    net = _net(_r20(), **which)
+    skipped, dropped = _check_against_per_block(net, _inputs())
+    assert (skipped > 0) == which.get("layer", True)
+    assert (dropped > 0) == which.get("channel", True)
+
+
+def test_conv_shortcuts_and_a_shared_relu() -> None:
+    """The toy's blocks: 1x1 -> 3x3 branch, conv+BN downsample, one ReLU module twice."""
+    x = _inputs(16)
+    net = _net(toy_bottleneck_net(), torch.zeros(1, 3, 16, 16))
+    shortcuts = [u.module.downsample for u in net.units.values()]
+    assert any(s is not None for s in shortcuts)
+    assert any(s is None for s in shortcuts)
+    skipped, dropped = _check_against_per_block(net, x)
+    assert skipped + dropped > 0
+
+
+def test_the_shipped_run_on_real_images() -> None:
+    """The shipped LC-Net ResNet-56 on the embedded CIFAR-10 test sample."""
+    from dyve.data.loader import Normalization
+    from dyve.data.sample import load_sample
+    from dyve.demo import runs_dir
+    from dyve.report.subjects import load_run
+
+    net = load_run(runs_dir() / "lcnet_resnet56").model.eval()
+    net.backend = "fast"
+    s = load_sample()
+    norm = Normalization((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    x = norm.apply(torch.from_numpy(s.images[:24]))
+    skipped, dropped = _check_against_per_block(net, x)
+    assert skipped > 0
+    assert dropped > 0
+
+
+def test_threads_split_the_batch_and_net_uses_the_program() -> None:
+    net = _net(_r20())
+    x = _inputs()
+    prog = net.mechanisms[0].fast_runner(net, x)
+    assert isinstance(prog, GatedProgram)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        y2 = prog(x)
+        torch.set_num_threads(1)
+        y1 = torch.cat([prog(x[i : i + 1]) for i in range(len(x))])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(y1, y2)
+    with torch.no_grad():
+        assert torch.equal(net(x), y2)
+
+
+def test_program_is_rebuilt_on_knob_and_weight_changes_and_off_is_the_backbone() -> None:
+    net = _net(_r20())
+    mech = net.mechanisms[0]
+    x = _inputs()
+    first = mech.fast_runner(net, x)
+    assert mech.fast_runner(net, x) is first
+    net.set_knobs(eps=0.3)
+    second = mech.fast_runner(net, x)
+    assert second is not first
+    assert _close(second(x), net.run(x).logits)
+    gate = next(iter(net.units.values())).gates["lcnet"]
+    with torch.no_grad():
+        gate.l.bias.add_(0.5)  # in place: the program must notice
+    third = mech.fast_runner(net, x)
+    assert third is not second
+    assert _close(third(x), net.run(x).logits)
+    net.set_knobs(eps=None)
+    assert mech.fast_runner(net, x) is None
+    with torch.no_grad():
+        assert torch.equal(net(x), net.detach().eval()(x))
+
+
+def test_global_predictor_keeps_the_per_block_path_and_says_why() -> None:
+    net = _net(_r20(), predictor="global")
+    x = _inputs()
+    with torch.no_grad():
+        y = net(x)
+    assert "global" in (net.mechanisms[0].program_unsupported or "")
+    assert torch.equal(y, net.run(x).logits)
