@@ -63,11 +63,11 @@ def programs(net: Any, x: torch.Tensor) -> tuple[Program, Program]:
     for k, v in mech.off_knobs().items():
         mech.set_knob(k, v)
     try:
-        off = Program(net, x, mech.site_options)
+        off = Program(net.backbone, x, mech.site_options)
     finally:
         for k, v in on.items():
             mech.set_knob(k, v)
-    return off, Program(net, x, mech.site_options)
+    return off, Program(net.backbone, x, mech.site_options)
 
 
 def runtime(net: Any, images: list[torch.Tensor], repeats: int) -> dict[str, Any]:

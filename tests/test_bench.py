@@ -19,9 +19,10 @@ from dyve.bench import bench
 from dyve.cli.main import main
 from dyve.dynamic import DynamicNet, Unit, equip, load, save
 from dyve.errors import DyveError
-from dyve.mechanisms import BlockSkip
+from dyve.mechanisms import BlockSkip, LCNet
+from dyve.mechanisms.dyvedeep import native
 
-TIMING = ("dense_eager", "dense_compiled", "dynamic", "exported")
+TIMING = ("dense_eager", "dense_compiled", "dense_native", "dynamic", "exported")
 SETTING_KEYS = {
     "batch",
     "threads",
@@ -29,6 +30,7 @@ SETTING_KEYS = {
     "images",
     "speedup_vs_eager",
     "speedup_vs_compiled",
+    "speedup_vs_dense_native",
     "static_macs",
     "mean_macs",
     "cost_reduction",
@@ -94,6 +96,22 @@ def _check_setting(s: dict, net: DynamicNet, x: torch.Tensor, *, compiled: bool)
     assert s["cost_reduction"] == pytest.approx(net.static_macs / mean, rel=1e-12)
     assert s["cost_mode"] == "executed"
     assert s["images"] == len(x)
+
+
+def test_a_native_network_is_also_timed_against_its_dense_program(images: torch.Tensor) -> None:
+    """LC-Net runs as one native program: the dense backbone in that runtime is timed too."""
+    if not native.available():
+        pytest.skip("the native kernels are unavailable")
+    torch.manual_seed(0)
+    net = equip(models.create("resnet20_cifar"), LCNet(init_bias=0.3, init_std=0.5, eps=0.0))
+    r = bench(net, images[:2], images, repeats=2, repeats_b64=1, compile=False, threads_b64=1)
+    for key in ("b1", "b64"):
+        s = r[key]
+        assert s["dense_native_ms"] > 0
+        assert s["speedup_vs_dense_native"] == pytest.approx(
+            s["dense_native_ms"] / s["dynamic_ms"], rel=1e-3
+        )
+    assert "dense native b=1" in dyve.bench.format_table(r)
 
 
 def test_detach_unwraps_every_unit(net: DynamicNet, images: torch.Tensor) -> None:

@@ -4,7 +4,10 @@
 :mod:`dyve.eval.latency`): the dense backbone in eager mode, the dense backbone under
 ``torch.compile`` (inductor with ``freezing``: BN folded into the convs and weights
 pre-packed; at batch 1 TorchScript-frozen channels_last code ran faster still, see
-``benchmarks/NOTES.md``), and the dynamic network on the ``fast`` back-end. Batch 1 runs
+``benchmarks/NOTES.md``), and the dynamic network on the ``fast`` back-end. When that
+network runs as one native program (DyVEDeep, LC-Net), the dense backbone lowered to the
+same runtime is timed too (``dense_native``): the speedup against it is the skipped work's
+share, the rest is the runtime's. Batch 1 runs
 on one thread, one image per call, cycling through the given images; the large batch runs
 on two threads. A time (``*_ms``) is the mean over the images of each image's median (a
 dynamic network's time depends on the image: the median call would be a typical image,
@@ -41,12 +44,13 @@ from dyve.eval.latency import Timing, cycling, interleaved, machine, num_threads
 from dyve.version import __version__
 
 FORMAT = "dyve.bench/2"  # /2: *_ms is the mean over images (was the median call)
+# (dense_native_ms and speedup_vs_dense_native were added to /2; absent in older files)
 #: Inductor options of the compiled dense baseline.
 COMPILE_OPTIONS: dict[str, Any] = {"freezing": True}
 #: batch-1 timings per image that ``dyve bench`` aims for (repeats / images)
 VISITS = 3
 #: The timed variants, in the order they run in each round.
-VARIANTS = ("dense_eager", "dense_compiled", "dynamic", "exported")
+VARIANTS = ("dense_eager", "dense_compiled", "dense_native", "dynamic", "exported")
 
 
 def _compiled(dense: nn.Module, warm: torch.Tensor) -> Callable[[torch.Tensor], Any]:
@@ -62,6 +66,13 @@ def _compiled(dense: nn.Module, warm: torch.Tensor) -> Callable[[torch.Tensor], 
             "rerun with --no-compile (compile=False) to skip the compiled baseline"
         ) from exc
     return fn
+
+
+def _dense_native(net: nn.Module, dense: nn.Module, x: torch.Tensor) -> Any:
+    """The dense backbone in the dynamic network's own runtime (a native program), if any."""
+    if not isinstance(net, DynamicNet) or len(net.mechanisms) != 1:
+        return None
+    return net.mechanisms[0].dense_runner(net, dense, x)
 
 
 def _setting(
@@ -80,6 +91,9 @@ def _setting(
         fns: dict[str, Callable[[], Any]] = {"dense_eager": cycling(dense, batches)}
         if compile:
             fns["dense_compiled"] = cycling(_compiled(dense, batches[0]), batches)
+        native = _dense_native(net, dense, batches[0])
+        if native is not None:
+            fns["dense_native"] = cycling(native, batches)
         fns["dynamic"] = cycling(net, batches)
         if exported is not None:
             for b in batches[:2]:  # compile outside the timed rounds
@@ -104,6 +118,8 @@ def _setting(
     comp = timings["dense_compiled"]
     out["speedup_vs_eager"] = round(t["dense_eager"].mean_ms / dyn, 4)
     out["speedup_vs_compiled"] = round(comp.mean_ms / dyn, 4) if comp else None
+    nat = timings["dense_native"]
+    out["speedup_vs_dense_native"] = round(nat.mean_ms / dyn, 4) if nat else None
     if "exported" in t:
         exp = t["exported"].mean_ms
         out["exported_vs_eager"] = round(t["dense_eager"].mean_ms / exp, 4)
@@ -252,6 +268,15 @@ def format_table(result: dict[str, Any]) -> str:
             f"{x(s['speedup_vs_eager']):>9} {x(s['speedup_vs_compiled']):>11} "
             f"{s['mean_macs'] / 1e6:>10.2f} M {x(s['cost_reduction']):>11}"
         )
+    if any(result[k].get("dense_native_ms") is not None for k in ("b1", "b64")):
+        for key in ("b1", "b64"):
+            s = result[key]
+            lines.append(
+                f"dense native b={s['batch']}: {ms(s.get('dense_native_ms'))} ms (the dense "
+                "backbone in the dynamic network's own native runtime); the dynamic network "
+                f"runs {x(s.get('speedup_vs_dense_native'))} faster than it (the skipped "
+                "work's share of the speedup)"
+            )
     if result.get("exported"):
         for key in ("b1", "b64"):
             s = result[key]

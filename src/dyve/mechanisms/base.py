@@ -81,6 +81,15 @@ class Mechanism(ABC):
         """
         return None
 
+    def dense_runner(
+        self, net: DynamicNet, dense: nn.Module, x: torch.Tensor
+    ) -> Callable[[torch.Tensor], Any] | None:
+        """``dense`` (``net``'s backbone without the mechanism) in the runtime that
+        :meth:`fast_runner` uses for ``net`` on inputs like ``x``, or None when ``net`` runs
+        per module. A bench times it so that a speedup's share owed to the runtime itself
+        (rather than to the skipped work) is stated. Default: None."""
+        return None
+
     @abstractmethod
     def attach(self, net: DynamicNet) -> None:
         """Add this mechanism's gates/heads to ``net`` (called once by ``net.attach``)."""

@@ -96,7 +96,7 @@ def _zoo_net(name: str):
 
 
 def _assert_matches_per_site(net, x: torch.Tensor) -> Program:
-    prog = Program(net, x, net.mechanisms[0].site_options)
+    prog = Program(net.backbone, x, net.mechanisms[0].site_options)
     with torch.no_grad():
         y, stats, changed = prog.run(x)
         ref = net.run(x)  # the per-site fast path, with its trace
@@ -130,14 +130,14 @@ def test_random_network_with_every_op():
     # knobs off: the program computes the backbone (folded BN, another summation order)
     net.set_knobs(spet=None, sfma=None, sdss=None)
     with torch.no_grad():
-        y, ref = Program(net, x, net.mechanisms[0].site_options)(x), net.detach().eval()(x)
+        y, ref = Program(net.backbone, x, net.mechanisms[0].site_options)(x), net.detach().eval()(x)
     assert (y - ref).abs().max() <= RTOL * ref.abs().max()
 
 
 def test_batch_split_over_threads_equals_batch_1():
     net, info = _zoo_net("resnet20_cifar")
     x, _ = next(batches(load_sample(), 8, info.norm))
-    prog = Program(net, x, net.mechanisms[0].site_options)
+    prog = Program(net.backbone, x, net.mechanisms[0].site_options)
     old = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -202,7 +202,7 @@ def test_a_network_it_cannot_lower_keeps_the_per_site_path():
                 example_inputs=torch.zeros(1, 3, 8, 8)).eval()  # fmt: skip
     x = torch.randn(2, 3, 8, 8)
     with pytest.raises(Unsupported, match="mul"):
-        Program(net, x, net.mechanisms[0].site_options)
+        Program(net.backbone, x, net.mechanisms[0].site_options)
     with torch.no_grad():
         y = net(x)
     assert "mul" in (net.mechanisms[0].program_unsupported or "")
@@ -212,7 +212,7 @@ def test_a_network_it_cannot_lower_keeps_the_per_site_path():
 def test_profile_times_every_op_without_changing_the_result():
     net = _random_net(spet=0.0, sfma=0.02, sdss=0.05)
     x = torch.relu(torch.randn(3, 3, 27, 27, generator=torch.Generator().manual_seed(3)))
-    prog = Program(net, x, net.mechanisms[0].site_options)
+    prog = Program(net.backbone, x, net.mechanisms[0].site_options)
     seconds = torch.zeros(len(prog.ops), dtype=torch.float64)
     y, stats, _ = prog.run(x, seconds)
     y0, stats0, _ = prog.run(x)
@@ -234,7 +234,7 @@ def test_every_zoo_architecture_lowers(name):
     backbone = create(name, pretrained=False).eval()
     x = torch.randn(2, *model_info(backbone).input_size)
     net = equip(backbone, DyVEDeep(sfma=0.01)).eval()
-    prog = Program(net, x, net.mechanisms[0].site_options)
+    prog = Program(net.backbone, x, net.mechanisms[0].site_options)
     with torch.no_grad():
         y, ref = prog(x), net.run(x).logits
     assert y.shape == ref.shape
@@ -244,4 +244,4 @@ def test_every_zoo_architecture_lowers(name):
 def test_a_graph_torch_fx_cannot_trace_is_unsupported():
     net = equip(create("d2nn_cascade_cifar").eval(), DyVEDeep(sfma=0.01)).eval()
     with pytest.raises(Unsupported, match=r"torch\.fx"):
-        Program(net, torch.zeros(1, 3, 32, 32), net.mechanisms[0].site_options)
+        Program(net.backbone, torch.zeros(1, 3, 32, 32), net.mechanisms[0].site_options)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +34,6 @@ from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.dyvedeep.kernel import Geometry, Plan, SiteKnobs, make_plan, pair
 from dyve.mechanisms.dyvedeep.mechanism import DyVEDeepOp
 from dyve.models.resnet_cifar import ShortcutA
-
-if TYPE_CHECKING:
-    from dyve.dynamic.net import DynamicNet
 
 # DYVE_OP_* in the source
 SITE, ADD, RELU, MAXPOOL, AVGPOOL, MEAN, SHORTCUT, CONCAT, GATED = range(9)
@@ -96,13 +93,14 @@ def _is_relu(node: fx.Node | None, modules: dict[str, nn.Module]) -> bool:
 
 
 class Lowering:
-    """``net`` as ops for inputs of per-sample shape ``shape`` (see module docstring)."""
+    """``model`` (a backbone, with or without a mechanism's units) as ops for inputs of
+    per-sample shape ``shape`` (see module docstring)."""
 
-    def __init__(self, net: DynamicNet, example: torch.Tensor, opts: SiteOptions) -> None:
-        self.net, self.opts = net, opts
+    def __init__(self, model: nn.Module, example: torch.Tensor, opts: SiteOptions) -> None:
+        self.opts = opts
         self.shape = tuple(example.shape[1:])
         try:
-            gm = fx.GraphModule(net.backbone, _Leaves().trace(net.backbone))
+            gm = fx.GraphModule(model, _Leaves().trace(model))
         except Exception as exc:  # data-dependent control flow and the like
             raise Unsupported(f"torch.fx cannot trace the network: {exc}") from None
         modules = dict(gm.named_modules())

@@ -162,7 +162,7 @@ class DyVEDeep(NativeRunner):
 
         if not any(op.active() for op in self.ops.values()):
             return None
-        return Program(net, x, self.site_options)
+        return Program(net.backbone, x, self.site_options)
 
     @property
     def site_options(self) -> SiteOptions:

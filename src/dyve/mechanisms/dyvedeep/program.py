@@ -15,16 +15,13 @@ import ctypes
 import math
 import operator
 from itertools import chain
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
-from torch import fx
+from torch import fx, nn
 
 from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.dyvedeep.lower import KINDS, Lowering, SiteOptions, Unsupported
-
-if TYPE_CHECKING:
-    from dyve.dynamic.net import DynamicNet
 
 __all__ = ["Program", "SiteOptions", "Unsupported"]
 
@@ -57,16 +54,17 @@ class DyveProgram(ctypes.Structure):
 
 
 class Program(Lowering):
-    """``net`` lowered and laid out for the native call."""
+    """``model`` lowered and laid out for the native call: a backbone with DyVEDeep's site
+    units (``net.backbone``), or a plain one (its layers as sites with every knob off)."""
 
     def __init__(
-        self, net: DynamicNet, example: torch.Tensor, opts: SiteOptions | None = None
+        self, model: nn.Module, example: torch.Tensor, opts: SiteOptions | None = None
     ) -> None:
         dll = native.kernels()
         if dll is None:
             raise Unsupported("the fast kernels are unavailable")
         self._dll = dll
-        super().__init__(net, example, opts or SiteOptions())
+        super().__init__(model, example, opts or SiteOptions())
         self._struct()
         self._key = self._state()
 

@@ -13,6 +13,7 @@ from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from dyve.mechanisms.base import Mechanism
 
@@ -56,6 +57,18 @@ class NativeRunner(Mechanism):
             self._program = None
             return None
         return prog
+
+    def dense_runner(self, net: DynamicNet, dense: nn.Module, x: torch.Tensor) -> Program | None:
+        """``dense`` as a program with every layer's knobs off, when ``net`` runs as one."""
+        from dyve.mechanisms.dyvedeep.lower import Unsupported
+        from dyve.mechanisms.dyvedeep.program import Program
+
+        if self.fast_runner(net, x) is None:
+            return None
+        try:
+            return Program(dense, x)
+        except Unsupported:
+            return None
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles drop the program (native structures holding raw addresses)."""

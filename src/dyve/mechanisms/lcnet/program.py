@@ -41,8 +41,8 @@ class GatedProgram(Program):
     """``net`` with LC-Net attached, as one native program (see module docstring)."""
 
     def __init__(self, net: DynamicNet, example: torch.Tensor, mech: LCNet) -> None:
-        self.mech = mech
-        super().__init__(net, example)
+        self.net, self.mech = net, mech
+        super().__init__(net.backbone, example)
 
     def _block(self, node: fx.Node, arg: fx.Node, src: fx.Node, unit: Unit) -> None:
         gates = list(unit.gates.values())
