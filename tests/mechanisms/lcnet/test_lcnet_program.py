@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from dyve.dynamic import equip
-from dyve.mechanisms import LCNet
+from dyve.mechanisms import ConvNetAIG, LCNet
 from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.lcnet.program import GatedProgram
 from dyve.models import create
@@ -83,6 +83,16 @@ def test_l_net_only_and_c_net_only(which: dict[str, bool]) -> None:
     skipped, dropped = _check_against_per_block(net, _inputs())
     assert (skipped > 0) == which.get("layer", True)
     assert (dropped > 0) == which.get("channel", True)
+
+
+@pytest.mark.parametrize("threshold", [0.9, 0.95])
+def test_convnet_aig_gates_in_the_program(threshold: float) -> None:
+    """The baseline runs in the same runtime: its gate decides whole blocks."""
+    torch.manual_seed(0)
+    net = equip(_r20().eval(), ConvNetAIG(threshold=threshold), backend="fast").eval()
+    skipped, dropped = _check_against_per_block(net, _inputs())
+    assert 0 < skipped < len(_inputs()) * len(net.units), "some blocks run, some are skipped"
+    assert dropped == 0
 
 
 def test_conv_shortcuts_and_a_shared_relu() -> None:

@@ -1,15 +1,19 @@
-// A gated residual block (LC-Net) in a whole-network program (appended after fast_kernel.cpp).
+// A gated residual block (LC-Net, ConvNet-AIG) in a whole-network program (appended after
+// fast_kernel.cpp).
 //
 // The block is out = post_relu(s_L * bn2(conv2(relu(s_C * bn1(conv1(x))))) + shortcut(x)),
 // its batch norms folded into the convs. Per sample: the predictors read the block input's
 // channel means (L-Net: s_L = clamp(bl + wl . p, 0, 1); C-Net: s_C = clamp(bc + Wc p, 0, 1));
 // a block with s_L <= eps is skipped (out = post_relu(shortcut(x))); otherwise only the
 // gated channels with s_C > eps are computed by conv1 (the dense tile over those filters),
-// and conv2 reads only them. The decisions are those of lcnet/gates.py (tested there).
+// and conv2 reads only them. ConvNet-AIG's gate (kind 1) decides the block alone:
+// z = W2 relu(W1 p + b1) + b2 (its batch norm folded into W1), run where softmax(z)[1] >
+// threshold. The decisions are those of lcnet/gates.py (tested there).
 
 extern "C" {
 
 struct DyveGate {
+  int kind;               // 0: LC-Net's predictors, 1: ConvNet-AIG's gate
   int cin, cmid;          // block input channels; gated channels (conv1's outputs)
   int layer, channel;     // L-Net / C-Net present
   float eps;              // skip where a scale is <= eps
@@ -23,6 +27,12 @@ struct DyveGate {
   int shortcut;           // 0: identity, 1: option A (stride 2, `pad` zero channels each side), 2: proj
   int pad;
   int post_relu;          // a ReLU after the merge
+  int hidden;             // AIG: hidden units, W1 [hidden, cin], b1, W2 [2, hidden], b2
+  const float* w1;
+  const float* b1;
+  const float* w2;
+  const float* b2;
+  float threshold;
 };
 
 }  // extern "C"
@@ -64,13 +74,31 @@ void gated_run(const DyveGate& g, int h, int w, int oc, int oh, int ow, const fl
     sx = sc.gate_t.data();
   }
   float s_l = 1.f;
-  if (g.layer) {
+  bool run = true;
+  if (g.kind == 1) {  // AIG: a two-layer gate, softmax as in PyTorch (max subtracted)
+    std::vector<float>& hid = sc.gate_s;
+    hid.resize(g.hidden);
+    for (int j = 0; j < g.hidden; ++j) {
+      float z = g.b1[j];
+      for (int c = 0; c < g.cin; ++c) z += g.w1[(size_t)j * g.cin + c] * p[c];
+      hid[j] = z < 0.f ? 0.f : z;
+    }
+    float z[2];
+    for (int k = 0; k < 2; ++k) {
+      z[k] = g.b2[k];
+      for (int j = 0; j < g.hidden; ++j) z[k] += g.w2[(size_t)k * g.hidden + j] * hid[j];
+    }
+    const float m = std::max(z[0], z[1]), e0 = std::exp(z[0] - m), e1 = std::exp(z[1] - m);
+    run = e1 / (e0 + e1) > g.threshold;
+    st[ST_OVERHEAD] += (double)g.cin * g.hidden + 2.0 * g.hidden;
+  } else if (g.layer) {
     float z = g.bl;
     for (int c = 0; c < g.cin; ++c) z += g.wl[c] * p[c];
     s_l = std::min(std::max(z, 0.f), 1.f);
+    run = s_l > g.eps;
     st[ST_OVERHEAD] += g.cin;
   }
-  if (g.layer && !(s_l > g.eps)) {  // skipped: post_relu(shortcut(x))
+  if (!run) {  // skipped: post_relu(shortcut(x))
     st[ST_STOPPED] = 1;
     *changed = 1;
     for (size_t j = 0; j < size; ++j) {

@@ -83,17 +83,19 @@ class DyveSite(ctypes.Structure):
 
 
 class DyveGate(ctypes.Structure):
-    """Mirror of ``struct DyveGate`` in ``fast_gated.cpp``: a gated (LC-Net) block."""
+    """Mirror of ``struct DyveGate`` in ``fast_gated.cpp``: a gated (LC-Net, AIG) block."""
 
     _fields_: ClassVar[list[tuple[str, Any]]] = [
-        *((name, ctypes.c_int) for name in ("cin", "cmid", "layer", "channel")),
+        *((name, ctypes.c_int) for name in ("kind", "cin", "cmid", "layer", "channel")),
         ("eps", ctypes.c_float),
         ("wl", _ptr),
         ("bl", ctypes.c_float),
         ("wc", _ptr),
         ("bc", _ptr),
         *((name, ctypes.POINTER(DyveSite)) for name in ("conv1", "conv2", "proj")),
-        *((name, ctypes.c_int) for name in ("shortcut", "pad", "post_relu")),
+        *((name, ctypes.c_int) for name in ("shortcut", "pad", "post_relu", "hidden")),
+        *((name, _ptr) for name in ("w1", "b1", "w2", "b2")),
+        ("threshold", ctypes.c_float),
     ]
 
 

@@ -170,7 +170,7 @@ class AIGConfig:
             raise ValueError(f"aig: threshold must be in [0, 1] or None, got {self.threshold}")
 
 
-class ConvNetAIG(BlockGates):
+class ConvNetAIG(BlockGates, NativeRunner):
     """ConvNet-AIG's Gumbel gates on every residual block (see module docstring)."""
 
     name = "aig"
@@ -184,6 +184,13 @@ class ConvNetAIG(BlockGates):
         gate = AIGGate(p, slot, hidden=self.config.hidden, open_bias=self.config.open_bias)
         gate.threshold = self.config.threshold
         return gate
+
+    def lower(self, net: DynamicNet, x: torch.Tensor) -> Program | None:
+        """The network with its gated blocks as one native program (:mod:`.program`); None
+        with the gates off."""
+        from dyve.mechanisms.lcnet.program import GatedProgram
+
+        return None if self.config.threshold is None else GatedProgram(net, x, self)
 
     def set_knob(self, knob: str, value: Any) -> None:
         self._check_knob(knob)

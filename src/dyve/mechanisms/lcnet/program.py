@@ -1,4 +1,4 @@
-"""LC-Net's gated blocks in the whole-network native program (``fast_gated.cpp``).
+"""Gated blocks (LC-Net, ConvNet-AIG) in the whole-network native program (``fast_gated.cpp``).
 
 :class:`GatedProgram` is DyVEDeep's :class:`~dyve.mechanisms.dyvedeep.program.Program`
 (the same lowering, buffers and kernels: the layers outside the blocks are kernel sites
@@ -7,6 +7,8 @@ the pooled input, skips the block where ``s_L <= eps``, and otherwise computes o
 kept channels: conv1 over the kept filters (the dense tile, gathering those filters'
 weights) and conv2 over the kept input channels, so the work done per sample is the work
 the sample's decisions leave. At batch 1 nothing runs in Python between the layers.
+ConvNet-AIG's gate (its two small layers, batch norm folded) decides whole blocks the
+same way, so the baseline is timed in the same runtime as LC-Net.
 
 Supported blocks: ``post_relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`` with an
 identity, option-A or conv(+batch norm) shortcut, batch norms optional, per-block
@@ -29,27 +31,28 @@ from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.dyvedeep.kernel import Geometry, SiteKnobs, make_plan
 from dyve.mechanisms.dyvedeep.lower import GATED, Unsupported
 from dyve.mechanisms.dyvedeep.program import Program
-from dyve.mechanisms.lcnet.gates import LCGate
+from dyve.mechanisms.lcnet.gates import AIGGate, LCGate
 from dyve.models.resnet_cifar import ShortcutA
 
 if TYPE_CHECKING:
     from dyve.dynamic.net import DynamicNet
-    from dyve.mechanisms.lcnet.mechanism import LCNet
+    from dyve.mechanisms.lcnet.blocks import BlockGates
 
 
 class GatedProgram(Program):
-    """``net`` with LC-Net attached, as one native program (see module docstring)."""
+    """``net`` with LC-Net or ConvNet-AIG attached, as one native program (see module
+    docstring)."""
 
-    def __init__(self, net: DynamicNet, example: torch.Tensor, mech: LCNet) -> None:
+    def __init__(self, net: DynamicNet, example: torch.Tensor, mech: BlockGates) -> None:
         self.net, self.mech = net, mech
         super().__init__(net.backbone, example)
 
     def _block(self, node: fx.Node, arg: fx.Node, src: fx.Node, unit: Unit) -> None:
         gates = list(unit.gates.values())
         gate = gates[0] if len(gates) == 1 else None
-        if not isinstance(gate, LCGate):
+        if not isinstance(gate, LCGate | AIGGate):
             raise Unsupported(f"{unit.name}: a block gated by another mechanism")
-        if gate._source:
+        if isinstance(gate, LCGate) and gate._source:
             raise Unsupported("the global predictor is not lowered")
         p, block = gate.plan, gate.plan.block
         branch = [
@@ -95,18 +98,37 @@ class GatedProgram(Program):
         g.cin, g.cmid = shape_in[0], mid[0]
         g.conv1, g.conv2 = ctypes.pointer(fs1.site), ctypes.pointer(fs2.site)
         g.post_relu = post is not None
-        g.eps = float(gate.eps or 0.0)
-        g.layer, g.channel = gate.l is not None, gate.c is not None
-        if gate.l is not None:
-            wl = self._keep(gate.l.weight.reshape(-1))
-            g.wl, g.bl = wl.data_ptr(), float(gate.l.bias.detach())
-        if gate.c is not None:
-            g.wc, g.bc = self._keep(gate.c.weight).data_ptr(), self._keep(gate.c.bias).data_ptr()
+        if isinstance(gate, LCGate):
+            self._lcnet(g, gate)
+        else:
+            self._aig(g, gate)
         self._native.append(g)
-        self._watched += [m for m in (conv1, bn1, conv2, bn2, gate.l, gate.c) if m is not None]
-        self._knobs.append((gate, "eps", gate.eps))
+        self._watched += [m for m in (conv1, bn1, conv2, bn2) if m is not None]
         self._op(GATED, node, src, gate=g, params={"slot": len(self.site_names)})
         self.site_names.append(unit.name)
+
+    def _lcnet(self, g: native.DyveGate, gate: LCGate) -> None:
+        """L-Net (``s_L``, the block's decision) and C-Net (``s_C``, the kept channels)."""
+        g.kind, g.eps = 0, float(gate.eps or 0.0)
+        g.layer, g.channel = gate.l is not None, gate.c is not None
+        if gate.l is not None:
+            g.wl, g.bl = (
+                self._keep(gate.l.weight.reshape(-1)).data_ptr(),
+                float(gate.l.bias.detach()),
+            )
+        if gate.c is not None:
+            g.wc, g.bc = self._keep(gate.c.weight).data_ptr(), self._keep(gate.c.bias).data_ptr()
+        self._watched += [m for m in (gate.l, gate.c) if m is not None]
+        self._knobs.append((gate, "eps", gate.eps))
+
+    def _aig(self, g: native.DyveGate, gate: AIGGate) -> None:
+        """ConvNet-AIG's gate: fc1 with its batch norm folded, ReLU, fc2, softmax."""
+        w1, b1 = fold(gate.fc1, gate.bn)
+        g.kind, g.hidden, g.threshold = 1, gate.fc1.out_features, float(gate.threshold or 0.0)
+        g.w1, g.b1 = self._keep(w1).data_ptr(), self._keep(b1).data_ptr()
+        g.w2, g.b2 = self._keep(gate.fc2.weight).data_ptr(), self._keep(gate.fc2.bias).data_ptr()
+        self._watched += [gate.fc1, gate.bn, gate.fc2]
+        self._knobs.append((gate, "threshold", gate.threshold))
 
     def _shortcut(
         self,
