@@ -1,92 +1,101 @@
-"""Where an LC-Net's batch-1 time goes: fast back-end vs its dense backbone, and an op profile.
+"""Where a gated network's batch-1 time goes: its native program against the dense one.
 
-Usage: ``python benchmarks/lcnet_batch1.py RUN_DIR [IMAGES]`` (a ``dyve lcnet train`` run).
-Times the fast back-end (its straight-line batch-1 path, ``dyve.mechanisms.lcnet.single``),
-the same network on the generic unit/tap path, and the dense backbone, interleaved on one
-thread over the first IMAGES test-b images (median of 5 passes); prints the 12 most
-expensive ATen ops of 20 dynamic calls, then times one 16-channel 32x32 3x3 conv at batch 1
-whole, with 5 of 16 output channels and with 5 of 16 input channels (what channel slicing
-buys per layer). See NOTES.md.
+Usage: ``python benchmarks/lcnet_batch1.py RUN_DIR [IMAGES]`` (a ``dyve lcnet train`` run,
+LC-Net or ConvNet-AIG). On one thread, over the first IMAGES test-b images, interleaved
+(mean over images of each image's median, 5 visits each):
+
+* the gated network on the fast back-end (its native program, ``fast_gated.cpp``), the
+  same network per block in PyTorch (``native_program = False``), the dense backbone as a
+  native program (every layer dense) and the dense backbone in eager PyTorch;
+* then a per-block profile (``Program.run(x, seconds)``, batch 1): each gated block's time
+  against the same block's ops in the dense program, next to the share of its MACs it
+  executed (predictors included). A time share above the MAC share is what the skipping
+  does not turn into time. See NOTES.md.
 """
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
+from collections import defaultdict
 
 import torch
-from torch.profiler import profile
 
 from dyve import data
 from dyve.dynamic import load
+from dyve.eval.latency import cycling, interleaved
 from dyve.models import model_info
+
+VISITS = 5
+
+
+def _profile(prog, xs: list[torch.Tensor]) -> tuple[dict[str, float], torch.Tensor]:  # type: ignore[no-untyped-def]
+    """Per op name, microseconds per image (the median over VISITS passes of the mean
+    over images: a pass hit by a preemption drops out), and each stats row's mean MACs."""
+    passes, stats = [], []
+    for _ in range(VISITS):
+        seconds = torch.zeros(len(prog.ops), dtype=torch.float64)
+        for x in xs:
+            _, st, _ = prog.run(x, seconds)
+            stats.append(st[:, 0, 0] + st[:, 0, 2])  # executed MACs + the predictors
+        passes.append(seconds)
+    seconds = torch.stack(passes).median(0).values
+    per: dict[str, float] = defaultdict(float)
+    for op, s in zip(prog.ops, seconds.tolist(), strict=True):
+        per[op["name"]] += 1e6 * s / len(xs)
+    return per, torch.stack(stats).mean(0)
 
 
 def main(run: str, n: int = 50) -> None:
     torch.set_num_threads(1)
     net = load(run).eval()
     net.backend = "fast"
+    mech = net.mechanisms[0]
     dense = net.detach()
     ds = data.load("cifar10-jpeg", "test-b").subset(slice(0, n))
     x, _ = next(data.batches(ds, n, model_info(dense).norm))
-    units = list(net.units.values())
+    xs = [x[i : i + 1] for i in range(n)]
+    prog = mech.fast_runner(net, xs[0])
+    dense_prog = mech.dense_runner(net, dense, xs[0])
+    if prog is None or dense_prog is None:
+        raise SystemExit(f"{run}: no native program ({mech.program_unsupported or 'knobs off'})")
 
-    def generic(xi: torch.Tensor) -> torch.Tensor:
-        """The network with its units' single-sample paths switched off."""
-        for u in units:
-            u._single = False
+    def per_block(xi: torch.Tensor) -> torch.Tensor:
+        mech.native_program = False
         try:
             return net(xi)
         finally:
-            for u in units:
-                u._single = True
+            mech.native_program = True
 
-    fns = {"lcnet_fast": net, "lcnet_generic_path": generic, "dense_eager": dense}
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    fns = {"native": net, "per_block": per_block, "dense_native": dense_prog, "dense_eager": dense}
     with torch.no_grad():
-        for i in range(n):  # warm up; passes every unit's checks of its single path
-            net(x[i : i + 1])
-        for _ in range(5):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                for i in range(n):
-                    fn(x[i : i + 1])
-                times[name].append(1e3 * (time.perf_counter() - t0) / n)
-        with profile() as prof:
-            for i in range(20):
-                net(x[i : i + 1])
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print({k: round(v, 3) for k, v in med.items()}, "ms per image, batch 1, 1 thread")
+        t = interleaved({k: cycling(f, xs) for k, f in fns.items()}, repeats=VISITS * n, cycle=n)
+    ms = {k: v.mean_ms for k, v in t.items()}
     print(
-        f"speedup {med['dense_eager'] / med['lcnet_fast']:.2f}x "
-        f"(generic path {med['dense_eager'] / med['lcnet_generic_path']:.2f}x)"
+        f"{run}: ms per image (mean of each image's median), batch 1, 1 thread, {n} images:",
+        {k: round(v, 3) for k, v in ms.items()},
     )
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
-    print({k: round(v, 1) for k, v in sliced_convs().items()}, "us per conv, batch 1, 1 thread")
-
-
-def sliced_convs(repeats: int = 300) -> dict[str, float]:
-    """Median-of-5 time (us) of a batch-1 conv, whole and with channels sliced away."""
-    import torch.nn.functional as F
-
-    x, w = torch.randn(1, 16, 32, 32), torch.randn(16, 16, 3, 3)
-    keep = torch.tensor([0, 3, 5, 7, 9])
-    w_out, w_in, x_in = w[keep].contiguous(), w[:, keep].contiguous(), x[:, keep].contiguous()
-    fns = {
-        "all_16": lambda: F.conv2d(x, w, None, 1, 1),
-        "out_5_of_16": lambda: F.conv2d(x, w_out, None, 1, 1),
-        "in_5_of_16": lambda: F.conv2d(x_in, w_in, None, 1, 1),
-    }
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    with torch.no_grad():
-        for _ in range(5):
-            for k, fn in fns.items():
-                t0 = time.perf_counter()
-                for _ in range(repeats):
-                    fn()
-                times[k].append(1e6 * (time.perf_counter() - t0) / repeats)
-    return {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"speedup vs dense eager: native {ms['dense_eager'] / ms['native']:.2f}x, per block "
+        f"{ms['dense_eager'] / ms['per_block']:.2f}x; dense native vs dense eager "
+        f"{ms['dense_eager'] / ms['dense_native']:.2f}x (the runtime's share); native vs "
+        f"dense native {ms['dense_native'] / ms['native']:.2f}x (the skipped work's share)"
+    )
+    gated, stats = _profile(prog, xs)
+    plain, _ = _profile(dense_prog, xs)
+    names = list(prog.site_names)
+    print(f"\n{'block':<12} {'dense us':>9} {'gated us':>9} {'time share':>10} {'MAC share':>9}")
+    tot_d = tot_g = 0.0
+    for unit in net.units:
+        d = sum(v for k, v in plain.items() if k.startswith(unit + ".") or k == unit)
+        g = gated[unit]
+        macs = float(stats[names.index(unit)]) / net.graph.block(unit).macs
+        tot_d, tot_g = tot_d + d, tot_g + g
+        print(f"{unit:<12} {d:>9.1f} {g:>9.1f} {g / d:>10.2f} {macs:>9.2f}")
+    rest_d = sum(plain.values()) - tot_d
+    rest_g = sum(gated.values()) - tot_g
+    print(f"{'blocks':<12} {tot_d:>9.1f} {tot_g:>9.1f} {tot_g / tot_d:>10.2f}")
+    print(f"{'the rest':<12} {rest_d:>9.1f} {rest_g:>9.1f}")
+    print("MAC share: the block's executed MACs (predictors and shortcut included) / its static")
 
 
 if __name__ == "__main__":

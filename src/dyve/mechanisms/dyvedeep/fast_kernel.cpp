@@ -434,37 +434,39 @@ struct Sample {
 
   inline float finish(float v) const { return s.relu && v < 0.f ? 0.f : v; }
 
-  // 8 output channels (from u; filters fl[u + t] in subset mode) x 32 positions from i.
-  template <bool SUBSET>
-  void tile(int u, int no, int i, vf (&acc)[8][2]) const {
+  // NO output channels (from u; filters fl[u + t] in subset mode) x 32 positions from i;
+  // NO is a template argument so that the accumulators stay in registers.
+  template <bool SUBSET, int NO>
+  void tile(int u, int i, vf (&acc)[8][2]) const {
     const float* xq = sc.xq.data();
     const int* toff = sc.toff.data();
     const int* wofs = sc.wofs.data();
-    int f[8];
-    for (int t = 0; t < 8; ++t) f[t] = SUBSET ? fl[u + std::min(t, no - 1)] : u + t;
-    for (int t = 0; t < 8; ++t) acc[t][0] = acc[t][1] = vf{};
-    if (no == 8) {
-      for (int k = 0; k < K; ++k) {
-        const float* r = xq + toff[k] + i;
-        const float* w = s.weight_t + wofs[k];
-        const vf a0 = load(r), a1 = load(r + V);
-        for (int t = 0; t < 8; ++t) {
-          const vf wv = splat(w[f[t]]);
-          acc[t][0] += wv * a0;
-          acc[t][1] += wv * a1;
-        }
-      }
-      return;
-    }
+    int f[NO];
+    for (int t = 0; t < NO; ++t) f[t] = SUBSET ? fl[u + t] : u + t;
+    for (int t = 0; t < NO; ++t) acc[t][0] = acc[t][1] = vf{};
     for (int k = 0; k < K; ++k) {
       const float* r = xq + toff[k] + i;
       const float* w = s.weight_t + wofs[k];
       const vf a0 = load(r), a1 = load(r + V);
-      for (int t = 0; t < no; ++t) {
+      for (int t = 0; t < NO; ++t) {
         const vf wv = splat(w[f[t]]);
         acc[t][0] += wv * a0;
         acc[t][1] += wv * a1;
       }
+    }
+  }
+
+  template <bool SUBSET>
+  void tile(int u, int no, int i, vf (&acc)[8][2]) const {
+    switch (no) {
+      case 8: return tile<SUBSET, 8>(u, i, acc);
+      case 7: return tile<SUBSET, 7>(u, i, acc);
+      case 6: return tile<SUBSET, 6>(u, i, acc);
+      case 5: return tile<SUBSET, 5>(u, i, acc);
+      case 4: return tile<SUBSET, 4>(u, i, acc);
+      case 3: return tile<SUBSET, 3>(u, i, acc);
+      case 2: return tile<SUBSET, 2>(u, i, acc);
+      default: return tile<SUBSET, 1>(u, i, acc);
     }
   }
 
@@ -480,7 +482,7 @@ struct Sample {
         else
           tile<false>(u, no, i, acc);
         alignas(64) float buf[8][2 * V];
-        for (int t = 0; t < 8; ++t) {
+        for (int t = 0; t < no; ++t) {
           store(buf[t], acc[t][0]);
           store(buf[t] + V, acc[t][1]);
         }
