@@ -163,6 +163,38 @@ def test_program_is_rebuilt_on_knob_and_weight_changes_and_off_is_the_backbone()
         assert torch.equal(net(x), net.detach().eval()(x))
 
 
+class _PreActivation(nn.Module):
+    """``conv2(relu(bn2(conv1(relu(bn1(x)))))) + x``: not the form the program lowers."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.bn1, self.relu1 = nn.BatchNorm2d(c), nn.ReLU()
+        self.conv1 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.bn2, self.relu2 = nn.BatchNorm2d(c), nn.ReLU()
+        self.conv2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.relu2(self.bn2(self.conv1(self.relu1(self.bn1(x)))))) + x
+
+
+def test_a_block_of_another_form_is_refused_not_lowered_wrongly() -> None:
+    """Discovery sees conv -> bn -> relu -> conv here too; the structure check refuses it."""
+    torch.manual_seed(0)
+    backbone = nn.Sequential(
+        nn.Conv2d(3, 8, 3, 1, 1), _PreActivation(8), _PreActivation(8), nn.Flatten(),
+        nn.Linear(8 * 8 * 8, 10),
+    )  # fmt: skip
+    for m in backbone.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+    net = _net(backbone, torch.zeros(1, 3, 8, 8))
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        y = net(x)
+    assert "not the backbone's" in (net.mechanisms[0].program_unsupported or "")
+    assert torch.equal(y, net.run(x).logits)
+
+
 def test_global_predictor_keeps_the_per_block_path_and_says_why() -> None:
     net = _net(_r20(), predictor="global")
     x = _inputs()

@@ -45,7 +45,26 @@ class GatedProgram(Program):
 
     def __init__(self, net: DynamicNet, example: torch.Tensor, mech: BlockGates) -> None:
         self.net, self.mech = net, mech
+        self._gates: list[native.DyveGate] = []
         super().__init__(net.backbone, example)
+        self._check_structure(example[:1].to(torch.float32).contiguous())
+
+    def _check_structure(self, one: torch.Tensor) -> None:
+        """A block whose forward is not the supported form (a pre-activation block, say)
+        would be lowered wrongly: with every gate open and every scale 1, the program must
+        be the dense backbone on a sample."""
+        saved = [(g.kind, g.layer, g.channel) for g in self._gates]
+        for g in self._gates:
+            g.kind, g.layer, g.channel = 0, 0, 0  # LC-Net's form with no predictor: all kept
+        try:
+            got = self.run(one)[0]
+        finally:
+            for g, (kind, layer, channel) in zip(self._gates, saved, strict=True):
+                g.kind, g.layer, g.channel = kind, layer, channel
+        with torch.no_grad():
+            ref = self.net.detach()(one)
+        if not torch.allclose(got, ref, rtol=0, atol=1e-4 * max(1.0, float(ref.abs().max()))):
+            raise Unsupported("the lowered blocks are not the backbone's (an unsupported form)")
 
     def _block(self, node: fx.Node, arg: fx.Node, src: fx.Node, unit: Unit) -> None:
         gates = list(unit.gates.values())
@@ -103,6 +122,7 @@ class GatedProgram(Program):
         else:
             self._aig(g, gate)
         self._native.append(g)
+        self._gates.append(g)
         self._watched += [m for m in (conv1, bn1, conv2, bn2) if m is not None]
         self._op(GATED, node, src, gate=g, params={"slot": len(self.site_names)})
         self.site_names.append(unit.name)
