@@ -213,6 +213,7 @@ def test_cli_benches_a_run_over_shipped_weights_and_a_selection(
     r = json.loads((run / "bench.json").read_text())
     assert r["mechanisms"][0]["name"] == "dyvedeep"
     assert r["b1"]["cost_reduction"] > 1.0
+    assert (r["b1"]["dense_native_ms"] is not None) == native.available()
     # a network selection, against its most accurate network (the run's reference)
     sel = tmp_path / "sel"
     shutil.copytree(runs_dir() / "select_caffe_r20_r56", sel)
@@ -238,6 +239,8 @@ def test_cli_benches_a_run_over_shipped_weights_and_a_selection(
         assert s[key]["images"] == n
         assert s[key]["dynamic_ms"] > 0
         assert s[key]["dense_eager_ms"] > 0
+        # its networks run as native programs: the reference is timed in that runtime too
+        assert (s[key]["dense_native_ms"] is not None) == native.available()
     assert s["b64"]["mean_macs"] == pytest.approx(executed)
     assert s["b64"]["cost_reduction"] == pytest.approx(125485696 / executed)
 

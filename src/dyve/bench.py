@@ -5,9 +5,9 @@
 ``torch.compile`` (inductor with ``freezing``: BN folded into the convs and weights
 pre-packed; at batch 1 TorchScript-frozen channels_last code ran faster still, see
 ``benchmarks/NOTES.md``), and the dynamic network on the ``fast`` back-end. When that
-network runs as one native program (DyVEDeep, LC-Net), the dense backbone lowered to the
-same runtime is timed too (``dense_native``): the speedup against it is the skipped work's
-share, the rest is the runtime's. Batch 1 runs
+network runs as one native program (DyVEDeep, LC-Net, ConvNet-AIG, a network selection's
+networks), the dense backbone lowered to the same runtime is timed too (``dense_native``):
+the speedup against it is the skipped work's share, the rest is the runtime's. Batch 1 runs
 on one thread, one image per call, cycling through the given images; the large batch runs
 on two threads. A time (``*_ms``) is the mean over the images of each image's median (a
 dynamic network's time depends on the image: the median call would be a typical image,
@@ -69,10 +69,9 @@ def _compiled(dense: nn.Module, warm: torch.Tensor) -> Callable[[torch.Tensor], 
 
 
 def _dense_native(net: nn.Module, dense: nn.Module, x: torch.Tensor) -> Any:
-    """The dense backbone in the dynamic network's own runtime (a native program), if any."""
-    if not isinstance(net, DynamicNet) or len(net.mechanisms) != 1:
-        return None
-    return net.mechanisms[0].dense_runner(net, dense, x)
+    """The dense network in the dynamic system's own runtime (a native program), if any."""
+    fn = getattr(net, "dense_runner", None)
+    return fn(dense, x) if fn is not None else None
 
 
 def _setting(

@@ -262,6 +262,16 @@ class DynamicNet(nn.Module):
             return None
         return self.mechanisms[0].fast_runner(self, args[0])
 
+    def dense_runner(
+        self, dense: nn.Module, x: torch.Tensor
+    ) -> Callable[[torch.Tensor], Any] | None:
+        """``dense`` (this network's backbone without gates) in the runtime ``net(x)`` uses
+        on inputs like ``x``, when that is a mechanism's native program; else None (see
+        :meth:`~dyve.mechanisms.base.Mechanism.dense_runner`)."""
+        if self._runner((x,), {}) is None:
+            return None
+        return self.mechanisms[0].dense_runner(self, dense, x)
+
     def _active_exits(self) -> list[ExitPoint]:
         return [p for p in self._points() if len(p.exits)]
 

@@ -12,6 +12,7 @@ from dyve.mechanisms.adaptive.heads import collect
 from dyve.mechanisms.adaptive.policy import Outputs, evaluate, fit_learned
 from dyve.mechanisms.adaptive.select import Selection, cascade_graph
 from dyve.mechanisms.adaptive.select_job import load_selection, save_policies
+from dyve.mechanisms.dyvedeep import native as native_kernels
 from dyve.models import create
 
 NETS = ("caffe_cifar10", "resnet20_cifar", "vgg16_bn_cifar_w025")
@@ -51,10 +52,20 @@ def test_selection_runs_exactly_as_the_cached_study_predicts(tmp_path: Path) -> 
     assert torch.allclose(one, res.logits[:8], atol=1e-4)
     # forward routes the same way without the trace (what latency is measured on); at
     # batch 1 it decides on Python floats (decide_one): the same network for every image
+    native = system(x)
+    system.native = False  # the PyTorch modules: bit for bit
     assert torch.equal(system(x), res.logits)
     assert torch.equal(torch.cat([system(x[i : i + 1]) for i in range(8)]), one)
     for i in range(8, len(x)):
         assert torch.equal(system(x[i : i + 1]), system.run(x[i : i + 1]).logits), i
+    # natively (the default): each network one program; same routes, logits to 1e-5
+    system.native = True
+    assert torch.allclose(native, res.logits, rtol=0, atol=1e-4)
+    ones = torch.cat([system(x[i : i + 1]) for i in range(len(x))])
+    assert torch.allclose(ones, res.logits, rtol=0, atol=1e-4)
+    if native_kernels.available():
+        assert all(p is not None for p in system._programs.values())
+        assert set(system._programs) == set(NETS)
     # a saved run rebuilds the same system
     save_policies(tmp_path, NETS, [policy], 0, 17)
     again = load_selection(tmp_path)

@@ -8,11 +8,19 @@ network the policy sees only that network's softmax and sends each sample on; sa
 go on to the same network are gathered and run together (batch compaction), so a batch
 never computes a network for a sample that does not need it. The trace charges each sample
 the MACs of every network it ran, plus the policy's own MACs (``executed`` cost).
+
+``native=True`` (default): ``forward`` runs each network as a native program (every layer
+a dense kernel site, batch norms folded; :mod:`dyve.mechanisms.dyvedeep.program`) where
+it can be lowered and the kernels are built, else as the PyTorch module; outputs agree to
+about 1e-5. ``run`` keeps the PyTorch modules (the measured accuracy), and
+:meth:`Selection.dense_runner` gives a network in the same runtime, so a bench can state
+the runtime's share of a speedup.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,6 +53,7 @@ class Selection(nn.Module):
         policy: Policy,
         *,
         policy_macs: float = 0.0,
+        native: bool = True,
     ) -> None:
         super().__init__()
         missing = [n for n in graph.names if n not in networks]
@@ -54,6 +63,38 @@ class Selection(nn.Module):
         self.graph = graph
         self.policy = policy
         self.policy_macs = policy_macs  # per decision evaluated
+        #: run the networks as native programs in ``forward`` (see module docstring)
+        self.native = native
+        self._programs: dict[str, Any] = {}  # name -> program, or None: not lowerable
+
+    def _network(self, name: str, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Network ``name`` for ``forward`` on ``x``: its native program when possible."""
+        net = self.networks[name]
+        if not self.native or x.dtype != torch.float32 or x.device.type != "cpu":
+            return net
+        if name in self._programs and self._programs[name] is None:
+            return net
+        prog = self._programs.get(name)
+        if prog is None or not prog.valid(x):
+            prog = self._programs[name] = self.dense_runner(net, x)
+        return net if prog is None else prog
+
+    def dense_runner(self, dense: nn.Module, x: torch.Tensor) -> Any:
+        """``dense`` as a native program for inputs like ``x`` (None: not lowerable, or the
+        kernels are unavailable, or ``native`` is off)."""
+        from dyve.mechanisms.dyvedeep.lower import Unsupported
+        from dyve.mechanisms.dyvedeep.program import Program
+
+        if not self.native:
+            return None
+        try:
+            return Program(dense, x)
+        except Unsupported:
+            return None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles drop the programs (native structures holding raw addresses)."""
+        return {**self.__dict__, "_programs": {}}
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,7 +116,7 @@ class Selection(nn.Module):
         tensor ops between networks, which cost most right after a network has run)."""
         name = self.graph.names[0]
         while True:
-            logits: torch.Tensor = self.networks[name](x)
+            logits: torch.Tensor = self._network(name, x)(x)
             children = self.graph.node(name).children
             if not children:
                 return logits
@@ -96,7 +137,9 @@ class Selection(nn.Module):
                 continue
             node = self.graph.node(name)
             whole = rows.numel() == n
-            logits: torch.Tensor = self.networks[name](x if whole else x[rows])
+            xs = x if whole else x[rows]
+            net = self.networks[name] if trace is not None else self._network(name, xs)
+            logits: torch.Tensor = net(xs)
             if trace is not None:
                 trace.charge(name, rows, RAN, node.cost)
             if not node.children and whole:
