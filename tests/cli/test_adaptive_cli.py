@@ -8,12 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 import dyve.dynamic
 from dyve._io import read_json
 from dyve.cli.main import main
 from dyve.eval.latency import num_threads
+from dyve.mechanisms.dyvedeep import native
 
 REQUIRED = ("top1", "baseline_top1", "macs_per_sample", "cost_reduction", "split", "speedup_b1")
 
@@ -69,6 +71,13 @@ def test_exits_and_select_write_runs_and_a_page(
     assert abs(s["macs_per_sample"] - s["cache_prediction"]["macs_mean"]) < 1e-6
     sc = read_json(tmp_path / "s" / "curves.json")
     _check_latency(sc, s, ["caffe_cifar10", "resnet20_cifar"], "resnet20_cifar")
+    if native.available():  # its networks ran natively: the reference timed in both runtimes
+        alone = sc["latency"]["alone_ms"]
+        assert s["baseline_latency_ms_b1"] == alone["resnet20_cifar (PyTorch)"]
+        assert s["baseline_native_latency_ms_b1"] == alone["resnet20_cifar"]
+        assert s["speedup_vs_native_b1"] == pytest.approx(
+            s["baseline_native_latency_ms_b1"] / s["latency_ms_b1"]
+        )
     for run in ("e", "s"):
         rc, _ = _cli("bench", str(tmp_path / run), "--no-compile", "--repeats", "2")
         assert rc == 0
@@ -80,6 +89,7 @@ def test_exits_and_select_write_runs_and_a_page(
     assert rc == 0
     assert "Early exit on resnet20_cifar" in text
     assert "Network selection" in text
+    assert ("the selection's own share" in text) == native.available()
     assert (tmp_path / "adaptive" / "e.png").is_file()
     assert text.count("Stage latencies") == 2
     assert "est. speedup" in text
@@ -108,7 +118,9 @@ def _check_latency(
     lat = curves["latency"]
     assert list(lat["stage_ms"]) == nodes
     assert lat["images"] == metrics["latency_images"] == 5
-    assert lat["alone_ms"][reference] == metrics["baseline_latency_ms_b1"]
+    # the reference alone in the system's runtime (native for a selection's networks)
+    base = metrics.get("baseline_native_latency_ms_b1", metrics["baseline_latency_ms_b1"])
+    assert lat["alone_ms"][reference] == base
     root = nodes[0]
     assert lat["stage_ms"][root] == lat["path_ms"][root] > 0
     pts = [*curves["learned"], *curves["baselines"]["max_prob"], curves["oracle"]]

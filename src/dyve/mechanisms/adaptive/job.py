@@ -103,14 +103,19 @@ def mean_latency(
 
 
 def latency_metrics(lat: dict[str, float], images: int) -> dict[str, Any]:
-    """The timing fields of ``metrics.json`` from :func:`mean_latency`'s result."""
-    return {
+    """The timing fields of ``metrics.json`` from :func:`mean_latency`'s result
+    (``baseline``: the reference in PyTorch; ``baseline_native``: in the native runtime)."""
+    out = {
         "latency_ms_b1": lat["dynamic"],
         "baseline_latency_ms_b1": lat["baseline"],
         "speedup_b1": lat["baseline"] / lat["dynamic"],
         "latency_images": images,
         "machine": machine(),
     }
+    if "baseline_native" in lat:  # the reference also timed in the system's native runtime
+        out["baseline_native_latency_ms_b1"] = lat["baseline_native"]
+        out["speedup_vs_native_b1"] = lat["baseline_native"] / lat["dynamic"]
+    return out
 
 
 def write_study(out: Path, study: Study, title: str) -> None:

@@ -97,10 +97,19 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
         return Selection(nets, graph, ForcedPolicy(policy, graph, path), policy_macs=feat_dim)
 
     imgs = latency_images(ds, cfg, norm)
-    ms, table = stage_latency(graph, forced, dict(nets), system, imgs)
+    # the networks alone in the runtime the system runs them in (native programs where
+    # they lower), and the reference in PyTorch too: the baseline
+    native = {m: system.dense_runner(n, imgs[0]) for m, n in nets.items()}
+    alone: dict[str, Any] = {m: n if native[m] is None else native[m] for m, n in nets.items()}
+    eager = f"{reference} (PyTorch)"
+    if native[reference] is not None:
+        alone[eager] = nets[reference]
+    ms, table = stage_latency(graph, forced, alone, system, imgs)
     annotate(study, table)
     write_study(out, study, title)
-    lat = {"dynamic": ms, "baseline": table["alone_ms"][reference]}
+    lat = {"dynamic": ms, "baseline": table["alone_ms"].get(eager, table["alone_ms"][reference])}
+    if native[reference] is not None:
+        lat["baseline_native"] = table["alone_ms"][reference]
     metrics = base_metrics(study, cfg, fit, held, len(ds), ran)
     metrics.update(
         method="network_selection",
