@@ -82,15 +82,9 @@ class Selection(nn.Module):
     def dense_runner(self, dense: nn.Module, x: torch.Tensor) -> Any:
         """``dense`` as a native program for inputs like ``x`` (None: not lowerable, or the
         kernels are unavailable, or ``native`` is off)."""
-        from dyve.mechanisms.dyvedeep.lower import Unsupported
-        from dyve.mechanisms.dyvedeep.program import Program
+        from dyve.mechanisms.dyvedeep.program import dense_program
 
-        if not self.native:
-            return None
-        try:
-            return Program(dense, x)
-        except Unsupported:
-            return None
+        return dense_program(dense, x) if self.native else None
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles drop the programs (native structures holding raw addresses)."""

@@ -23,7 +23,7 @@ from torch import fx, nn
 from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.dyvedeep.lower import KINDS, Lowering, SiteOptions, Unsupported
 
-__all__ = ["Program", "SiteOptions", "Unsupported"]
+__all__ = ["Program", "SiteOptions", "Unsupported", "dense_program"]
 
 _version = operator.attrgetter("_version")
 _WINDOW = ("kh", "kw", "sh", "sw", "ph", "pw", "count_include_pad", "slot")
@@ -188,3 +188,12 @@ class Program(Lowering):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)[0]
+
+
+def dense_program(model: nn.Module, example: torch.Tensor) -> Program | None:
+    """``model`` as a program with every layer dense (a reference in the native runtime),
+    or None when it cannot be lowered or the kernels are unavailable."""
+    try:
+        return Program(model, example)
+    except Unsupported:
+        return None

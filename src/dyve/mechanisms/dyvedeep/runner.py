@@ -60,15 +60,9 @@ class NativeRunner(Mechanism):
 
     def dense_runner(self, net: DynamicNet, dense: nn.Module, x: torch.Tensor) -> Program | None:
         """``dense`` as a program with every layer's knobs off, when ``net`` runs as one."""
-        from dyve.mechanisms.dyvedeep.lower import Unsupported
-        from dyve.mechanisms.dyvedeep.program import Program
+        from dyve.mechanisms.dyvedeep.program import dense_program
 
-        if self.fast_runner(net, x) is None:
-            return None
-        try:
-            return Program(dense, x)
-        except Unsupported:
-            return None
+        return None if self.fast_runner(net, x) is None else dense_program(dense, x)
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles drop the program (native structures holding raw addresses)."""
