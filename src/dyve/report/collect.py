@@ -41,6 +41,8 @@ class Measured:
     reference_macs: float
     latency: Timing | None = None
     reference_latency: Timing | None = None
+    #: the reference as a native program, when the subject runs in that runtime
+    native_reference_latency: Timing | None = None
 
     @property
     def relative_cost(self) -> np.ndarray:
@@ -56,6 +58,14 @@ class Measured:
         if self.latency is None or self.reference_latency is None:
             return None
         return self.reference_latency.mean_ms / self.latency.mean_ms
+
+    @property
+    def speedup_vs_native(self) -> float | None:
+        """Against the reference in the subject's own native runtime: the skipped work's
+        share of :attr:`speedup` (None when the subject does not run natively)."""
+        if self.latency is None or self.native_reference_latency is None:
+            return None
+        return self.native_reference_latency.mean_ms / self.latency.mean_ms
 
 
 @dataclass
@@ -138,6 +148,10 @@ def _time(results: list[Measured], data: ImageSet, n_images: int, repeats: int) 
     refs: dict[str, str] = {
         r.subject.reference_name: f"s{i}" for i, r in enumerate(results) if r.subject.is_dense
     }
+    # subjects that run as native programs are also timed against their reference lowered
+    # to that runtime (once per reference architecture)
+    native: dict[str, str] = {}  # reference name -> timing key
+    runs_native: dict[int, str] = {}  # subject -> timing key
     for i, r in enumerate(results):
         s = r.subject
         s.model.eval()
@@ -145,11 +159,20 @@ def _time(results: list[Measured], data: ImageSet, n_images: int, repeats: int) 
             refs[s.reference_name] = f"ref{i}"
             fns[f"ref{i}"] = cycling(s.reference.eval(), images)
         fns[f"s{i}"] = cycling(s.reference if s.is_dense else s.model, images)
+        runner = getattr(s.model, "dense_runner", None)
+        prog = None if s.is_dense or runner is None else runner(s.reference.eval(), images[0])
+        if prog is not None:
+            if s.reference_name not in native:
+                native[s.reference_name] = f"native{i}"
+                fns[f"native{i}"] = cycling(prog, images)
+            runs_native[i] = native[s.reference_name]
     with num_threads(1):
         t = interleaved(fns, repeats=repeats, cycle=len(images))
     for i, r in enumerate(results):
         r.latency = t[f"s{i}"]
         r.reference_latency = t[refs[r.subject.reference_name]]
+        if i in runs_native:
+            r.native_reference_latency = t[runs_native[i]]
 
 
 @torch.no_grad()

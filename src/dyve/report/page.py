@@ -188,6 +188,7 @@ def summary(col: Collection) -> dict[str, Any]:
                 if r.reference_latency is None
                 else r.reference_latency.mean_ms,
                 "speedup_b1": r.speedup,
+                "speedup_b1_vs_native": r.speedup_vs_native,
                 "bench": r.subject.bench,
             }
             for r in col.results
