@@ -127,6 +127,11 @@ def _bench(run: Path, lam: float | None) -> list[str]:
             f"batch {s['batch']} ({s['threads']} thread{'s' if s['threads'] > 1 else ''}): "
             f"**{s['speedup_vs_eager']:.2f}x** vs dense eager"
             + (f", {comp:.2f}x vs dense compiled" if comp is not None else "")
+            + (
+                f", {s['speedup_vs_dense_native']:.2f}x vs dense native"
+                if s.get("speedup_vs_dense_native") is not None
+                else ""
+            )
             + f" ({s['cost_reduction']:.2f}x fewer MACs executed)"
         )
 
@@ -156,7 +161,11 @@ def write_results(runs: list[Path], out: Path) -> Path:
         "same run a stage latency table is measured (each node's network or segment, head",
         "and policy decision), from which every curve point gets an *estimated* batch-1",
         "latency and speedup (the paper's cost is measured time); the executed point shows",
-        "how far the estimate is from a real run.",
+        "how far the estimate is from a real run. A selection runs its networks as native",
+        "programs (dyve's runtime, every layer dense); its stage table and estimates are",
+        "in that runtime, and its measured speedup is stated against the reference both in",
+        "PyTorch (the issue's baseline) and in the same runtime (dense native: the",
+        "selection's own share).",
         "",
         "Splits: the shipped ResNet weights saw CIFAR-10's val images in training, so the",
         "policies are fitted on `test-a` (test images 0-4,999) and reported on `test-b`",
