@@ -199,7 +199,7 @@ def write_results(runs: list[Path], out: Path) -> Path:
             f"{m['machine']['torch']}).{_native_share(m)}",
             "",
             f"- Target (>= {TARGET}x measured batch-1 speedup at <= 1 pp loss): "
-            + ("**met**." if met else "**missed**."),
+            + _verdict(met, loss, m),
             f"- Learned policy at or above the threshold baselines (best threshold point of no "
             f"higher cost): {above} of {total} lambda values.",
             f"- Oracle (cheapest correct exit): {c['oracle']['top1']:.2f} % at "
@@ -224,4 +224,17 @@ def _native_share(m: dict[str, Any]) -> str:
         f"({m['baseline_native_latency_ms_b1']:.2f} ms) the speedup is "
         f"{m['speedup_vs_native_b1']:.2f}x, the selection's own share; the rest is the "
         "runtime's. The stage table and the estimated curve latencies are all native."
+    )
+
+
+def _verdict(met: bool, loss: float, m: dict[str, Any]) -> str:
+    """Met or missed; a speedup that meets the target only through the runtime says so."""
+    if not met:
+        return "**missed**."
+    own = m.get("speedup_vs_native_b1")
+    if own is None or own >= TARGET:
+        return "**met**."
+    return (
+        f"**met against the reference in PyTorch, only through the runtime**: against the "
+        f"reference in the same native runtime the speedup is {own:.2f}x (missed there)."
     )
