@@ -199,7 +199,7 @@ def write_results(runs: list[Path], out: Path) -> Path:
             f"{m['machine']['torch']}).{_native_share(m)}",
             "",
             f"- Target (>= {TARGET}x measured batch-1 speedup at <= 1 pp loss): "
-            + _verdict(met, loss, m),
+            + _verdict(met, m),
             f"- Learned policy at or above the threshold baselines (best threshold point of no "
             f"higher cost): {above} of {total} lambda values.",
             f"- Oracle (cheapest correct exit): {c['oracle']['top1']:.2f} % at "
@@ -227,7 +227,7 @@ def _native_share(m: dict[str, Any]) -> str:
     )
 
 
-def _verdict(met: bool, loss: float, m: dict[str, Any]) -> str:
+def _verdict(met: bool, m: dict[str, Any]) -> str:
     """Met or missed; a speedup that meets the target only through the runtime says so."""
     if not met:
         return "**missed**."
