@@ -19,6 +19,8 @@ train lcnet_l16_c008 --lam-l 0.16 --lam-c 0.008
 train lcnet_l04_c002 --lam-l 0.04 --lam-c 0.002
 train lcnet_l01_c0005 --lam-l 0.01 --lam-c 0.0005
 train aig_t05 --method aig --target 0.5
+# the middle lambdas trained 20 epochs instead of 3 (about 100 minutes when alone)
+train lcnet_l04_c002_e20 --lam-l 0.04 --lam-c 0.002 --epochs 20
 # side by side, one thread each: the ablations, and a control without the sparsity loss
 # (what the few epochs of fine-tuning alone do to accuracy)
 COMMON=(--model resnet56_cifar --epochs 3 --weighting macs --threads 1)
