@@ -13,6 +13,7 @@ from dyve.mechanisms.adaptive.latency import ForcedPolicy, annotate, point_laten
 from dyve.mechanisms.adaptive.policy import Outputs, ThresholdPolicy, evaluate
 from dyve.mechanisms.adaptive.select import Selection, cascade_graph
 from dyve.mechanisms.adaptive.study import run_study
+from dyve.mechanisms.dyvedeep import native
 
 NAMES = ("a", "b", "c")
 
@@ -110,3 +111,15 @@ def test_stage_table_is_path_differences_and_points_weigh_it(
     assert study.single["b"]["latency_ms"] == 1.5
     assert study.single["c"]["speedup_est"] == 1.0
     assert study.as_dict()["latency"] is table
+
+
+def test_forward_keeps_a_network_that_cannot_be_lowered() -> None:
+    """A network the native runtime cannot lower (here: no conv, logits from constants)
+    runs as its module, and the decision is remembered."""
+    system = _selection(Counting())
+    x = torch.zeros(2, 3, 8, 8)
+    out = system(x)
+    assert torch.equal(out, system.run(x).logits)
+    if native.available():
+        assert system._programs
+        assert all(p is None for p in system._programs.values())
