@@ -191,8 +191,25 @@ def test_a_block_of_another_form_is_refused_not_lowered_wrongly() -> None:
     x = torch.randn(4, 3, 8, 8)
     with torch.no_grad():
         y = net(x)
-    assert "not the backbone's" in (net.mechanisms[0].program_unsupported or "")
+    assert (net.mechanisms[0].program_unsupported or "").startswith("the lowered blocks")
     assert torch.equal(y, net.run(x).logits)
+
+
+def test_a_block_the_gates_always_skip_may_be_degenerate() -> None:
+    """Trained gates that never run a block leave its batch norm's statistics degenerate:
+    the dense backbone overflows there, the gated network does not. Still lowered."""
+    net = _net(_r20())
+    gate = net.units["layer1.1"].gates["lcnet"]
+    with torch.no_grad():
+        gate.l.weight.zero_()
+        gate.l.bias.fill_(-1.0)  # s_L = 0: always skipped
+        net.units["layer1.1"].module.conv2.module.weight.fill_(float("inf"))  # under its tap
+    x = _inputs()
+    with torch.no_grad():
+        assert not bool(torch.isfinite(net.detach()(x)).all())
+        y = net(x)
+    assert net.mechanisms[0].program_unsupported is None
+    assert _close(y, net.run(x).logits)
 
 
 def test_global_predictor_keeps_the_per_block_path_and_says_why() -> None:
