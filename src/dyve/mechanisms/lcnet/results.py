@@ -154,7 +154,8 @@ def write_results(runs: list[Path], out: Path) -> Path:
         mach = benches[0]["machine"]
         lines += [
             "",
-            f"Timings (`dyve bench`, interleaved, median): batch 1 on 1 thread over "
+            f"Timings (`dyve bench`, interleaved; per run the mean over the images of each "
+            f"image's median): batch 1 on 1 thread over "
             f"{benches[0]['b1']['images']} test images, batch 64 on 2 threads; dense eager is the "
             f"shipped network without gates; dense native is the same network lowered to the "
             "native runtime the gated network runs in (every layer dense; the speedup against "
@@ -188,10 +189,17 @@ def _targets(rows: list[dict[str, Any]]) -> list[str]:
     if timed:
         effs = [r["bench"]["b1"]["speedup_vs_eager"] / r["m"]["cost_reduction"] for r in timed]
         verdict = "met" if min(effs) >= TARGET_EFFICIENCY else "missed"
+        short = [
+            f"`{r['run']}` ({e:.2f})"
+            for r, e in zip(timed, effs, strict=True)
+            if e < TARGET_EFFICIENCY
+        ]
         out.append(
-            f"- Measured batch-1 speedup >= {TARGET_EFFICIENCY} x the MAC reduction: LC-Net runs "
-            f"reach {min(effs):.2f}-{max(effs):.2f}: **{verdict}**"
-            + ("." if verdict == "met" else " (see *Where the time goes*).")
+            f"- Measured batch-1 speedup (against dense eager) >= {TARGET_EFFICIENCY} x the MAC "
+            f"reduction: LC-Net runs reach {min(effs):.2f}-{max(effs):.2f}: **{verdict}**"
+            + ("." if verdict == "met" else f", below it: {', '.join(short)}.")
+            + " Against the dense network in the same native runtime (the skipped work "
+            "alone) see *Where the time goes*."
         )
     aig = [r for r in rows if r["kind"] == "ConvNet-AIG"]
     for a in aig:
