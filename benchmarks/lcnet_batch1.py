@@ -28,21 +28,28 @@ from dyve.models import model_info
 VISITS = 5
 
 
-def _profile(prog, xs: list[torch.Tensor]) -> tuple[dict[str, float], torch.Tensor]:  # type: ignore[no-untyped-def]
-    """Per op name, microseconds per image (the median over VISITS passes of the mean
-    over images: a pass hit by a preemption drops out), and each stats row's mean MACs."""
-    passes, stats = [], []
+def _profile(progs: list, xs: list[torch.Tensor]) -> list[tuple[dict[str, float], torch.Tensor]]:  # type: ignore[type-arg]
+    """Per program: microseconds per image of each op name (the median over VISITS passes
+    of the mean over images; the programs alternate image by image, so drift hits them
+    alike) and each stats row's mean MACs."""
+    passes: list[list[torch.Tensor]] = [[] for _ in progs]
+    stats: list[list[torch.Tensor]] = [[] for _ in progs]
     for _ in range(VISITS):
-        seconds = torch.zeros(len(prog.ops), dtype=torch.float64)
+        seconds = [torch.zeros(len(p.ops), dtype=torch.float64) for p in progs]
         for x in xs:
-            _, st, _ = prog.run(x, seconds)
-            stats.append(st[:, 0, 0] + st[:, 0, 2])  # executed MACs + the predictors
-        passes.append(seconds)
-    seconds = torch.stack(passes).median(0).values
-    per: dict[str, float] = defaultdict(float)
-    for op, s in zip(prog.ops, seconds.tolist(), strict=True):
-        per[op["name"]] += 1e6 * s / len(xs)
-    return per, torch.stack(stats).mean(0)
+            for k, p in enumerate(progs):
+                _, st, _ = p.run(x, seconds[k])
+                stats[k].append(st[:, 0, 0] + st[:, 0, 2])  # executed MACs + the predictors
+        for k in range(len(progs)):
+            passes[k].append(seconds[k])
+    out = []
+    for k, p in enumerate(progs):
+        med = torch.stack(passes[k]).median(0).values
+        per: dict[str, float] = defaultdict(float)
+        for op, s in zip(p.ops, med.tolist(), strict=True):
+            per[op["name"]] += 1e6 * s / len(xs)
+        out.append((per, torch.stack(stats[k]).mean(0)))
+    return out
 
 
 def main(run: str, n: int = 50) -> None:
@@ -80,8 +87,7 @@ def main(run: str, n: int = 50) -> None:
         f"{ms['dense_eager'] / ms['dense_native']:.2f}x (the runtime's share); native vs "
         f"dense native {ms['dense_native'] / ms['native']:.2f}x (the skipped work's share)"
     )
-    gated, stats = _profile(prog, xs)
-    plain, _ = _profile(dense_prog, xs)
+    (gated, stats), (plain, _) = _profile([prog, dense_prog], xs)
     names = list(prog.site_names)
     print(f"\n{'block':<12} {'dense us':>9} {'gated us':>9} {'time share':>10} {'MAC share':>9}")
     tot_d = tot_g = 0.0
