@@ -268,7 +268,7 @@ class DynamicNet(nn.Module):
         """``dense`` (this network's backbone without gates) in the runtime ``net(x)`` uses
         on inputs like ``x``, when that is a mechanism's native program; else None (see
         :meth:`~dyve.mechanisms.base.Mechanism.dense_runner`)."""
-        if self._runner((x,), {}) is None:
+        if self._active_exits() or self._runner((x,), {}) is None:
             return None
         return self.mechanisms[0].dense_runner(self, dense, x)
 

@@ -1,6 +1,6 @@
 """The fast runner of mechanisms whose networks lower to one native program (:mod:`.program`).
 
-DyVEDeep and LC-Net both implement :meth:`~dyve.mechanisms.base.Mechanism.fast_runner`
+DyVEDeep, LC-Net and ConvNet-AIG implement :meth:`~dyve.mechanisms.base.Mechanism.fast_runner`
 through :class:`NativeRunner`: the program is built on first use, kept while it is valid
 (same knobs, weights and input shape) and rebuilt otherwise. A network that cannot be
 lowered keeps the per-module path for good, and ``program_unsupported`` says why;
