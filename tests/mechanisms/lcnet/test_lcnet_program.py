@@ -195,6 +195,20 @@ def test_a_block_of_another_form_is_refused_not_lowered_wrongly() -> None:
     assert torch.equal(y, net.run(x).logits)
 
 
+def test_a_block_that_keeps_no_channel_is_its_shortcut_plus_the_last_bias() -> None:
+    """C-Net drops every channel of a running block: conv2 of nothing is its bias."""
+    net = _net(_r20())
+    for name in ("layer1.1", "layer2.0", "layer3.2"):  # identity and option-A shortcuts
+        gate = net.units[name].gates["lcnet"]
+        with torch.no_grad():
+            gate.l.weight.zero_()
+            gate.l.bias.fill_(0.7)  # runs, scaled
+            gate.c.weight.zero_()
+            gate.c.bias.fill_(-1.0)  # s_C = 0 everywhere
+    _, dropped = _check_against_per_block(net, _inputs())
+    assert dropped >= 3 * len(_inputs())
+
+
 def test_a_block_the_gates_always_skip_may_be_degenerate() -> None:
     """Trained gates that never run a block leave its batch norm's statistics degenerate:
     the dense backbone overflows there, the gated network does not. Still lowered."""

@@ -126,6 +126,17 @@ void gated_run(const DyveGate& g, int h, int w, int oc, int oh, int ow, const fl
   const int k = (int)kept.size();
   st[ST_APPROXIMATED] = g.cmid - k;
   *changed = k < g.cmid;
+  if (k == 0) {  // no channel kept: conv2 of nothing is its (folded) bias
+    const DyveSite& c2 = *g.conv2;
+    for (int o = 0; o < c2.cout; ++o) {
+      const float v = c2.bias[o] * s_l;
+      for (int q = 0; q < P; ++q) {
+        const float y = v + sx[(size_t)o * P + q];
+        out[(size_t)o * P + q] = g.post_relu && y < 0.f ? 0.f : y;
+      }
+    }
+    return;
+  }
   const int P1 = g.conv1->ho * g.conv1->wo;
   sc.gate_h.resize((size_t)std::max(k, 1) * P1);
   Sample a(*g.conv1, sc, x, sc.gate_h.data(), dummy, &flag);
