@@ -72,10 +72,8 @@ class Selection(nn.Module):
         net = self.networks[name]
         if not self.native or x.dtype != torch.float32 or x.device.type != "cpu":
             return net
-        if name in self._programs and self._programs[name] is None:
-            return net
-        prog = self._programs.get(name)
-        if prog is None or not prog.valid(x):
+        prog = self._programs.get(name, False)  # False: not tried; None: not lowerable
+        if prog is False or (prog is not None and not prog.valid(x)):
             prog = self._programs[name] = self.dense_runner(net, x)
         return net if prog is None else prog
 

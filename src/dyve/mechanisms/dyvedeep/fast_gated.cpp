@@ -39,6 +39,27 @@ struct DyveGate {
 
 namespace {
 
+// Per channel of a [c, hw] map, its mean (global average pooling; also DYVE_OP_MEAN).
+void channel_means(const float* a, int c, int hw, float* o) {
+  for (int j = 0; j < c; ++j) {
+    float acc = 0.f;
+    for (int q = 0; q < hw; ++q) acc += a[(size_t)j * hw + q];
+    o[j] = acc / hw;
+  }
+}
+
+// The option-A shortcut: a[:, ::sh, ::sw] with `pad` zero channels each side (also
+// DYVE_OP_SHORTCUT); a is [c, h, w], o is [c + 2 pad, oh, ow].
+void option_a(const float* a, int c, int h, int w, int sh, int sw, int pad, float* o, int oh,
+              int ow) {
+  const size_t plane = (size_t)oh * ow;
+  std::memset(o, 0, sizeof(float) * (c + 2 * pad) * plane);
+  for (int j = 0; j < c; ++j)
+    for (int y = 0; y < oh; ++y)
+      for (int x = 0; x < ow; ++x)
+        o[(j + pad) * plane + (size_t)y * ow + x] = a[((size_t)j * h + y * sh) * w + x * sw];
+}
+
 // Statistics of a gated block (its row in the program's stats): ST_MACS the MACs its convs
 // executed, ST_OVERHEAD the predictors' MACs, ST_STOPPED 1 when the block was skipped,
 // ST_APPROXIMATED the gated channels not computed; `changed` when any was skipped.
@@ -49,24 +70,15 @@ void gated_run(const DyveGate& g, int h, int w, int oc, int oh, int ow, const fl
   const size_t size = (size_t)oc * P;
   std::vector<float>& p = sc.gate_p;
   p.resize(g.cin);
-  for (int c = 0; c < g.cin; ++c) {
-    float acc = 0.f;
-    for (int j = 0; j < hw; ++j) acc += x[(size_t)c * hw + j];
-    p[c] = acc / hw;
-  }
+  channel_means(x, g.cin, hw, p.data());
   double dummy[DYVE_NSTAT];
   uint8_t flag = 0;
   // the shortcut's value: x itself, or in gate_t (option A, the projection)
   const float* sx = x;
   if (g.shortcut != 0) sc.gate_t.resize(size);
   if (g.shortcut == 1) {
-    float* t = sc.gate_t.data();
-    std::memset(t, 0, sizeof(float) * size);
-    for (int c = 0; c < g.cin; ++c)
-      for (int y = 0; y < oh; ++y)
-        for (int xx = 0; xx < ow; ++xx)
-          t[(c + g.pad) * (size_t)P + (size_t)y * ow + xx] = x[((size_t)c * h + y * 2) * w + xx * 2];
-    sx = t;
+    option_a(x, g.cin, h, w, 2, 2, g.pad, sc.gate_t.data(), oh, ow);
+    sx = sc.gate_t.data();
   } else if (g.shortcut == 2) {
     std::memset(dummy, 0, sizeof(dummy));
     Sample(*g.proj, sc, x, sc.gate_t.data(), dummy, &flag).run();
@@ -138,7 +150,7 @@ void gated_run(const DyveGate& g, int h, int w, int oc, int oh, int ow, const fl
     return;
   }
   const int P1 = g.conv1->ho * g.conv1->wo;
-  sc.gate_h.resize((size_t)std::max(k, 1) * P1);
+  sc.gate_h.resize((size_t)k * P1);
   Sample a(*g.conv1, sc, x, sc.gate_h.data(), dummy, &flag);
   a.fl = kept.data(), a.nf = k, a.osc = s.data();
   std::memset(dummy, 0, sizeof(dummy));

@@ -5,8 +5,9 @@
 // lowers the network to a list of ops on per-sample buffers: the sites (the kernels of
 // fast_kernel.cpp, knobs on or off, batch norm and ReLU fused), and the few operations
 // between them (residual add, ReLU, pooling, the option-A shortcut, channel concatenation),
-// and LC-Net's gated blocks (fast_gated.cpp); flatten and fused tails are aliases. One call runs the list for every sample, samples split over threads,
-// each sample's buffers in a per-thread arena that stays in cache.
+// and LC-Net's and ConvNet-AIG's gated blocks (fast_gated.cpp); flatten and fused tails are
+// aliases. One call runs the list for every sample, samples split over threads, each
+// sample's buffers in a per-thread arena that stays in cache.
 
 extern "C" {
 
@@ -118,31 +119,18 @@ void op_run(const DyveProgram* p, const DyveOp& op, float* const* bp, Scratch& s
     case DYVE_OP_AVGPOOL:
       op_pool<false>(op, a, o);
       break;
-    case DYVE_OP_MEAN: {
-      const int hw = op.h * op.w;
-      for (int c = 0; c < op.c; ++c) {
-        float acc = 0.f;
-        for (int j = 0; j < hw; ++j) acc += a[(size_t)c * hw + j];
-        o[c] = acc / hw;
-      }
+    case DYVE_OP_MEAN:
+      channel_means(a, op.c, op.h * op.w, o);
       break;
-    }
     case DYVE_OP_CONCAT: {
       const size_t plane = (size_t)op.h * op.w;
       std::memcpy(o, a, sizeof(float) * op.c * plane);
       std::memcpy(o + op.c * plane, bp[op.b], sizeof(float) * (op.oc - op.c) * plane);
       break;
     }
-    case DYVE_OP_SHORTCUT: {
-      const size_t plane = (size_t)op.oh * op.ow;
-      std::memset(o, 0, sizeof(float) * op.oc * plane);
-      for (int c = 0; c < op.c; ++c)
-        for (int y = 0; y < op.oh; ++y)
-          for (int x = 0; x < op.ow; ++x)
-            o[(c + op.ph) * plane + (size_t)y * op.ow + x] =
-                a[((size_t)c * op.h + y * op.sh) * op.w + x * op.sw];
+    case DYVE_OP_SHORTCUT:
+      option_a(a, op.c, op.h, op.w, op.sh, op.sw, op.ph, o, op.oh, op.ow);
       break;
-    }
   }
 }
 

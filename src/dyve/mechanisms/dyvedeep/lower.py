@@ -217,8 +217,9 @@ class Lowering:
         arg = node.args[0]
         if not isinstance(arg, fx.Node) or len(self._shapes.get(arg, ())) != 3:
             return False
-        extra = set(node.kwargs) - {"dim", "keepdim"} or len(node.args) > 3
-        if extra or not isinstance(dims, list | tuple):
+        if set(node.kwargs) - {"dim", "keepdim"} or len(node.args) > 3:
+            return False
+        if not isinstance(dims, list | tuple):
             return False
         return {int(d) % 4 for d in dims} == {2, 3} and len(dims) == 2
 

@@ -128,7 +128,7 @@ class Program(Lowering):
         """True while the network's weights and knobs are those the program was built from."""
         return (
             tuple(x.shape[1:]) == self.shape
-            and all(getattr(o, attr) == v for o, attr, v in self._knobs)
+            and all(_same(getattr(o, attr), v) for o, attr, v in self._knobs)
             and self._state() == self._key
         )
 
@@ -188,6 +188,11 @@ class Program(Lowering):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)[0]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Identity first (the common case, checked on every forward), then equality."""
+    return a is b or a == b
 
 
 def dense_program(model: nn.Module, example: torch.Tensor) -> Program | None:
