@@ -2,7 +2,7 @@
 
 Made by these commands (on 2 cores, about 45 minutes in all; see `scripts/*_results.sh`):
 
-    bash scripts/dyvedeep_results.sh   # docs/results/dyvedeep/resnet56_cifar (training-free)
+    COST=time bash scripts/dyvedeep_results.sh  # docs/results/dyvedeep-time/resnet56_cifar
     dyve exits fit --model resnet56_cifar --out runs/adaptive/exits_resnet56
     dyve select fit --models caffe_cifar10,resnet20_cifar,resnet56_cifar \
         --out runs/adaptive/select_caffe_r20_r56
@@ -28,7 +28,7 @@ from dyve.dynamic import load, save
 #: shipped folder -> (source run, files copied as they are)
 RUNS = {
     "dyvedeep_resnet56": (
-        "docs/results/dyvedeep/resnet56_cifar",
+        "docs/results/dyvedeep-time/resnet56_cifar",
         ("dynamic.json", "dynamic.safetensors"),
     ),
     "early_exit_resnet56": ("runs/adaptive/exits_resnet56", ()),
@@ -52,8 +52,11 @@ PROVENANCE = ("config.json", "metrics.json", "curve.json")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dest", type=Path, default=Path("src/dyve/_assets/runs"))
+    ap.add_argument("--only", nargs="*", choices=list(RUNS), help="ship only these runs")
     args = ap.parse_args()
     for name, (src, files) in RUNS.items():
+        if args.only and name not in args.only:
+            continue
         source, dest = Path(src), args.dest / name
         dest.mkdir(parents=True, exist_ok=True)
         if not files:  # a frozen zoo backbone: keep only what the mechanism trained

@@ -14,6 +14,7 @@ from dyve._io import read_json
 from dyve.cli.main import main
 from dyve.data import batches, load_images
 from dyve.eval.latency import num_threads
+from dyve.mechanisms.dyvedeep import native
 from dyve.models import CIFAR_NORM
 
 REQUIRED = (
@@ -130,3 +131,29 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys) -> None:
     rc = main(["dyvedeep", "results", str(tmp_path / "missing"), "--out", str(tmp_path / "r.md")])
     assert rc == 2
     assert "no metrics.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(native.kernels() is None, reason="the native kernels are unavailable")
+def test_calibrate_for_time_records_the_search_and_the_machine(prepared, tmp_path: Path) -> None:
+    prepared("cifar10-jpeg")
+    run = tmp_path / "run"
+    rc, text = _cli(
+        "dyvedeep", "calibrate", "--model", "caffe_cifar10", "--data", "cifar10-jpeg",
+        "--out", str(run), "--budget", "1.0", "--cost", "time", "--limit", "200",
+        "--test-limit", "200", "--profile-images", "32", "--batch-size", "100",
+        "--no-ablations", "--no-progress",
+    )  # fmt: skip
+    assert rc == 0, text
+    assert "sites' time est." in text
+    m = read_json(run / "metrics.json")
+    cal = m["calibration"]
+    assert cal["cost"] == "time"
+    assert cal["machine"]["cores"] >= 1
+    assert cal["est_time_reduction"] > 1.0
+    state = read_json(run / "calibration.json")
+    assert state["config"]["cost"] == "time"
+    assert all("est_us" in s for s in state["trajectory"])
+    page = tmp_path / "results.md"
+    assert _cli("dyvedeep", "results", str(run), "--out", str(page))[0] == 0
+    assert f"time ({cal['est_time_reduction']:.2f}x)" in page.read_text()

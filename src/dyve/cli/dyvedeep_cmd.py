@@ -33,6 +33,13 @@ def add(sub: Any) -> None:
         help="instead of --budget: the scalar-op reduction to reach (e.g. 3)",
     )
     c.add_argument("--knobs", default="spet,spet_exact,sdss,sfma", help="knobs the search may use")
+    c.add_argument(
+        "--cost",
+        choices=("ops", "time"),
+        default="ops",
+        help="what the search saves: scalar ops (default), or the sites' time measured in "
+        "the native kernels on this machine (1 thread)",
+    )
     c.add_argument("--checkpoint", type=float, default=0.25, help="SPET check after this share")
     c.add_argument("--sdss-stride", type=int, default=2)
     c.add_argument("--sfma-statistic", choices=("variance", "range"), default="variance")
@@ -69,6 +76,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             knobs=knobs,
             profile_images=args.profile_images,
             batch_size=args.batch_size,
+            cost=args.cost,
         )
         cfg = JobConfig(
             model=args.model,

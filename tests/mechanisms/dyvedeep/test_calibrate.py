@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +12,17 @@ import torch
 from torch import nn
 
 import dyve.mechanisms.dyvedeep.calibrate as calibrate_mod
+from dyve._io import read_json, write_json
 from dyve.data.core import ImageSet
 from dyve.data.loader import Normalization, batches
 from dyve.dynamic import equip
 from dyve.errors import DyveError
 from dyve.eval.measure import measure
 from dyve.mechanisms import DyVEDeep
+from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.dyvedeep.calibrate import CalibrationConfig, calibrate
+from dyve.mechanisms.dyvedeep.kernel import SiteKnobs
+from dyve.mechanisms.dyvedeep.profile import SiteProfile, capture, site_profile
 
 NORM = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -118,3 +124,102 @@ def test_bad_settings_are_refused() -> None:
         CalibrationConfig(knobs=("spet", "nope"))
     with pytest.raises(ValueError, match="target_reduction"):
         CalibrationConfig(target_reduction=0.5)
+
+
+def _fake_clock(monkeypatch) -> list[SiteKnobs]:
+    """Site time (µs) that SPET and SDSS raise and SFMA lowers with its level; the settings
+    timed are returned, in order."""
+    timed: list[SiteKnobs] = []
+
+    def time_knobs(self, mech, unit, knobs):
+        timed.append(knobs)
+        t = 100.0 * (1.3 if knobs.spet is not None else 1.0) * (1.2 if knobs.sdss else 1.0)
+        if knobs.sfma is not None:
+            t *= 1.0 - 0.5 * (self.grids["sfma"].index(knobs.sfma) + 1) / len(self.grids["sfma"])
+        return t
+
+    monkeypatch.setattr(SiteProfile, "time_knobs", time_knobs)
+    return timed
+
+
+def test_time_search_takes_only_steps_that_save_time(tmp_path: Path, monkeypatch) -> None:
+    timed = _fake_clock(monkeypatch)
+    model, data = _model_and_data()
+    net = equip(model, DyVEDeep(), example_inputs=torch.zeros(1, 3, 16, 16), backend="emulated")
+    cfg = CalibrationConfig(budget_pp=5.0, profile_images=48, batch_size=80, cost="time")
+    cal = calibrate(net, data, NORM, cfg, state_dir=tmp_path, progress=False)
+    assert any(k.spet is not None for k in timed), "SPET was tried, and refused"
+    assert {s["knob"] for s in cal.trajectory} == {"sfma"}
+    est = [s["est_us"] for s in cal.trajectory]
+    assert all(b < a for a, b in itertools.pairwise(est))
+    assert cal.machine is not None
+    assert cal.machine["cores"] >= 1
+    # the operating point: the least estimated time among the points within the budget
+    ok = [p for p in cal.curve() if p["loss_pp"] <= cfg.budget_pp]
+    assert cal.chosen == min(ok, key=lambda p: p["est_us"])["step"]
+    assert net.mechanism("dyvedeep").knob_values()["spet"] is None
+    # an op search on the same data does take SPET: the two searches differ
+    op = calibrate(fresh_net(model), data, NORM, replace(cfg, cost="ops"), progress=False)
+    assert "spet" in {s["knob"] for s in op.trajectory}
+
+
+def fresh_net(model: nn.Module):
+    return equip(model, DyVEDeep(), example_inputs=torch.zeros(1, 3, 16, 16), backend="emulated")
+
+
+def test_time_search_without_a_saving_says_so(monkeypatch) -> None:
+    monkeypatch.setattr(SiteProfile, "time_knobs", lambda self, mech, unit, knobs: 100.0)
+    model, data = _model_and_data(80)
+    cfg = CalibrationConfig(profile_images=32, batch_size=80, cost="time")
+    with pytest.raises(DyveError, match="saves time"):
+        calibrate(fresh_net(model), data, NORM, cfg, progress=False)
+
+
+@pytest.mark.skipif(native.kernels() is None, reason="the native kernels are unavailable")
+def test_site_time_is_measured_in_the_native_kernel_and_cached() -> None:
+    model, data = _model_and_data(32)
+    net = fresh_net(model)
+    mech = net.mechanism("dyvedeep")
+    x, _ = next(batches(data, 32, NORM))
+    site = next(iter(mech.ops))
+    prof = site_profile(mech, net.sites[site], capture(net, x, [site])[site], (0.5,))
+    off = prof.time_knobs(mech, net.sites[site], SiteKnobs())
+    assert 0 < off < 1e5
+    # cached per setting; SPET's exact check is dropped, as the fast back-end drops it
+    assert prof.time_knobs(mech, net.sites[site], SiteKnobs(exact=True)) == off
+    assert list(prof.times) == [SiteKnobs()]
+
+
+def test_states_from_before_the_time_search_resume(tmp_path: Path) -> None:
+    model, data = _model_and_data(80)
+    cfg = CalibrationConfig(budget_pp=5.0, profile_images=32, batch_size=80, curve_points=2)
+    first = calibrate(fresh_net(model), data, NORM, cfg, state_dir=tmp_path, progress=False)
+    state = read_json(tmp_path / "calibration.json")
+    del state["config"]["cost"]
+    write_json(tmp_path / "calibration.json", state)
+    again = calibrate(fresh_net(model), data, NORM, cfg, state_dir=tmp_path, progress=False)
+    assert again.chosen == first.chosen
+
+
+def test_bad_cost_is_refused() -> None:
+    with pytest.raises(ValueError, match="cost"):
+        CalibrationConfig(cost="seconds")
+
+
+def test_time_search_jumps_over_levels_that_cost_time(monkeypatch) -> None:
+    """A check pass costs time until enough neurons stop: SPET's first levels run slower
+    than off, later ones faster. The time search must reach those in one step."""
+
+    def time_knobs(self, mech, unit, knobs):
+        if knobs.spet is None:
+            return 100.0
+        return 130.0 if self.grids["spet"].index(knobs.spet) < 3 else 80.0
+
+    monkeypatch.setattr(SiteProfile, "time_knobs", time_knobs)
+    model, data = _model_and_data(80)
+    cfg = CalibrationConfig(budget_pp=100.0, profile_images=32, batch_size=80, cost="time")
+    cal = calibrate(fresh_net(model), data, NORM, cfg, progress=False)
+    spet = [s for s in cal.trajectory if s["knob"] == "spet"]
+    assert spet, "SPET pays from level 3 and must be taken"
+    assert all(s["level"] >= 3 for s in spet)
+    assert {s["knob"] for s in cal.trajectory} == {"spet"}

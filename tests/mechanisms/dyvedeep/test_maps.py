@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import torch
 
+from pathlib import Path
+
 from dyve import data
-from dyve.demo import runs_dir
-from dyve.report import load_run
+from dyve.dynamic import load
+from dyve.models import create, model_info
+
+# the point calibrated for the fewest ops: it uses every knob, SDSS included
+RUN = Path(__file__).resolve().parents[3] / "docs" / "results" / "dyvedeep" / "resnet56_cifar"
 
 
 def test_maps_count_what_the_trace_counts() -> None:
-    subject = load_run(runs_dir() / "dyvedeep_resnet56")
-    net = subject.model
+    backbone = create("resnet56_cifar", pretrained=True)
+    net = load(RUN, backbone=backbone, weights=False).eval()
     mech = net.mechanisms[0]
     ds = data.load_images("sample", "test", limit=4)
-    x, _ = next(data.batches(ds, 4, subject.norm))
+    x, _ = next(data.batches(ds, 4, model_info(backbone).norm))
     maps = mech.effort_maps(net, x)
     assert mech.recording is None  # switched off again
     net.backend = "emulated"

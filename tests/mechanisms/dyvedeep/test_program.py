@@ -150,6 +150,23 @@ def test_batch_split_over_threads_equals_batch_1():
         assert torch.equal(si[:, 0], stats[:, i])
 
 
+def test_sample_groups_give_the_same_results():
+    """A thread runs its samples in groups, op by op; each sample keeps its own buffers,
+    so any group size gives the same outputs, statistics and decisions, bit for bit."""
+    net, info = _zoo_net("resnet20_cifar")
+    x, _ = next(batches(load_sample(), 11, info.norm))
+    prog = Program(net.backbone, x, net.mechanisms[0].site_options)
+    runs = []
+    for group in (1, 3, 8, 0):
+        prog.group = group
+        runs.append(prog.run(x))
+    for y, stats, changed in runs[1:]:
+        assert torch.equal(y, runs[0][0])
+        assert torch.equal(stats, runs[0][1])
+        assert torch.equal(changed, runs[0][2])
+    assert runs[0][2].any(), "the knobs must act, so that samples differ in what they run"
+
+
 def test_forward_runs_the_program_and_follows_knobs_and_weights():
     net = _random_net(spet=0.0, sfma=0.02)
     mech = net.mechanisms[0]

@@ -14,6 +14,16 @@ not published; ``docs/methods/dyvedeep.md``):
    accuracy-versus-ops curve; the operating point is the cheapest verified point within
    the budget (or the first reaching ``target_reduction``).
 
+``cost="time"`` makes the search save *time* on this machine instead of scalar operations:
+a candidate's cost is its site's measured time in the native kernel
+(:meth:`.profile.SiteProfile.time_knobs`); a step may jump to any higher level of a knob
+(a check pass costs time until enough neurons stop, so SPET's first levels run slower than
+off) and must save at least :data:`MIN_TIME_SAVING` of the site's dense time; the
+operating point is the verified point within the budget with the least estimated time.
+Settings that compute less but run slower on this CPU (SPET's check pass, SDSS below
+about half the neurons interpolated) are never taken. The result depends on
+the machine, which is recorded.
+
 State is written after each phase and each verified point, so an interrupted run resumes.
 """
 
@@ -33,7 +43,9 @@ from dyve.data.core import ImageSet
 from dyve.data.loader import Normalization, batches
 from dyve.dynamic.net import DynamicNet
 from dyve.errors import DyveError
+from dyve.eval.latency import machine
 from dyve.eval.measure import Measurement, measure_sharded
+from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.dyvedeep.kernel import SiteKnobs
 from dyve.mechanisms.dyvedeep.mechanism import KNOBS, DyVEDeep
 from dyve.mechanisms.dyvedeep.profile import capture, sensitivities, site_profile
@@ -41,6 +53,9 @@ from dyve.train.dist import Dist
 
 STATE = "calibration.json"
 GRID_KNOBS = ("spet", "sdss", "sfma")  # threshold knobs; spet_exact is on/off per site
+COSTS = ("ops", "time")
+#: in the time search, a step must save this share of its site's dense time (timing noise)
+MIN_TIME_SAVING = 0.01
 
 
 @dataclass(frozen=True)
@@ -60,8 +75,12 @@ class CalibrationConfig:
     curve_points: int = 6
     batch_size: int = 250
     seed: int = 0
+    #: what the search saves: scalar operations, or measured time on this machine
+    cost: str = "ops"
 
     def __post_init__(self) -> None:
+        if self.cost not in COSTS:
+            raise ValueError(f"cost must be one of {COSTS}, got {self.cost!r}")
         unknown = set(self.knobs) - set(KNOBS)
         if unknown:
             raise ValueError(f"unknown knobs {sorted(unknown)}; known: {KNOBS}")
@@ -83,6 +102,8 @@ class Calibration:
     #: step index (as a string, for JSON) -> top1, scalar_ops_mean, macs_mean
     evaluations: dict[str, dict[str, float]] = field(default_factory=dict)
     chosen: int | None = None
+    #: the machine the time search measured on (``cost="time"`` only)
+    machine: dict[str, Any] | None = None
 
     def knob_values(self, step: int) -> dict[str, Any]:
         """Every knob's per-site values after ``step`` steps of the trajectory."""
@@ -102,6 +123,7 @@ class Calibration:
                     **e,
                     "loss_pp": self.dense["top1"] - e["top1"],
                     "op_reduction": self.dense["scalar_ops_mean"] / e["scalar_ops_mean"],
+                    **_pick(self.trajectory[int(k)], "est_us", "est_time_reduction"),
                 }
             )
         return pts
@@ -142,50 +164,69 @@ def _greedy(
             spet=t["spet"], exact=t["spet_exact"] is not None, sdss=t["sdss"], sfma=t["sfma"]
         )
 
-    def local(s: str, lv: dict[str, int]) -> tuple[float, float]:
-        ops, err = prof[s].try_knobs(mech, net.sites[s], knobs_at(s, lv))
-        return ops, err * prof[s].sensitivity
+    timed = cfg.cost == "time"
+
+    def local(s: str, lv: dict[str, int]) -> tuple[float, float, float]:
+        """(cost, estimated damage, scalar ops) of the levels ``lv`` at site ``s``."""
+        knobs = knobs_at(s, lv)
+        ops, err = prof[s].try_knobs(mech, net.sites[s], knobs)
+        cost = prof[s].time_knobs(mech, net.sites[s], knobs) if timed else ops
+        return cost, err * prof[s].sensitivity, ops
 
     current = {s: local(s, level[s]) for s in sites}
     dense_ops = {s: 2.0 * net.sites[s].macs for s in sites}  # knobs off: 2 ops per MAC
+    # the least saving a step must make: none for ops, a share of the dense time for time
+    floor = {s: MIN_TIME_SAVING * current[s][0] if timed else 0.0 for s in sites}
     version = dict.fromkeys(sites, 0)
-    heap: list[tuple[float, int, str, str, float, float]] = []
+    heap: list[tuple[float, int, str, str, int, tuple[float, float, float]]] = []
 
     def push(s: str) -> None:
         for k, grid in prof[s].grids.items():
-            if k not in cfg.knobs or level[s][k] + 1 >= len(grid):
+            if k not in cfg.knobs:
                 continue
-            ops, dmg = local(s, {**level[s], k: level[s][k] + 1})
-            saved = current[s][0] - ops
-            if saved <= 0:
-                continue
-            ratio = saved / max(dmg - current[s][1], 1e-12)
-            heapq.heappush(heap, (-ratio, version[s], s, k, ops, dmg))
+            # the next level; the time search looks at every higher one (a check pass
+            # costs time until enough neurons stop: SPET's first levels run slower)
+            ahead = range(level[s][k] + 1, len(grid) if timed else min(level[s][k] + 2, len(grid)))
+            best = None
+            for lv in ahead:
+                cand = local(s, {**level[s], k: lv})
+                saved = current[s][0] - cand[0]
+                if saved <= floor[s]:
+                    continue
+                ratio = saved / max(cand[1] - current[s][1], 1e-12)
+                if best is None or ratio > best[0]:
+                    best = (ratio, lv, cand)
+            if best is not None:
+                heapq.heappush(heap, (-best[0], version[s], s, k, best[1], best[2]))
 
     for s in sites:
         push(s)
-    est_ops = baseline + sum(current[s][0] - dense_ops[s] for s in sites)
+    est_ops = baseline + sum(current[s][2] - dense_ops[s] for s in sites)
+    dense_us = sum(current[s][0] for s in sites)  # every site dense (time search only)
+    est_cost = dense_us
     damage = sum(current[s][1] for s in sites)
     bar = tqdm(desc="greedy search", disable=not progress, leave=False)
     while heap:
-        _, ver, s, k, ops, dmg = heapq.heappop(heap)
+        _, ver, s, k, lv, cand = heapq.heappop(heap)
         if ver != version[s]:
             continue
-        level[s][k] += 1
+        level[s][k] = lv
         version[s] += 1
-        est_ops += ops - current[s][0]
-        damage += dmg - current[s][1]
-        current[s] = (ops, dmg)
-        trajectory.append(
-            {
-                "knob": k,
-                "site": s,
-                "level": level[s][k],
-                "threshold": prof[s].grids[k][level[s][k]],
-                "est_ops": est_ops,
-                "damage": damage,
-            }
-        )
+        est_ops += cand[2] - current[s][2]
+        est_cost += cand[0] - current[s][0]
+        damage += cand[1] - current[s][1]
+        current[s] = cand
+        step = {
+            "knob": k,
+            "site": s,
+            "level": level[s][k],
+            "threshold": prof[s].grids[k][level[s][k]],
+            "est_ops": est_ops,
+            "damage": damage,
+        }
+        if timed:  # the sites' measured time, microseconds per image
+            step.update(est_us=est_cost, est_time_reduction=dense_us / est_cost)
+        trajectory.append(step)
         push(s)
         bar.update()
     bar.close()
@@ -217,6 +258,11 @@ def calibrate(
     """
     mech = net.mechanism("dyvedeep")
     assert isinstance(mech, DyVEDeep)
+    if cfg.cost == "time" and native.kernels() is None:
+        raise DyveError(
+            "dyvedeep: the time search measures the native kernels, which are unavailable "
+            "here (see the warning); use the default cost (scalar operations)"
+        )
     ddp = ddp or Dist()
     state_path = Path(state_dir) / STATE if state_dir is not None else None
     cfg_dict = {**asdict(cfg), "dataset": calib.name, "split": calib.split, "n": len(calib)}
@@ -242,6 +288,7 @@ def calibrate(
     if not cal.trajectory:
         if ddp.main:
             cal.trajectory = _greedy(net, mech, calib, norm, cfg, progress)
+            cal.machine = machine() if cfg.cost == "time" else None
         cal.trajectory = ddp.broadcast(cal.trajectory)
         save()
     if not ddp.main:
@@ -260,7 +307,9 @@ def calibrate(
             }
             save()
             red = cal.dense["scalar_ops_mean"] / m.scalar_ops_mean
-            log(f"  step {step}: top-1 {m.top1:.2f} %, {red:.2f}x fewer scalar ops")
+            t = cal.trajectory[step].get("est_time_reduction")
+            est = f", sites' time est. {t:.2f}x less" if t is not None else ""
+            log(f"  step {step}: top-1 {m.top1:.2f} %, {red:.2f}x fewer scalar ops{est}")
         return cal.evaluations[key]
 
     def ok(step: int) -> bool:
@@ -270,6 +319,8 @@ def calibrate(
         return cal.dense["top1"] - e["top1"] <= cfg.budget_pp
 
     last = len(cal.trajectory) - 1
+    if last < 0 and cfg.cost == "time":
+        raise DyveError("dyvedeep: no knob setting saves time at any site on this machine")
     if last < 0:
         raise DyveError("dyvedeep: no site of this network takes the chosen knobs")
     lo, hi = 0, last + 1  # invariant: ok(lo), and not ok(hi) (beyond the trajectory)
@@ -304,12 +355,20 @@ def _spread(n: int) -> list[float]:
 
 
 def _choose(cal: Calibration, cfg: CalibrationConfig) -> int | None:
+    """The first point reaching the target, or the cheapest within the budget: the least
+    scalar ops, or (time search) the least estimated time."""
     pts = cal.curve()
     if cfg.target_reduction is not None:
         hit = [p for p in pts if p["op_reduction"] >= cfg.target_reduction]
         return min(hit, key=lambda p: p["step"])["step"] if hit else None
     ok = [p for p in pts if p["loss_pp"] <= cfg.budget_pp]
-    return min(ok, key=lambda p: p["scalar_ops_mean"])["step"] if ok else None
+    cost = "est_us" if cfg.cost == "time" else "scalar_ops_mean"
+    return min(ok, key=lambda p: p[cost])["step"] if ok else None
+
+
+def _pick(d: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The entries of ``d`` named by ``keys`` that it has."""
+    return {k: d[k] for k in keys if k in d}
 
 
 def apply_knobs(mech: DyVEDeep, values: dict[str, Any]) -> None:
@@ -323,6 +382,7 @@ def _resume(path: Path | None, cfg_dict: dict[str, Any]) -> Calibration | None:
         return None
     d = read_json(path)
     saved = dict(d.get("config", {}))
+    saved.setdefault("cost", "ops")  # states written before the time search existed
     if saved != jsonable(cfg_dict):
         raise DyveError(
             f"{path} holds a calibration with other settings; use another --out or delete it"
@@ -333,4 +393,5 @@ def _resume(path: Path | None, cfg_dict: dict[str, Any]) -> Calibration | None:
         trajectory=d.get("trajectory", []),
         evaluations=d.get("evaluations", {}),
         chosen=d.get("chosen"),
+        machine=d.get("machine"),
     )

@@ -121,7 +121,7 @@ enum {
 };
 
 int dyve_nstat() { return DYVE_NSTAT; }
-int dyve_abi() { return 6; }
+int dyve_abi() { return 7; }
 
 }  // extern "C"
 
@@ -470,8 +470,65 @@ struct Sample {
     }
   }
 
+  // Filter-vectorised tile for small maps: 8 output positions (plane offsets q) x 16 * NV
+  // filters from o0. A term's weights for 16 filters are one vector load, its inputs are
+  // broadcast; the sum runs over the terms in the same order as tile(), so the outputs are
+  // the same bit for bit.
+  template <int NV>
+  void tile_filters(int o0, const int* q, vf (&acc)[8][2]) const {
+    const float* xq = sc.xq.data();
+    for (int p = 0; p < 8; ++p)
+      for (int v = 0; v < NV; ++v) acc[p][v] = vf{};
+    for (int k = 0; k < K; ++k) {
+      const float* r = xq + sc.toff[k];
+      const float* w = s.weight_t + sc.wofs[k] + o0;
+      vf wv[NV];
+      for (int v = 0; v < NV; ++v) wv[v] = load(w + v * V);
+      for (int p = 0; p < 8; ++p) {
+        const vf xv = splat(r[q[p]]);
+        for (int v = 0; v < NV; ++v) acc[p][v] += wv[v] * xv;
+      }
+    }
+  }
+
+  // Dense pass over output positions, filters in vectors: for maps whose rows fill few of
+  // the plane pass's 32-position tiles (8 x 8 maps: 64 of 96 lanes; 2 x 2: 4 of 32).
+  void dense_filters() {
+    int q[8];
+    for (int p0 = 0; p0 < P; p0 += 8) {
+      const int np = std::min(8, P - p0);
+      for (int p = 0; p < 8; ++p) {  // the last group repeats its last position
+        const int pos = p0 + std::min(p, np - 1);
+        q[p] = (pos / s.wo) * Wq + pos % s.wo;
+      }
+      for (int o0 = 0; o0 < s.cout; o0 += 2 * V) {
+        const int nv = std::min(2, (s.cout - o0) / V);
+        vf acc[8][2];
+        if (nv == 2)
+          tile_filters<2>(o0, q, acc);
+        else
+          tile_filters<1>(o0, q, acc);
+        for (int v = 0; v < nv; ++v)
+          for (int p = 0; p < np; ++p) {
+            alignas(64) float buf[V];
+            store(buf, acc[p][v]);
+            for (int l = 0; l < V; ++l) {
+              const int o = o0 + v * V + l;
+              const float scale = osc != nullptr ? osc[o] : oscale;
+              out[(size_t)o * P + p0 + p] = finish((sc.bias[o] + buf[l]) * scale);
+            }
+          }
+      }
+    }
+    st[ST_MACS] += (double)K * P * s.cout;
+  }
+
   // Dense plane pass: every output channel (subset mode: the filters fl) at every position.
   void dense() {
+    if (fl == nullptr && s.cout % V == 0 && 5 * P < 4 * round_up(NF, 2 * V)) {
+      dense_filters();
+      return;
+    }
     const int nout = fl != nullptr ? nf : s.cout;
     for (int u = 0; u < nout; u += 8) {
       const int no = std::min(8, nout - u);

@@ -6,8 +6,10 @@
 // fast_kernel.cpp, knobs on or off, batch norm and ReLU fused), and the few operations
 // between them (residual add, ReLU, pooling, the option-A shortcut, channel concatenation),
 // and LC-Net's and ConvNet-AIG's gated blocks (fast_gated.cpp); flatten and fused tails are
-// aliases. One call runs the list for every sample, samples split over threads, each
-// sample's buffers in a per-thread arena that stays in cache.
+// aliases. One call runs the list for every sample, samples split over threads. A thread
+// runs its samples in groups: each op for every sample of the group, then the next op, so
+// a site's weights are loaded once per group, not once per sample (a whole network's
+// weights do not fit in a core's L2); each sample of a group has its own buffers.
 
 extern "C" {
 
@@ -45,6 +47,7 @@ struct DyveProgram {
   double* stats;          // [sites, n, DYVE_NSTAT]: each site's statistics per sample
   uint8_t* changed;       // [sites, n]
   double* seconds;        // [nops] or null: time spent in each op is added (one thread)
+  int group;              // samples per group (<= 0: automatic, see program_range)
 };
 
 }  // extern "C"
@@ -134,23 +137,37 @@ void op_run(const DyveProgram* p, const DyveOp& op, float* const* bp, Scratch& s
   }
 }
 
+// Samples per group when automatic: enough to share each weight load, few enough that
+// the group's buffers stay in a core's L2 (about 1 MiB).
+int auto_group(size_t arena_floats) {
+  const size_t budget = (size_t)256 * 1024;  // floats
+  return (int)std::max<size_t>(1, std::min<size_t>(8, budget / std::max<size_t>(arena_floats, 1)));
+}
+
 void program_range(const DyveProgram* p, int lo, int hi) {
   Scratch* sc = acquire();
   std::vector<size_t> at(p->nbuf + 1, 0);  // arena offsets, 16-float aligned
   for (int k = 0; k < p->nbuf; ++k) at[k + 1] = at[k] + (size_t)round_up((int)p->floats[k], V);
-  if (sc->arena.size() < at[p->nbuf]) sc->arena.resize(at[p->nbuf]);
-  std::vector<float*> bp(p->nbuf);
-  for (int k = 0; k < p->nbuf; ++k) bp[k] = sc->arena.data() + at[k];
-  for (int i = lo; i < hi; ++i) {
-    bp[p->in_buf] = const_cast<float*>(p->x) + (size_t)i * p->floats[p->in_buf];
-    bp[p->out_buf] = p->y + (size_t)i * p->floats[p->out_buf];
-    if (p->seconds == nullptr) {
-      for (int k = 0; k < p->nops; ++k) op_run(p, p->ops[k], bp.data(), *sc, i);
-      continue;
+  const size_t per = at[p->nbuf];
+  const int group = std::min(hi - lo, p->group > 0 ? p->group : auto_group(per));
+  if (sc->arena.size() < per * group) sc->arena.resize(per * group);
+  std::vector<float*> bp((size_t)p->nbuf * group);  // sample j's buffers at bp[j * nbuf]
+  for (int j = 0; j < group; ++j)
+    for (int k = 0; k < p->nbuf; ++k) bp[(size_t)j * p->nbuf + k] = sc->arena.data() + j * per + at[k];
+  for (int i0 = lo; i0 < hi; i0 += group) {
+    const int g = std::min(group, hi - i0);
+    for (int j = 0; j < g; ++j) {
+      float** b = &bp[(size_t)j * p->nbuf];
+      b[p->in_buf] = const_cast<float*>(p->x) + (size_t)(i0 + j) * p->floats[p->in_buf];
+      b[p->out_buf] = p->y + (size_t)(i0 + j) * p->floats[p->out_buf];
     }
     for (int k = 0; k < p->nops; ++k) {
+      if (p->seconds == nullptr) {
+        for (int j = 0; j < g; ++j) op_run(p, p->ops[k], &bp[(size_t)j * p->nbuf], *sc, i0 + j);
+        continue;
+      }
       const auto t0 = std::chrono::steady_clock::now();
-      op_run(p, p->ops[k], bp.data(), *sc, i);
+      for (int j = 0; j < g; ++j) op_run(p, p->ops[k], &bp[(size_t)j * p->nbuf], *sc, i0 + j);
       p->seconds[k] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
   }

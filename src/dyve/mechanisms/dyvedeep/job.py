@@ -125,7 +125,9 @@ def run_job(
     # training-free on shipped weights: only the description (tensors: the zoo's)
     save(net, out, backbone_weights=bool(cfg.weights))
     metrics = _metrics(net, cal, dense, dyn, alone, tests.breakdown, test.split, len(test))
-    metrics["weights_saw_calibration_split"] = meta.get("val_heldout") is False
+    # the shipped weights that did not hold val out were trained on all of train (val too)
+    saw = cfg.split in ("train", "val") and meta.get("val_heldout") is False
+    metrics["weights_saw_calibration_split"] = saw
     write_json(out / "metrics.json", metrics)
     _write_curve(cal, out, cfg)
     ddp.close()
@@ -242,6 +244,9 @@ def _metrics(
             "verified_points": len(cal.evaluations),
             "top1": chosen["top1"] if chosen else None,
             "op_reduction": chosen["op_reduction"] if chosen else None,
+            "cost": cal.config.get("cost", "ops"),
+            "est_time_reduction": chosen.get("est_time_reduction") if chosen else None,
+            "machine": cal.machine,
         },
         "knobs": net.knobs(),
     }

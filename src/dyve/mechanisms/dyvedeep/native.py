@@ -49,7 +49,7 @@ STATS = (
     "wasted",
 )
 #: The source's ``dyve_abi()``: the layout of its structures and of the statistics.
-ABI = 6
+ABI = 7
 _ptr = ctypes.c_void_p
 _INTS = ("n", "cin", "h", "w", "cout", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "ho", "wo")
 

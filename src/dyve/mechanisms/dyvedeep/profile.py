@@ -9,12 +9,17 @@
 * its *sensitivity*: how much the network's output distribution moves (KL divergence from
   the dense output) per unit of relative squared error injected at the site's output, with
   Gaussian noise. A local error times the sensitivity estimates the knob's effect on the
-  output, which makes errors at different sites comparable.
+  output, which makes errors at different sites comparable;
+* on request, the *measured time* of a setting: the site's native kernel (the one the fast
+  back-end's program runs) on the stored inputs, one thread. Per site it agrees with the
+  site's op inside the whole-network program within a few per cent (NOTES), so a search
+  on it finds the settings that save time on this machine, not only operations.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +27,8 @@ from torch import nn
 
 from dyve.dynamic.net import DynamicNet
 from dyve.dynamic.site import SiteUnit
+from dyve.eval.latency import num_threads
+from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.dyvedeep.kernel import (
     SiteKnobs,
     run_site,
@@ -31,6 +38,8 @@ from dyve.mechanisms.dyvedeep.kernel import (
 from dyve.mechanisms.dyvedeep.mechanism import DyVEDeep, DyVEDeepOp
 
 QUANTILE_SAMPLES = 1 << 20  # torch.quantile takes at most 2**24 values; this is plenty
+TIME_REPEATS = 3  # timed calls per setting (the fastest counts), after one warm-up call
+TIME_IMAGES = 64  # stored inputs a setting is timed on
 
 
 @dataclass
@@ -42,6 +51,9 @@ class SiteProfile:
     dense: torch.Tensor  # the site's dense (fused) output on ``inputs``
     grids: dict[str, list[float]]
     sensitivity: float = 0.0
+    #: measured microseconds per image of each setting tried (see :meth:`time_knobs`)
+    times: dict[SiteKnobs, float] = field(default_factory=dict, repr=False)
+    _fast: native.FastSite | None = field(default=None, repr=False)
 
     def try_knobs(self, mech: DyVEDeep, unit: SiteUnit, knobs: SiteKnobs) -> tuple[float, float]:
         """(mean scalar ops per sample, relative squared error) of ``knobs`` at this site."""
@@ -60,6 +72,37 @@ class SiteProfile:
             float(self.dense.square().sum()), 1e-30
         )
         return float(res.scalar_ops.mean()), err
+
+    def time_knobs(self, mech: DyVEDeep, unit: SiteUnit, knobs: SiteKnobs) -> float:
+        """Microseconds per image of ``knobs`` at this site: the native kernel on the first
+        :data:`TIME_IMAGES` stored inputs, one thread, the fastest of :data:`TIME_REPEATS`
+        calls (after a warm-up).
+
+        Cached per setting. SPET's exact check is left out, as the fast back-end leaves it
+        out (lossless, it does not pay). Needs the native kernels (:func:`native.kernels`).
+        """
+        knobs = replace(knobs, exact=False)
+        if knobs not in self.times:
+            op = mech.ops[self.name]
+            if self._fast is None:
+                self._fast = native.FastSite(op.plan(unit), op.geom)
+            cfg = mech.config
+            x = self.inputs[:TIME_IMAGES]
+            best = float("inf")
+            with num_threads(1):
+                for r in range(TIME_REPEATS + 1):
+                    t0 = time.perf_counter()
+                    self._fast.run(
+                        x,
+                        knobs,
+                        relu=unit.relu,
+                        sdss_stride=cfg.sdss_stride,
+                        statistic=cfg.sfma_statistic,
+                    )
+                    if r:
+                        best = min(best, time.perf_counter() - t0)
+            self.times[knobs] = best * 1e6 / x.shape[0]
+        return self.times[knobs]
 
 
 @torch.no_grad()

@@ -50,12 +50,17 @@ class DyveProgram(ctypes.Structure):
         ("in_buf", ctypes.c_int),
         ("out_buf", ctypes.c_int),
         *((name, ctypes.c_void_p) for name in ("x", "y", "stats", "changed", "seconds")),
+        ("group", ctypes.c_int),
     ]
 
 
 class Program(Lowering):
     """``model`` lowered and laid out for the native call: a backbone with DyVEDeep's site
     units (``net.backbone``), or a plain one (its layers as sites with every knob off)."""
+
+    #: samples a thread runs op by op together (a site's weights loaded once per group);
+    #: 0: as many as keep the group's buffers within about 1 MiB, at most 8
+    group: int = 0
 
     def __init__(
         self, model: nn.Module, example: torch.Tensor, opts: SiteOptions | None = None
@@ -154,7 +159,7 @@ class Program(Lowering):
         stats = torch.empty(rows, n, len(native.STATS), dtype=torch.float64)
         changed = torch.empty(rows, n, dtype=torch.bool)
         p = self._prog
-        p.n, p.threads = n, torch.get_num_threads()
+        p.n, p.threads, p.group = n, torch.get_num_threads(), self.group
         p.x, p.y, p.stats, p.changed = (
             x.data_ptr(),
             y.data_ptr(),
