@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-
 from pathlib import Path
+
+import torch
 
 from dyve import data
 from dyve.dynamic import load
