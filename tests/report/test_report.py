@@ -156,14 +156,20 @@ def test_a_run_with_another_label_set_is_refused(tmp_path: Path, sample) -> None
 def test_dyvedeep_examples_carry_a_layer_map(sample) -> None:
     from dyve.report import figures
 
+    # the point calibrated for the fewest ops: SPET and SDSS leave positions not computed
+    # in full (the shipped point, calibrated for time, uses SFMA alone: checked below)
+    ops_point = Path(__file__).resolve().parents[2] / "docs/results/dyvedeep/resnet56_cifar"
     col = collect(
-        with_dense([load_run(runs_dir() / "dyvedeep_resnet56")]),
+        with_dense([load_run(ops_point), load_run(runs_dir() / "dyvedeep_resnet56")]),
         sample,
         repeats=0,
         progress=False,
         log=lambda m: None,
     )
     picks = figures.pick_examples(col)
+    _, shipped_grid, shipped_approx = figures.layer_maps(col.results[2], col, picks)
+    assert shipped_approx.mean() > 0  # SFMA approximated channels on these images
+    assert shipped_grid.mean() == 1.0  # and it computes every neuron
     site, grid, approx = figures.layer_maps(col.results[1], col, picks)
     assert site in col.results[1].subject.model.mechanisms[0].ops
     assert grid.shape[0] == len(picks)
