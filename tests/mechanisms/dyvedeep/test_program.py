@@ -184,6 +184,10 @@ def test_forward_runs_the_program_and_follows_knobs_and_weights():
     with torch.no_grad():
         net(x)
     assert mech._program is first, "an unchanged network reuses its program"
+    net.set_knobs(spet=0.0)  # set again to the same value (new knob objects, equal)
+    with torch.no_grad():
+        net(x)
+    assert mech._program is first, "equal knobs keep the program"
     net.set_knobs(spet=None)
     check()
     assert mech._program is not first

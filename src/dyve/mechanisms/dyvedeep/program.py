@@ -119,23 +119,35 @@ class Program(Lowering):
         self._ref = ctypes.byref(p)
         # what the weights were built from: the modules' tensor dicts, their tensors (kept
         # alive, so an id is never reused) and their versions (in-place changes)
-        self._dicts = [d for m in self._watched for d in (m._parameters, m._buffers) if d]
+        self._dicts: list[dict[str, Any]] = [
+            d for m in self._watched for d in (m._parameters, m._buffers) if d
+        ]
         self._held = [t for d in self._dicts for t in d.values() if t is not None]
+        # the knobs as parallel lists, so that valid() compares them without Python loops
+        self._knob_objs = [o for o, _, _ in self._knobs]
+        self._knob_attrs = [a for _, a, _ in self._knobs]
+        self._knob_vals = [v for _, _, v in self._knobs]
 
-    def _identity(self) -> tuple[int, ...]:
-        return tuple(map(id, chain.from_iterable(d.values() for d in self._dicts)))
-
-    def _state(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def _state(self) -> tuple[list[int], list[int]]:
         """Changes when a tensor is replaced (ids) or modified in place (versions)."""
-        return self._identity(), tuple(map(_version, self._held))
+        values = chain.from_iterable(map(dict.values, self._dicts))
+        return list(map(id, values)), list(map(_version, self._held))
 
     def valid(self, x: torch.Tensor) -> bool:
-        """True while the network's weights and knobs are those the program was built from."""
-        return (
-            tuple(x.shape[1:]) == self.shape
-            and all(_same(getattr(o, attr), v) for o, attr, v in self._knobs)
-            and self._state() == self._key
-        )
+        """True while the network's weights and knobs are those the program was built from.
+
+        Checked on every forward, so each comparison runs in C (``map``), about 20 us for
+        ResNet-56: the knobs by identity (equal new values are adopted once), the weights
+        by identity and version.
+        """
+        if tuple(x.shape[1:]) != self.shape:
+            return False
+        now = list(map(getattr, self._knob_objs, self._knob_attrs))
+        if not all(map(operator.is_, now, self._knob_vals)):
+            if now != self._knob_vals:  # set again to equal values: still valid
+                return False
+            self._knob_vals = now
+        return self._state() == self._key
 
     def run(
         self, x: torch.Tensor, seconds: torch.Tensor | None = None
@@ -193,11 +205,6 @@ class Program(Lowering):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)[0]
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Identity first (the common case, checked on every forward), then equality."""
-    return a is b or a == b
 
 
 def dense_program(model: nn.Module, example: torch.Tensor) -> Program | None:
