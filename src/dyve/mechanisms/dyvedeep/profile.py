@@ -12,7 +12,8 @@
   output, which makes errors at different sites comparable;
 * on request, the *measured time* of a setting: the site's native kernel (the one the fast
   back-end's program runs) on the stored inputs, one thread. Per site it agrees with the
-  site's op inside the whole-network program within a few per cent (NOTES), so a search
+  site's op inside the whole-network program within a few per cent
+  (``python benchmarks/site_clock.py``), so a search
   on it finds the settings that save time on this machine, not only operations.
 """
 

@@ -136,7 +136,7 @@ class Program(Lowering):
     def valid(self, x: torch.Tensor) -> bool:
         """True while the network's weights and knobs are those the program was built from.
 
-        Checked on every forward, so each comparison runs in C (``map``), about 20 us for
+        Checked on every forward, so each comparison runs in C (``map``), about 50 us for
         ResNet-56: the knobs by identity (equal new values are adopted once), the weights
         by identity and version.
         """
