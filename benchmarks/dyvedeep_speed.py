@@ -359,15 +359,17 @@ def gap(results: list[dict[str, Any]]) -> list[str]:
         "about half the neurons. SFMA drops channels before the same dense pass, so its "
         "saving (`exec`) mostly becomes time, less its statistics pass. The least-time "
         "search measures exactly this per site and keeps only what pays.",
-        "- **What would make SPET pay at every width:** a checkpoint shared by the filters of "
+        "- **What would make SPET pay:** a checkpoint shared by the filters of "
         "a tile (the same input channels checked for every filter, so the check pass is a "
         "dense tile over a quarter of the channels); it changes SPET's semantics and needs "
         "a new calibration.",
-        f"- **Batch 64** ({b64} vs eager). The program runs each sample alone (samples split "
-        "over the threads), so it gains nothing from the batch, while oneDNN's batched "
-        "convolutions get several times faster per image than at batch 1. Kernels that "
-        "share each weight load across the samples of a batch (grouping samples with the "
-        "same SFMA decisions) would be needed.",
+        f"- **Batch 64** ({b64} vs eager). The program splits the samples over the threads "
+        "and runs each thread's samples in small groups op by op, so a site's weights stay "
+        "in cache across the group; but each sample still runs its own kernels, while "
+        "oneDNN's batched convolutions get several times faster per image than at batch 1 "
+        "(the compiled column). Kernels that share each weight register load across the "
+        "samples of a group (grouping samples with the same SFMA decisions) are the next "
+        "step.",
         f"- **The op reduction caps the rest.** The calibrated points remove {red} of the "
         "scalar operations (simulated); even kernels as efficient per op as the dense ones "
         "would add only that factor to the runtime's. A stronger calibration (lazy greedy "
