@@ -15,22 +15,13 @@ from __future__ import annotations
 import argparse
 
 import torch
-from dyvedeep_speed import POINTS, build, programs
+from dyvedeep_speed import POINTS, _op_us, build, programs
 
 from dyve import data
-from dyve.eval.latency import num_threads
+from dyve.eval.latency import machine, num_threads
 from dyve.mechanisms.dyvedeep.kernel import SiteKnobs
 from dyve.mechanisms.dyvedeep.profile import capture, site_profile
 from dyve.models import model_info
-
-
-def op_us(prog, images: list[torch.Tensor], rounds: int = 10) -> list[float]:
-    """Each op's mean time inside the program (µs), one thread."""
-    sec = torch.zeros(len(prog.ops), dtype=torch.float64)
-    for _ in range(rounds):
-        for x in images:
-            prog.run(x, sec)
-    return (sec / (rounds * len(images)) * 1e6).tolist()
 
 
 def main() -> None:
@@ -54,10 +45,11 @@ def main() -> None:
     few = [x[i : i + 1] for i in range(8)]
     off, on = programs(net, few[0])
     with torch.no_grad(), num_threads(1):
-        a = [min(v) for v in zip(op_us(off, few), op_us(off, few), strict=True)]
-        b = [min(v) for v in zip(op_us(on, few), op_us(on, few), strict=True)]
+        a, b = _op_us(off, few, 10), _op_us(on, few, 10)
     where = {o["name"]: k for k, o in enumerate(on.ops) if o["kind"] == "site"}
-    print(f"machine threads=1, {args.model} ({args.point} point), {args.n} val images")
+    m = machine()
+    print(f"{m['cpu']}, 1 thread, torch {m['torch']}; {args.model} ({args.point} point)")
+    print(f"sites timed alone on {args.n} val images; in the program on 8 (median per op)")
     print(f"{'site':24s} {'knobs':10s} {'alone off/on':>12s} {'in program':>10s}")
     alone, inside = [0.0, 0.0], [0.0, 0.0]
     for s in sites:

@@ -189,7 +189,12 @@ def _greedy(
             ahead = range(level[s][k] + 1, len(grid) if timed else min(level[s][k] + 2, len(grid)))
             best = None
             for lv in ahead:
-                cand = local(s, {**level[s], k: lv})
+                lvs = {**level[s], k: lv}
+                if timed:  # the timing (cached) first: no emulation for a setting that is slower
+                    t = prof[s].time_knobs(mech, net.sites[s], knobs_at(s, lvs))
+                    if current[s][0] - t <= floor[s]:
+                        continue
+                cand = local(s, lvs)
                 saved = current[s][0] - cand[0]
                 if saved <= floor[s]:
                     continue
