@@ -10,11 +10,12 @@ import pytest
 import torch
 
 import dyve.dynamic
-from dyve._io import read_json
+from dyve._io import jsonable, read_json
 from dyve.cli.main import main
 from dyve.data import batches, load_images
 from dyve.eval.latency import num_threads
 from dyve.mechanisms.dyvedeep import native
+from dyve.mechanisms.dyvedeep.calibrate import Calibration
 from dyve.models import CIFAR_NORM
 
 REQUIRED = (
@@ -102,13 +103,31 @@ def test_calibrate_writes_a_complete_run(prepared, tmp_path: Path) -> None:
     assert rc == 0
     assert "  step " not in again, "verified points must be reused from calibration.json"
     assert read_json(run / "metrics.json")["top1"] == m["top1"]
+    # a stricter budget keeps the search, chooses again, and tests the new point
+    trajectory = read_json(run / "calibration.json")["trajectory"]
+    strict = [a if a != "1.0" else "0.2" for a in args] + ["--confidence", "0.95"]
+    assert strict.count("0.2") == 1
+    rc, text = _cli(*strict)
+    assert rc == 0, text
+    state = read_json(run / "calibration.json")
+    assert state["trajectory"] == trajectory
+    cal = Calibration(**state)
+    k = read_json(run / "metrics.json")["calibration"]
+    assert (k["confidence"], k["budget_pp"], k["chosen_step"]) == (0.95, 0.2, cal.chosen)
+    if cal.chosen is not None:
+        assert k["loss_bound_pp"] <= 0.2
+    assert read_json(run / "test.json")["dyvedeep"]["knobs"] == jsonable(
+        cal.knob_values(cal.chosen) if cal.chosen is not None else {}
+    )
+    rc, _ = _cli(*args, "--profile-images", "64")
+    assert rc == 2, "another search must be refused"
     # the results page lists the run
     page = tmp_path / "results.md"
     rc, _ = _cli("dyvedeep", "results", str(run), "--out", str(page))
     assert rc == 0
     text = page.read_text()
     assert "| caffe_cifar10 |" in text
-    assert f"{m['op_reduction']:.2f}x" in text
+    assert f"{read_json(run / 'metrics.json')['op_reduction']:.2f}x" in text
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys) -> None:
@@ -128,6 +147,13 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys) -> None:
     )
     assert rc == 2
     assert "unknown knobs" in capsys.readouterr().err
+    base = ["dyvedeep", "calibrate", "--model", "caffe_cifar10", "--data", "cifar10-jpeg"]
+    rc = main([*base, "--out", str(tmp_path), "--confidence", "1.5"])
+    assert rc == 2
+    assert "confidence must be in [0.5, 1)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--out", str(tmp_path), "--confidence", "maybe"])
+    assert "a probability or 'none'" in capsys.readouterr().err
     rc = main(["dyvedeep", "results", str(tmp_path / "missing"), "--out", str(tmp_path / "r.md")])
     assert rc == 2
     assert "no metrics.json" in capsys.readouterr().err
@@ -142,7 +168,7 @@ def test_calibrate_for_time_records_the_search_and_the_machine(prepared, tmp_pat
         "dyvedeep", "calibrate", "--model", "caffe_cifar10", "--data", "cifar10-jpeg",
         "--out", str(run), "--budget", "1.0", "--cost", "time", "--limit", "200",
         "--test-limit", "200", "--profile-images", "32", "--batch-size", "100",
-        "--no-ablations", "--no-progress",
+        "--confidence", "none", "--no-ablations", "--no-progress",
     )  # fmt: skip
     assert rc == 0, text
     assert "sites' time est." in text
@@ -151,6 +177,7 @@ def test_calibrate_for_time_records_the_search_and_the_machine(prepared, tmp_pat
     assert cal["cost"] == "time"
     assert cal["machine"]["cores"] >= 1
     assert cal["est_time_reduction"] > 1.0
+    assert cal["confidence"] is None  # 200 images: the budget holds the plain loss
     state = read_json(run / "calibration.json")
     assert state["config"]["cost"] == "time"
     assert all("est_us" in s for s in state["trajectory"])

@@ -192,9 +192,14 @@ def test_dyvedeep_calibration_shards_its_evaluations(tmp_path: Path, prepared) -
     assert len(one["evaluations"]) >= 3
     assert two["trajectory"] == one["trajectory"]
     assert two["chosen"] == one["chosen"]
+    assert two["dense_predictions"] == one["dense_predictions"]
     assert two["evaluations"].keys() == one["evaluations"].keys()
     for step, e in one["evaluations"].items():
         assert two["evaluations"][step]["top1"] == e["top1"]
+        assert (two["evaluations"][step]["worse"], two["evaluations"][step]["better"]) == (
+            e["worse"],
+            e["better"],
+        )
         assert two["evaluations"][step]["macs_mean"] == pytest.approx(e["macs_mean"], rel=1e-9)
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())

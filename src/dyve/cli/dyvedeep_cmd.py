@@ -32,6 +32,13 @@ def add(sub: Any) -> None:
         default=None,
         help="instead of --budget: the scalar-op reduction to reach (e.g. 3)",
     )
+    c.add_argument(
+        "--confidence",
+        type=_confidence,
+        default=0.9,
+        help="hold the budget to this one-sided confidence bound of the paired loss against "
+        "dense on the calibration split (default 0.9; 'none': the measured loss itself)",
+    )
     c.add_argument("--knobs", default="spet,spet_exact,sdss,sfma", help="knobs the search may use")
     c.add_argument(
         "--cost",
@@ -60,6 +67,16 @@ def add(sub: Any) -> None:
     r.set_defaults(func=cmd_results)
 
 
+def _confidence(text: str) -> float | None:
+    """``--confidence``: a probability, or ``none``."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a probability or 'none', got {text!r}") from None
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Run the calibration job and print its summary."""
     from dyve.mechanisms.dyvedeep.calibrate import CalibrationConfig
@@ -77,6 +94,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             profile_images=args.profile_images,
             batch_size=args.batch_size,
             cost=args.cost,
+            confidence=args.confidence,
         )
         cfg = JobConfig(
             model=args.model,

@@ -99,13 +99,101 @@ def test_calibration_resumes_without_recomputing(tmp_path: Path, monkeypatch) ->
     first = calibrate(fresh(), data, NORM, cfg, state_dir=tmp_path, progress=False)
     calls = []
     monkeypatch.setattr(calibrate_mod, "measure_sharded", lambda *a, **k: calls.append(1))
-    monkeypatch.setattr(calibrate_mod, "_greedy", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(calibrate_mod, "greedy", lambda *a, **k: calls.append(1))
     again = calibrate(fresh(), data, NORM, cfg, state_dir=tmp_path, progress=False)
     assert not calls, "a finished calibration must be reused, not recomputed"
     assert again.chosen == first.chosen
     assert again.trajectory == first.trajectory
-    with pytest.raises(DyveError, match="other settings"):
+    with pytest.raises(DyveError, match=r"another search \(profile_images\)"):
         calibrate(fresh(), data, NORM, CalibrationConfig(budget_pp=1.0), state_dir=tmp_path)
+
+
+def test_resumed_calibration_with_another_budget_keeps_search_and_points(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Verification settings may change on resume: the search and the verified points are
+    kept (every point already has its paired counts), the operating point is chosen again."""
+    model, data = _model_and_data(80)
+    base = dict(profile_images=32, batch_size=80, curve_points=2)
+    cfg = CalibrationConfig(budget_pp=5.0, confidence=None, **base)
+
+    def fresh():
+        return equip(model, DyVEDeep(), example_inputs=torch.zeros(1, 3, 16, 16))
+
+    first = calibrate(fresh(), data, NORM, cfg, state_dir=tmp_path, progress=False)
+    assert all({"worse", "better"} <= set(e) for e in first.evaluations.values())
+    calls = []
+    monkeypatch.setattr(calibrate_mod, "greedy", lambda *a, **k: calls.append("search"))
+    strict = CalibrationConfig(budget_pp=0.0, confidence=0.99, **base)
+    again = calibrate(fresh(), data, NORM, strict, state_dir=tmp_path, progress=False)
+    assert not calls
+    assert again.trajectory == first.trajectory
+    assert set(again.evaluations) >= set(first.evaluations)
+    assert again.chosen is not None  # at least step 0, the lossless exact check
+    for p in again.curve():
+        if p["step"] == again.chosen:
+            assert p["bound_pp"] <= 0.0
+    assert read_json(tmp_path / "calibration.json")["config"]["confidence"] == 0.99
+
+
+def test_states_without_paired_counts_measure_them_again(tmp_path: Path) -> None:
+    """A state from before the confidence bound has no dense predictions: the dense run and
+    the verified points are measured again (the search is kept) and get their counts."""
+    model, data = _model_and_data(80)
+    cfg = CalibrationConfig(budget_pp=5.0, profile_images=32, batch_size=80, curve_points=2)
+    first = calibrate(fresh_net(model), data, NORM, cfg, state_dir=tmp_path, progress=False)
+    state = read_json(tmp_path / "calibration.json")
+    del state["config"]["confidence"], state["dense_predictions"]
+    for e in state["evaluations"].values():
+        del e["worse"], e["better"]
+    write_json(tmp_path / "calibration.json", state)
+    again = calibrate(fresh_net(model), data, NORM, cfg, state_dir=tmp_path, progress=False)
+    assert again.trajectory == first.trajectory
+    assert again.dense_predictions == first.dense_predictions
+    assert again.evaluations == first.evaluations
+    assert again.chosen == first.chosen
+
+
+def _calibration_with(points: dict[int, tuple[float, int, int, float]], conf: float | None):
+    """A finished calibration over 1000 images (dense 90 % at 100 ops) with ``points``:
+    step -> (top1, worse, better, ops)."""
+    cal = calibrate_mod.Calibration(
+        {"n": 1000, "confidence": conf},
+        {"top1": 90.0, "scalar_ops_mean": 100.0, "macs_mean": 50.0},
+        trajectory=[{"knob": "sfma", "site": "a", "threshold": 0.1}] * 10,
+    )
+    for step, (top1, worse, better, ops) in points.items():
+        cal.evaluations[str(step)] = {
+            "top1": top1,
+            "scalar_ops_mean": ops,
+            "macs_mean": ops / 2,
+            "worse": worse,
+            "better": better,
+        }
+    return cal
+
+
+def test_the_budget_holds_the_loss_bound_not_the_loss() -> None:
+    """Step 5 loses 0.2 pp through 58 discordant images: its bound (about 1.2 pp) is out of
+    a 0.5 pp budget, so the costlier step 3 (0.1 pp through 3 images) is chosen; without a
+    confidence the plain losses decide and step 5 is."""
+    points = {3: (89.9, 2, 1, 80.0), 5: (89.8, 30, 28, 60.0)}
+    cfg = CalibrationConfig(budget_pp=0.5)
+    cal = _calibration_with(points, 0.9)
+    bounds = {p["step"]: p["bound_pp"] for p in cal.curve()}
+    assert bounds[5] == pytest.approx(
+        0.2 + 1.2816 * np.sqrt((0.058 - 0.002**2) / 1000) * 100, rel=1e-3
+    )
+    assert bounds[3] < 0.5 < bounds[5]
+    assert calibrate_mod._choose(cal, cfg) == 3
+    plain = _calibration_with(points, None)
+    assert calibrate_mod._choose(plain, CalibrationConfig(budget_pp=0.5, confidence=None)) == 5
+
+
+def test_bad_confidence_is_refused() -> None:
+    for bad in (0.3, 1.0, -1.0):
+        with pytest.raises(ValueError, match="confidence"):
+            CalibrationConfig(confidence=bad)
 
 
 def test_target_reduction_picks_the_first_point_reaching_it() -> None:

@@ -12,50 +12,54 @@ not published; ``docs/methods/dyvedeep.md``):
 3. **Verification**: points of the trajectory are run on the whole calibration split
    (bisection for the last point within the budget, plus points around it), giving the
    accuracy-versus-ops curve; the operating point is the cheapest verified point within
-   the budget (or the first reaching ``target_reduction``).
+   the budget (or the first reaching ``target_reduction``). With ``confidence`` (default
+   0.9) a point is within the budget when the one-sided upper confidence bound of its
+   paired loss against the dense network is (:mod:`dyve.eval.paired`): the cheapest
+   point whose plain loss passes is chosen among noisy estimates and loses more on unseen
+   images.
 
 ``cost="time"`` makes the search save *time* on this machine instead of scalar operations:
 a candidate's cost is its site's measured time in the native kernel
 (:meth:`.profile.SiteProfile.time_knobs`); a step may jump to any higher level of a knob
 (a check pass costs time until enough neurons stop, so SPET's first levels run slower than
-off) and must save at least :data:`MIN_TIME_SAVING` of the site's dense time; the
+off) and must save at least :data:`.search.MIN_TIME_SAVING` of the site's dense time; the
 operating point is the verified point within the budget with the least estimated time.
 Settings that compute less but run slower on this CPU (SPET's check pass, SDSS below
 about half the neurons interpolated) are never taken. The result depends on
 the machine, which is recorded.
 
-State is written after each phase and each verified point, so an interrupted run resumes.
+State is written after each phase and each verified point, so an interrupted run resumes;
+a run resumed with other verification settings (:data:`VERIFY_KEYS`) keeps its search and
+its verified points.
 """
 
 from __future__ import annotations
 
-import heapq
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from dyve._io import jsonable, read_json, write_json
 from dyve.data.core import ImageSet
-from dyve.data.loader import Normalization, batches
+from dyve.data.loader import Normalization
 from dyve.dynamic.net import DynamicNet
 from dyve.errors import DyveError
 from dyve.eval.latency import machine
 from dyve.eval.measure import Measurement, measure_sharded
+from dyve.eval.paired import PairedLoss, check_confidence, paired_loss
 from dyve.mechanisms.dyvedeep import native
-from dyve.mechanisms.dyvedeep.kernel import SiteKnobs
 from dyve.mechanisms.dyvedeep.mechanism import KNOBS, DyVEDeep
-from dyve.mechanisms.dyvedeep.profile import capture, sensitivities, site_profile
+from dyve.mechanisms.dyvedeep.search import greedy
 from dyve.train.dist import Dist
 
 STATE = "calibration.json"
-GRID_KNOBS = ("spet", "sdss", "sfma")  # threshold knobs; spet_exact is on/off per site
 COSTS = ("ops", "time")
-#: in the time search, a step must save this share of its site's dense time (timing noise)
-MIN_TIME_SAVING = 0.01
+#: settings that only change which verified point is chosen; a resumed run may change them
+VERIFY_KEYS = ("budget_pp", "target_reduction", "curve_points", "confidence", "batch_size")
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,9 @@ class CalibrationConfig:
     seed: int = 0
     #: what the search saves: scalar operations, or measured time on this machine
     cost: str = "ops"
+    #: hold the budget to this one-sided confidence bound of the paired loss (None: the
+    #: loss measured on the calibration split itself)
+    confidence: float | None = 0.9
 
     def __post_init__(self) -> None:
         if self.cost not in COSTS:
@@ -90,6 +97,7 @@ class CalibrationConfig:
             raise ValueError(f"target_reduction must be > 1, got {self.target_reduction}")
         if self.profile_images < 1:
             raise ValueError("profile_images must be >= 1")
+        check_confidence(self.confidence)
 
 
 @dataclass
@@ -99,11 +107,14 @@ class Calibration:
     config: dict[str, Any]
     dense: dict[str, float]
     trajectory: list[dict[str, Any]] = field(default_factory=list)
-    #: step index (as a string, for JSON) -> top1, scalar_ops_mean, macs_mean
+    #: step index (as a string, for JSON) -> top1, scalar_ops_mean, macs_mean, and the
+    #: paired counts against the dense network (worse, better)
     evaluations: dict[str, dict[str, float]] = field(default_factory=dict)
     chosen: int | None = None
     #: the machine the time search measured on (``cost="time"`` only)
     machine: dict[str, Any] | None = None
+    #: the dense network's prediction per calibration image (for the paired counts)
+    dense_predictions: list[int] | None = None
 
     def knob_values(self, step: int) -> dict[str, Any]:
         """Every knob's per-site values after ``step`` steps of the trajectory."""
@@ -114,7 +125,7 @@ class Calibration:
         return values
 
     def curve(self) -> list[dict[str, Any]]:
-        """Verified points, cheapest last: step, top1, loss, ops and reduction."""
+        """Verified points, cheapest last: step, top1, loss, its bound, ops and reduction."""
         pts = []
         for k, e in sorted(self.evaluations.items(), key=lambda t: int(t[0])):
             pts.append(
@@ -122,120 +133,21 @@ class Calibration:
                     "step": int(k),
                     **e,
                     "loss_pp": self.dense["top1"] - e["top1"],
+                    "bound_pp": self.bound_pp(e),
                     "op_reduction": self.dense["scalar_ops_mean"] / e["scalar_ops_mean"],
                     **_pick(self.trajectory[int(k)], "est_us", "est_time_reduction"),
                 }
             )
         return pts
 
-
-def _greedy(
-    net: DynamicNet,
-    mech: DyVEDeep,
-    calib: ImageSet,
-    norm: Normalization,
-    cfg: CalibrationConfig,
-    progress: bool,
-) -> list[dict[str, Any]]:
-    """Profile the sites and run the greedy search; returns the trajectory."""
-    from tqdm import tqdm
-
-    sites = list(mech.ops)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    idx = torch.randperm(len(calib), generator=gen)[: cfg.profile_images].numpy()
-    x, _ = next(batches(calib, len(idx), norm, indices=idx))
-    inputs = capture(net, x, sites)
-    prof = {}
-    for s in tqdm(sites, desc="profile sites", disable=not progress, leave=False):
-        prof[s] = site_profile(mech, net.sites[s], inputs[s], cfg.levels)
-    sens = sensitivities(net, x, sites, seed=cfg.seed)
-    for s, v in sens.items():
-        prof[s].sensitivity = v
-    baseline = 2.0 * net.static_macs
-    trajectory: list[dict[str, Any]] = []
-    for s in mech.eligible["spet_exact"]:
-        prof[s].grids["spet_exact"] = [1.0]  # one level: on (it costs a compare per neuron)
-    level = {s: dict.fromkeys(prof[s].grids, -1) for s in sites}
-
-    def knobs_at(s: str, lv: dict[str, int]) -> SiteKnobs:
-        g = prof[s].grids
-        t = {k: (g[k][lv[k]] if lv.get(k, -1) >= 0 else None) for k in (*GRID_KNOBS, "spet_exact")}
-        return SiteKnobs(
-            spet=t["spet"], exact=t["spet_exact"] is not None, sdss=t["sdss"], sfma=t["sfma"]
-        )
-
-    timed = cfg.cost == "time"
-
-    def local(s: str, lv: dict[str, int]) -> tuple[float, float, float]:
-        """(cost, estimated damage, scalar ops) of the levels ``lv`` at site ``s``."""
-        knobs = knobs_at(s, lv)
-        ops, err = prof[s].try_knobs(mech, net.sites[s], knobs)
-        cost = prof[s].time_knobs(mech, net.sites[s], knobs) if timed else ops
-        return cost, err * prof[s].sensitivity, ops
-
-    current = {s: local(s, level[s]) for s in sites}
-    dense_ops = {s: 2.0 * net.sites[s].macs for s in sites}  # knobs off: 2 ops per MAC
-    # the least saving a step must make: none for ops, a share of the dense time for time
-    floor = {s: MIN_TIME_SAVING * current[s][0] if timed else 0.0 for s in sites}
-    version = dict.fromkeys(sites, 0)
-    heap: list[tuple[float, int, str, str, int, tuple[float, float, float]]] = []
-
-    def push(s: str) -> None:
-        for k, grid in prof[s].grids.items():
-            if k not in cfg.knobs:
-                continue
-            # the next level; the time search looks at every higher one (a check pass
-            # costs time until enough neurons stop: SPET's first levels run slower)
-            ahead = range(level[s][k] + 1, len(grid) if timed else min(level[s][k] + 2, len(grid)))
-            best = None
-            for lv in ahead:
-                lvs = {**level[s], k: lv}
-                if timed:  # the timing (cached) first: no emulation for a setting that is slower
-                    t = prof[s].time_knobs(mech, net.sites[s], knobs_at(s, lvs))
-                    if current[s][0] - t <= floor[s]:
-                        continue
-                cand = local(s, lvs)
-                saved = current[s][0] - cand[0]
-                if saved <= floor[s]:
-                    continue
-                ratio = saved / max(cand[1] - current[s][1], 1e-12)
-                if best is None or ratio > best[0]:
-                    best = (ratio, lv, cand)
-            if best is not None:
-                heapq.heappush(heap, (-best[0], version[s], s, k, best[1], best[2]))
-
-    for s in sites:
-        push(s)
-    est_ops = baseline + sum(current[s][2] - dense_ops[s] for s in sites)
-    dense_us = sum(current[s][0] for s in sites)  # every site dense (time search only)
-    est_cost = dense_us
-    damage = sum(current[s][1] for s in sites)
-    bar = tqdm(desc="greedy search", disable=not progress, leave=False)
-    while heap:
-        _, ver, s, k, lv, cand = heapq.heappop(heap)
-        if ver != version[s]:
-            continue
-        level[s][k] = lv
-        version[s] += 1
-        est_ops += cand[2] - current[s][2]
-        est_cost += cand[0] - current[s][0]
-        damage += cand[1] - current[s][1]
-        current[s] = cand
-        step = {
-            "knob": k,
-            "site": s,
-            "level": level[s][k],
-            "threshold": prof[s].grids[k][level[s][k]],
-            "est_ops": est_ops,
-            "damage": damage,
-        }
-        if timed:  # the sites' measured time, microseconds per image
-            step.update(est_us=est_cost, est_time_reduction=dense_us / est_cost)
-        trajectory.append(step)
-        push(s)
-        bar.update()
-    bar.close()
-    return trajectory
+    def bound_pp(self, e: dict[str, float]) -> float:
+        """The loss of evaluation ``e`` that the budget holds: its upper confidence bound
+        (``config["confidence"]``), or the plain loss without one or without paired counts."""
+        conf = self.config.get("confidence")
+        if conf is None or "worse" not in e:
+            return self.dense["top1"] - e["top1"]
+        paired = PairedLoss(int(self.config["n"]), int(e["worse"]), int(e["better"]))
+        return paired.bound_pp(conf)
 
 
 def calibrate(
@@ -280,10 +192,12 @@ def calibrate(
             net, calib, norm, ddp, batch_size=cfg.batch_size, progress=progress, desc=what
         )
 
-    if cal is None:
+    paired = cfg.confidence is not None
+    if cal is None or (paired and cal.dense_predictions is None):
         m = run("dense")
         dense = {"top1": m.top1, "scalar_ops_mean": m.scalar_ops_mean, "macs_mean": m.macs_mean}
-        cal = Calibration(cfg_dict, dense)
+        cal = cal or Calibration(cfg_dict, dense)
+        cal.dense_predictions = m.predictions.tolist()
 
     def save() -> None:
         if state_path is not None and ddp.main:
@@ -292,7 +206,7 @@ def calibrate(
     save()
     if not cal.trajectory:
         if ddp.main:
-            cal.trajectory = _greedy(net, mech, calib, norm, cfg, progress)
+            cal.trajectory = greedy(net, mech, calib, norm, cfg, progress)
             cal.machine = machine() if cfg.cost == "time" else None
         cal.trajectory = ddp.broadcast(cal.trajectory)
         save()
@@ -302,7 +216,7 @@ def calibrate(
 
     def verify(step: int) -> dict[str, float]:
         key = str(step)
-        if key not in cal.evaluations:
+        if key not in cal.evaluations or (paired and "worse" not in cal.evaluations[key]):
             apply_knobs(mech, cal.knob_values(step))
             m = run(f"step {step}")
             cal.evaluations[key] = {
@@ -310,18 +224,23 @@ def calibrate(
                 "scalar_ops_mean": m.scalar_ops_mean,
                 "macs_mean": m.macs_mean,
             }
+            if cal.dense_predictions is not None:
+                pl = paired_loss(np.asarray(cal.dense_predictions), m.predictions, calib.labels)
+                cal.evaluations[key].update(worse=pl.worse, better=pl.better)
             save()
             red = cal.dense["scalar_ops_mean"] / m.scalar_ops_mean
             t = cal.trajectory[step].get("est_time_reduction")
             est = f", sites' time est. {t:.2f}x less" if t is not None else ""
-            log(f"  step {step}: top-1 {m.top1:.2f} %, {red:.2f}x fewer scalar ops{est}")
+            e = cal.evaluations[key]
+            loss = f"loss {cal.dense['top1'] - m.top1:.2f} pp (bound {cal.bound_pp(e):.2f})"
+            log(f"  step {step}: top-1 {m.top1:.2f} %, {loss}, {red:.2f}x fewer scalar ops{est}")
         return cal.evaluations[key]
 
     def ok(step: int) -> bool:
         e = verify(step)
         if cfg.target_reduction is not None:
             return cal.dense["scalar_ops_mean"] / e["scalar_ops_mean"] < cfg.target_reduction
-        return cal.dense["top1"] - e["top1"] <= cfg.budget_pp
+        return cal.bound_pp(e) <= cfg.budget_pp
 
     last = len(cal.trajectory) - 1
     if last < 0 and cfg.cost == "time":
@@ -360,13 +279,13 @@ def _spread(n: int) -> list[float]:
 
 
 def _choose(cal: Calibration, cfg: CalibrationConfig) -> int | None:
-    """The first point reaching the target, or the cheapest within the budget: the least
-    scalar ops, or (time search) the least estimated time."""
+    """The first point reaching the target, or the cheapest whose loss bound is within the
+    budget: the least scalar ops, or (time search) the least estimated time."""
     pts = cal.curve()
     if cfg.target_reduction is not None:
         hit = [p for p in pts if p["op_reduction"] >= cfg.target_reduction]
         return min(hit, key=lambda p: p["step"])["step"] if hit else None
-    ok = [p for p in pts if p["loss_pp"] <= cfg.budget_pp]
+    ok = [p for p in pts if p["bound_pp"] <= cfg.budget_pp]
     cost = "est_us" if cfg.cost == "time" else "scalar_ops_mean"
     return min(ok, key=lambda p: p[cost])["step"] if ok else None
 
@@ -383,20 +302,29 @@ def apply_knobs(mech: DyVEDeep, values: dict[str, Any]) -> None:
 
 
 def _resume(path: Path | None, cfg_dict: dict[str, Any]) -> Calibration | None:
+    """The saved state, if any. Its search must match ``cfg_dict``; the verification
+    settings (:data:`VERIFY_KEYS`) are taken from ``cfg_dict`` (the verified points keep
+    their measurements, the operating point is chosen again)."""
     if path is None or not path.exists():
         return None
     d = read_json(path)
     saved = dict(d.get("config", {}))
     saved.setdefault("cost", "ops")  # states written before the time search existed
-    if saved != jsonable(cfg_dict):
+    saved.setdefault("confidence", None)  # ... and before the confidence bound
+    new = jsonable(cfg_dict)
+    differ = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
+    search = [k for k in differ if k not in VERIFY_KEYS]
+    if search:
         raise DyveError(
-            f"{path} holds a calibration with other settings; use another --out or delete it"
+            f"{path} holds a calibration with another search ({', '.join(search)}); use "
+            "another --out or delete it"
         )
     return Calibration(
-        config=d["config"],
+        config=new,
         dense=d["dense"],
         trajectory=d.get("trajectory", []),
         evaluations=d.get("evaluations", {}),
         chosen=d.get("chosen"),
         machine=d.get("machine"),
+        dense_predictions=d.get("dense_predictions"),
     )

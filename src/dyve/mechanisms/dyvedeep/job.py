@@ -26,6 +26,7 @@ from dyve.dynamic.net import DynamicNet
 from dyve.errors import DyveError
 from dyve.eval.measure import Measurement, measure_sharded
 from dyve.mechanisms.dyvedeep.calibrate import (
+    VERIFY_KEYS,
     Calibration,
     CalibrationConfig,
     apply_knobs,
@@ -154,7 +155,10 @@ class _TestRuns:
         self.breakdown: dict[str, dict[str, float]] = self.done.get("_breakdown", {})
 
     def get(self, name: str, values: dict[str, Any], keep: bool = False) -> dict[str, float]:
-        if name not in self.done:
+        """The test run ``name`` at the knob ``values``; measured again if the values
+        changed since it was kept (a resumed run that chose another point)."""
+        knobs = jsonable(values)
+        if self.done.get(name, {}).get("knobs") != knobs:
             _set(self.net, values)
             m: Measurement = measure_sharded(
                 self.net,
@@ -171,6 +175,7 @@ class _TestRuns:
                 "scalar_ops_mean": m.scalar_ops_mean,
                 "macs_mean": m.macs_mean,
                 "cost_mode": m.cost.cost_mode,
+                "knobs": knobs,
             }
             if keep:
                 self.breakdown = self.done["_breakdown"] = m.breakdown
@@ -237,12 +242,14 @@ def _metrics(
             "split": cal.config["split"],
             "n": cal.config["n"],
             "budget_pp": cal.config["budget_pp"],
+            "confidence": cal.config.get("confidence"),
             "target_reduction": cal.config["target_reduction"],
             "baseline_top1": cal.dense["top1"],
             "chosen_step": cal.chosen,
             "steps": len(cal.trajectory),
             "verified_points": len(cal.evaluations),
             "top1": chosen["top1"] if chosen else None,
+            "loss_bound_pp": chosen["bound_pp"] if chosen else None,
             "op_reduction": chosen["op_reduction"] if chosen else None,
             "cost": cal.config.get("cost", "ops"),
             "est_time_reduction": chosen.get("est_time_reduction") if chosen else None,
@@ -299,9 +306,16 @@ def _savefig(fig: Any, fmt: str, path: str) -> None:
 
 
 def _check_resume(path: Path, config: dict[str, Any]) -> None:
+    """Refuse to resume a run with other settings, except the calibration's verification
+    settings (:data:`.calibrate.VERIFY_KEYS`: the search is kept, the point chosen again)."""
     if not path.exists():
         return
-    old = {k: v for k, v in read_json(path).items() if k not in ("machine", "command")}
-    new = {k: v for k, v in jsonable(config).items() if k != "command"}
-    if old != new:
+
+    def search(d: dict[str, Any]) -> dict[str, Any]:
+        cal = {k: v for k, v in d.get("calibration", {}).items() if k not in VERIFY_KEYS}
+        cal.setdefault("cost", "ops")  # runs from before the time search
+        drop = ("machine", "command", "calibration")
+        return {**{k: v for k, v in d.items() if k not in drop}, "calibration": cal}
+
+    if search(read_json(path)) != search(jsonable(config)):
         raise DyveError(f"{path.parent} holds a run with other settings; use another --out")
