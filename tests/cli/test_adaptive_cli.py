@@ -142,4 +142,25 @@ def test_bad_exit_points_and_budgets_are_refused_before_a_run_exists(tmp_path: P
     base = ("exits", "fit", "--model", "resnet20_cifar", "--out", str(out), "--no-progress")
     assert _cli(*base, "--exits", "nope")[0] == 2
     assert _cli(*base, "--budget", "-1")[0] == 2
+    assert _cli(*base, "--confidence", "0.2")[0] == 2
     assert not out.exists(), "a corrected rerun must not meet a config it never ran"
+
+
+def test_a_run_resumes_with_another_budget_but_not_another_fit(tmp_path: Path) -> None:
+    """The budget and its confidence only choose among the fitted policies: a run resumes
+    with other values (and runs from before the bound, without one, resume too)."""
+    from dataclasses import replace
+
+    from dyve._io import write_json
+    from dyve.mechanisms.adaptive.job import JobConfig, _jsonable, load_config
+
+    cfg = JobConfig(models=("resnet20_cifar",))
+    load_config(tmp_path, cfg)
+    load_config(tmp_path, replace(cfg, budget_pp=0.5, confidence=None))
+    assert read_json(tmp_path / "config.json")["confidence"] is None
+    old = _jsonable(cfg)
+    del old["confidence"]
+    write_json(tmp_path / "config.json", old)
+    load_config(tmp_path, cfg)
+    with pytest.raises(ValueError, match="another configuration"):
+        load_config(tmp_path, replace(cfg, features="softmax"))

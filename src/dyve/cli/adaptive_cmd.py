@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from dyve.cli.trainer_args import probability_or_none
 from dyve.errors import DyveError
+from dyve.eval.paired import check_confidence
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -20,6 +22,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--eval-split", default="auto", help="split reported once (auto: test/test-b)")
     p.add_argument("--budget", type=float, default=1.0, help="top-1 loss allowed on the fit split")
+    p.add_argument(
+        "--confidence",
+        type=probability_or_none,
+        default=0.9,
+        help="the budget holds this one-sided confidence bound of the paired loss against "
+        "the reference (default 0.9; 'none': the loss on the fit split itself)",
+    )
     p.add_argument("--features", choices=("softmax", "confidence", "both"), default="both")
     p.add_argument("--lams", default=None, help="comma-separated lambda grid (default: built in)")
     p.add_argument("--limit", type=int, default=None, help="use the first N images of each split")
@@ -70,6 +79,10 @@ def _config(args: argparse.Namespace, models: tuple[str, ...], **extra: Any) -> 
         raise DyveError("--lams must be >= 0")
     if args.budget < 0:
         raise DyveError(f"--budget is an accuracy loss in pp and must be >= 0, got {args.budget}")
+    try:
+        check_confidence(args.confidence)
+    except ValueError as exc:
+        raise DyveError(str(exc)) from None
     if args.latency_images < 1 or (args.limit is not None and args.limit < 1):
         raise DyveError("--latency-images and --limit must be >= 1")
     return JobConfig(
@@ -79,6 +92,7 @@ def _config(args: argparse.Namespace, models: tuple[str, ...], **extra: Any) -> 
         eval_split=args.eval_split,
         features=args.features,
         budget_pp=args.budget,
+        confidence=args.confidence,
         lams=lams,
         limit=args.limit,
         latency_images=args.latency_images,

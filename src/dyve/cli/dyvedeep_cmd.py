@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dyve.cli.trainer_args import probability_or_none
 from dyve.errors import DyveError
 
 
@@ -34,7 +35,7 @@ def add(sub: Any) -> None:
     )
     c.add_argument(
         "--confidence",
-        type=_confidence,
+        type=probability_or_none,
         default=0.9,
         help="hold the budget to this one-sided confidence bound of the paired loss against "
         "dense on the calibration split (default 0.9; 'none': the measured loss itself)",
@@ -65,16 +66,6 @@ def add(sub: Any) -> None:
     r.add_argument("--out", required=True, type=Path, help="Markdown file to write")
     r.add_argument("--command", default=None, help="the command to state as the page's source")
     r.set_defaults(func=cmd_results)
-
-
-def _confidence(text: str) -> float | None:
-    """``--confidence``: a probability, or ``none``."""
-    if text.lower() == "none":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a probability or 'none', got {text!r}") from None
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

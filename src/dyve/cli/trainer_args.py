@@ -1,4 +1,5 @@
-"""Command-line pieces every trainer shares: run options, the results sub-command, configs."""
+"""Command-line pieces the method commands share: run options, the results sub-command,
+configs, the budget's confidence."""
 
 from __future__ import annotations
 
@@ -6,6 +7,16 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+
+
+def probability_or_none(text: str) -> float | None:
+    """``--confidence``: a probability, or ``none`` (range checked by the configs)."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a probability or 'none', got {text!r}") from None
 
 
 def add_run_options(t: argparse.ArgumentParser, device: str = "auto") -> None:

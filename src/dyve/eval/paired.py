@@ -34,6 +34,16 @@ class PairedLoss:
     def loss_pp(self) -> float:
         return 100.0 * (self.worse - self.better) / self.n
 
+    @classmethod
+    def of(cls, reference_correct: np.ndarray, correct: np.ndarray) -> PairedLoss:
+        """Count from per-image correctness (bool arrays of equal length)."""
+        ref, ok = np.asarray(reference_correct, bool), np.asarray(correct, bool)
+        if ref.shape != ok.shape or ref.ndim != 1:
+            raise ValueError(f"need two equal 1-d arrays, got {ref.shape}, {ok.shape}")
+        if len(ref) == 0:
+            raise ValueError("no images to compare")
+        return cls(len(ref), int((ref & ~ok).sum()), int((ok & ~ref).sum()))
+
     def margin_pp(self, confidence: float | None) -> float:
         """``z(confidence)`` standard errors of the loss, in pp (0 when ``confidence`` is None)."""
         if confidence is None:
@@ -56,10 +66,7 @@ def paired_loss(reference: np.ndarray, predictions: np.ndarray, labels: np.ndarr
             f"need three equal 1-d arrays, got {reference.shape}, {predictions.shape}, "
             f"{labels.shape}"
         )
-    if len(labels) == 0:
-        raise ValueError("no images to compare")
-    ref_ok, ok = reference == labels, predictions == labels
-    return PairedLoss(len(labels), int((ref_ok & ~ok).sum()), int((ok & ~ref_ok).sum()))
+    return PairedLoss.of(reference == labels, predictions == labels)
 
 
 def check_confidence(confidence: float | None) -> None:

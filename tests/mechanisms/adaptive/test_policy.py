@@ -460,3 +460,36 @@ def test_learned_minimises_its_objective(
     r_aware = evaluate(CHAIN, fit, aware, policy_cost=pc)
     assert r_aware.stop_fraction["A"] > r_plain.stop_fraction["A"] + 0.05
     assert objective(r_aware, lam) < objective(r_plain, lam)
+
+
+def test_the_operating_point_holds_the_budget_to_the_paired_bound(
+    chain_data: tuple[Outputs, Outputs],
+) -> None:
+    """Each lambda's row carries its paired loss on the fit split and the bound; with a
+    confidence the chosen policy is the cheapest whose bound is within the budget, so it
+    costs at least the plain rule's choice (the bound is never below the loss)."""
+    from dyve.mechanisms.adaptive.study import run_study
+
+    fit, held = chain_data
+    lams = (0.0, 0.1, 0.2, 0.24, 0.3, 0.36, 0.4, 0.5)
+    kw = dict(reference="C", lams=lams, budget_pp=1.5, refine=0)
+    plain = run_study(CHAIN, fit, held, confidence=None, **kw)
+    bound = run_study(CHAIN, fit, held, confidence=0.9, **kw)
+    ref = evaluate_node(CHAIN, fit, "C").accuracy
+    for p, q in zip(plain.learned, bound.learned, strict=True):
+        assert p["fit_loss_pp"] == pytest.approx(ref - p["fit_top1"], abs=1e-2)
+        assert p["fit_loss_bound_pp"] == p["fit_loss_pp"]
+        assert q["fit_loss_pp"] == p["fit_loss_pp"]
+        assert q["fit_loss_bound_pp"] >= q["fit_loss_pp"]
+    assert plain.chosen is not None
+    assert bound.chosen is not None
+    b = bound.learned[bound.chosen]
+    assert b["fit_loss_bound_pp"] <= 1.5
+    assert b["fit_macs_mean"] >= plain.learned[plain.chosen]["fit_macs_mean"]
+    cheaper = [q for q in bound.learned if q["fit_macs_mean"] < b["fit_macs_mean"]]
+    assert all(q["fit_loss_bound_pp"] > 1.5 for q in cheaper)
+    # on this data the bound changes the choice: some cheaper lambda passes on its loss alone
+    assert any(q["fit_loss_pp"] <= 1.5 for q in cheaper)
+    assert bound.as_dict()["confidence"] == 0.9
+    with pytest.raises(ValueError, match="confidence"):
+        run_study(CHAIN, fit, held, confidence=1.0, **kw)

@@ -48,6 +48,8 @@ class JobConfig:
     pool: int = 4
     features: str = "both"
     budget_pp: float = 1.0
+    #: the budget holds this one-sided confidence bound of the paired loss on the fit split
+    confidence: float | None = 0.9
     lams: tuple[float, ...] = LAMS
     limit: int | None = None
     latency_images: int = 200
@@ -144,18 +146,25 @@ def base_metrics(
         "n": n,
         "dataset": cfg.data,
         "budget_pp": cfg.budget_pp,
+        "confidence": cfg.confidence,
         "chosen_lam": chosen["lam"] if chosen else None,
         "cache_prediction": chosen,
         "oracle": study.oracle,
     }
 
 
+#: settings that only choose the operating point (masked out when a run resumes)
+CHOICE = {"budget_pp": None, "confidence": None}
+
+
 def load_config(out: Path, cfg: JobConfig) -> None:
-    """Refuse to resume a run directory made with another configuration."""
+    """Refuse to resume a run directory made with another configuration; the budget and
+    its confidence may change (they only choose the operating point among the fits)."""
     path = out / "config.json"
     if path.is_file():
-        old = read_json(path)
-        if old != _jsonable(cfg):
+        old = {"confidence": None, **read_json(path)}  # runs from before the bound
+        new = _jsonable(cfg)
+        if {**old, **CHOICE} != {**new, **CHOICE}:
             raise ValueError(f"{out} holds a run with another configuration; use a new --out")
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, _jsonable(cfg))

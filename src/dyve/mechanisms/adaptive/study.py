@@ -5,8 +5,11 @@ cached node logits on the fit split and the eval split, it fits the learned poli
 each lambda on the fit split, sweeps the threshold baselines, adds the oracle and every
 single node, evaluates all of them once on the eval split, and picks the operating point
 (cheapest learned policy within the accuracy budget *on the fit split*, so the eval split
-is never tuned on). Costs are MACs per sample (:data:`dyve.cost.CONVENTION`); the policy
-graph works in units of the most expensive single path (lambda = loss per full cost).
+is never tuned on; with ``confidence``, the budget holds the one-sided upper confidence
+bound of the policy's paired loss against the reference, :mod:`dyve.eval.paired`, since
+the cheapest policy that passes on the split it was fitted on loses more on others).
+Costs are MACs per sample (:data:`dyve.cost.CONVENTION`); the policy graph works in
+units of the most expensive single path (lambda = loss per full cost).
 Every point keeps which nodes its samples evaluated (``ran_fraction``), from which
 :mod:`~dyve.mechanisms.adaptive.latency` adds its estimated batch-1 latency.
 """
@@ -20,6 +23,7 @@ from typing import Any
 
 from dyve._io import atomic_save
 from dyve.cost import CONVENTION
+from dyve.eval.paired import PairedLoss, check_confidence
 from dyve.mechanisms.adaptive.policy import (
     LearnedPolicy,
     Node,
@@ -54,6 +58,7 @@ class Study:
     oracle: dict[str, Any]
     chosen: int | None  # index into ``learned``
     budget_pp: float
+    confidence: float | None
     #: the stage latency table once measured (:func:`~dyve.mechanisms.adaptive.latency.annotate`)
     latency: dict[str, Any] | None = None
 
@@ -66,6 +71,7 @@ class Study:
             ],
             "reference": self.reference,
             "budget_pp": self.budget_pp,
+            "confidence": self.confidence,
             "learned": self.learned,
             "baselines": self.baselines,
             "single": self.single,
@@ -99,6 +105,7 @@ def run_study(
     features: str = "both",
     policy_macs: float = 0.0,
     budget_pp: float = 1.0,
+    confidence: float | None = 0.9,
     thresholds: int = 41,
     alone: dict[str, float] | None = None,
     refine: int = 4,
@@ -111,6 +118,7 @@ def run_study(
     ``lams`` sweep, up to ``refine`` more lambdas bisect between the cheapest one within
     the budget and the next one that is not (the curve keeps every fitted lambda).
     """
+    check_confidence(confidence)
     paths = graph.cheapest_paths()
     full = max(c for c, _ in paths.values())
     alone = alone if alone is not None else {k: c for k, (c, _) in paths.items()}
@@ -118,21 +126,24 @@ def run_study(
     ref_fit = evaluate_node(graph, fit, reference)
     ref_macs = alone[reference]
     pc = policy_macs / full
-    ref_acc = ref_fit.accuracy
     fitted: dict[float, tuple[LearnedPolicy, dict[str, Any], bool]] = {}
 
     def add(lam: float) -> None:
         pol = fit_learned(unit, fit, lam, features=features, policy_cost=pc)
         on_fit = evaluate(graph, fit, pol, policy_cost=policy_macs)
         on_held = evaluate(graph, held, pol, policy_cost=policy_macs)
+        paired = PairedLoss.of(ref_fit.correct.numpy(), on_fit.correct.numpy())
+        bound = paired.bound_pp(confidence)
         row = _point(
             on_held,
             ref_macs,
             lam=lam,
             fit_top1=round(on_fit.accuracy, 3),
             fit_macs_mean=on_fit.mean_cost,
+            fit_loss_pp=round(paired.loss_pp, 3),
+            fit_loss_bound_pp=round(bound, 3),
         )
-        fitted[lam] = (pol, row, on_fit.accuracy >= ref_acc - budget_pp)
+        fitted[lam] = (pol, row, bound <= budget_pp)
 
     def best() -> float | None:  # the cheapest lambda within the budget on the fit split
         ok = [lam for lam, (_, _, within) in fitted.items() if within]
@@ -175,6 +186,7 @@ def run_study(
         _point(oracle(graph, held), ref_macs),
         chosen,
         budget_pp,
+        confidence,
     )
 
 
