@@ -132,6 +132,8 @@ constexpr float NEURON_COST = 1.0f;
 
 struct Scratch {
   std::vector<float> xq, xt, wr, topw, bias, partial;
+  std::vector<float> wc;      // subset mode on small maps: the kept filters' weights, compact
+  std::vector<int32_t> wcofs;  // ... and where each term's row starts in wc
   std::vector<float> arena;  // a whole-network program's buffers (fast_program.cpp)
   std::vector<int32_t> kept, slot, toff, wofs, ttop, trel, flat, active, vecs, tap_off, tap_rel, xbase;
   std::vector<uint32_t> valid;  // per plane vector: bit l set when lane l is an output position
@@ -471,17 +473,18 @@ struct Sample {
   }
 
   // Filter-vectorised tile for small maps: 8 output positions (plane offsets q) x 16 * NV
-  // filters from o0. A term's weights for 16 filters are one vector load, its inputs are
-  // broadcast; the sum runs over the terms in the same order as tile(), so the outputs are
-  // the same bit for bit.
+  // filters from o0 of the term-major weights wt (term k's row at wofs[k]). A term's
+  // weights for 16 filters are one vector load, its inputs are broadcast; the sum runs over
+  // the terms in the same order as tile(), so the outputs are the same bit for bit.
   template <int NV>
-  void tile_filters(int o0, const int* q, vf (&acc)[8][2]) const {
+  void tile_filters(const float* wt, const int* wofs, int o0, const int* q,
+                    vf (&acc)[8][2]) const {
     const float* xq = sc.xq.data();
     for (int p = 0; p < 8; ++p)
       for (int v = 0; v < NV; ++v) acc[p][v] = vf{};
     for (int k = 0; k < K; ++k) {
       const float* r = xq + sc.toff[k];
-      const float* w = s.weight_t + sc.wofs[k] + o0;
+      const float* w = wt + wofs[k] + o0;
       vf wv[NV];
       for (int v = 0; v < NV; ++v) wv[v] = load(w + v * V);
       for (int p = 0; p < 8; ++p) {
@@ -493,7 +496,23 @@ struct Sample {
 
   // Dense pass over output positions, filters in vectors: for maps whose rows fill few of
   // the plane pass's 32-position tiles (8 x 8 maps: 64 of 96 lanes; 2 x 2: 4 of 32).
-  void dense_filters() {
+  // Subset mode first copies the kept filters' weights into a compact term-major table
+  // (nout filters, padded to whole vectors; the padding lanes are computed, not written).
+  void dense_filters(int nout) {
+    const float* wt = s.weight_t;
+    const int* wofs = sc.wofs.data();
+    const int width = round_up(nout, V);
+    if (fl != nullptr) {
+      sc.wc.assign((size_t)K * width, 0.f);
+      sc.wcofs.resize(std::max(K, 1));
+      for (int k = 0; k < K; ++k) {
+        const float* src = s.weight_t + sc.wofs[k];
+        float* dst = &sc.wc[(size_t)k * width];
+        for (int u = 0; u < nout; ++u) dst[u] = src[fl[u]];
+        sc.wcofs[k] = k * width;
+      }
+      wt = sc.wc.data(), wofs = sc.wcofs.data();
+    }
     int q[8];
     for (int p0 = 0; p0 < P; p0 += 8) {
       const int np = std::min(8, P - p0);
@@ -501,35 +520,41 @@ struct Sample {
         const int pos = p0 + std::min(p, np - 1);
         q[p] = (pos / s.wo) * Wq + pos % s.wo;
       }
-      for (int o0 = 0; o0 < s.cout; o0 += 2 * V) {
-        const int nv = std::min(2, (s.cout - o0) / V);
+      for (int o0 = 0; o0 < width; o0 += 2 * V) {
+        const int nv = std::min(2, (width - o0) / V);
         vf acc[8][2];
         if (nv == 2)
-          tile_filters<2>(o0, q, acc);
+          tile_filters<2>(wt, wofs, o0, q, acc);
         else
-          tile_filters<1>(o0, q, acc);
+          tile_filters<1>(wt, wofs, o0, q, acc);
         for (int v = 0; v < nv; ++v)
           for (int p = 0; p < np; ++p) {
             alignas(64) float buf[V];
             store(buf, acc[p][v]);
-            for (int l = 0; l < V; ++l) {
-              const int o = o0 + v * V + l;
-              const float scale = osc != nullptr ? osc[o] : oscale;
-              out[(size_t)o * P + p0 + p] = finish((sc.bias[o] + buf[l]) * scale);
+            const int lanes = std::min(V, nout - o0 - v * V);
+            for (int l = 0; l < lanes; ++l) {
+              const int u = o0 + v * V + l;
+              const float scale = osc != nullptr ? osc[u] : oscale;
+              const float b = sc.bias[fl != nullptr ? fl[u] : u];
+              out[(size_t)u * P + p0 + p] = finish((b + buf[l]) * scale);
             }
           }
       }
     }
-    st[ST_MACS] += (double)K * P * s.cout;
+    st[ST_MACS] += (double)K * P * nout;
   }
 
   // Dense plane pass: every output channel (subset mode: the filters fl) at every position.
+  // Small maps take the filter-vectorised pass when its lanes are fuller than the plane
+  // tiles': all of them for whole vectors of filters, a share for a subset of filters.
   void dense() {
-    if (fl == nullptr && s.cout % V == 0 && 5 * P < 4 * round_up(NF, 2 * V)) {
-      dense_filters();
+    const int nout = fl != nullptr ? nf : s.cout;
+    const int tiles = round_up(NF, 2 * V);
+    if (5 * P < 4 * tiles && (fl == nullptr ? s.cout % V == 0
+                                             : (long)nf * tiles > (long)round_up(nf, V) * P)) {
+      dense_filters(nout);
       return;
     }
-    const int nout = fl != nullptr ? nf : s.cout;
     for (int u = 0; u < nout; u += 8) {
       const int no = std::min(8, nout - u);
       for (int i = 0; i < NF; i += 2 * V) {
