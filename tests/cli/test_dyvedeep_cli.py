@@ -128,6 +128,7 @@ def test_calibrate_writes_a_complete_run(prepared, tmp_path: Path) -> None:
     text = page.read_text()
     assert "| caffe_cifar10 |" in text
     assert f"{read_json(run / 'metrics.json')['op_reduction']:.2f}x" in text
+    assert "| 0.2 pp (95% bound) |" in text
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys) -> None:

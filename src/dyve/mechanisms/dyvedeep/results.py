@@ -122,8 +122,9 @@ def write_results(
         "holds while the thresholds remove up to about a third of the operations, then falls "
         "off within a few greedy steps (see each run's curve), and the first layer (raw "
         "pixels) and every conv whose ReLU comes after a residual add offer SPET nothing. "
-        "A point chosen at the edge of that cliff on `val` can lose more on `test` (the "
-        "VGG-class net). `benchmarks/NOTES.md` lists what was tried and what to try next.",
+        "A point chosen at the edge of that cliff by its measured loss on the calibration "
+        "split loses more on `test`; a budget with a bound (the *budget* column) guards "
+        "against that. `benchmarks/NOTES.md` lists what was tried and what to try next.",
         "",
         "Curves (top-1 on the calibration split against scalar-op reduction, every verified "
         "point): "
