@@ -146,6 +146,12 @@ def test_states_without_paired_counts_measure_them_again(tmp_path: Path) -> None
     del state["config"]["confidence"], state["dense_predictions"]
     for e in state["evaluations"].values():
         del e["worse"], e["better"]
+    # a point the verification will not visit again, measured lossless without counts:
+    # it is no evidence for the bound and must not be chosen
+    spare = next(
+        str(i) for i in range(1, len(first.trajectory)) if str(i) not in state["evaluations"]
+    )
+    state["evaluations"][spare] = {**state["evaluations"]["0"], "scalar_ops_mean": 1.0}
     write_json(tmp_path / "calibration.json", state)
     again = calibrate(fresh_net(model), data, NORM, cfg, state_dir=tmp_path, progress=False)
     assert again.trajectory == first.trajectory

@@ -193,6 +193,8 @@ def calibrate(
         )
 
     paired = cfg.confidence is not None
+    if cal is not None and paired:  # points verified without paired counts: not evidence
+        cal.evaluations = {k: e for k, e in cal.evaluations.items() if "worse" in e}
     if cal is None or (paired and cal.dense_predictions is None):
         m = run("dense")
         dense = {"top1": m.top1, "scalar_ops_mean": m.scalar_ops_mean, "macs_mean": m.macs_mean}
