@@ -93,6 +93,14 @@ def test_exits_and_select_write_runs_and_a_page(
     assert (tmp_path / "adaptive" / "e.png").is_file()
     assert text.count("Stage latencies") == 2
     assert "est. speedup" in text
+    # each section states how its point was chosen: budget, bound, the point's fit loss
+    chosen = read_json(tmp_path / "e" / "curves.json")
+    point = chosen["learned"][chosen["chosen"]]
+    assert point["fit_loss_bound_pp"] <= 1.0
+    assert (
+        f"Budget 1 pp (90% bound) on test-a: loss {point['fit_loss_pp']:.2f} pp, "
+        f"bound {point['fit_loss_bound_pp']:.2f} pp." in text
+    )
     assert text.count("`dyve bench` against") == 2
     assert "`dyve bench` against resnet20_cifar (2 interleaved batch-1 calls over 1" in text
     # a different configuration in the same directory is refused
