@@ -21,7 +21,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         "else test-a)",
     )
     p.add_argument("--eval-split", default="auto", help="split reported once (auto: test/test-b)")
-    p.add_argument("--budget", type=float, default=1.0, help="top-1 loss allowed on the fit split")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=1.0,
+        help="top-1 loss allowed on the fit split, in pp (held at --confidence)",
+    )
     p.add_argument(
         "--confidence",
         type=probability_or_none,

@@ -26,7 +26,12 @@ def add(sub: Any) -> None:
     c.add_argument("--split", default="val", help="calibration split (default: val)")
     c.add_argument("--test-split", default="test", help="split evaluated once (default: test)")
     c.add_argument("--out", required=True, type=Path, help="run directory (resumed if present)")
-    c.add_argument("--budget", type=float, default=0.5, help="top-1 loss allowed on val, in pp")
+    c.add_argument(
+        "--budget",
+        type=float,
+        default=0.5,
+        help="top-1 loss allowed on the calibration split, in pp (held at --confidence)",
+    )
     c.add_argument(
         "--target-reduction",
         type=float,
