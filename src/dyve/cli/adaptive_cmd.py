@@ -34,6 +34,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="the budget holds this one-sided confidence bound of the paired loss against "
         "the reference (default 0.9; 'none': the loss on the fit split itself)",
     )
+    p.add_argument(
+        "--no-crossfit",
+        action="store_true",
+        help="judge each lambda's policy on the split it was fitted on (default: fitted on "
+        "one half of the fit split, judged on the other, both ways)",
+    )
     p.add_argument("--features", choices=("softmax", "confidence", "both"), default="both")
     p.add_argument("--lams", default=None, help="comma-separated lambda grid (default: built in)")
     p.add_argument("--limit", type=int, default=None, help="use the first N images of each split")
@@ -98,6 +104,7 @@ def _config(args: argparse.Namespace, models: tuple[str, ...], **extra: Any) -> 
         features=args.features,
         budget_pp=args.budget,
         confidence=args.confidence,
+        crossfit=not args.no_crossfit,
         lams=lams,
         limit=args.limit,
         latency_images=args.latency_images,

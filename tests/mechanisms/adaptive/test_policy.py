@@ -472,7 +472,7 @@ def test_the_operating_point_holds_the_budget_to_the_paired_bound(
 
     fit, held = chain_data
     lams = (0.0, 0.1, 0.2, 0.24, 0.3, 0.36, 0.4, 0.5)
-    kw = dict(reference="C", lams=lams, budget_pp=1.5, refine=0)
+    kw = dict(reference="C", lams=lams, budget_pp=1.5, refine=0, crossfit=False)
     plain = run_study(CHAIN, fit, held, confidence=None, **kw)
     bound = run_study(CHAIN, fit, held, confidence=0.9, **kw)
     ref = evaluate_node(CHAIN, fit, "C").accuracy
@@ -493,3 +493,34 @@ def test_the_operating_point_holds_the_budget_to_the_paired_bound(
     assert bound.as_dict()["confidence"] == 0.9
     with pytest.raises(ValueError, match="confidence"):
         run_study(CHAIN, fit, held, confidence=1.0, **kw)
+
+
+def test_cross_fitting_judges_each_lambda_out_of_sample(
+    chain_data: tuple[Outputs, Outputs],
+) -> None:
+    """With ``crossfit`` a lambda's fit loss is pooled from policies fitted on one half of
+    the fit split (even / odd rows) and judged on the other; the policy kept is the one
+    fitted on the whole split."""
+    from dyve.eval.paired import PairedLoss
+    from dyve.mechanisms.adaptive.study import run_study
+
+    fit, held = chain_data
+    lams = (0.0, 0.1, 0.3)
+    study = run_study(CHAIN, fit, held, reference="C", lams=lams, refine=0, budget_pp=1.5)
+    unit = PolicyGraph(tuple(Node(n.name, n.cost / 7.0, n.children) for n in CHAIN.nodes))
+    ref = evaluate_node(CHAIN, fit, "C").correct.numpy()
+    halves = (torch.arange(0, fit.n, 2), torch.arange(1, fit.n, 2))
+    worse = better = 0
+    for a, b in (halves, halves[::-1]):
+        pol = fit_learned(unit, fit.subset(a), 0.1)
+        part = PairedLoss.of(ref[b.numpy()], evaluate(CHAIN, fit.subset(b), pol).correct.numpy())
+        worse, better = worse + part.worse, better + part.better
+    row = study.learned[1]
+    assert row["fit_loss_pp"] == pytest.approx(PairedLoss(fit.n, worse, better).loss_pp, abs=1e-3)
+    kept = fit_learned(unit, fit, 0.1)
+    assert evaluate(CHAIN, fit, kept).accuracy == pytest.approx(row["fit_top1"], abs=1e-3)
+    assert study.as_dict()["crossfit"] is True
+    if study.chosen is not None:
+        assert study.learned[study.chosen]["fit_loss_bound_pp"] <= 1.5
+    with pytest.raises(ValueError, match="at least 4"):
+        run_study(CHAIN, fit.subset(torch.arange(3)), held, reference="C", lams=lams)

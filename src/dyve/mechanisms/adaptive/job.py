@@ -50,6 +50,8 @@ class JobConfig:
     budget_pp: float = 1.0
     #: the budget holds this one-sided confidence bound of the paired loss on the fit split
     confidence: float | None = 0.9
+    #: judge each lambda out of sample: fitted on one half of the fit split, judged on the other
+    crossfit: bool = True
     lams: tuple[float, ...] = LAMS
     limit: int | None = None
     latency_images: int = 200
@@ -147,6 +149,7 @@ def base_metrics(
         "dataset": cfg.data,
         "budget_pp": cfg.budget_pp,
         "confidence": cfg.confidence,
+        "crossfit": cfg.crossfit,
         "chosen_lam": chosen["lam"] if chosen else None,
         "cache_prediction": chosen,
         "oracle": study.oracle,
@@ -154,7 +157,7 @@ def base_metrics(
 
 
 #: settings that only choose the operating point (masked out when a run resumes)
-CHOICE = {"budget_pp": None, "confidence": None}
+CHOICE = {"budget_pp": None, "confidence": None, "crossfit": None}
 
 
 def load_config(out: Path, cfg: JobConfig) -> None:
@@ -162,7 +165,7 @@ def load_config(out: Path, cfg: JobConfig) -> None:
     its confidence may change (they only choose the operating point among the fits)."""
     path = out / "config.json"
     if path.is_file():
-        old = {"confidence": None, **read_json(path)}  # runs from before the bound
+        old = {"confidence": None, "crossfit": False, **read_json(path)}  # older runs
         new = _jsonable(cfg)
         if {**old, **CHOICE} != {**new, **CHOICE}:
             raise ValueError(f"{out} holds a run with another configuration; use a new --out")

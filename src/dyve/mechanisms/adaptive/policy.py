@@ -168,6 +168,10 @@ class Outputs:
     def n(self) -> int:
         return int(self.labels.shape[0])
 
+    def subset(self, index: Tensor) -> Outputs:
+        """The rows ``index`` of every node (and their labels)."""
+        return Outputs({k: v[index] for k, v in self.logits.items()}, self.labels[index])
+
     def _logits(self, name: str) -> Tensor:
         if name not in self.logits:
             raise ValueError(f"no logits for node {name!r}; have {sorted(self.logits)}")

@@ -174,7 +174,9 @@ def write_results(runs: list[Path], out: Path) -> Path:
         "split**; with a confidence, the budget holds the one-sided upper confidence bound",
         "of the policy's paired loss against the reference there, not the loss itself (the",
         "cheapest policy that passes on the split it was fitted on loses more on others;",
-        "`dyve.eval.paired`). Each section states its budget.",
+        "`dyve.eval.paired`). *Cross-fitted*: that loss is out of sample, each lambda's",
+        "policy fitted on one half of the fit split and judged on the other, both ways (the",
+        "policy kept is fitted on the whole split). Each section states its budget.",
         "",
     ]
     for run in runs:
@@ -221,7 +223,9 @@ def write_results(runs: list[Path], out: Path) -> Path:
 def _choice(m: dict[str, Any], c: dict[str, Any]) -> str:
     """How the operating point was chosen on the fit split: budget, bound, fit loss."""
     conf = m.get("confidence")
-    rule = f"{m['budget_pp']:g} pp" + (f" ({conf:.0%} bound)" if conf else "")
+    how = [f"{conf:.0%} bound"] if conf else []
+    how += ["cross-fitted"] if m.get("crossfit") else []
+    rule = f"{m['budget_pp']:g} pp" + (f" ({', '.join(how)})" if how else "")
     if c.get("chosen") is None:
         return f" No learned policy was within the budget ({rule}) on {m['fit_split']}."
     p = c["learned"][c["chosen"]]

@@ -83,6 +83,7 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
         policy_macs=feat_dim,
         budget_pp=cfg.budget_pp,
         confidence=cfg.confidence,
+        crossfit=cfg.crossfit,
         alone={n.name: n.cost for n in graph.nodes},
     )
     title = "network selection: " + " -> ".join(cfg.models)

@@ -7,7 +7,10 @@ single node, evaluates all of them once on the eval split, and picks the operati
 (cheapest learned policy within the accuracy budget *on the fit split*, so the eval split
 is never tuned on; with ``confidence``, the budget holds the one-sided upper confidence
 bound of the policy's paired loss against the reference, :mod:`dyve.eval.paired`, since
-the cheapest policy that passes on the split it was fitted on loses more on others).
+the cheapest policy that passes on the split it was fitted on loses more on others; with
+``crossfit`` the loss is measured out of sample: each lambda's policy is also fitted on
+one half of the fit split and judged on the other, both ways, and the paired counts of
+the two halves decide, while the policy kept is the one fitted on the whole split).
 Costs are MACs per sample (:data:`dyve.cost.CONVENTION`); the policy graph works in
 units of the most expensive single path (lambda = loss per full cost).
 Every point keeps which nodes its samples evaluated (``ran_fraction``), from which
@@ -20,6 +23,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from dyve._io import atomic_save
 from dyve.cost import CONVENTION
@@ -59,6 +64,7 @@ class Study:
     chosen: int | None  # index into ``learned``
     budget_pp: float
     confidence: float | None
+    crossfit: bool
     #: the stage latency table once measured (:func:`~dyve.mechanisms.adaptive.latency.annotate`)
     latency: dict[str, Any] | None = None
 
@@ -72,6 +78,7 @@ class Study:
             "reference": self.reference,
             "budget_pp": self.budget_pp,
             "confidence": self.confidence,
+            "crossfit": self.crossfit,
             "learned": self.learned,
             "baselines": self.baselines,
             "single": self.single,
@@ -106,6 +113,7 @@ def run_study(
     policy_macs: float = 0.0,
     budget_pp: float = 1.0,
     confidence: float | None = 0.9,
+    crossfit: bool = True,
     thresholds: int = 41,
     alone: dict[str, float] | None = None,
     refine: int = 4,
@@ -119,6 +127,8 @@ def run_study(
     the budget and the next one that is not (the curve keeps every fitted lambda).
     """
     check_confidence(confidence)
+    if crossfit and fit.n < 4:
+        raise ValueError(f"cross-fitting needs at least 4 fit images, got {fit.n}")
     paths = graph.cheapest_paths()
     full = max(c for c, _ in paths.values())
     alone = alone if alone is not None else {k: c for k, (c, _) in paths.items()}
@@ -128,11 +138,26 @@ def run_study(
     pc = policy_macs / full
     fitted: dict[float, tuple[LearnedPolicy, dict[str, Any], bool]] = {}
 
+    ref_ok = ref_fit.correct.numpy()
+    halves = (torch.arange(0, fit.n, 2), torch.arange(1, fit.n, 2))
+
+    def judged(lam: float, on_fit: PolicyResult) -> PairedLoss:
+        """The paired loss on the fit split: in sample, or cross-fitted over its halves."""
+        if not crossfit:
+            return PairedLoss.of(ref_ok, on_fit.correct.numpy())
+        worse = better = 0
+        for a, b in (halves, halves[::-1]):
+            pol = fit_learned(unit, fit.subset(a), lam, features=features, policy_cost=pc)
+            res = evaluate(graph, fit.subset(b), pol, policy_cost=policy_macs)
+            part = PairedLoss.of(ref_ok[b.numpy()], res.correct.numpy())
+            worse, better = worse + part.worse, better + part.better
+        return PairedLoss(fit.n, worse, better)
+
     def add(lam: float) -> None:
         pol = fit_learned(unit, fit, lam, features=features, policy_cost=pc)
         on_fit = evaluate(graph, fit, pol, policy_cost=policy_macs)
         on_held = evaluate(graph, held, pol, policy_cost=policy_macs)
-        paired = PairedLoss.of(ref_fit.correct.numpy(), on_fit.correct.numpy())
+        paired = judged(lam, on_fit)
         bound = paired.bound_pp(confidence)
         row = _point(
             on_held,
@@ -187,6 +212,7 @@ def run_study(
         chosen,
         budget_pp,
         confidence,
+        crossfit,
     )
 
 
