@@ -218,7 +218,7 @@ def calibrate(
 
     def verify(step: int) -> dict[str, float]:
         key = str(step)
-        if key not in cal.evaluations or (paired and "worse" not in cal.evaluations[key]):
+        if key not in cal.evaluations:
             apply_knobs(mech, cal.knob_values(step))
             m = run(f"step {step}")
             cal.evaluations[key] = {
