@@ -503,12 +503,13 @@ struct Sample {
     const int* wofs = sc.wofs.data();
     const int width = round_up(nout, V);
     if (fl != nullptr) {
-      sc.wc.assign((size_t)K * width, 0.f);
+      sc.wc.resize((size_t)K * width);  // every entry written below: no zero fill first
       sc.wcofs.resize(std::max(K, 1));
       for (int k = 0; k < K; ++k) {
         const float* src = s.weight_t + sc.wofs[k];
         float* dst = &sc.wc[(size_t)k * width];
         for (int u = 0; u < nout; ++u) dst[u] = src[fl[u]];
+        std::fill(dst + nout, dst + width, 0.f);
         sc.wcofs[k] = k * width;
       }
       wt = sc.wc.data(), wofs = sc.wcofs.data();
