@@ -34,6 +34,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -438,43 +439,56 @@ struct Sample {
 
   inline float finish(float v) const { return s.relu && v < 0.f ? 0.f : v; }
 
-  // NO output channels (from u; filters fl[u + t] in subset mode) x 32 positions from i;
-  // NO is a template argument so that the accumulators stay in registers.
-  template <bool SUBSET, int NO>
-  void tile(int u, int i, vf (&acc)[8][2]) const {
+  // NO output channels (filters u.. of the term-major table wt, term k's row at wofs[k])
+  // x 32 positions from i. Each weight is a constant offset from one pointer per term, and
+  // NO is a template argument, so the accumulators and pointers stay in registers.
+  template <int NO>
+  void tile(const float* wt, const int* wofs, int u, int i, vf (&acc)[8][2]) const {
     const float* xq = sc.xq.data() + i;
     const int* toff = sc.toff.data();
-    const int* wofs = sc.wofs.data();
-    // dense: filters u.. are consecutive in a term's row, so each weight is a constant
-    // offset from one pointer (eight index registers spilled the loop counter to memory)
-    const float* wt = SUBSET ? s.weight_t : s.weight_t + u;
-    int f[NO];
-    for (int t = 0; t < NO; ++t) f[t] = SUBSET ? fl[u + t] : t;
+    wt += u;
     for (int t = 0; t < NO; ++t) acc[t][0] = acc[t][1] = vf{};
     for (int k = 0; k < K; ++k) {
       const float* r = xq + toff[k];
       const float* w = wt + wofs[k];
       const vf a0 = load(r), a1 = load(r + V);
       for (int t = 0; t < NO; ++t) {
-        const vf wv = splat(w[f[t]]);
+        const vf wv = splat(w[t]);
         acc[t][0] += wv * a0;
         acc[t][1] += wv * a1;
       }
     }
   }
 
-  template <bool SUBSET>
-  void tile(int u, int no, int i, vf (&acc)[8][2]) const {
+  void tile(const float* wt, const int* wofs, int u, int no, int i, vf (&acc)[8][2]) const {
     switch (no) {
-      case 8: return tile<SUBSET, 8>(u, i, acc);
-      case 7: return tile<SUBSET, 7>(u, i, acc);
-      case 6: return tile<SUBSET, 6>(u, i, acc);
-      case 5: return tile<SUBSET, 5>(u, i, acc);
-      case 4: return tile<SUBSET, 4>(u, i, acc);
-      case 3: return tile<SUBSET, 3>(u, i, acc);
-      case 2: return tile<SUBSET, 2>(u, i, acc);
-      default: return tile<SUBSET, 1>(u, i, acc);
+      case 8: return tile<8>(wt, wofs, u, i, acc);
+      case 7: return tile<7>(wt, wofs, u, i, acc);
+      case 6: return tile<6>(wt, wofs, u, i, acc);
+      case 5: return tile<5>(wt, wofs, u, i, acc);
+      case 4: return tile<4>(wt, wofs, u, i, acc);
+      case 3: return tile<3>(wt, wofs, u, i, acc);
+      case 2: return tile<2>(wt, wofs, u, i, acc);
+      default: return tile<1>(wt, wofs, u, i, acc);
     }
+  }
+
+  // The term-major weights of the filters computed: the site's own table, or in subset
+  // mode a compact copy of the kept filters' rows (nout filters, padded with zeros to
+  // whole vectors), so that the tiles address filters u.. as consecutive weights.
+  std::pair<const float*, const int*> filter_table(int nout) {
+    if (fl == nullptr) return {s.weight_t, sc.wofs.data()};
+    const int width = round_up(nout, V);
+    sc.wc.resize((size_t)K * width);  // every entry written below: no zero fill first
+    sc.wcofs.resize(std::max(K, 1));
+    for (int k = 0; k < K; ++k) {
+      const float* src = s.weight_t + sc.wofs[k];
+      float* dst = &sc.wc[(size_t)k * width];
+      for (int u = 0; u < nout; ++u) dst[u] = src[fl[u]];
+      std::fill(dst + nout, dst + width, 0.f);
+      sc.wcofs[k] = k * width;
+    }
+    return {sc.wc.data(), sc.wcofs.data()};
   }
 
   // Filter-vectorised tile for small maps: 8 output positions (plane offsets q) x 16 * NV
@@ -501,24 +515,11 @@ struct Sample {
 
   // Dense pass over output positions, filters in vectors: for maps whose rows fill few of
   // the plane pass's 32-position tiles (8 x 8 maps: 64 of 96 lanes; 2 x 2: 4 of 32).
-  // Subset mode first copies the kept filters' weights into a compact term-major table
-  // (nout filters, padded to whole vectors; the padding lanes are computed, not written).
+  // Subset mode runs on the compact table (filter_table; its padding lanes are computed,
+  // not written).
   void dense_filters(int nout) {
-    const float* wt = s.weight_t;
-    const int* wofs = sc.wofs.data();
+    const auto [wt, wofs] = filter_table(nout);
     const int width = round_up(nout, V);
-    if (fl != nullptr) {
-      sc.wc.resize((size_t)K * width);  // every entry written below: no zero fill first
-      sc.wcofs.resize(std::max(K, 1));
-      for (int k = 0; k < K; ++k) {
-        const float* src = s.weight_t + sc.wofs[k];
-        float* dst = &sc.wc[(size_t)k * width];
-        for (int u = 0; u < nout; ++u) dst[u] = src[fl[u]];
-        std::fill(dst + nout, dst + width, 0.f);
-        sc.wcofs[k] = k * width;
-      }
-      wt = sc.wc.data(), wofs = sc.wcofs.data();
-    }
     int q[8];
     for (int p0 = 0; p0 < P; p0 += 8) {
       const int np = std::min(8, P - p0);
@@ -561,14 +562,12 @@ struct Sample {
       dense_filters(nout);
       return;
     }
+    const auto [wt, wofs] = filter_table(nout);
     for (int u = 0; u < nout; u += 8) {
       const int no = std::min(8, nout - u);
       for (int i = 0; i < NF; i += 2 * V) {
         vf acc[8][2];
-        if (fl != nullptr)
-          tile<true>(u, no, i, acc);
-        else
-          tile<false>(u, no, i, acc);
+        tile(wt, wofs, u, no, i, acc);
         alignas(64) float buf[8][2 * V];
         for (int t = 0; t < no; ++t) {
           store(buf[t], acc[t][0]);
