@@ -175,6 +175,12 @@ def _load_reason() -> ctypes.CDLL | str:
         err = _build(cxx, src, lib)
         if err is not None:
             return err
+    return bind(lib)
+
+
+def bind(lib: Path) -> ctypes.CDLL | str:
+    """The built library at ``lib``, loaded with its entry points typed; or why it cannot be
+    used (it does not load, or was built from sources of another ABI)."""
     try:
         dll = ctypes.CDLL(str(lib))
     except OSError as exc:
