@@ -25,6 +25,7 @@
 // code depending on the -march the library was built for.
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -140,6 +141,7 @@ struct Scratch {
   std::vector<float> arena;  // a whole-network program's buffers (fast_program.cpp)
   std::vector<int32_t> kept, slot, toff, wofs, ttop, trel, flat, active, vecs, tap_off, tap_rel, xbase;
   std::vector<uint32_t> valid;  // per plane vector: bit l set when lane l is an output position
+  std::array<int, 4> flat_for{-1, -1, -1, -1};  // the geometry flat and valid were built for
   std::vector<uint8_t> wr_ok;   // per filter: its kernel-row weights are in wr
   std::vector<int32_t> dropped, tkept;  // zeroed mode: channels SFMA dropped, check terms kept
   std::vector<int32_t> keep, pending, npending;  // neuron mode: kept / listed neurons
@@ -306,6 +308,12 @@ struct Sample {
         continue;
       }
       const float* xc = x + (size_t)(in_ids != nullptr ? j : sc.kept[j]) * s.h * s.w;
+      if (s.sh == 1 && s.sw == 1) {  // one phase: rows land whole, no divisions
+        for (int iy = 0; iy < s.h; ++iy)
+          std::memcpy(&sc.xq[j * cstride + (size_t)(iy + s.ph) * Wq + s.pw],
+                      xc + (size_t)iy * s.w, sizeof(float) * s.w);
+        continue;
+      }
       for (int iy = 0; iy < s.h; ++iy) {
         const int py = iy + s.ph;
         float* dst = &sc.xq[j * cstride + (size_t)(py % s.sh) * s.sw * PQ + (py / s.sh) * Wq];
@@ -330,12 +338,20 @@ struct Sample {
         sc.toff[j * k2 + t] = (int)(j * cstride) + sc.tap_off[t];
         sc.wofs[j * k2 + t] = (sc.kept[j] * k2 + t) * s.cout;
       }
-    // flat index i = r * Wq + c of the planes -> output position (-1: beyond the map)
-    sc.flat.assign(round_up(NF, 4 * V) + 4 * V, -1);
-    for (int r = 0; r < s.ho; ++r)
-      for (int c = 0; c < s.wo; ++c) sc.flat[r * Wq + c] = r * s.wo + c;
-    sc.valid.assign(sc.flat.size() / V, 0u);
-    for (size_t j = 0; j < sc.flat.size(); ++j) sc.valid[j / V] |= (uint32_t)(sc.flat[j] >= 0) << (j % V);
+    // flat index i = r * Wq + c of the planes -> output position (-1: beyond the map); kept
+    // while the geometry is the same (the sites of a stage share it)
+    const std::array<int, 4> key{s.ho, s.wo, Wq, NF};
+    if (sc.flat_for != key) {
+      sc.flat.assign(round_up(NF, 4 * V) + 4 * V, -1);
+      sc.valid.assign(sc.flat.size() / V, 0u);
+      for (int r = 0; r < s.ho; ++r)
+        for (int c = 0; c < s.wo; ++c) {
+          const int j = r * Wq + c;
+          sc.flat[j] = r * s.wo + c;
+          sc.valid[j / V] |= 1u << (j % V);
+        }
+      sc.flat_for = key;
+    }
   }
 
   // Channels-last padded input (neuron layout), built when the first neuron is computed
@@ -495,10 +511,12 @@ struct Sample {
   // filters from o0 of the term-major weights wt (term k's row at wofs[k]). A term's
   // weights for 16 filters are one vector load, its inputs are broadcast; the sum runs over
   // the terms in the same order as tile(), so the outputs are the same bit for bit.
-  template <int NV>
+  // ROW: the 8 positions are consecutive in the planes (q[p] = q[0] + p: 8 x 8 maps), so
+  // the inputs are constant offsets from one pointer, not eight offsets reloaded per term.
+  template <int NV, bool ROW>
   void tile_filters(const float* wt, const int* wofs, int o0, const int* q,
                     vf (&acc)[8][2]) const {
-    const float* xq = sc.xq.data();
+    const float* xq = sc.xq.data() + (ROW ? q[0] : 0);
     for (int p = 0; p < 8; ++p)
       for (int v = 0; v < NV; ++v) acc[p][v] = vf{};
     for (int k = 0; k < K; ++k) {
@@ -507,7 +525,7 @@ struct Sample {
       vf wv[NV];
       for (int v = 0; v < NV; ++v) wv[v] = load(w + v * V);
       for (int p = 0; p < 8; ++p) {
-        const vf xv = splat(r[q[p]]);
+        const vf xv = splat(r[ROW ? p : q[p]]);
         for (int v = 0; v < NV; ++v) acc[p][v] += wv[v] * xv;
       }
     }
@@ -527,13 +545,17 @@ struct Sample {
         const int pos = p0 + std::min(p, np - 1);
         q[p] = (pos / s.wo) * Wq + pos % s.wo;
       }
+      bool row = true;
+      for (int p = 1; p < 8; ++p) row = row && q[p] == q[0] + p;
       for (int o0 = 0; o0 < width; o0 += 2 * V) {
         const int nv = std::min(2, (width - o0) / V);
         vf acc[8][2];
         if (nv == 2)
-          tile_filters<2>(wt, wofs, o0, q, acc);
+          row ? tile_filters<2, true>(wt, wofs, o0, q, acc)
+              : tile_filters<2, false>(wt, wofs, o0, q, acc);
         else
-          tile_filters<1>(wt, wofs, o0, q, acc);
+          row ? tile_filters<1, true>(wt, wofs, o0, q, acc)
+              : tile_filters<1, false>(wt, wofs, o0, q, acc);
         for (int v = 0; v < nv; ++v)
           for (int p = 0; p < np; ++p) {
             alignas(64) float buf[V];
