@@ -18,8 +18,10 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from dyve._io import read_json
+from dyve.mechanisms.adaptive.evaluate import evaluate
+from dyve.mechanisms.adaptive.graph import Node, Outputs, PolicyGraph
 from dyve.mechanisms.adaptive.latency import point_latency
-from dyve.mechanisms.adaptive.policy import Node, Outputs, PolicyGraph, evaluate, fit_learned
+from dyve.mechanisms.adaptive.policy import fit_learned
 from dyve.mechanisms.adaptive.study import LAMS
 
 

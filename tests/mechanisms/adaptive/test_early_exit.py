@@ -10,9 +10,11 @@ from dyve.dynamic import DynamicNet, load, save
 from dyve.errors import DyveError
 from dyve.eval.splits import choose_splits
 from dyve.mechanisms import EarlyExit
+from dyve.mechanisms.adaptive.evaluate import evaluate
+from dyve.mechanisms.adaptive.graph import Outputs, PolicyGraph
 from dyve.mechanisms.adaptive.heads import collect
 from dyve.mechanisms.adaptive.job import JobConfig, fit_heads
-from dyve.mechanisms.adaptive.policy import Outputs, PolicyGraph, evaluate, fit_learned
+from dyve.mechanisms.adaptive.policy import fit_learned
 from dyve.models import create
 from dyve.testing.contract import graded_inputs
 

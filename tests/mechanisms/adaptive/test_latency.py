@@ -9,8 +9,10 @@ import torch
 from torch import Tensor, nn
 
 import dyve.mechanisms.adaptive.latency as latency
+from dyve.mechanisms.adaptive.evaluate import evaluate
+from dyve.mechanisms.adaptive.graph import Outputs
 from dyve.mechanisms.adaptive.latency import ForcedPolicy, annotate, point_latency, stage_latency
-from dyve.mechanisms.adaptive.policy import Outputs, ThresholdPolicy, evaluate
+from dyve.mechanisms.adaptive.policy import ThresholdPolicy
 from dyve.mechanisms.adaptive.select import Selection, cascade_graph
 from dyve.mechanisms.adaptive.study import run_study
 from dyve.mechanisms.dyvedeep import native

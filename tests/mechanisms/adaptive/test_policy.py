@@ -9,26 +9,26 @@ import pytest
 import torch
 from torch import Tensor
 
-from dyve.mechanisms.adaptive.policy import (
-    FEATURE_KINDS,
-    Classifier,
-    LearnedPolicy,
-    Node,
-    NodeRule,
-    Outputs,
-    PolicyGraph,
+from dyve.mechanisms.adaptive.evaluate import (
     PolicyResult,
-    ThresholdPolicy,
-    _best_bias,
     evaluate,
     evaluate_node,
-    features,
-    features_one,
-    fit_learned,
     oracle,
     sweep_learned,
     sweep_threshold,
     threshold_grid,
+)
+from dyve.mechanisms.adaptive.graph import Node, Outputs, PolicyGraph
+from dyve.mechanisms.adaptive.policy import (
+    FEATURE_KINDS,
+    Classifier,
+    LearnedPolicy,
+    NodeRule,
+    ThresholdPolicy,
+    _best_bias,
+    features,
+    features_one,
+    fit_learned,
 )
 
 SKILLS = {"A": 0.3, "G": 0.6, "R": 0.95}  # accuracy rises with depth: ~24%, ~52%, ~83%

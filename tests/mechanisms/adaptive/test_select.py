@@ -8,8 +8,10 @@ import torch
 
 from dyve.data import batches, load_sample
 from dyve.graph import discover
+from dyve.mechanisms.adaptive.evaluate import evaluate
+from dyve.mechanisms.adaptive.graph import Outputs
 from dyve.mechanisms.adaptive.heads import collect
-from dyve.mechanisms.adaptive.policy import Outputs, evaluate, fit_learned
+from dyve.mechanisms.adaptive.policy import fit_learned
 from dyve.mechanisms.adaptive.select import Selection, cascade_graph
 from dyve.mechanisms.adaptive.select_job import load_selection, save_policies
 from dyve.mechanisms.dyvedeep import native as native_kernels

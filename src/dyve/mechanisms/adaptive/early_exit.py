@@ -28,12 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dyve.errors import DyveError
-from dyve.mechanisms.adaptive.policy import (
-    Classifier,
-    LearnedPolicy,
-    ThresholdPolicy,
-    features_one,
-)
+from dyve.mechanisms.adaptive.policy import Classifier, LearnedPolicy, ThresholdPolicy, features_one
 from dyve.mechanisms.adaptive.policy import features as policy_features
 from dyve.mechanisms.base import MECHANISMS, Mechanism
 

@@ -16,6 +16,7 @@ from dyve.data.core import ImageSet
 from dyve.dynamic import DynamicNet, save
 from dyve.eval.splits import choose_splits, heldout
 from dyve.mechanisms.adaptive.early_exit import EarlyExit
+from dyve.mechanisms.adaptive.graph import Outputs, PolicyGraph
 from dyve.mechanisms.adaptive.heads import collect
 from dyve.mechanisms.adaptive.job import (
     JobConfig,
@@ -30,7 +31,6 @@ from dyve.mechanisms.adaptive.job import (
     write_study,
 )
 from dyve.mechanisms.adaptive.latency import annotate, stage_latency
-from dyve.mechanisms.adaptive.policy import Outputs, PolicyGraph
 from dyve.mechanisms.adaptive.study import run_study
 from dyve.models import create, model_info
 from dyve.train.dist import init

@@ -30,8 +30,9 @@ import torch
 from torch import Tensor
 
 from dyve.eval.latency import machine
+from dyve.mechanisms.adaptive.graph import PolicyGraph
 from dyve.mechanisms.adaptive.job import mean_latency
-from dyve.mechanisms.adaptive.policy import Policy, PolicyGraph
+from dyve.mechanisms.adaptive.policy import Policy
 from dyve.mechanisms.adaptive.study import Study
 
 #: what a forced system is built from: the node names of a path from the root

@@ -20,15 +20,15 @@ weight how much better it is. Every sample trains every decision, as in the pape
 The logistic loss is a surrogate: the classifier's bias is then set where the weighted 0/1
 objective of the decision is best along the fitted direction (dyve's choice).
 
-Baselines: fixed thresholds on max probability or entropy (a cascade that never jumps), the
-oracle (cheapest correct path per sample) and one node alone (the backbone is the last exit).
+The graph and its cached outputs are :mod:`.graph`'s; running a policy on them, the
+baselines and the sweeps are :mod:`.evaluate`'s.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -36,156 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dyve.mechanisms.adaptive.graph import Outputs, PolicyGraph, check_inputs
+
 FEATURE_KINDS = ("softmax", "confidence", "both")
 THRESHOLD_KINDS = ("max_prob", "entropy")
 _FORMAT = "dyve.adaptive.policy/1"
-
-
-@dataclass(frozen=True)
-class Node:
-    """An exit head or a network: ``cost`` is paid when it is evaluated (segment plus head)."""
-
-    name: str
-    cost: float
-    #: nodes that may be evaluated next, in decision order; () = terminal (samples must stop)
-    children: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ValueError("a node needs a non-empty name")
-        if not math.isfinite(self.cost) or self.cost < 0:
-            raise ValueError(f"node {self.name!r}: cost must be finite and >= 0, got {self.cost}")
-        if len(set(self.children)) != len(self.children):
-            raise ValueError(f"node {self.name!r} lists a child twice: {self.children}")
-
-
-@dataclass(frozen=True)
-class PolicyGraph:
-    """The DAG of nodes; ``nodes[0]`` is the root, always evaluated first.
-
-    Validated on construction: unique names, known children, every node reachable from the
-    root, no cycle (which also guarantees a terminal node).
-    """
-
-    nodes: tuple[Node, ...]
-    _index: dict[str, int] = field(init=False, repr=False, compare=False)
-    _order: tuple[str, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        index = {n.name: i for i, n in enumerate(self.nodes)}
-        if not self.nodes or len(index) < len(self.nodes):
-            raise ValueError(f"a policy graph needs nodes with unique names, got {self.names}")
-        for node in self.nodes:
-            unknown = [c for c in node.children if c not in index]
-            if unknown:
-                raise ValueError(f"node {node.name!r} has unknown children {unknown}")
-        done: dict[str, bool] = {}  # False while the node is on the current DFS path
-        post: list[str] = []
-
-        def visit(name: str) -> None:
-            done[name] = False
-            for child in self.nodes[index[name]].children:
-                if child not in done:
-                    visit(child)
-                elif not done[child]:
-                    raise ValueError(f"the policy graph has a cycle through {child!r}")
-            done[name] = True
-            post.append(name)
-
-        visit(self.nodes[0].name)
-        unreachable = [n for n in index if n not in done]
-        if unreachable:
-            raise ValueError(f"nodes not reachable from the root {self.names[0]!r}: {unreachable}")
-        object.__setattr__(self, "_index", index)
-        object.__setattr__(self, "_order", tuple(reversed(post)))
-
-    @classmethod
-    def chain(cls, names: Sequence[str], costs: Sequence[float]) -> PolicyGraph:
-        """An early-exit chain: each node's only child is the next one; the last is terminal."""
-        if len(names) != len(costs):
-            raise ValueError(f"{len(names)} names but {len(costs)} costs")
-        return cls(
-            tuple(
-                Node(n, float(c), (names[i + 1],) if i + 1 < len(names) else ())
-                for i, (n, c) in enumerate(zip(names, costs, strict=True))
-            )
-        )
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(n.name for n in self.nodes)
-
-    def index(self, name: str) -> int:
-        """Position of node ``name`` in ``nodes``."""
-        if name not in self._index:
-            raise ValueError(f"unknown node {name!r}; nodes: {self.names}")
-        return self._index[name]
-
-    def node(self, name: str) -> Node:
-        return self.nodes[self.index(name)]
-
-    def topological(self) -> tuple[str, ...]:
-        """Node names, every node before its children (the root first)."""
-        return self._order
-
-    def cheapest_paths(self) -> dict[str, tuple[float, tuple[str, ...]]]:
-        """Per node: the cost (node costs only) and nodes of the cheapest path from the root."""
-        best: dict[str, tuple[float, tuple[str, ...]]] = {
-            self.nodes[0].name: (self.nodes[0].cost, (self.nodes[0].name,))
-        }
-        for name in self._order:
-            cost, path = best[name]
-            for child in self.node(name).children:
-                total = cost + self.node(child).cost
-                if child not in best or total < best[child][0]:
-                    best[child] = (total, (*path, child))
-        return best
-
-
-@dataclass
-class Outputs:
-    """Cached outputs on one split: per node ``[N, C]`` float logits, and ``[N]`` int64 labels."""
-
-    logits: dict[str, Tensor]
-    labels: Tensor
-
-    def __post_init__(self) -> None:
-        if self.labels.ndim != 1 or self.labels.dtype != torch.int64:
-            raise ValueError(
-                f"labels must be 1-d int64, got {tuple(self.labels.shape)} {self.labels.dtype}"
-            )
-        for name, x in self.logits.items():
-            if x.ndim != 2 or x.shape[0] != self.n or x.shape[1] < 2:
-                raise ValueError(
-                    f"logits of {name!r} have shape {tuple(x.shape)}; expected [{self.n}, C >= 2]"
-                )
-            if not x.is_floating_point():
-                raise ValueError(f"logits of {name!r} must be floating point, got {x.dtype}")
-            if self.n and (self.labels.min() < 0 or self.labels.max() >= x.shape[1]):
-                raise ValueError(f"labels outside [0, {x.shape[1]}) for the logits of {name!r}")
-
-    @property
-    def n(self) -> int:
-        return int(self.labels.shape[0])
-
-    def subset(self, index: Tensor) -> Outputs:
-        """The rows ``index`` of every node (and their labels)."""
-        return Outputs({k: v[index] for k, v in self.logits.items()}, self.labels[index])
-
-    def _logits(self, name: str) -> Tensor:
-        if name not in self.logits:
-            raise ValueError(f"no logits for node {name!r}; have {sorted(self.logits)}")
-        return self.logits[name]
-
-    def probs(self, name: str) -> Tensor:
-        """Float32 softmax of the logits of ``name``."""
-        return torch.softmax(self._logits(name).float(), 1)
-
-    def loss(self, name: str, topk: int = 1) -> Tensor:
-        """Float64 ``[N]`` 0/1 loss of ``name``: 1 where the label is not in the top-k."""
-        logits = self._logits(name)
-        top = logits.topk(min(topk, logits.shape[1]), 1).indices
-        return (top != self.labels[:, None]).all(1).double()
 
 
 def entropy(probs: Tensor) -> Tensor:
@@ -338,7 +193,7 @@ def _best_bias(z: Tensor, gain: Tensor) -> float:
 
 
 class Policy(Protocol):
-    """What :func:`evaluate` needs: the decisions at one node from its softmax."""
+    """What :func:`~.evaluate.evaluate` needs: the decisions at one node from its softmax."""
 
     def decide(self, node: str, probs: Tensor) -> tuple[Tensor, Tensor]:
         """Bool ``[N]`` stop, int64 ``[N]`` child index (-1 where stopping)."""
@@ -456,7 +311,8 @@ class LearnedPolicy:
 class ThresholdPolicy:
     """Baseline cascade: stop where max prob >= threshold (``max_prob``) or entropy <= threshold
     (``entropy``), else go to children[0]. ``math.inf`` / -1 never stop early (float32 softmax
-    can reach exactly 1.0). It knows no graph: :func:`evaluate` stops at terminal nodes itself.
+    can reach exactly 1.0). It knows no graph: :func:`~.evaluate.evaluate` stops at terminal
+    nodes itself.
     """
 
     kind: str
@@ -486,63 +342,6 @@ class ThresholdPolicy:
         return None if stop else 0
 
 
-@dataclass(frozen=True)
-class PolicyResult:
-    """Per sample: where it stopped (index into ``names``), what it paid, whether it was right,
-    and which nodes it evaluated (``path``, bool ``[N, num_nodes]``)."""
-
-    names: tuple[str, ...]
-    stop_node: Tensor
-    cost: Tensor
-    correct: Tensor
-    path: Tensor
-
-    @property
-    def accuracy(self) -> float:
-        """Percent correct."""
-        return 100.0 * float(self.correct.double().mean())
-
-    @property
-    def mean_cost(self) -> float:
-        return float(self.cost.mean())
-
-    @property
-    def stop_fraction(self) -> dict[str, float]:
-        """Share of the samples that stopped at each node."""
-        counts = torch.bincount(self.stop_node, minlength=len(self.names)).double()
-        return dict(zip(self.names, (counts / len(self.stop_node)).tolist(), strict=True))
-
-    @property
-    def ran_fraction(self) -> dict[str, float]:
-        """Share of the samples that evaluated each node (on their path)."""
-        shares = self.path.double().mean(0) if len(self.path) else self.path.double().sum(0)
-        return dict(zip(self.names, shares.tolist(), strict=True))
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-able summary: accuracy (percent), mean cost, stop fractions."""
-        return dict(
-            accuracy=self.accuracy, mean_cost=self.mean_cost, stop_fraction=self.stop_fraction
-        )
-
-
-def _check(graph: PolicyGraph, outputs: Outputs, topk: int, policy_cost: float) -> None:
-    missing = [n for n in graph.names if n not in outputs.logits]
-    if missing:
-        raise ValueError(f"no outputs for nodes {missing}")
-    if topk < 1:
-        raise ValueError(f"topk must be >= 1, got {topk}")
-    if not math.isfinite(policy_cost) or policy_cost < 0:
-        raise ValueError(f"policy_cost must be finite and >= 0, got {policy_cost}")
-
-
-def _result(
-    graph: PolicyGraph, outputs: Outputs, stop: Tensor, cost: Tensor, path: Tensor, topk: int
-) -> PolicyResult:
-    losses = torch.stack([outputs.loss(n, topk) for n in graph.names], 1)
-    correct = losses.gather(1, stop[:, None]).squeeze(1) == 0
-    return PolicyResult(graph.names, stop, cost, correct, path)
-
-
 def fit_learned(
     graph: PolicyGraph,
     outputs: Outputs,
@@ -561,7 +360,7 @@ def fit_learned(
     from its last decision to its first, then "stop vs continue" against what the chain
     picks; ``to_go[k]`` is then the value of what the fitted classifiers choose (not the best).
     """
-    _check(graph, outputs, topk, policy_cost)
+    check_inputs(graph, outputs, topk, policy_cost)
     if not math.isfinite(lam) or lam < 0:
         raise ValueError(f"lam must be finite and >= 0, got {lam}")
     if l2 < 0:
@@ -590,132 +389,3 @@ def fit_learned(
         rules[name] = NodeRule(len(values), stop, tuple(choices))
     ordered = {n: rules[n] for n in graph.names}
     return LearnedPolicy(ordered, float(lam), features, topk, float(policy_cost))
-
-
-def evaluate(
-    graph: PolicyGraph, outputs: Outputs, policy: Policy, *, topk: int = 1, policy_cost: float = 0.0
-) -> PolicyResult:
-    """Run ``policy`` on the cached outputs: paths, costs (plus ``policy_cost`` per decision
-    evaluated: 1 for "stop vs continue", then the choice decisions up to the one that picks),
-    and top-k correctness at the stopping node. Terminal nodes stop without asking the policy.
-    """
-    _check(graph, outputs, topk, policy_cost)
-    n = outputs.n
-    path = torch.zeros(n, len(graph.nodes), dtype=torch.bool)
-    path[:, 0] = True
-    stop_node = torch.full((n,), -1, dtype=torch.int64)
-    cost = torch.zeros(n, dtype=torch.float64)
-    for name in graph.topological():
-        i, node = graph.index(name), graph.node(name)
-        idx = path[:, i].nonzero().squeeze(1)
-        if idx.numel() == 0:
-            continue
-        cost[idx] += node.cost
-        if not node.children:
-            stop_node[idx] = i
-            continue
-        m = len(node.children)
-        stop, child = policy.decide(name, outputs.probs(name)[idx])
-        if stop.shape != idx.shape or child.shape != idx.shape:
-            raise ValueError(
-                f"the policy answered at {name!r} with shapes {stop.shape}, {child.shape}"
-            )
-        stop, child = stop.cpu().bool(), child.cpu().long()
-        moving = ~stop
-        if ((child[moving] < 0) | (child[moving] >= m)).any():
-            raise ValueError(f"the policy picked a child outside [0, {m}) at {name!r}")
-        decisions = torch.where(stop, 1, 1 + (child + 1).clamp(max=m - 1))
-        cost[idx] += policy_cost * decisions.double()
-        stop_node[idx[stop]] = i
-        for j, c in enumerate(node.children):
-            path[idx[moving & (child == j)], graph.index(c)] = True
-    return _result(graph, outputs, stop_node, cost, path, topk)
-
-
-def _path_mask(graph: PolicyGraph, nodes: Iterable[str]) -> Tensor:
-    mask = torch.zeros(len(graph.nodes), dtype=torch.bool)
-    mask[[graph.index(n) for n in nodes]] = True
-    return mask
-
-
-def evaluate_node(
-    graph: PolicyGraph, outputs: Outputs, name: str, *, topk: int = 1
-) -> PolicyResult:
-    """One node alone: every sample follows the cheapest path to ``name`` and stops there."""
-    _check(graph, outputs, topk, 0.0)
-    i = graph.index(name)
-    cost, nodes = graph.cheapest_paths()[name]
-    n = outputs.n
-    stop = torch.full((n,), i, dtype=torch.int64)
-    path = _path_mask(graph, nodes).expand(n, -1).clone()
-    return _result(graph, outputs, stop, torch.full((n,), cost, dtype=torch.float64), path, topk)
-
-
-def oracle(graph: PolicyGraph, outputs: Outputs, topk: int = 1) -> PolicyResult:
-    """Per sample the cheapest path to a correct node, else the root alone: the least cost of
-    the best achievable accuracy (node costs only, no policy overhead)."""
-    _check(graph, outputs, topk, 0.0)
-    paths = graph.cheapest_paths()
-    costs = torch.tensor([paths[n][0] for n in graph.names], dtype=torch.float64)
-    masks = torch.stack([_path_mask(graph, paths[n][1]) for n in graph.names])
-    losses = torch.stack([outputs.loss(n, topk) for n in graph.names], 1)
-    candidates = torch.where(losses == 0, costs, math.inf)
-    stop = candidates.argmin(1)  # the first minimum: the root where no node is right
-    return _result(graph, outputs, stop, costs[stop], masks[stop], topk)
-
-
-def sweep_learned(
-    graph: PolicyGraph,
-    fit_outputs: Outputs,
-    eval_outputs: Outputs,
-    lams: Iterable[float],
-    *,
-    features: str = "both",
-    topk: int = 1,
-    l2: float = 1e-3,
-    policy_cost: float = 0.0,
-) -> list[tuple[float, LearnedPolicy, PolicyResult]]:
-    """Fit one policy per ``lam`` on ``fit_outputs`` and evaluate it on ``eval_outputs``."""
-    out = []
-    for lam in lams:
-        pol = fit_learned(
-            graph, fit_outputs, lam, features=features, topk=topk, l2=l2, policy_cost=policy_cost
-        )
-        out.append(
-            (lam, pol, evaluate(graph, eval_outputs, pol, topk=topk, policy_cost=policy_cost))
-        )
-    return out
-
-
-def sweep_threshold(
-    graph: PolicyGraph,
-    eval_outputs: Outputs,
-    kind: str,
-    thresholds: Iterable[float],
-    *,
-    topk: int = 1,
-    policy_cost: float = 0.0,
-) -> list[tuple[float, ThresholdPolicy, PolicyResult]]:
-    """Evaluate the threshold cascade at each (fixed, not fitted) threshold."""
-    out = []
-    for t in thresholds:
-        pol = ThresholdPolicy(kind, float(t))
-        out.append((t, pol, evaluate(graph, eval_outputs, pol, topk=topk, policy_cost=policy_cost)))
-    return out
-
-
-def threshold_grid(kind: str, n: int, num_classes: int = 10) -> tuple[float, ...]:
-    """``n`` evenly spaced thresholds plus the one where nobody stops early.
-
-    ``max_prob``: 0 .. 1, then ``math.inf`` (a float32 softmax can reach exactly 1.0, so 1.0
-    still lets some samples stop). ``entropy``: -1 (never), then 0 .. ln(num_classes) (the
-    maximum entropy: everyone stops at the root).
-    """
-    if n < 2:
-        raise ValueError(f"a threshold grid needs n >= 2, got {n}")
-    steps = [i / (n - 1) for i in range(n)]
-    if kind == "max_prob":
-        return (*steps, math.inf)
-    if kind == "entropy":
-        return (-1.0, *(s * math.log(num_classes) for s in steps))
-    raise ValueError(f"unknown threshold kind {kind!r}; choose from {THRESHOLD_KINDS}")

@@ -1,7 +1,7 @@
 """Network selection (Bolukbasi et al. 2017): a graph of whole networks and a policy over it.
 
 Several independently trained networks of rising cost are nodes of a
-:class:`~dyve.mechanisms.adaptive.policy.PolicyGraph`; by default each network may stop,
+:class:`~dyve.mechanisms.adaptive.graph.PolicyGraph`; by default each network may stop,
 go to the next one, or jump to the largest (the paper's A -> G -> R with the A -> R jump).
 :class:`Selection` really runs it: every sample starts at the root network; after each
 network the policy sees only that network's softmax and sends each sample on; samples that
@@ -27,7 +27,8 @@ from torch import nn
 
 from dyve.cost.accumulator import CostAccumulator
 from dyve.dynamic.trace import RAN, DynamicResult, Trace
-from dyve.mechanisms.adaptive.policy import Node, Policy, PolicyGraph
+from dyve.mechanisms.adaptive.graph import Node, PolicyGraph
+from dyve.mechanisms.adaptive.policy import Policy
 
 
 def cascade_graph(names: Sequence[str], macs: Sequence[float]) -> PolicyGraph:

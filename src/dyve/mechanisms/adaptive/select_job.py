@@ -15,6 +15,7 @@ from dyve._io import atomic_save, read_json, write_json
 from dyve.errors import DyveError
 from dyve.eval.splits import choose_splits, heldout
 from dyve.graph import discover
+from dyve.mechanisms.adaptive.graph import Outputs
 from dyve.mechanisms.adaptive.heads import collect
 from dyve.mechanisms.adaptive.job import (
     JobConfig,
@@ -28,7 +29,7 @@ from dyve.mechanisms.adaptive.job import (
     write_study,
 )
 from dyve.mechanisms.adaptive.latency import ForcedPolicy, annotate, stage_latency
-from dyve.mechanisms.adaptive.policy import LearnedPolicy, Outputs, features
+from dyve.mechanisms.adaptive.policy import LearnedPolicy, features
 from dyve.mechanisms.adaptive.select import Selection, cascade_graph
 from dyve.mechanisms.adaptive.study import run_study
 from dyve.models import create, model_info

@@ -29,19 +29,16 @@ import torch
 from dyve._io import atomic_save
 from dyve.cost import CONVENTION
 from dyve.eval.paired import PairedLoss, check_confidence
-from dyve.mechanisms.adaptive.policy import (
-    LearnedPolicy,
-    Node,
-    Outputs,
-    PolicyGraph,
+from dyve.mechanisms.adaptive.evaluate import (
     PolicyResult,
     evaluate,
     evaluate_node,
-    fit_learned,
     oracle,
     sweep_threshold,
     threshold_grid,
 )
+from dyve.mechanisms.adaptive.graph import Node, Outputs, PolicyGraph
+from dyve.mechanisms.adaptive.policy import LearnedPolicy, fit_learned
 
 #: default lambda grid: from "accuracy first" to "cost first" (loss per full cost)
 LAMS = (
