@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import re
 import subprocess
 import sys
 import tempfile
@@ -40,18 +41,19 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = "src/dyve/mechanisms/dyvedeep"
 
 
+def _show(rev: str, path: str) -> str:
+    return subprocess.run(
+        ["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+
+
 def base_build(rev: str, out: Path) -> ctypes.CDLL:
-    """The kernels as they were at git revision ``rev``, built into ``out``."""
-    parts = [
-        subprocess.run(
-            ["git", "show", f"{rev}:{PKG}/{name}"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        for name in native.SOURCES
-    ]
+    """The kernels as they were at git revision ``rev`` (its own list of sources), built
+    into ``out``."""
+    listed = re.search(r"^SOURCES = \(([^)]*)\)", _show(rev, f"{PKG}/native.py"), re.M)
+    if listed is None:
+        raise SystemExit(f"{rev}: no SOURCES in {PKG}/native.py")
+    parts = [_show(rev, f"{PKG}/{name}") for name in re.findall(r'"([^"]+)"', listed.group(1))]
     cxx = native._compiler()
     if cxx is None:
         raise SystemExit("no C++ compiler found")

@@ -34,7 +34,13 @@ from dyve.dynamic.site import SiteResult
 from dyve.mechanisms.dyvedeep.kernel import STATISTICS, Geometry, Plan, SiteKnobs
 
 #: compiled as one translation unit, in this order (the program runs the site kernels)
-SOURCES = ("fast_kernel.cpp", "fast_gated.cpp", "fast_program.cpp")
+SOURCES = (
+    "fast_kernel.cpp",
+    "fast_dense.cpp",
+    "fast_neurons.cpp",
+    "fast_gated.cpp",
+    "fast_program.cpp",
+)
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno"]
 #: Columns of the kernel's per-sample statistics (``DYVE_NSTAT`` in the source).
 STATS = (

@@ -1,0 +1,164 @@
+// The dense passes of a site (fast_kernel.cpp's Sample): register tiles over the plane
+// layout (8 filters x 32 positions) and, on small maps, filter-vectorised tiles (8 positions
+// x 32 filters). Compiled after fast_kernel.cpp as one translation unit (see native.py).
+
+namespace {
+
+// NO output channels (filters u.. of the term-major table wt, term k's row at wofs[k])
+// x 32 positions from i. Each weight is a constant offset from one pointer per term, and
+// NO is a template argument, so the accumulators and pointers stay in registers.
+template <int NO>
+inline void Sample::tile(const float* wt, const int* wofs, int u, int i, vf (&acc)[8][2]) const {
+  const float* xq = sc.xq.data() + i;
+  const int* toff = sc.toff.data();
+  wt += u;
+  for (int t = 0; t < NO; ++t) acc[t][0] = acc[t][1] = vf{};
+  for (int k = 0; k < K; ++k) {
+    const float* r = xq + toff[k];
+    const float* w = wt + wofs[k];
+    const vf a0 = load(r), a1 = load(r + V);
+    for (int t = 0; t < NO; ++t) {
+      const vf wv = splat(w[t]);
+      acc[t][0] += wv * a0;
+      acc[t][1] += wv * a1;
+    }
+  }
+}
+
+inline void Sample::tile(const float* wt, const int* wofs, int u, int no, int i, vf (&acc)[8][2]) const {
+  switch (no) {
+    case 8: return tile<8>(wt, wofs, u, i, acc);
+    case 7: return tile<7>(wt, wofs, u, i, acc);
+    case 6: return tile<6>(wt, wofs, u, i, acc);
+    case 5: return tile<5>(wt, wofs, u, i, acc);
+    case 4: return tile<4>(wt, wofs, u, i, acc);
+    case 3: return tile<3>(wt, wofs, u, i, acc);
+    case 2: return tile<2>(wt, wofs, u, i, acc);
+    default: return tile<1>(wt, wofs, u, i, acc);
+  }
+}
+
+// The term-major weights of the filters computed: the site's own table, or in subset
+// mode a compact copy of the kept filters' rows (nout filters, padded with zeros to
+// whole vectors), so that the tiles address filters u.. as consecutive weights.
+inline std::pair<const float*, const int*> Sample::filter_table(int nout) {
+  if (fl == nullptr) return {s.weight_t, sc.wofs.data()};
+  const int width = round_up(nout, V);
+  sc.wc.resize((size_t)K * width);  // every entry written below: no zero fill first
+  sc.wcofs.resize(std::max(K, 1));
+  for (int k = 0; k < K; ++k) {
+    const float* src = s.weight_t + sc.wofs[k];
+    float* dst = &sc.wc[(size_t)k * width];
+    for (int u = 0; u < nout; ++u) dst[u] = src[fl[u]];
+    std::fill(dst + nout, dst + width, 0.f);
+    sc.wcofs[k] = k * width;
+  }
+  return {sc.wc.data(), sc.wcofs.data()};
+}
+
+// Filter-vectorised tile for small maps: 8 output positions (plane offsets q) x 16 * NV
+// filters from o0 of the term-major weights wt (term k's row at wofs[k]). A term's
+// weights for 16 filters are one vector load, its inputs are broadcast; the sum runs over
+// the terms in the same order as tile(), so the outputs are the same bit for bit.
+// ROW: the 8 positions are consecutive in the planes (q[p] = q[0] + p: 8 x 8 maps), so
+// the inputs are constant offsets from one pointer, not eight offsets reloaded per term.
+template <int NV, bool ROW>
+inline void Sample::tile_filters(const float* wt, const int* wofs, int o0, const int* q,
+                          vf (&acc)[8][2]) const {
+  const float* xq = sc.xq.data() + (ROW ? q[0] : 0);
+  for (int p = 0; p < 8; ++p)
+    for (int v = 0; v < NV; ++v) acc[p][v] = vf{};
+  for (int k = 0; k < K; ++k) {
+    const float* r = xq + sc.toff[k];
+    const float* w = wt + wofs[k] + o0;
+    vf wv[NV];
+    for (int v = 0; v < NV; ++v) wv[v] = load(w + v * V);
+    for (int p = 0; p < 8; ++p) {
+      const vf xv = splat(r[ROW ? p : q[p]]);
+      for (int v = 0; v < NV; ++v) acc[p][v] += wv[v] * xv;
+    }
+  }
+}
+
+// Dense pass over output positions, filters in vectors: for maps whose rows fill few of
+// the plane pass's 32-position tiles (8 x 8 maps: 64 of 96 lanes; 2 x 2: 4 of 32).
+// Subset mode runs on the compact table (filter_table; its padding lanes are computed,
+// not written).
+inline void Sample::dense_filters(int nout) {
+  const auto [wt, wofs] = filter_table(nout);
+  const int width = round_up(nout, V);
+  int q[8];
+  for (int p0 = 0; p0 < P; p0 += 8) {
+    const int np = std::min(8, P - p0);
+    for (int p = 0; p < 8; ++p) {  // the last group repeats its last position
+      const int pos = p0 + std::min(p, np - 1);
+      q[p] = (pos / s.wo) * Wq + pos % s.wo;
+    }
+    bool row = true;
+    for (int p = 1; p < 8; ++p) row = row && q[p] == q[0] + p;
+    for (int o0 = 0; o0 < width; o0 += 2 * V) {
+      const int nv = std::min(2, (width - o0) / V);
+      vf acc[8][2];
+      if (nv == 2)
+        row ? tile_filters<2, true>(wt, wofs, o0, q, acc)
+            : tile_filters<2, false>(wt, wofs, o0, q, acc);
+      else
+        row ? tile_filters<1, true>(wt, wofs, o0, q, acc)
+            : tile_filters<1, false>(wt, wofs, o0, q, acc);
+      for (int v = 0; v < nv; ++v)
+        for (int p = 0; p < np; ++p) {
+          alignas(64) float buf[V];
+          store(buf, acc[p][v]);
+          const int lanes = std::min(V, nout - o0 - v * V);
+          for (int l = 0; l < lanes; ++l) {
+            const int u = o0 + v * V + l;
+            const float scale = osc != nullptr ? osc[u] : oscale;
+            const float b = sc.bias[fl != nullptr ? fl[u] : u];
+            out[(size_t)u * P + p0 + p] = finish((b + buf[l]) * scale);
+          }
+        }
+    }
+  }
+  st[ST_MACS] += (double)K * P * nout;
+}
+
+// Dense plane pass: every output channel (subset mode: the filters fl) at every position.
+// Small maps take the filter-vectorised pass when its lanes are fuller than the plane
+// tiles': all of them for whole vectors of filters, a share for a subset of filters.
+inline void Sample::dense() {
+  const int nout = fl != nullptr ? nf : s.cout;
+  const int tiles = round_up(NF, 2 * V);
+  if (5 * P < 4 * tiles && (fl == nullptr ? s.cout % V == 0
+                                           : (long)nf * tiles > (long)round_up(nf, V) * P)) {
+    dense_filters(nout);
+    return;
+  }
+  const auto [wt, wofs] = filter_table(nout);
+  for (int u = 0; u < nout; u += 8) {
+    const int no = std::min(8, nout - u);
+    for (int i = 0; i < NF; i += 2 * V) {
+      vf acc[8][2];
+      tile(wt, wofs, u, no, i, acc);
+      alignas(64) float buf[8][2 * V];
+      for (int t = 0; t < no; ++t) {
+        store(buf[t], acc[t][0]);
+        store(buf[t] + V, acc[t][1]);
+      }
+      const int* flat = sc.flat.data() + i;
+      const bool relu = s.relu;
+      for (int t = 0; t < no; ++t) {
+        float* oc = out + (size_t)(u + t) * P;
+        const float b = sc.bias[fl != nullptr ? fl[u + t] : u + t];
+        const float scale = osc != nullptr ? osc[u + t] : oscale;
+        for (int l = 0; l < 2 * V; ++l) {
+          const int p = flat[l];
+          const float v = (b + buf[t][l]) * scale;
+          if (p >= 0) oc[p] = relu && v < 0.f ? 0.f : v;
+        }
+      }
+    }
+  }
+  st[ST_MACS] += (double)K * P * nout;
+}
+
+}  // namespace
