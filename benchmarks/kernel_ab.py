@@ -9,6 +9,7 @@ at batch 1 on one thread: the ratio is the change's own.
     python benchmarks/kernel_ab.py --base HEAD~1 resnet56_cifar
     python benchmarks/kernel_ab.py --base 20ddbc4 src/dyve/_assets/runs/lcnet_resnet56
     python benchmarks/kernel_ab.py --base HEAD~2 time:resnet56_cifar   # a DyVEDeep point
+    python benchmarks/kernel_ab.py --base-arch x86-64-v3 resnet56_cifar  # AVX2 vs this CPU
 
 A target is a zoo model name (its dense program), a run directory of a dynamic network
 that lowers to a program (DyVEDeep, LC-Net, ConvNet-AIG), or ``ops:NAME`` / ``time:NAME``
@@ -47,9 +48,9 @@ def _show(rev: str, path: str) -> str:
     ).stdout
 
 
-def base_build(rev: str, out: Path) -> ctypes.CDLL:
+def base_build(rev: str, out: Path, arch: str) -> ctypes.CDLL:
     """The kernels as they were at git revision ``rev`` (its own list of sources), built
-    into ``out``."""
+    into ``out`` for ``-march=arch``."""
     listed = re.search(r"^SOURCES = \(([^)]*)\)", _show(rev, f"{PKG}/native.py"), re.M)
     if listed is None:
         raise SystemExit(f"{rev}: no SOURCES in {PKG}/native.py")
@@ -57,7 +58,7 @@ def base_build(rev: str, out: Path) -> ctypes.CDLL:
     cxx = native._compiler()
     if cxx is None:
         raise SystemExit("no C++ compiler found")
-    err = native._build(cxx, "\n".join(parts), out)
+    err = native._build(cxx, "\n".join(parts), out, archs=([f"-march={arch}"],))
     if err is not None:
         raise SystemExit(f"building {rev}: {err}")
     dll = native.bind(out)
@@ -93,14 +94,22 @@ def main() -> None:
     p.add_argument("--base", default="HEAD", help="git revision of the A build (default HEAD)")
     p.add_argument("--repeats", type=int, default=200, help="timed calls of each, per round")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--base-arch",
+        default="native",
+        help="-march of the A build, e.g. x86-64-v3 (AVX2) or x86-64 (SSE2): the other paths",
+    )
     p.add_argument("--shape", type=int, nargs=3, default=(3, 32, 32), help="input C H W")
     args = p.parse_args()
     new = native.kernels()
     if new is None:
         raise SystemExit("the working tree's kernels are unavailable")
     with tempfile.TemporaryDirectory() as tmp:
-        old = base_build(args.base, Path(tmp) / "base.so")
-        print(f"machine: {machine()['cpu']}; A = {args.base}, B = working tree; batch 1, 1 thread")
+        old = base_build(args.base, Path(tmp) / "base.so", args.base_arch)
+        print(
+            f"machine: {machine()['cpu']}; A = {args.base} (-march={args.base_arch}), "
+            "B = working tree (as dyve builds it); batch 1, 1 thread"
+        )
         torch.manual_seed(0)
         for target in args.targets:
             xs = [torch.randn(1, *args.shape) for _ in range(8)]

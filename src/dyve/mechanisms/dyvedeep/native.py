@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -127,11 +128,14 @@ def _cpu() -> str:
         return platform.processor() + platform.machine()
 
 
-def _build(cxx: str, src: str, out: Path) -> str | None:
-    """Compile ``src`` into ``out``; the error text, or None on success."""
+def _build(
+    cxx: str, src: str, out: Path, archs: Sequence[list[str]] = (["-march=native"], [])
+) -> str | None:
+    """Compile ``src`` into ``out`` for the first of ``archs`` that builds; the error text,
+    or None on success."""
     out.parent.mkdir(parents=True, exist_ok=True)
     errors = []
-    for arch in (["-march=native"], []):
+    for arch in archs:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
         with tempfile.NamedTemporaryFile("w", suffix=".cpp", delete=False) as f:
