@@ -1,6 +1,6 @@
 // The dense passes of a site (fast_kernel.cpp's Sample): register tiles over the plane
-// layout (8 filters x 32 positions) and, on small maps, filter-vectorised tiles (8 positions
-// x 32 filters). Compiled after fast_kernel.cpp as one translation unit (see native.py).
+// layout (TF filters x 32 positions) and, on small maps, filter-vectorised tiles (TP
+// positions x 16 TV filters); the tile sizes are set per vector ISA in fast_kernel.cpp. Compiled after fast_kernel.cpp as one translation unit (see native.py).
 
 namespace {
 
@@ -8,7 +8,7 @@ namespace {
 // x 32 positions from i. Each weight is a constant offset from one pointer per term, and
 // NO is a template argument, so the accumulators and pointers stay in registers.
 template <int NO>
-inline void Sample::tile(const float* wt, const int* wofs, int u, int i, vf (&acc)[8][2]) const {
+inline void Sample::tile(const float* wt, const int* wofs, int u, int i, vf (&acc)[TF][2]) const {
   const float* xq = sc.xq.data() + i;
   const int* toff = sc.toff.data();
   wt += u;
@@ -25,17 +25,13 @@ inline void Sample::tile(const float* wt, const int* wofs, int u, int i, vf (&ac
   }
 }
 
-inline void Sample::tile(const float* wt, const int* wofs, int u, int no, int i, vf (&acc)[8][2]) const {
-  switch (no) {
-    case 8: return tile<8>(wt, wofs, u, i, acc);
-    case 7: return tile<7>(wt, wofs, u, i, acc);
-    case 6: return tile<6>(wt, wofs, u, i, acc);
-    case 5: return tile<5>(wt, wofs, u, i, acc);
-    case 4: return tile<4>(wt, wofs, u, i, acc);
-    case 3: return tile<3>(wt, wofs, u, i, acc);
-    case 2: return tile<2>(wt, wofs, u, i, acc);
-    default: return tile<1>(wt, wofs, u, i, acc);
-  }
+// The tile for no (1 .. TF) filters, NO counting down to it (NO a template argument).
+template <int NO>
+inline void Sample::tile_upto(const float* wt, const int* wofs, int u, int no, int i,
+                              vf (&acc)[TF][2]) const {
+  if constexpr (NO > 1)
+    if (no < NO) return tile_upto<NO - 1>(wt, wofs, u, no, i, acc);
+  tile<NO>(wt, wofs, u, i, acc);
 }
 
 // The term-major weights of the filters computed: the site's own table, or in subset
@@ -60,20 +56,20 @@ inline std::pair<const float*, const int*> Sample::filter_table(int nout) {
 // filters from o0 of the term-major weights wt (term k's row at wofs[k]). A term's
 // weights for 16 filters are one vector load, its inputs are broadcast; the sum runs over
 // the terms in the same order as tile(), so the outputs are the same bit for bit.
-// ROW: the 8 positions are consecutive in the planes (q[p] = q[0] + p: 8 x 8 maps), so
-// the inputs are constant offsets from one pointer, not eight offsets reloaded per term.
+// ROW: the TP positions are consecutive in the planes (q[p] = q[0] + p: 8 x 8 maps), so
+// the inputs are constant offsets from one pointer, not TP offsets reloaded per term.
 template <int NV, bool ROW>
 inline void Sample::tile_filters(const float* wt, const int* wofs, int o0, const int* q,
-                          vf (&acc)[8][2]) const {
+                                 vf (&acc)[TP][TV]) const {
   const float* xq = sc.xq.data() + (ROW ? q[0] : 0);
-  for (int p = 0; p < 8; ++p)
+  for (int p = 0; p < TP; ++p)
     for (int v = 0; v < NV; ++v) acc[p][v] = vf{};
   for (int k = 0; k < K; ++k) {
     const float* r = xq + sc.toff[k];
     const float* w = wt + wofs[k] + o0;
     vf wv[NV];
     for (int v = 0; v < NV; ++v) wv[v] = load(w + v * V);
-    for (int p = 0; p < 8; ++p) {
+    for (int p = 0; p < TP; ++p) {
       const vf xv = splat(r[ROW ? p : q[p]]);
       for (int v = 0; v < NV; ++v) acc[p][v] += wv[v] * xv;
     }
@@ -87,21 +83,21 @@ inline void Sample::tile_filters(const float* wt, const int* wofs, int o0, const
 inline void Sample::dense_filters(int nout) {
   const auto [wt, wofs] = filter_table(nout);
   const int width = round_up(nout, V);
-  int q[8];
-  for (int p0 = 0; p0 < P; p0 += 8) {
-    const int np = std::min(8, P - p0);
-    for (int p = 0; p < 8; ++p) {  // the last group repeats its last position
+  int q[TP];
+  for (int p0 = 0; p0 < P; p0 += TP) {
+    const int np = std::min(TP, P - p0);
+    for (int p = 0; p < TP; ++p) {  // the last group repeats its last position
       const int pos = p0 + std::min(p, np - 1);
       q[p] = (pos / s.wo) * Wq + pos % s.wo;
     }
     bool row = true;
-    for (int p = 1; p < 8; ++p) row = row && q[p] == q[0] + p;
-    for (int o0 = 0; o0 < width; o0 += 2 * V) {
-      const int nv = std::min(2, (width - o0) / V);
-      vf acc[8][2];
-      if (nv == 2)
-        row ? tile_filters<2, true>(wt, wofs, o0, q, acc)
-            : tile_filters<2, false>(wt, wofs, o0, q, acc);
+    for (int p = 1; p < TP; ++p) row = row && q[p] == q[0] + p;
+    for (int o0 = 0; o0 < width; o0 += TV * V) {
+      const int nv = std::min(TV, (width - o0) / V);
+      vf acc[TP][TV];
+      if (nv == TV)
+        row ? tile_filters<TV, true>(wt, wofs, o0, q, acc)
+            : tile_filters<TV, false>(wt, wofs, o0, q, acc);
       else
         row ? tile_filters<1, true>(wt, wofs, o0, q, acc)
             : tile_filters<1, false>(wt, wofs, o0, q, acc);
@@ -134,12 +130,12 @@ inline void Sample::dense() {
     return;
   }
   const auto [wt, wofs] = filter_table(nout);
-  for (int u = 0; u < nout; u += 8) {
-    const int no = std::min(8, nout - u);
+  for (int u = 0; u < nout; u += TF) {
+    const int no = std::min(TF, nout - u);
     for (int i = 0; i < NF; i += 2 * V) {
-      vf acc[8][2];
-      tile(wt, wofs, u, no, i, acc);
-      alignas(64) float buf[8][2 * V];
+      vf acc[TF][2];
+      tile_upto<TF>(wt, wofs, u, no, i, acc);
+      alignas(64) float buf[TF][2 * V];
       for (int t = 0; t < no; ++t) {
         store(buf[t], acc[t][0]);
         store(buf[t] + V, acc[t][1]);

@@ -52,6 +52,20 @@ inline void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
 // a - 0 is a for every float (-0 included), so this folds to one broadcast; `vf{} + a`
 // does not (0 + -0 is +0): it cost a scalar add and a shuffle per weight (perf annotate).
 inline vf splat(float a) { return a - vf{}; }
+
+// Tile sizes by vector ISA: a tile's accumulators must stay in the vector registers (32 of
+// 64 bytes with AVX-512; 16 of 32 bytes with AVX2, where a vf takes two; 16 of 16 bytes
+// with SSE, where it takes four). AVX-512's sizes spilled every accumulator of the AVX2
+// build, which ran 7x slower (benchmarks/kernel_ab.py --base-arch x86-64-v3).
+#if defined(__AVX512F__)
+constexpr int TF = 8, TP = 8, TV = 2, NG = 8;
+#elif defined(__AVX__)
+constexpr int TF = 2, TP = 4, TV = 1, NG = 4;
+#else
+constexpr int TF = 1, TP = 2, TV = 1, NG = 2;
+#endif
+// TF: filters of a plane tile (x 32 positions); TP, TV: positions and vectors of 16 filters
+// of a filter-vectorised tile; NG: neurons completed together (neuron_group).
 typedef float vf8 __attribute__((vector_size(32)));
 typedef float vf4 __attribute__((vector_size(16)));
 inline float hsum(vf v) {
@@ -460,12 +474,14 @@ struct Sample {
 
   // The dense passes (plane tiles, filter-vectorised tiles): fast_dense.cpp.
   template <int NO>
-  void tile(const float* wt, const int* wofs, int u, int i, vf (&acc)[8][2]) const;
-  void tile(const float* wt, const int* wofs, int u, int no, int i, vf (&acc)[8][2]) const;
+  void tile(const float* wt, const int* wofs, int u, int i, vf (&acc)[TF][2]) const;
+  template <int NO>
+  void tile_upto(const float* wt, const int* wofs, int u, int no, int i,
+                 vf (&acc)[TF][2]) const;
   std::pair<const float*, const int*> filter_table(int nout);
   template <int NV, bool ROW>
   void tile_filters(const float* wt, const int* wofs, int o0, const int* q,
-                    vf (&acc)[8][2]) const;
+                    vf (&acc)[TP][TV]) const;
   void dense_filters(int nout);
   void dense();
 
