@@ -43,9 +43,20 @@
 
 namespace {
 
-typedef float vf __attribute__((vector_size(64)));
-typedef float vfu __attribute__((vector_size(64), aligned(4)));
+// V: floats per vector, the widest the target has (GCC splits wider generic vectors through
+// the stack: 64-byte vectors on AVX2 ran 7-10x slower than AVX-512, kernel_ab --base-arch).
+#if defined(__AVX512F__)
 constexpr int V = 16;
+#elif defined(__AVX__)
+constexpr int V = 8;
+#else
+constexpr int V = 4;
+#endif
+typedef float vf __attribute__((vector_size(4 * V)));
+typedef float vfu __attribute__((vector_size(4 * V), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(4 * V)));
+//: kernel-row runs are padded to this many floats (native.py pads them; any V divides it)
+constexpr int RUN_PAD = 16;
 
 inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
 inline void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
@@ -53,25 +64,27 @@ inline void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
 // does not (0 + -0 is +0): it cost a scalar add and a shuffle per weight (perf annotate).
 inline vf splat(float a) { return a - vf{}; }
 
-// Tile sizes by vector ISA: a tile's accumulators must stay in the vector registers (32 of
-// 64 bytes with AVX-512; 16 of 32 bytes with AVX2, where a vf takes two; 16 of 16 bytes
-// with SSE, where it takes four). AVX-512's sizes spilled every accumulator of the AVX2
-// build, which ran 7x slower (benchmarks/kernel_ab.py --base-arch x86-64-v3).
+// Tile sizes: a tile's accumulators stay in the vector registers (TF filters x 2 vectors of
+// positions; TP positions x TV vectors of filters; NG neurons of one filter). AVX-512 has
+// 32 registers, AVX2 and SSE 16.
 #if defined(__AVX512F__)
 constexpr int TF = 8, TP = 8, TV = 2, NG = 8;
-#elif defined(__AVX__)
-constexpr int TF = 2, TP = 4, TV = 1, NG = 4;
 #else
-constexpr int TF = 1, TP = 2, TV = 1, NG = 2;
+constexpr int TF = 6, TP = 6, TV = 2, NG = 8;
 #endif
-// TF: filters of a plane tile (x 32 positions); TP, TV: positions and vectors of 16 filters
-// of a filter-vectorised tile; NG: neurons completed together (neuron_group).
-typedef float vf8 __attribute__((vector_size(32)));
+// Sum of the lanes, pairwise: halves added until 4 lanes remain (the same order at any V).
 typedef float vf4 __attribute__((vector_size(16)));
 inline float hsum(vf v) {
+#if defined(__AVX512F__)
+  typedef float vf8 __attribute__((vector_size(32)));
   const vf8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
   const vf4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+#elif defined(__AVX__)
+  const vf4 b = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+#else
+  const vf4 b = v;
+#endif
   return (b[0] + b[2]) + (b[1] + b[3]);
 }
 inline int round_up(int a, int b) { return (a + b - 1) / b * b; }
@@ -83,7 +96,6 @@ inline uint32_t kept_lanes(vf v, float thr) {
   return _mm512_cmp_ps_mask((__m512)v, _mm512_set1_ps(thr), _CMP_NLE_UQ);
 }
 #else
-typedef int32_t vi __attribute__((vector_size(64)));
 inline uint32_t kept_lanes(vf v, float thr) {
   const vi stop = v <= splat(thr);
   uint32_t m = 0;
@@ -378,7 +390,7 @@ struct Sample {
     if (have_rows) return;
     have_rows = true;
     L = s.kw * nk;
-    L16 = round_up(std::max(L, 1), V);
+    L16 = round_up(std::max(L, 1), RUN_PAD);  // as wr_full's runs (native.py)
     sc.xt.assign((size_t)Hp * Wp * nk + L16 + V, 0.f);
     const size_t hw = (size_t)s.h * s.w;
     for (int iy = 0; iy < s.h; ++iy) {  // row by row: the destination row stays in L1
@@ -413,7 +425,7 @@ struct Sample {
     sc.wr_ok[o] = 1;
     std::fill(w, w + (size_t)s.kh * L16, 0.f);
     const int run = s.kw * s.cin;  // from the all-channel runs: a gather per kernel tap
-    const int run16 = round_up(run, V);
+    const int run16 = round_up(run, RUN_PAD);
     const int32_t* kept = sc.kept.data();
     for (int ky = 0; ky < s.kh; ++ky)
       for (int kx = 0; kx < s.kw; ++kx) {

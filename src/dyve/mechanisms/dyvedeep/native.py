@@ -1,7 +1,8 @@
-"""DyVEDeep's fast back-end: the C++ kernels of ``fast_kernel.cpp``, built on first use.
+"""DyVEDeep's fast back-end: the C++ kernels (:data:`SOURCES`), built on first use.
 
 The kernels are compiled with the system C++ compiler (``$CXX``, else ``g++``/``c++``)
-for the host CPU (``-march=native``; without it if that fails), into
+for the host CPU (``-march=native``; without it if that fails; ``$DYVE_MARCH``, e.g.
+``x86-64-v3``, builds for that target instead: AVX2 code on an AVX-512 machine), into
 ``$DYVE_KERNELS`` (default ``~/.cache/dyve/kernels``), keyed by a hash of the source, the
 flags, the compiler and the CPU, and loaded with :mod:`ctypes` (no torch headers, so a
 build takes seconds). Building writes to a temporary file and renames it, so concurrent
@@ -179,10 +180,12 @@ def _load_reason() -> ctypes.CDLL | str:
     pkg = resources.files("dyve.mechanisms.dyvedeep")
     src = "\n".join(pkg.joinpath(name).read_text() for name in SOURCES)
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([src, " ".join(FLAGS), version, _cpu()]).encode())
+    march = os.environ.get("DYVE_MARCH")  # e.g. x86-64-v3: build for AVX2 on any x86 CPU
+    archs = ([f"-march={march}"],) if march else (["-march=native"], [])
+    key = hashlib.sha256("\0".join([src, " ".join(FLAGS), str(archs), version, _cpu()]).encode())
     lib = cache_dir() / f"dyvedeep-{key.hexdigest()[:16]}.so"
     if not lib.exists():
-        err = _build(cxx, src, lib)
+        err = _build(cxx, src, lib, archs)
         if err is not None:
             return err
     return bind(lib)
