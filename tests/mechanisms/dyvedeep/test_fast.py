@@ -4,8 +4,9 @@ Per site, on random layers: same outputs (relative error <= 1e-5), the same deci
 (neurons stopped, positions interpolated, channels approximated), and an executed cost
 that is the simulated cost plus exactly the extra work the kernels report. Per network, on
 every zoo model at its calibrated operating point (committed in docs/results/dyvedeep) and
-the embedded CIFAR-10 sample. And the fallback: without kernels dyve says so once and
-runs the emulation.
+the embedded CIFAR-10 sample; the same for the kernels built for narrower vectors (AVX2,
+SSE) than this machine's. And the fallback: without kernels dyve says so once and runs the
+emulation.
 """
 
 from __future__ import annotations
@@ -197,3 +198,48 @@ def test_kernels_are_cached_and_rebuilt_atomically(tmp_path, monkeypatch):
         assert built[0].stat().st_mtime_ns == stamp
     finally:
         native.kernels.cache_clear()
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+@needs_kernels
+@pytest.mark.parametrize(("march", "flag"), [("x86-64-v3", "avx2"), ("x86-64", "sse2")])
+def test_other_vector_widths_match_emulation(march, flag, tmp_path):
+    """The kernels built for a narrower target (AVX2: 8-float vectors, SSE: 4; this machine
+    may build for AVX-512) pass the site and zoo tests above, in a fresh process."""
+    if flag not in _cpu_flags():
+        pytest.skip(f"this CPU cannot run {march} code (no {flag}), or is not x86")
+    env = {
+        "DYVE_MARCH": march,
+        "DYVE_KERNELS": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "site_matches_emulation or zoo_models_fast_equals_emulated or sfma_statistics",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert " passed" in summary
+    assert "skipped" not in summary, "the kernels did not build for the narrower target"
+    assert len(list(tmp_path.glob("*.so"))) == 1, "the narrower build was not made"
