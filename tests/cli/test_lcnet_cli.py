@@ -102,3 +102,38 @@ def test_train_crash_resume_bench_and_page(
 def test_bad_settings_exit_2(tmp_path: Path) -> None:
     assert _cli("lcnet", "train", "--out", str(tmp_path / "x"), "--ramp", "2")[0] == 2
     assert _cli("lcnet", "train", "--out", str(tmp_path / "x"), "--lam-l", "-1")[0] == 2
+
+
+def test_distillation_from_the_dense_backbone(
+    prepared: Callable[[str], object], tmp_path: Path
+) -> None:
+    prepared("cifar10-jpeg")
+    run = tmp_path / "kd"
+    args = ("lcnet", "train", "--out", str(run), *SMALL, "--lam-l", "0.5", "--distill", "0.5")
+    assert _cli(*args)[0] == 0
+    assert read_json(run / "config.json")["config"]["distill"] == 0.5
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert all(h["train_kd"] > 0 for h in history)  # logged, and the student is not the teacher
+    # the loss itself: zero against identical logits, t^2 * KL otherwise
+    z = torch.randn(5, 10)
+    assert lc_train._distillation(z, z, 4.0).abs() < 1e-6
+    t = torch.randn(5, 10)
+    kl = (t.softmax(1) * (t.log_softmax(1) - z.log_softmax(1))).sum(1).mean()
+    assert torch.allclose(lc_train._distillation(z, t, 1.0), kl, atol=1e-6)
+    for bad in ("1.5", "-0.1"):
+        rc, _ = _cli("lcnet", "train", "--out", str(tmp_path / "bad"), *SMALL, "--distill", bad)
+        assert rc == 2
+        assert not (tmp_path / "bad").exists()
+
+
+def test_runs_saved_before_a_config_key_existed_still_resume(tmp_path: Path) -> None:
+    from dyve.errors import DyveError
+    from dyve.train.loop import check_run_dir
+
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "config.json").write_text(json.dumps({"config": {"lam_l": 0.1}}))
+    check_run_dir(tmp_path, {"lam_l": 0.1, "distill": 0.0}, True, {"distill": 0.0})
+    with pytest.raises(DyveError, match="distill"):
+        check_run_dir(tmp_path, {"lam_l": 0.1, "distill": 0.5}, True, {"distill": 0.0})
+    with pytest.raises(DyveError, match="distill"):  # without defaults: a different config
+        check_run_dir(tmp_path, {"lam_l": 0.1, "distill": 0.0}, True)

@@ -39,6 +39,15 @@ def add(sub: Any) -> None:
     t.add_argument("--target", type=float, default=d.target, help="AIG: target execution rate")
     t.add_argument("--aig-weight", type=float, default=d.aig_weight, help="AIG: loss weight")
     t.add_argument("--ramp", type=float, default=d.ramp, help="share of training to ramp lambda")
+    t.add_argument(
+        "--distill",
+        type=float,
+        default=d.distill,
+        help="weight in [0, 1] of distillation from the dense backbone (default 0: off)",
+    )
+    t.add_argument(
+        "--temperature", type=float, default=d.temperature, help="distillation temperature"
+    )
     t.add_argument("--epochs", type=int, default=d.epochs)
     t.add_argument("--batch-size", type=int, default=d.batch_size)
     t.add_argument("--lr", type=float, default=d.lr, help="backbone learning rate (cosine)")

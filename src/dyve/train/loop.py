@@ -65,8 +65,11 @@ def device_for(name: str) -> torch.device:
     return device
 
 
-def check_run_dir(out: Path, config: dict[str, Any], resume: bool) -> None:
-    """Refuse to overwrite a run, or to resume one made with another config."""
+def check_run_dir(
+    out: Path, config: dict[str, Any], resume: bool, defaults: dict[str, Any] | None = None
+) -> None:
+    """Refuse to overwrite a run, or to resume one made with another config. ``defaults``:
+    the value a key had before it existed (a run saved without it ran as that default)."""
     if (out / "config.json").exists() and not resume:
         raise DyveError(
             f"{out} already holds a run; pass --resume to continue it or pick a new --out"
@@ -74,7 +77,7 @@ def check_run_dir(out: Path, config: dict[str, Any], resume: bool) -> None:
     if resume:
         if not (out / "config.json").exists():
             raise DyveError(f"{out}: no run to resume (config.json missing)")
-        saved = read_json(out / "config.json")["config"]
+        saved = {**(defaults or {}), **read_json(out / "config.json")["config"]}
         if saved != config:
             diff = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
             raise DyveError(f"--resume with a different config: {diff}")
@@ -88,10 +91,12 @@ def start(
     device: str,
     batch_size: int,
     seed: int,
+    defaults: dict[str, Any] | None = None,
 ) -> tuple[torch.device, Dist]:
-    """What every trainer does first: check the run directory, set threads, pick the
-    device, join the process group (under ``torchrun``) and seed."""
-    check_run_dir(out, config, resume)
+    """What every trainer does first: check the run directory (``defaults``: see
+    :func:`check_run_dir`), set threads, pick the device, join the process group (under
+    ``torchrun``) and seed."""
+    check_run_dir(out, config, resume, defaults)
     if threads:
         torch.set_num_threads(threads)
     dev = device_for(device)
