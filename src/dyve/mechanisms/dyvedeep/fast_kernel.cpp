@@ -24,8 +24,8 @@
 //   * SPET's exact check is not applied here: it is lossless (the ReLU gives the same 0),
 //     so outputs are unchanged, and in this layout it would cost a second pass.
 //
-// Portable C++17 with GCC vector extensions: 16-float vectors become AVX-512, AVX2 or SSE
-// code depending on the -march the library was built for.
+// Portable C++17 with GCC vector extensions: vectors of V floats (16 with AVX-512, 8 with
+// AVX2, 4 otherwise) depending on the -march the library was built for.
 
 #include <algorithm>
 #include <array>
@@ -55,7 +55,7 @@ constexpr int V = 4;
 typedef float vf __attribute__((vector_size(4 * V)));
 typedef float vfu __attribute__((vector_size(4 * V), aligned(4)));
 typedef int32_t vi __attribute__((vector_size(4 * V)));
-//: kernel-row runs are padded to this many floats (native.py pads them; any V divides it)
+// kernel-row runs are padded to this many floats (native.py pads them; every V divides it)
 constexpr int RUN_PAD = 16;
 
 inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
@@ -72,7 +72,7 @@ constexpr int TF = 8, TP = 8, TV = 2, NG = 8;
 #else
 constexpr int TF = 6, TP = 6, TV = 2, NG = 8;
 #endif
-// Sum of the lanes, pairwise: halves added until 4 lanes remain (the same order at any V).
+// Sum of the lanes: halves added until 4 lanes remain, then (0 + 2) + (1 + 3).
 typedef float vf4 __attribute__((vector_size(16)));
 inline float hsum(vf v) {
 #if defined(__AVX512F__)
