@@ -1,11 +1,12 @@
 // The dense passes of a site (fast_kernel.cpp's Sample): register tiles over the plane
-// layout (TF filters x 32 positions) and, on small maps, filter-vectorised tiles (TP
-// positions x 16 TV filters); the tile sizes are set per vector ISA in fast_kernel.cpp. Compiled after fast_kernel.cpp as one translation unit (see native.py).
+// layout (TF filters x 2 V positions) and, on small maps, filter-vectorised tiles (TP
+// positions x TV V filters); V and the tile sizes are set per target in fast_kernel.cpp.
+// Compiled after fast_kernel.cpp as one translation unit (see native.py).
 
 namespace {
 
 // NO output channels (filters u.. of the term-major table wt, term k's row at wofs[k])
-// x 32 positions from i. Each weight is a constant offset from one pointer per term, and
+// x 2 V positions from i. Each weight is a constant offset from one pointer per term, and
 // NO is a template argument, so the accumulators and pointers stay in registers.
 template <int NO>
 inline void Sample::tile(const float* wt, const int* wofs, int u, int i, vf (&acc)[TF][2]) const {
@@ -52,9 +53,9 @@ inline std::pair<const float*, const int*> Sample::filter_table(int nout) {
   return {sc.wc.data(), sc.wcofs.data()};
 }
 
-// Filter-vectorised tile for small maps: 8 output positions (plane offsets q) x 16 * NV
+// Filter-vectorised tile for small maps: TP output positions (plane offsets q) x V * NV
 // filters from o0 of the term-major weights wt (term k's row at wofs[k]). A term's
-// weights for 16 filters are one vector load, its inputs are broadcast; the sum runs over
+// weights for V filters are one vector load, its inputs are broadcast; the sum runs over
 // the terms in the same order as tile(), so the outputs are the same bit for bit.
 // ROW: the TP positions are consecutive in the planes (q[p] = q[0] + p: 8 x 8 maps), so
 // the inputs are constant offsets from one pointer, not TP offsets reloaded per term.
@@ -77,9 +78,9 @@ inline void Sample::tile_filters(const float* wt, const int* wofs, int o0, const
 }
 
 // Dense pass over output positions, filters in vectors: for maps whose rows fill few of
-// the plane pass's 32-position tiles (8 x 8 maps: 64 of 96 lanes; 2 x 2: 4 of 32).
-// Subset mode runs on the compact table (filter_table; its padding lanes are computed,
-// not written).
+// the plane pass's tiles of 2 V positions (with AVX-512, 8 x 8 maps: 64 of 96 lanes; 2 x 2:
+// 4 of 32). Subset mode runs on the compact table (filter_table; its padding lanes are
+// computed, not written).
 inline void Sample::dense_filters(int nout) {
   const auto [wt, wofs] = filter_table(nout);
   const int width = round_up(nout, V);
