@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # docs/results/report/: one report across the methods' result runs on the held-out test-b
-# split (5,000 images). Needs the runs of scripts/{adaptive,lcnet,d2nn}_results.sh (or the
-# commands in scripts/ship_runs.py) and the DyVEDeep calibration in docs/results/dyvedeep.
+# split (5,000 images). Needs the runs of scripts/adaptive_results.sh, the DyVEDeep
+# calibration in docs/results/dyvedeep, and the LC-Net and D2NN runs of
+# scripts/{lcnet,d2nn}_results.sh, or else their copies shipped in the package
+# (scripts/ship_runs.py copies exactly those runs).
 # About 3 minutes on 2 cores; run it on an idle machine (it times every model).
 set -euo pipefail
 OUT=${OUT:-docs/results/report}
+pick() { if [[ -d "$1" ]]; then echo "$1"; else echo "$2"; fi; }
+LC=$(pick runs/lcnet/lcnet_l01_c0005 src/dyve/_assets/runs/lcnet_resnet56)
+D2=$(pick runs/d2nn/hierarchical/all_lam0.1 src/dyve/_assets/runs/d2nn_hierarchical)
 dyve report \
   docs/results/dyvedeep/resnet56_cifar \
   runs/adaptive/exits_resnet56 \
   runs/adaptive/select_caffe_r20_r56 \
-  runs/lcnet/lcnet_l01_c0005 \
-  runs/d2nn/hierarchical/all_lam0.1 \
+  "$LC" \
+  "$D2" \
   --labels "DyVEDeep,early exit,network selection,LC-Net,D2NN" \
   --data cifar10-jpeg --split test-b --repeats 150 --latency-images 50 --no-progress \
   --title "dyve: every method on CIFAR-10 test-b" --out "$OUT"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -124,6 +125,20 @@ def test_distillation_from_the_dense_backbone(
         rc, _ = _cli("lcnet", "train", "--out", str(tmp_path / "bad"), *SMALL, "--distill", bad)
         assert rc == 2
         assert not (tmp_path / "bad").exists()
+    # the page labels distilled runs, and names each run's machine when they differ
+    assert _cli("bench", str(run), "--repeats", "2", "--no-compile")[0] == 0
+    other = tmp_path / "kd_elsewhere"
+    shutil.copytree(run, other)
+    bench = read_json(other / "bench.json")
+    bench["machine"]["cpu"] = "Another CPU"
+    (other / "bench.json").write_text(json.dumps(bench))
+    page = tmp_path / "page.md"
+    assert _cli("lcnet", "results", str(run), str(other), "--out", str(page))[0] == 0
+    text = page.read_text()
+    row = "| kd | LC-Net + distillation | lam_L=0.5, lam_C=0.002 (none), distill 0.5 (T=4.0) |"
+    assert row in text
+    assert "Another CPU, torch" in text
+    assert "(`kd_elsewhere`)" in text
 
 
 def test_runs_saved_before_a_config_key_existed_still_resume(tmp_path: Path) -> None:

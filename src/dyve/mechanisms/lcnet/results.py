@@ -13,6 +13,9 @@ from typing import Any
 from dyve._io import atomic_save, atomic_write, read_json
 
 CONTROL = "control (no sparsity loss)"
+DISTILLED = "LC-Net + distillation"
+#: the kinds the LC-Net targets are checked on
+LCNET = ("LC-Net", DISTILLED)
 #: >= 3x fewer MACs at <= 0.5 pp top-1 loss; measured batch-1 speedup >= 0.7 x the reduction
 TARGET_REDUCTION, TARGET_LOSS, TARGET_EFFICIENCY = 3.0, 0.5, 0.7
 
@@ -30,7 +33,11 @@ def _label(cfg: dict[str, Any]) -> tuple[str, str]:
         f"lam_L={cfg['lam_l']}" if cfg["layer"] else "",
         f"lam_C={cfg['lam_c']}" if cfg["channel"] else "",
     ]
-    return kind, ", ".join(x for x in lams if x) + f" ({cfg['weighting']})"
+    setting = ", ".join(x for x in lams if x) + f" ({cfg['weighting']})"
+    if cfg.get("distill", 0.0) > 0:  # runs before the option have no key
+        kind = DISTILLED if kind == "LC-Net" else kind + " + distillation"
+        setting += f", distill {cfg['distill']} (T={cfg['temperature']})"
+    return kind, setting
 
 
 def _load(run: Path) -> dict[str, Any]:
@@ -58,7 +65,14 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    styles = {"LC-Net": "o-", "L-Net": "s", "C-Net": "^", "ConvNet-AIG": "D", CONTROL: "P"}
+    styles = {
+        "LC-Net": "o-",
+        DISTILLED: "o--",
+        "L-Net": "s",
+        "C-Net": "^",
+        "ConvNet-AIG": "D",
+        CONTROL: "P",
+    }
     for kind in dict.fromkeys(r["kind"] for r in rows):
         pts = sorted(
             (r for r in rows if r["kind"] == kind), key=lambda r: r["m"]["macs_per_sample"]
@@ -151,7 +165,18 @@ def write_results(runs: list[Path], out: Path) -> Path:
     lines += _where_time_goes(rows)
     benches = [r["bench"] for r in rows if r["bench"]]
     if benches:
-        mach = benches[0]["machine"]
+        machines: dict[str, list[str]] = {}
+        for r in rows:
+            if r["bench"]:
+                key = f"{r['bench']['machine']['cpu']}, torch {r['bench']['torch']}"
+                machines.setdefault(key, []).append(f"`{r['run']}`")
+        where = (
+            f"Machine: {next(iter(machines))}."
+            if len(machines) == 1
+            else "Machines (each run's ratios are from one run on one machine): "
+            + "; ".join(f"{m} ({', '.join(runs)})" for m, runs in machines.items())
+            + "."
+        )
         lines += [
             "",
             f"Timings (`dyve bench`, interleaved; per run the mean over the images of each "
@@ -160,7 +185,7 @@ def write_results(runs: list[Path], out: Path) -> Path:
             f"shipped network without gates; dense native is the same network lowered to the "
             "native runtime the gated network runs in (every layer dense; the speedup against "
             "it is the skipped work's share). "
-            f"Machine: {mach['cpu']}, torch {benches[0]['torch']}. The MACs in `bench.json` "
+            f"{where} The MACs in `bench.json` "
             "come from the per-block path's trace, which at batch 64 computes per block the "
             "union of the kept channels of the samples that run it; the native program "
             "computes each sample's own channels, so at batch 64 they bound what it ran.",
@@ -171,7 +196,7 @@ def write_results(runs: list[Path], out: Path) -> Path:
 
 
 def _targets(rows: list[dict[str, Any]]) -> list[str]:
-    lc = [r for r in rows if r["kind"] == "LC-Net"]
+    lc = [r for r in rows if r["kind"] in LCNET]
     ok = [r for r in lc if r["m"]["baseline_top1"] - r["m"]["top1"] <= TARGET_LOSS]
     best = max(ok, key=lambda r: r["m"]["cost_reduction"]) if ok else None
     out = ["## Targets", ""]
@@ -248,7 +273,7 @@ def _where_time_goes(rows: list[dict[str, Any]]) -> list[str]:
         f"{_span(runtime)} faster than dense eager at batch 1: that is the runtime's share "
         "of every speedup in the table, whatever the gates decide."
     )
-    lc = [r for r in native if r["kind"] == "LC-Net"]
+    lc = [r for r in native if r["kind"] in LCNET]
     if lc:
         share = [r["bench"]["b1"]["speedup_vs_dense_native"] for r in lc]
         eff = [s / r["m"]["cost_reduction"] for s, r in zip(share, lc, strict=True)]
