@@ -6,8 +6,8 @@ Made by these commands (on 2 cores, about 45 minutes in all; see `scripts/*_resu
     dyve exits fit --model resnet56_cifar --out runs/adaptive/exits_resnet56
     dyve select fit --models caffe_cifar10,resnet20_cifar,resnet56_cifar \
         --out runs/adaptive/select_caffe_r20_r56
-    dyve lcnet train --out runs/lcnet/lcnet_l01_c0005 --model resnet56_cifar --epochs 3 \
-        --weighting macs --lam-l 0.01 --lam-c 0.0005
+    dyve lcnet train --out runs/lcnet/lcnet_l04_c002_kd05 --model resnet56_cifar --epochs 3 \
+        --weighting macs --lam-l 0.04 --lam-c 0.002 --distill 0.5
     dyve d2nn train --arch hierarchical --out runs/d2nn/hierarchical/all_pre --route all --epochs 4
     dyve d2nn train --arch hierarchical --out runs/d2nn/hierarchical/all_lam0.1 --route learned \
         --lam 0.1 --epochs 3 --init runs/d2nn/hierarchical/all_pre
@@ -37,7 +37,7 @@ RUNS = {
         ("selection.json", "policies.safetensors"),
     ),
     "lcnet_resnet56": (
-        "runs/lcnet/lcnet_l01_c0005",
+        "runs/lcnet/lcnet_l04_c002_kd05",
         ("dynamic.json", "dynamic.safetensors"),
     ),
     "d2nn_hierarchical": (
