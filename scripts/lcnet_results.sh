@@ -24,6 +24,7 @@ train lcnet_l04_c002_e20 --lam-l 0.04 --lam-c 0.002 --epochs 20
 # distilled from the dense backbone (--distill 0.5, T = 4), 3 epochs (about 15 minutes each)
 train lcnet_l04_c002_kd05 --lam-l 0.04 --lam-c 0.002 --distill 0.5
 train lcnet_l08_c004_kd05 --lam-l 0.08 --lam-c 0.004 --distill 0.5
+train lcnet_l08_c004_kd05_e8 --lam-l 0.08 --lam-c 0.004 --distill 0.5 --epochs 8
 # side by side, one thread each: the ablations, and a control without the sparsity loss
 # (what the few epochs of fine-tuning alone do to accuracy)
 COMMON=(--model resnet56_cifar --epochs 3 --weighting macs --threads 1)

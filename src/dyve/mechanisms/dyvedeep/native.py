@@ -2,7 +2,8 @@
 
 The kernels are compiled with the system C++ compiler (``$CXX``, else ``g++``/``c++``)
 for the host CPU (``-march=native``; without it if that fails; ``$DYVE_MARCH``, e.g.
-``x86-64-v3``, builds for that target instead: AVX2 code on an AVX-512 machine), into
+``x86-64-v3``, builds for that target instead, such as AVX2 code on an AVX-512 machine:
+a target this CPU cannot run stops the process with an illegal instruction), into
 ``$DYVE_KERNELS`` (default ``~/.cache/dyve/kernels``), keyed by a hash of the source, the
 flags, the compiler and the CPU, and loaded with :mod:`ctypes` (no torch headers, so a
 build takes seconds). Building writes to a temporary file and renames it, so concurrent
