@@ -8,7 +8,7 @@
 set -euo pipefail
 OUT=${OUT:-docs/results/report}
 pick() { if [[ -d "$1" ]]; then echo "$1"; else echo "$2"; fi; }
-LC=$(pick runs/lcnet/lcnet_l01_c0005 src/dyve/_assets/runs/lcnet_resnet56)
+LC=$(pick runs/lcnet/lcnet_l04_c002_kd05 src/dyve/_assets/runs/lcnet_resnet56)
 D2=$(pick runs/d2nn/hierarchical/all_lam0.1 src/dyve/_assets/runs/d2nn_hierarchical)
 dyve report \
   docs/results/dyvedeep/resnet56_cifar \

@@ -65,12 +65,11 @@ inline void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
 inline vf splat(float a) { return a - vf{}; }
 
 // Tile sizes: a tile's accumulators stay in the vector registers (TF filters x 2 vectors of
-// positions; TP positions x TV vectors of filters; NG neurons of one filter). AVX-512 has
-// 32 registers, AVX2 and SSE 16.
+// positions; TP positions x TV vectors of filters). AVX-512 has 32 registers, AVX2 and SSE 16.
 #if defined(__AVX512F__)
-constexpr int TF = 8, TP = 8, TV = 2, NG = 8;
+constexpr int TF = 8, TP = 8, TV = 2;
 #else
-constexpr int TF = 6, TP = 6, TV = 2, NG = 8;
+constexpr int TF = 6, TP = 6, TV = 2;
 #endif
 // Sum of the lanes: halves added until 4 lanes remain, then (0 + 2) + (1 + 3).
 typedef float vf4 __attribute__((vector_size(16)));

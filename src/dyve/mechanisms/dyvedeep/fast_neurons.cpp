@@ -23,15 +23,15 @@ inline void Sample::neuron_group(const float* wo, const int32_t* ps, float* oc, 
   for (int g = 0; g < G; ++g) oc[ps[g]] = finish(b + hsum(a[g]));
 }
 
-// Neuron dot products (runs of kernel rows in the channels-last layout), NG at a time.
+// Neuron dot products (runs of kernel rows in the channels-last layout), 8 at a time.
 inline void Sample::neurons(int o, const int32_t* ps, int n) {
   rows();
   const float* wo = filter_rows(o);
   float* oc = out + (size_t)o * P;
   const float b = sc.bias[o];
   int i = 0;
-  for (; i + NG <= n; i += NG) neuron_group<NG>(wo, ps + i, oc, b);
-  if (NG > 4 && i + 4 <= n) neuron_group<4>(wo, ps + i, oc, b), i += 4;
+  for (; i + 8 <= n; i += 8) neuron_group<8>(wo, ps + i, oc, b);
+  if (i + 4 <= n) neuron_group<4>(wo, ps + i, oc, b), i += 4;
   for (; i < n; ++i) neuron_group<1>(wo, ps + i, oc, b);
   st[ST_MACS] += (double)K * n;
   st[ST_WASTED] += (double)(nk - nkept) * k2 * n;  // zeroed mode's dropped channels
