@@ -241,11 +241,11 @@ class DynamicNet(nn.Module):
         On the fast back-end, with one mechanism and no exit, the mechanism may run the
         whole network natively (:meth:`~dyve.mechanisms.base.Mechanism.fast_runner`).
         """
+        runner = self._runner(args, kwargs)
+        if runner is not None:  # first: at batch 1 every microsecond here is a share of it
+            return runner(args[0])
         with self._running(None):
             if not self._active_exits():
-                runner = self._runner(args, kwargs)
-                if runner is not None:
-                    return runner(args[0])
                 return self.backbone(*args, **kwargs)
             if kwargs and args:
                 raise DyveError("with exits, call with positional or keyword inputs, not both")
@@ -255,12 +255,16 @@ class DynamicNet(nn.Module):
     def _runner(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Callable[[torch.Tensor], Any] | None:
-        """The only mechanism's whole-network runner for this call (fast, eval), or None."""
-        if self.backend != "fast" or self.training or kwargs or len(self.mechanisms) != 1:
+        """The only mechanism's whole-network runner for this call (fast, eval, no exit),
+        or None."""
+        if kwargs or len(args) != 1 or self.training or len(self.mechanisms) != 1:
             return None
-        if len(args) != 1 or not isinstance(args[0], torch.Tensor):
+        x = args[0]
+        if self._state.backend != "fast" or not isinstance(x, torch.Tensor):
             return None
-        return self.mechanisms[0].fast_runner(self, args[0])
+        if len(self.exit_points) and self._active_exits():
+            return None
+        return self.mechanisms[0].fast_runner(self, x)
 
     def dense_runner(
         self, dense: nn.Module, x: torch.Tensor
@@ -268,7 +272,7 @@ class DynamicNet(nn.Module):
         """``dense`` (this network's backbone without gates) in the runtime ``net(x)`` uses
         on inputs like ``x``, when that is a mechanism's native program; else None (see
         :meth:`~dyve.mechanisms.base.Mechanism.dense_runner`)."""
-        if self._active_exits() or self._runner((x,), {}) is None:
+        if self._runner((x,), {}) is None:
             return None
         return self.mechanisms[0].dense_runner(self, dense, x)
 

@@ -201,11 +201,46 @@ def test_forward_runs_the_program_and_follows_knobs_and_weights():
     conv.weight = nn.Parameter(conv.weight.detach() * 2)  # replaced, not changed in place
     check()
     assert mech._program is not third
+    fourth = mech._program
+    bn = next(m for m in net.backbone.modules() if isinstance(m, nn.BatchNorm2d))
+    with torch.no_grad():
+        bn.running_var.mul_(2.0)  # a buffer folded into the weights, changed in place
+    check()
+    assert mech._program is not fourth
+    fifth = mech._program
+    with torch.no_grad():
+        y1 = net(x[:1])  # another batch size: the same program, its buffers resized
+    assert mech._program is fifth
+    assert torch.equal(y1, mech._program.run(x[:1])[0])
+    net.double()  # dtype moves in place: same tensors, same versions
+    assert mech.fast_runner(net, x) is None, "float64 weights leave the program"
+    with torch.no_grad():
+        assert torch.allclose(net(x.double()), net.run(x.double()).logits)
+    net.float()
     net.backend = "emulated"
     mech._program = None
     with torch.no_grad():
         net(x)
     assert mech._program is None, "the emulated back-end never runs the program"
+
+
+def test_a_network_moved_to_float64_leaves_the_program():
+    """Without buffers, ``.double()`` keeps every tensor and its version: only the weights'
+    dtype says the program no longer holds them."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)
+    ).eval()
+    net = equip(model, DyVEDeep(first_layer=True, spet=0.0),
+                example_inputs=torch.zeros(1, 3, 8, 8)).eval()  # fmt: skip
+    net.backend = "fast"
+    mech, x = net.mechanisms[0], torch.relu(torch.randn(2, 3, 8, 8))
+    with torch.no_grad():
+        net(x)
+    assert mech._program is not None
+    net.double()
+    assert mech.fast_runner(net, x) is None
+    with pytest.raises(RuntimeError), torch.no_grad():  # PyTorch's answer to float32 inputs
+        net(x)
 
 
 def test_a_network_it_cannot_lower_keeps_the_per_site_path():

@@ -71,7 +71,9 @@ class Program(Lowering):
         self._dll = dll
         super().__init__(model, example, opts or SiteOptions())
         self._struct()
-        self._key = self._state()
+        self._key = self._versions()
+        #: the statistics buffers of :meth:`__call__` (for the last batch size)
+        self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _struct(self) -> None:
         """Per-sample buffers by liveness (a dead op output's buffer is reused)."""
@@ -122,32 +124,44 @@ class Program(Lowering):
         self._dicts: list[dict[str, Any]] = [
             d for m in self._watched for d in (m._parameters, m._buffers) if d
         ]
-        self._held = [t for d in self._dicts for t in d.values() if t is not None]
+        self._values = list(chain.from_iterable(map(dict.values, self._dicts)))
+        # integer buffers (BN's num_batches_tracked) never reach the eval-mode weights
+        self._held = [t for t in self._values if t is not None and t.is_floating_point()]
+        self._probe = self._held[0] if self._held else None
         # the knobs as parallel lists, so that valid() compares them without Python loops
         self._knob_objs = [o for o, _, _ in self._knobs]
         self._knob_attrs = [a for _, a, _ in self._knobs]
         self._knob_vals = [v for _, _, v in self._knobs]
 
-    def _state(self) -> tuple[list[int], list[int]]:
-        """Changes when a tensor is replaced (ids) or modified in place (versions)."""
-        values = chain.from_iterable(map(dict.values, self._dicts))
-        return list(map(id, values)), list(map(_version, self._held))
+    def _versions(self) -> list[int]:
+        """Changes when a weight is modified in place."""
+        return list(map(_version, self._held))
 
     def valid(self, x: torch.Tensor) -> bool:
         """True while the network's weights and knobs are those the program was built from.
 
-        Checked on every forward, so each comparison runs in C (``map``), about 50 us for
-        ResNet-56: the knobs by identity (equal new values are adopted once), the weights
-        by identity and version.
+        Checked on every forward, so each comparison runs in C (``map``) and builds no list
+        it can avoid: the input's and the weights' dtype and device, the knobs by identity
+        (equal new values are adopted once), the modules' tensors by identity (none
+        replaced, added or removed) and the weights by version (none modified in place).
+        Right after a program ran these objects are out of the CPU's caches: the check
+        then costs about 20 us for VGG-16 and 70 us for ResNet-56 (benchmarks/NOTES.md).
         """
-        if tuple(x.shape[1:]) != self.shape:
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[1:] != self.shape:
             return False
-        now = list(map(getattr, self._knob_objs, self._knob_attrs))
-        if not all(map(operator.is_, now, self._knob_vals)):
+        w = self._probe  # the network moves as a whole (dtype and device change in place)
+        if w is not None and (w.dtype != torch.float32 or w.device.type != "cpu"):
+            return False
+        knobs = map(getattr, self._knob_objs, self._knob_attrs)
+        if not all(map(operator.is_, knobs, self._knob_vals)):
+            now = list(map(getattr, self._knob_objs, self._knob_attrs))
             if now != self._knob_vals:  # set again to equal values: still valid
                 return False
             self._knob_vals = now
-        return self._state() == self._key
+        values = chain.from_iterable(map(dict.values, self._dicts))
+        if sum(map(len, self._dicts)) != len(self._values):
+            return False
+        return all(map(operator.is_, values, self._values)) and self._versions() == self._key
 
     def run(
         self, x: torch.Tensor, seconds: torch.Tensor | None = None
@@ -158,18 +172,29 @@ class Program(Lowering):
         ``seconds`` (float64, one per op of :attr:`ops`): the time spent in each op is added
         to it; the batch then runs on one thread (a profile; rows named by :attr:`ops`).
         """
-        if x.dtype != torch.float32 or x.device.type != "cpu" or tuple(x.shape[1:]) != self.shape:
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[1:] != self.shape:
             raise ValueError(f"the program takes float32 CPU inputs of shape [N, {self.shape}]")
         if seconds is not None and (
             seconds.dtype != torch.float64 or seconds.numel() != len(self._ops)
         ):
             raise ValueError(f"seconds must be a float64 tensor of {len(self._ops)} values")
-        x = x.contiguous()
         n = x.shape[0]
-        y = torch.empty(n, *self.out_shape)
         rows = len(self.site_names)
         stats = torch.empty(rows, n, len(native.STATS), dtype=torch.float64)
         changed = torch.empty(rows, n, dtype=torch.bool)
+        return self._run(x, stats, changed, seconds), stats, changed
+
+    def _run(
+        self,
+        x: torch.Tensor,
+        stats: torch.Tensor,
+        changed: torch.Tensor,
+        seconds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The native call on a checked input, filling ``stats`` and ``changed``."""
+        x = x.contiguous()
+        n = x.shape[0]
+        y = torch.empty(n, *self.out_shape)
         p = self._prog
         p.n, p.threads, p.group = n, torch.get_num_threads(), self.group
         p.x, p.y, p.stats, p.changed = (
@@ -183,7 +208,7 @@ class Program(Lowering):
         p.x = p.y = p.stats = p.changed = p.seconds = None
         if rc != 0:
             raise RuntimeError(f"native program failed (code {rc})")
-        return y, stats, changed
+        return y
 
     @property
     def ops(self) -> list[dict[str, Any]]:
@@ -204,7 +229,18 @@ class Program(Lowering):
         return rows
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x)[0]
+        """The logits alone: the statistics go to buffers kept for the last batch size (a
+        forward pays no allocation for them)."""
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[1:] != self.shape:
+            return self.run(x)[0]  # raises
+        scratch = self._scratch
+        if scratch is None or scratch[0].shape[1] != x.shape[0]:
+            n, rows = x.shape[0], len(self.site_names)
+            scratch = self._scratch = (
+                torch.empty(rows, n, len(native.STATS), dtype=torch.float64),
+                torch.empty(rows, n, dtype=torch.bool),
+            )
+        return self._run(x, *scratch)
 
 
 def dense_program(model: nn.Module, example: torch.Tensor) -> Program | None:

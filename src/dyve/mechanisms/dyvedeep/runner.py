@@ -41,15 +41,15 @@ class NativeRunner(Mechanism):
         """The program for this call: the kept one while valid, else a new one (or None)."""
         from dyve.mechanisms.dyvedeep.lower import Unsupported
 
+        prog = self._program
+        if prog is not None and self.native_program and prog.valid(x):
+            return prog  # the common case first: Program.valid checks all the rest
         if not self.native_program or self.program_unsupported:
             return None
         if x.dtype != torch.float32 or x.device.type != "cpu":
             return None
         if not self.executes_fast or x.dim() < 2:
             return None
-        prog = self._program
-        if prog is not None and prog.valid(x):
-            return prog
         try:
             prog = self._program = self.lower(net, x)
         except Unsupported as exc:
