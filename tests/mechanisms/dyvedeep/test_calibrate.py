@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import dyve.mechanisms.dyvedeep.calibrate as calibrate_mod
+import dyve.mechanisms.dyvedeep.search as search
 from dyve._io import read_json, write_json
 from dyve.data.core import ImageSet
 from dyve.data.loader import Normalization, batches
@@ -220,24 +221,53 @@ def test_bad_settings_are_refused() -> None:
         CalibrationConfig(target_reduction=0.5)
 
 
-def _fake_clock(monkeypatch) -> list[SiteKnobs]:
-    """Site time (µs) that SPET and SDSS raise and SFMA lowers with its level; the settings
-    timed are returned, in order."""
+def _fake_clocks(monkeypatch, alone, in_program=None) -> list[SiteKnobs]:
+    """Site times (µs) as functions of the site's grids and its knobs: ``alone`` (what the
+    search ranks by) and ``in_program`` (what accepts a step; default ``alone``). Returns the
+    settings timed alone, in order."""
+    in_program = in_program or alone
     timed: list[SiteKnobs] = []
+    grids: dict[str, dict[str, list[float]]] = {}
 
     def time_knobs(self, mech, unit, knobs):
         timed.append(knobs)
-        t = 100.0 * (1.3 if knobs.spet is not None else 1.0) * (1.2 if knobs.sdss else 1.0)
-        if knobs.sfma is not None:
-            t *= 1.0 - 0.5 * (self.grids["sfma"].index(knobs.sfma) + 1) / len(self.grids["sfma"])
-        return t
+        grids[self.name] = self.grids
+        return alone(self.grids, knobs)
+
+    class FakeProgramClock:
+        def __init__(self, net, mech, x) -> None:
+            self.sites = list(mech.ops)
+
+        def compare(self, site, current, candidate):
+            g = grids[site]
+            return in_program(g, current), in_program(g, candidate)
+
+        def set(self, site, knobs) -> None:
+            pass
+
+        def total_us(self) -> float:
+            return 100.0 * len(self.sites)
 
     monkeypatch.setattr(SiteProfile, "time_knobs", time_knobs)
+    monkeypatch.setattr(search, "ProgramClock", FakeProgramClock)
     return timed
 
 
+def _sfma_saves(share: float):
+    """A clock where SPET and SDSS cost time and SFMA saves ``share`` x 50 % at its top level."""
+
+    def clock(grids: dict[str, list[float]], knobs: SiteKnobs) -> float:
+        t = 100.0 * (1.3 if knobs.spet is not None else 1.0) * (1.2 if knobs.sdss else 1.0)
+        if knobs.sfma is not None:
+            g = grids["sfma"]
+            t *= 1.0 - share * 0.5 * (g.index(knobs.sfma) + 1) / len(g)
+        return t
+
+    return clock
+
+
 def test_time_search_takes_only_steps_that_save_time(tmp_path: Path, monkeypatch) -> None:
-    timed = _fake_clock(monkeypatch)
+    timed = _fake_clocks(monkeypatch, _sfma_saves(1.0))
     model, data = _model_and_data()
     net = equip(model, DyVEDeep(), example_inputs=torch.zeros(1, 3, 16, 16), backend="emulated")
     cfg = CalibrationConfig(budget_pp=5.0, profile_images=48, batch_size=80, cost="time")
@@ -262,11 +292,43 @@ def fresh_net(model: nn.Module):
 
 
 def test_time_search_without_a_saving_says_so(monkeypatch) -> None:
-    monkeypatch.setattr(SiteProfile, "time_knobs", lambda self, mech, unit, knobs: 100.0)
+    _fake_clocks(monkeypatch, lambda grids, knobs: 100.0)
     model, data = _model_and_data(80)
     cfg = CalibrationConfig(profile_images=32, batch_size=80, cost="time")
     with pytest.raises(DyveError, match="saves time"):
         calibrate(fresh_net(model), data, NORM, cfg, progress=False)
+
+
+def test_time_search_refuses_steps_that_save_time_only_alone(monkeypatch) -> None:
+    _fake_clocks(monkeypatch, _sfma_saves(1.0), _sfma_saves(0.0))  # alone only
+    model, data = _model_and_data(80)
+    cfg = CalibrationConfig(budget_pp=5.0, profile_images=32, batch_size=80, cost="time")
+    with pytest.raises(DyveError, match="saves time"):
+        calibrate(fresh_net(model), data, NORM, cfg, progress=False)
+
+
+@pytest.mark.skipif(native.kernels() is None, reason="the native kernels are unavailable")
+def test_program_clock_times_a_site_inside_the_program_and_sets_its_knobs() -> None:
+    from dyve.mechanisms.dyvedeep.clock import ProgramClock
+    from dyve.mechanisms.dyvedeep.program import Program
+
+    model, data = _model_and_data(32)
+    net = fresh_net(model)
+    mech = net.mechanism("dyvedeep")
+    x, _ = next(batches(data, 32, NORM))
+    clock = ProgramClock(net, mech, x)
+    site = list(mech.ops)[1]
+    heavy = SiteKnobs(sfma=1e9)  # drops every channel
+    off_us, heavy_us = clock.compare(site, SiteKnobs(), heavy)
+    assert 0 < heavy_us < off_us < 1e5
+    assert clock.knobs(site) == SiteKnobs(), "compare leaves the site as it was"
+    assert clock.total_us() > off_us
+    clock.set(site, heavy)  # the program now runs it: as a program built with the knob on
+    mech.set_knob("sfma", {site: 1e9})
+    ref = Program(net.backbone, x[:1], mech.site_options)
+    assert torch.equal(clock.prog.run(x[:4])[0], ref.run(x[:4])[0])
+    dense = Program(fresh_net(model).backbone, x[:1])
+    assert not torch.equal(ref.run(x[:4])[0], dense.run(x[:4])[0])
 
 
 @pytest.mark.skipif(native.kernels() is None, reason="the native kernels are unavailable")
@@ -304,12 +366,12 @@ def test_time_search_jumps_over_levels_that_cost_time(monkeypatch) -> None:
     """A check pass costs time until enough neurons stop: SPET's first levels run slower
     than off, later ones faster. The time search must reach those in one step."""
 
-    def time_knobs(self, mech, unit, knobs):
+    def clock(grids: dict[str, list[float]], knobs: SiteKnobs) -> float:
         if knobs.spet is None:
             return 100.0
-        return 130.0 if self.grids["spet"].index(knobs.spet) < 3 else 80.0
+        return 130.0 if grids["spet"].index(knobs.spet) < 3 else 80.0
 
-    monkeypatch.setattr(SiteProfile, "time_knobs", time_knobs)
+    _fake_clocks(monkeypatch, clock)
     model, data = _model_and_data(80)
     cfg = CalibrationConfig(budget_pp=100.0, profile_images=32, batch_size=80, cost="time")
     cal = calibrate(fresh_net(model), data, NORM, cfg, progress=False)

@@ -19,11 +19,12 @@ not published; ``docs/methods/dyvedeep.md``):
    images.
 
 ``cost="time"`` makes the search save *time* on this machine instead of scalar operations:
-a candidate's cost is its site's measured time in the native kernel
+candidates are ranked by their site's measured time in the native kernel alone
 (:meth:`.profile.SiteProfile.time_knobs`); a step may jump to any higher level of a knob
 (a check pass costs time until enough neurons stop, so SPET's first levels run slower than
-off) and must save at least :data:`.search.MIN_TIME_SAVING` of the site's dense time; the
-operating point is the verified point within the budget with the least estimated time.
+off) and is accepted only when the site, timed inside the whole-network program, saves
+:data:`.search.MIN_PROGRAM_SAVING` of its time (:mod:`.clock`); the operating point is
+the verified point within the budget with the least time in the program's sites.
 Settings that compute less but run slower on this CPU (SPET's check pass, SDSS below
 about half the neurons interpolated) are never taken. The result depends on
 the machine, which is recorded.

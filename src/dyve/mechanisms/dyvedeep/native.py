@@ -289,6 +289,13 @@ class FastSite:
         """The knobs the call structure is configured with (None before the first call)."""
         return self._knobs
 
+    def set_knobs(self, knobs: SiteKnobs) -> None:
+        """Configure ``knobs`` for the shape and options already set (a program holding this
+        site runs them from its next call)."""
+        if self._opts is None:
+            raise RuntimeError("set_knobs: the site was never configured")
+        self.configure(self._shape, knobs, self._opts)
+
     def run(
         self,
         x: torch.Tensor,

@@ -11,10 +11,10 @@
   Gaussian noise. A local error times the sensitivity estimates the knob's effect on the
   output, which makes errors at different sites comparable;
 * on request, the *measured time* of a setting: the site's native kernel (the one the fast
-  back-end's program runs) on the stored inputs, one thread. Per site it agrees with the
-  site's op inside the whole-network program within a few per cent
-  (``python benchmarks/site_clock.py``), so a search
-  on it finds the settings that save time on this machine, not only operations.
+  back-end's program runs) on the stored inputs, one thread. It ranks the time search's
+  candidates; it is biased for light settings and noisy
+  (``python benchmarks/site_clock.py``), so a step is accepted on the site's time inside
+  the program (:mod:`.clock`).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from typing import Any
 from dyve._io import atomic_write, read_json
 from dyve.errors import DyveError
 from dyve.mechanisms.dyvedeep.job import OPS_CONVENTION
+from dyve.mechanisms.dyvedeep.search import MIN_PROGRAM_SAVING
 
 #: the issue's targets: scalar-op reduction at <= 0.5 pp top-1 loss on test
 TARGETS = {"resnet56_cifar": 3.0, "vgg16_bn_cifar_w025": 5.0}
@@ -53,8 +54,11 @@ def write_results(
         "Thresholds were calibrated on a held-out split (budget in the table; the split in "
         "the *Calibration* table) and evaluated once on the test split named there. "
         "*Search*: `ops` saves scalar operations; `time` saves the sites' time measured in "
-        "the native kernels on the calibrating machine (1 thread; in brackets the search's "
-        "estimate of the sites' time reduction, on calibration images), and takes no "
+        "the native kernels on the calibrating machine (1 thread; a step is taken only "
+        "when its site, timed inside the whole-network program against its current "
+        f"setting, saves at least {MIN_PROGRAM_SAVING * 100:.0f} % of its time; in brackets "
+        "the sum of those measured savings as a reduction of the sites' time, on "
+        "calibration images), so it takes no "
         "setting that computes less but runs slower there. A budget with a bound (e.g. "
         "`0.5 pp (90% bound)`) holds the one-sided upper confidence bound of the paired "
         "loss against the dense network on the calibration split, not the loss itself: the "
