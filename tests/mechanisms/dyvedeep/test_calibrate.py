@@ -322,6 +322,9 @@ def test_program_clock_times_a_site_inside_the_program_and_sets_its_knobs() -> N
     off_us, heavy_us = clock.compare(site, SiteKnobs(), heavy)
     assert 0 < heavy_us < off_us < 1e5
     assert clock.knobs(site) == SiteKnobs(), "compare leaves the site as it was"
+    spet_us = clock.compare(site, SiteKnobs(), SiteKnobs(spet=0.0, exact=True))[1]
+    assert 0 < spet_us < 1e5  # SPET's table is prepared on the program's site
+    assert clock.knobs(site) == SiteKnobs()
     assert clock.total_us() > off_us
     clock.set(site, heavy)  # the program now runs it: as a program built with the knob on
     mech.set_knob("sfma", {site: 1e9})
