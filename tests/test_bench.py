@@ -48,6 +48,7 @@ TOP_KEYS = {
     "backend",
     "compile",
     "compile_options",
+    "dense_native_call",
     "eager",
     "exported",
     "static_macs",

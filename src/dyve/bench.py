@@ -6,7 +6,8 @@
 pre-packed; at batch 1 TorchScript-frozen channels_last code ran faster still, see
 ``benchmarks/NOTES.md``), and the dynamic network on the ``fast`` back-end. When that
 network runs as one native program (DyVEDeep, LC-Net, ConvNet-AIG, a network selection's
-networks), the dense backbone lowered to the same runtime is timed too (``dense_native``):
+networks), the dense backbone lowered to the same runtime is timed too (``dense_native``,
+called as the dynamic network calls its program: with the same validity check):
 the speedup against it is the skipped work's share, the rest is the runtime's. Batch 1 runs
 on one thread, one image per call, cycling through the given images; the large batch runs
 on two threads. A time (``*_ms``) is the mean over the images of each image's median (a
@@ -44,7 +45,8 @@ from dyve.eval.latency import Timing, cycling, interleaved, machine, num_threads
 from dyve.version import __version__
 
 FORMAT = "dyve.bench/2"  # /2: *_ms is the mean over images (was the median call)
-# (dense_native_ms and speedup_vs_dense_native were added to /2; absent in older files)
+# (dense_native_ms, speedup_vs_dense_native and dense_native_call were added to /2; absent
+# in older files)
 #: Inductor options of the compiled dense baseline.
 COMPILE_OPTIONS: dict[str, Any] = {"freezing": True}
 #: batch-1 timings per image that ``dyve bench`` aims for (repeats / images)
@@ -232,6 +234,9 @@ def bench(
         "backend": "fast",
         "compile": compile,
         "compile_options": dict(COMPILE_OPTIONS) if compile else None,
+        # since session 17 the dense native reference pays the dynamic network's validity
+        # check (Program.checked); earlier files timed it without (a few % in its favour)
+        "dense_native_call": "checked",
         "eager": {"memory_format": "contiguous", "bn_folded": False},
         "exported": exported is not None,
         "static_macs": static,

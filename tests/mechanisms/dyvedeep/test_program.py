@@ -224,6 +224,23 @@ def test_forward_runs_the_program_and_follows_knobs_and_weights():
     assert mech._program is None, "the emulated back-end never runs the program"
 
 
+def test_the_dense_reference_is_called_as_net_calls_its_program():
+    """``dense_runner`` (what a bench times as "dense native") pays the same check as
+    ``net(x)``, so the ratio of the two is the knobs' alone."""
+    net = _random_net(spet=0.0, sfma=0.02)
+    net.backend = "fast"
+    x = torch.relu(torch.randn(2, 3, 27, 27, generator=torch.Generator().manual_seed(4)))
+    dense = net.detach().eval()
+    run = net.dense_runner(dense, x)
+    assert run is not None
+    with torch.no_grad():
+        ref = dense(x)
+        assert (run(x) - ref).abs().max() <= RTOL * ref.abs().max()
+        next(dense.parameters()).mul_(2.0)  # the check sees it: no stale answer
+    with pytest.raises(RuntimeError, match="changed"):
+        run(x)
+
+
 def test_a_network_moved_to_float64_leaves_the_program():
     """Without buffers, ``.double()`` keeps every tensor and its version: only the weights'
     dtype says the program no longer holds them."""

@@ -75,15 +75,22 @@ class Selection(nn.Module):
             return net
         prog = self._programs.get(name, False)  # False: not tried; None: not lowerable
         if prog is False or (prog is not None and not prog.valid(x)):
-            prog = self._programs[name] = self.dense_runner(net, x)
+            prog = self._programs[name] = self._program(net, x)
         return net if prog is None else prog
 
-    def dense_runner(self, dense: nn.Module, x: torch.Tensor) -> Any:
+    def _program(self, dense: nn.Module, x: torch.Tensor) -> Any:
         """``dense`` as a native program for inputs like ``x`` (None: not lowerable, or the
         kernels are unavailable, or ``native`` is off)."""
         from dyve.mechanisms.dyvedeep.program import dense_program
 
         return dense_program(dense, x) if self.native else None
+
+    def dense_runner(self, dense: nn.Module, x: torch.Tensor) -> Any:
+        """``dense`` in the runtime :meth:`forward` runs its networks in, called as it calls
+        them (checked first: :meth:`~dyve.mechanisms.dyvedeep.program.Program.checked`), or
+        None (not lowerable, the kernels unavailable, or ``native`` off)."""
+        prog = self._program(dense, x)
+        return None if prog is None else prog.checked
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles drop the programs (native structures holding raw addresses)."""

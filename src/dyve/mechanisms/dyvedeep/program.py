@@ -228,6 +228,14 @@ class Program(Lowering):
             rows.append(row)
         return rows
 
+    def checked(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits, after the check ``net(x)`` makes before it runs its kept program: a
+        dense reference timed this way pays what the dynamic network pays around its call
+        (see :meth:`valid`), so a ratio of the two is the skipped work's alone."""
+        if not self.valid(x):
+            raise RuntimeError("the network or the input changed since the program was built")
+        return self(x)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The logits alone: the statistics go to buffers kept for the last batch size (a
         forward pays no allocation for them)."""

@@ -10,6 +10,7 @@ lowered keeps the per-module path for good, and ``program_unsupported`` says why
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -58,11 +59,15 @@ class NativeRunner(Mechanism):
             return None
         return prog
 
-    def dense_runner(self, net: DynamicNet, dense: nn.Module, x: torch.Tensor) -> Program | None:
-        """``dense`` as a program with every layer's knobs off, when ``net`` runs as one."""
+    def dense_runner(
+        self, net: DynamicNet, dense: nn.Module, x: torch.Tensor
+    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """``dense`` as a program with every layer's knobs off, when ``net`` runs as one,
+        called as ``net(x)`` calls its own (checked first: :meth:`Program.checked`)."""
         from dyve.mechanisms.dyvedeep.program import dense_program
 
-        return None if self.fast_runner(net, x) is None else dense_program(dense, x)
+        prog = None if self.fast_runner(net, x) is None else dense_program(dense, x)
+        return None if prog is None else prog.checked
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles drop the program (native structures holding raw addresses)."""
