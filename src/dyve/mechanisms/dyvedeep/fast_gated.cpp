@@ -40,10 +40,21 @@ struct DyveGate {
 namespace {
 
 // Per channel of a [c, hw] map, its mean (global average pooling; also DYVE_OP_MEAN).
+// Four vector accumulators: one scalar accumulator is a chain of dependent adds (GCC may
+// not reorder float sums), which made a 16 x 32 x 32 block input's means cost about 25 us,
+// more than the predictors' whole arithmetic (benchmarks/NOTES.md, session 17).
 void channel_means(const float* a, int c, int hw, float* o) {
   for (int j = 0; j < c; ++j) {
-    float acc = 0.f;
-    for (int q = 0; q < hw; ++q) acc += a[(size_t)j * hw + q];
+    const float* r = a + (size_t)j * hw;
+    vf s0{}, s1{}, s2{}, s3{};
+    int q = 0;
+    for (; q + 4 * V <= hw; q += 4 * V) {
+      s0 += load(r + q), s1 += load(r + q + V);
+      s2 += load(r + q + 2 * V), s3 += load(r + q + 3 * V);
+    }
+    for (; q + V <= hw; q += V) s0 += load(r + q);
+    float acc = hsum((s0 + s1) + (s2 + s3));
+    for (; q < hw; ++q) acc += r[q];
     o[j] = acc / hw;
   }
 }
