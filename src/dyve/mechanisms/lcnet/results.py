@@ -185,6 +185,18 @@ def write_results(runs: list[Path], out: Path) -> Path:
             + "; ".join(f"{m} ({', '.join(runs)})" for m, runs in machines.items())
             + "."
         )
+        old = [
+            f"`{r['run']}`" for r in rows if r["bench"] and "dense_native_call" not in r["bench"]
+        ]
+        if old and len(old) < len(benches):
+            where += (
+                f" Benched with older code ({', '.join(old)}): the predictors' channel means "
+                "were then summed one by one (8-10 % of an LC-Net program's time, "
+                "`benchmarks/kernel_ab.py`), and the dense native reference was called "
+                "without the check the gated network pays before its program runs (about "
+                "3-4 % in the reference's favour; `benchmarks/call_overhead.py`): their "
+                "speedups read low against the other runs'."
+            )
         lines += [
             "",
             f"Timings (`dyve bench`, interleaved; per run the mean over the images of each "
