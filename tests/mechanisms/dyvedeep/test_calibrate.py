@@ -307,6 +307,25 @@ def test_time_search_refuses_steps_that_save_time_only_alone(monkeypatch) -> Non
         calibrate(fresh_net(model), data, NORM, cfg, progress=False)
 
 
+def test_time_search_without_a_program_falls_back_to_the_sites_alone(monkeypatch) -> None:
+    from dyve.mechanisms.dyvedeep.lower import Unsupported
+
+    _fake_clocks(monkeypatch, _sfma_saves(1.0))
+
+    class NoProgram:
+        def __init__(self, net, mech, x) -> None:
+            raise Unsupported("mul: an op the program cannot run")
+
+    monkeypatch.setattr(search, "ProgramClock", NoProgram)
+    model, data = _model_and_data(80)
+    cfg = CalibrationConfig(budget_pp=5.0, profile_images=32, batch_size=80, cost="time")
+    with pytest.warns(RuntimeWarning, match="does not run as one native program"):
+        cal = calibrate(fresh_net(model), data, NORM, cfg, progress=False)
+    est = [s["est_us"] for s in cal.trajectory]
+    assert est
+    assert all(b < a for a, b in itertools.pairwise(est))
+
+
 @pytest.mark.skipif(native.kernels() is None, reason="the native kernels are unavailable")
 def test_program_clock_times_a_site_inside_the_program_and_sets_its_knobs() -> None:
     from dyve.mechanisms.dyvedeep.clock import ProgramClock

@@ -13,6 +13,7 @@ on whole splits is :mod:`.calibrate`'s.
 from __future__ import annotations
 
 import heapq
+import warnings
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -74,7 +75,7 @@ def greedy(
 
     timed = cfg.cost == "time"
     # the time search accepts a step on the site's time inside the program (see .clock)
-    clock = ProgramClock(net, mech, x) if timed else None
+    clock = _program_clock(net, mech, x) if timed else None
     refused: dict[str, set[SiteKnobs]] = {s: set() for s in sites}
 
     def local(s: str, lv: dict[str, int]) -> tuple[float, float, float]:
@@ -121,7 +122,8 @@ def greedy(
         push(s)
     est_ops = baseline + sum(current[s][2] - dense_ops[s] for s in sites)
     # every site dense, in the program (time search only)
-    dense_us = clock.total_us() if clock is not None else 0.0
+    # every site dense (time search only): in the program, or alone without one
+    dense_us = clock.total_us() if clock is not None else sum(current[s][0] for s in sites)
     est_cost = dense_us
     damage = sum(current[s][1] for s in sites)
     bar = tqdm(desc="greedy search", disable=not progress, leave=False)
@@ -139,6 +141,8 @@ def greedy(
                 continue
             clock.set(s, new)
             est_cost += t_new - t_now
+        elif timed:
+            est_cost += cand[0] - current[s][0]
         level[s][k] = lv
         est_ops += cand[2] - current[s][2]
         damage += cand[1] - current[s][1]
@@ -151,10 +155,28 @@ def greedy(
             "est_ops": est_ops,
             "damage": damage,
         }
-        if timed:  # the sites' time in the program, microseconds per image
+        if timed:  # the sites' time (in the program where it lowers), us per image
             step.update(est_us=est_cost, est_time_reduction=dense_us / est_cost)
         trajectory.append(step)
         push(s)
         bar.update()
     bar.close()
     return trajectory
+
+
+def _program_clock(net: DynamicNet, mech: DyVEDeep, x: torch.Tensor) -> ProgramClock | None:
+    """The program clock, or None (with a warning) when the network does not lower to a
+    program: the search then accepts steps on the sites' times alone."""
+    from dyve.mechanisms.dyvedeep.lower import Unsupported
+
+    try:
+        return ProgramClock(net, mech, x)
+    except Unsupported as exc:
+        warnings.warn(
+            f"dyvedeep: the network does not run as one native program ({exc}); the time "
+            "search accepts steps on each site's kernel timed alone, which overstates "
+            "light settings (see dyve.mechanisms.dyvedeep.clock)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
