@@ -145,7 +145,7 @@ class Program(Lowering):
         (equal new values are adopted once), the modules' tensors by identity (none
         replaced, added or removed) and the weights by version (none modified in place).
         Right after a program ran these objects are out of the CPU's caches: the check
-        then costs about 20 us for VGG-16 and 70 us for ResNet-56 (benchmarks/NOTES.md).
+        then costs about 25 us for VGG-16 and 80 us for ResNet-56 (benchmarks/NOTES.md).
         """
         if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[1:] != self.shape:
             return False

@@ -121,7 +121,6 @@ def greedy(
     for s in sites:
         push(s)
     est_ops = baseline + sum(current[s][2] - dense_ops[s] for s in sites)
-    # every site dense, in the program (time search only)
     # every site dense (time search only): in the program, or alone without one
     dense_us = clock.total_us() if clock is not None else sum(current[s][0] for s in sites)
     est_cost = dense_us
