@@ -213,7 +213,8 @@ def _cpu_flags() -> set[str]:
 @pytest.mark.parametrize(("march", "flag"), [("x86-64-v3", "avx2"), ("x86-64", "sse2")])
 def test_other_vector_widths_match_emulation(march, flag, tmp_path):
     """The kernels built for a narrower target (AVX2: 8-float vectors, SSE: 4; this machine
-    may build for AVX-512) pass the site and zoo tests above, in a fresh process."""
+    may build for AVX-512) pass the site and zoo tests above, and a whole-network program
+    and an LC-Net program against their per-site paths, in a fresh process."""
     if flag not in _cpu_flags():
         pytest.skip(f"this CPU cannot run {march} code (no {flag}), or is not x86")
     env = {
@@ -231,8 +232,11 @@ def test_other_vector_widths_match_emulation(march, flag, tmp_path):
             "-p",
             "no:cacheprovider",
             __file__,
+            str(Path(__file__).with_name("test_program.py")),
+            str(Path(__file__).parents[1] / "lcnet" / "test_lcnet_program.py"),
             "-k",
-            "site_matches_emulation or zoo_models_fast_equals_emulated or sfma_statistics",
+            "site_matches_emulation or zoo_models_fast_equals_emulated or sfma_statistics"
+            " or random_network_with_every_op or program_is_the_per_block_path",
         ],
         capture_output=True,
         text=True,
