@@ -97,7 +97,7 @@ def test_exits_and_select_write_runs_and_a_page(
     assert rc == 0
     assert "Early exit on resnet20_cifar" in text
     assert "Network selection" in text
-    assert ("the selection's own share" in text) == native.available()
+    assert ("the method's own share" in text) == native.available()
     assert (tmp_path / "adaptive" / "e.png").is_file()
     assert text.count("Stage latencies") == 2
     assert "est. speedup" in text

@@ -194,11 +194,12 @@ def test_demo(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
         assert abs(r["delta_pp"]) < 5.0  # and keeps its accuracy
     assert methods["network selection"]["reference"] == "resnet56_cifar"
     # the methods that run as native programs are also timed against their reference in
-    # that runtime; the others (early exit, D2NN) run per module
+    # that runtime; D2NN runs per module
     from dyve.mechanisms.dyvedeep import native
 
     natives = {m for m, r in methods.items() if r["speedup_b1_vs_native"] is not None}
-    want = {"DyVEDeep", "network selection", "LC-Net"} if native.available() else set()
+    want = {"DyVEDeep", "network selection", "LC-Net", "early exit"}
+    want = want if native.available() else set()
     assert natives == want
     assert all(methods[m]["speedup_b1_vs_native"] > 0 for m in natives)
     assert (tmp_path / "report.html").is_file()

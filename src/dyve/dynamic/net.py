@@ -255,16 +255,17 @@ class DynamicNet(nn.Module):
     def _runner(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Callable[[torch.Tensor], Any] | None:
-        """The only mechanism's whole-network runner for this call (fast, eval, no exit),
-        or None."""
+        """The only mechanism's whole-network runner for this call (fast, eval, no exit
+        unless the mechanism runs its exits), or None."""
         if kwargs or len(args) != 1 or self.training or len(self.mechanisms) != 1:
             return None
         x = args[0]
         if self._state.backend != "fast" or not isinstance(x, torch.Tensor):
             return None
-        if len(self.exit_points) and self._active_exits():
+        mech = self.mechanisms[0]
+        if not mech.runs_exits and len(self.exit_points) and self._active_exits():
             return None
-        return self.mechanisms[0].fast_runner(self, x)
+        return mech.fast_runner(self, x)
 
     def dense_runner(
         self, dense: nn.Module, x: torch.Tensor

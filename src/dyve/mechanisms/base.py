@@ -55,6 +55,9 @@ class Mechanism(ABC):
     #: Knobs the fast back-end does not apply because they cannot pay there and do not
     #: change outputs (DyVEDeep's lossless ``spet_exact``): fast runs them as off.
     fast_ignores: ClassVar[tuple[str, ...]] = ()
+    #: True when :meth:`fast_runner` also runs the network's active exits (early exit's
+    #: segmented programs); otherwise a network with an active exit runs per module.
+    runs_exits: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, **kwargs: Any) -> None:
         if config is None:

@@ -20,8 +20,11 @@ from dyve.testing.contract import graded_inputs
 
 
 def _net(backend: str = "fast", **cfg: object) -> tuple[DynamicNet, EarlyExit]:
+    """ResNet-20 with exit heads; ``net(x)`` on the per-module path, which these tests
+    compare bit for bit with ``net.run`` (the native segments: test_native_exits.py)."""
     net = DynamicNet(create("resnet20_cifar", pretrained=True), backend=backend)
     mech = EarlyExit(**cfg)  # type: ignore[arg-type]
+    mech.native_program = False
     net.attach(mech)
     return net, mech
 
@@ -154,6 +157,7 @@ def test_stored_policies_survive_save_and_load(tmp_path: object) -> None:
     folder = Path(str(tmp_path)) / "run"
     save(net, folder)
     again = load(folder)
+    again.mechanism("early_exit").native_program = False  # per module, as net runs
     x = graded_inputs(32)[:8]
     assert torch.equal(net(x), again(x))
     assert again.mechanism("early_exit").config.lams == (0.0, 0.5)

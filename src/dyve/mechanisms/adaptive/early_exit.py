@@ -28,12 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from dyve.errors import DyveError
+from dyve.mechanisms.adaptive.native_exits import Segments
 from dyve.mechanisms.adaptive.policy import Classifier, LearnedPolicy, ThresholdPolicy, features_one
 from dyve.mechanisms.adaptive.policy import features as policy_features
 from dyve.mechanisms.base import MECHANISMS, Mechanism
+from dyve.mechanisms.dyvedeep.lower import Unsupported
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from dyve.dynamic.net import DynamicNet
 
@@ -164,6 +166,54 @@ class EarlyExit(Mechanism):
     name = "early_exit"
     config_class = EarlyExitConfig
     knob_names = ("policy", "threshold", "lam")
+    runs_exits = True
+    #: False keeps the per-module path on the fast back-end (what the segmented programs
+    #: are compared with in tests)
+    native_program: bool = True
+    #: why the backbone could not be segmented into programs (None: it could, or not tried)
+    program_unsupported: str | None = None
+    _segments: Segments | None = None
+    _refused: tuple[str, ...] | None = None  # the exit points it failed for
+
+    def fast_runner(self, net: DynamicNet, x: torch.Tensor) -> Segments | None:
+        """With an active exit, the backbone as native programs between the exit points
+        (:mod:`~dyve.mechanisms.adaptive.native_exits`), kept while valid; None without an
+        exit (the per-module path is the backbone bit for bit), for a network with gated
+        units or sites, or where the backbone does not lower (``program_unsupported``)."""
+        if not self.native_program or net.units or net.sites:
+            return None
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() < 2:
+            return None
+        points = net._active_exits()
+        if not points or all(m.policy == "off" and m.forced is None for m in self.modules.values()):
+            return None  # no exit evaluates: the backbone, bit for bit, per module
+        seg = self._segments
+        if seg is not None and seg.valid(x, points):
+            return seg
+        key = tuple(p.name for p in points)
+        if self._refused == key:  # tried for these exit points: not lowerable
+            return None
+        try:
+            seg = self._segments = Segments(net, points, x)
+        except Unsupported as exc:
+            self.program_unsupported, self._segments, self._refused = str(exc), None, key
+            return None
+        self.program_unsupported = None
+        return seg
+
+    def dense_runner(
+        self, net: DynamicNet, dense: nn.Module, x: torch.Tensor
+    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """``dense`` as one native program, called as the segments are (checked first),
+        when ``net`` runs as segmented programs."""
+        from dyve.mechanisms.dyvedeep.program import dense_program
+
+        prog = None if self.fast_runner(net, x) is None else dense_program(dense, x)
+        return None if prog is None else prog.checked
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles drop the programs (native structures holding raw addresses)."""
+        return {**self.__dict__, "_segments": None}
 
     def attach(self, net: DynamicNet) -> None:
         cfg = self.config

@@ -162,10 +162,11 @@ def write_results(runs: list[Path], out: Path) -> Path:
         "and policy decision), from which every curve point gets an *estimated* batch-1",
         "latency and speedup (the paper's cost is measured time); the executed point shows",
         "how far the estimate is from a real run. A selection runs its networks as native",
-        "programs (dyve's runtime, every layer dense); its stage table and estimates are",
-        "in that runtime, and its measured speedup is stated against the reference both in",
-        "PyTorch (the issue's baseline) and in the same runtime (dense native: the",
-        "selection's own share).",
+        "programs (dyve's runtime, every layer dense), early exit its backbone as one",
+        "native program per segment between exit points; their stage tables and estimates",
+        "are in that runtime, and their measured speedups are stated against the reference",
+        "both in PyTorch (the issue's baseline) and in the same runtime (dense native: the",
+        "method's own share).",
         "",
         "Splits: the shipped ResNet weights saw CIFAR-10's val images in training, so the",
         "policies are fitted on `test-a` (test images 0-4,999) and reported on `test-b`",
@@ -238,13 +239,14 @@ def _choice(m: dict[str, Any], c: dict[str, Any]) -> str:
 
 
 def _native_share(m: dict[str, Any]) -> str:
-    """The runtime's share of a selection's measured speedup, when its networks ran natively."""
+    """The runtime's share of a measured speedup, when the networks ran natively."""
     if m.get("speedup_vs_native_b1") is None:
         return ""
+    what = "backbone's segments" if m.get("method") == "early_exit" else "networks"
     return (
-        " The networks ran as native programs: against the reference in that runtime "
+        f" The {what} ran as native programs: against the reference in that runtime "
         f"({m['baseline_native_latency_ms_b1']:.2f} ms) the speedup is "
-        f"{m['speedup_vs_native_b1']:.2f}x, the selection's own share; the rest is the "
+        f"{m['speedup_vs_native_b1']:.2f}x, the method's own share; the rest is the "
         "runtime's. The stage table and the estimated curve latencies are all native."
     )
 

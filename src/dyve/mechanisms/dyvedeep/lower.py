@@ -64,6 +64,15 @@ class _Leaves(fx.Tracer):
         return leaf or super().is_leaf_module(m, qualname)
 
 
+def trace(model: nn.Module) -> fx.GraphModule:
+    """``model`` as the fx graph the lowering reads (units, site units, tails and the
+    option-A shortcut kept whole); :class:`Unsupported` when fx cannot trace it."""
+    try:
+        return fx.GraphModule(model, _Leaves().trace(model))
+    except Exception as exc:  # data-dependent control flow and the like
+        raise Unsupported(f"torch.fx cannot trace the network: {exc}") from None
+
+
 class _Shapes(fx.Interpreter):
     """Runs the traced graph once and records each node's per-sample output shape."""
 
@@ -99,10 +108,7 @@ class Lowering:
     def __init__(self, model: nn.Module, example: torch.Tensor, opts: SiteOptions) -> None:
         self.opts = opts
         self.shape = tuple(example.shape[1:])
-        try:
-            gm = fx.GraphModule(model, _Leaves().trace(model))
-        except Exception as exc:  # data-dependent control flow and the like
-            raise Unsupported(f"torch.fx cannot trace the network: {exc}") from None
+        gm = trace(model)
         modules = dict(gm.named_modules())
         prop = _Shapes(gm)
         with torch.no_grad():
