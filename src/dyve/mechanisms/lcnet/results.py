@@ -190,8 +190,9 @@ def write_results(runs: list[Path], out: Path) -> Path:
         ]
         if old and len(old) < len(benches):
             where += (
-                f" Benched with older code ({', '.join(old)}): the predictors' channel means "
-                "were then summed one by one (8-10 % of an LC-Net program's time, "
+                f" Benched with older code ({', '.join(old)}): among other changes since, "
+                "the predictors' channel means were then summed one by one (8-10 % of an "
+                "LC-Net program's time, "
                 "`benchmarks/kernel_ab.py`), and the dense native reference was called "
                 "without the check the gated network pays before its program runs (about "
                 "3-4 % in the reference's favour; `benchmarks/call_overhead.py`): their "
