@@ -115,3 +115,18 @@ def test_split_cuts_a_chain_and_refuses_a_skip_across_an_exit_point() -> None:
         assert torch.equal(second(first(x)), chain(x))
     with pytest.raises(Unsupported, match="previous one's output alone"):
         split_at(_Skip(), ["a"])
+
+
+def test_exits_inside_stages_cut_the_backbone_between_blocks() -> None:
+    torch.manual_seed(0)  # the heads' initialisation
+    backbone = create("resnet20_cifar", pretrained=True)
+    net = DynamicNet(backbone, backend="fast")
+    mech = EarlyExit(every=2, policy="max_prob", threshold=0.155)
+    net.attach(mech)
+    x, _ = next(batches(load_sample(), 32, model_info(backbone).norm))
+    ref = _per_module(net, mech, x)
+    with torch.no_grad():
+        y = net(x)
+    assert isinstance(mech._segments, Segments)
+    assert len(mech._segments.programs) == 5  # four exits inside the stages
+    assert _close(y, ref)
