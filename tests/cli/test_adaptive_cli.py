@@ -55,6 +55,10 @@ def test_exits_and_select_write_runs_and_a_page(
     assert abs(m["top1"] - m["cache_prediction"]["top1"]) < 1e-3
     assert abs(m["macs_per_sample"] - m["cache_prediction"]["macs_mean"]) < 1e-6
     _check_latency(curves, m, ["layer1", "layer2", "final"], "final")
+    if native.available():  # the backbone ran as native segments: timed in both runtimes
+        alone = curves["latency"]["alone_ms"]
+        assert m["baseline_latency_ms_b1"] == alone["resnet20_cifar (PyTorch)"]
+        assert m["baseline_native_latency_ms_b1"] == alone["final"]
     net = dyve.dynamic.load(tmp_path / "e")
     assert net.mechanism("early_exit").config.lams == tuple(lams)
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)

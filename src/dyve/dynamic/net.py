@@ -238,8 +238,9 @@ class DynamicNet(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The backbone's forward with the gates in effect: a drop-in replacement.
 
-        On the fast back-end, with one mechanism and no exit, the mechanism may run the
-        whole network natively (:meth:`~dyve.mechanisms.base.Mechanism.fast_runner`).
+        On the fast back-end, with one mechanism (and no exit, unless it runs its exits),
+        the mechanism may run the whole network natively
+        (:meth:`~dyve.mechanisms.base.Mechanism.fast_runner`).
         """
         runner = self._runner(args, kwargs)
         if runner is not None:  # first: at batch 1 every microsecond here is a share of it

@@ -78,9 +78,10 @@ class Mechanism(ABC):
         """A callable that runs all of ``net`` on inputs like ``x`` natively, or None.
 
         ``DynamicNet.forward`` on the fast back-end uses it when this is the only mechanism,
-        no exit is active and no trace is kept, to skip the per-unit Python; it must return
-        what the per-unit path returns. Default: None (DyVEDeep lowers the network to one
-        native program).
+        no exit is active (unless :attr:`runs_exits`) and no trace is kept, to skip the
+        per-unit Python; it must return what the per-unit path returns, up to float
+        rounding (native programs fold batch norms). Default: None (DyVEDeep lowers the
+        network to one native program; early exit, its segments between the exits).
         """
         return None
 

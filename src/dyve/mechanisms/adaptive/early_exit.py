@@ -178,10 +178,12 @@ class EarlyExit(Mechanism):
     def fast_runner(self, net: DynamicNet, x: torch.Tensor) -> Segments | None:
         """With an active exit, the backbone as native programs between the exit points
         (:mod:`~dyve.mechanisms.adaptive.native_exits`), kept while valid; None without an
-        exit (the per-module path is the backbone bit for bit), for a network with gated
-        units or sites, or where the backbone does not lower (``program_unsupported``)."""
-        if not self.native_program or net.units or net.sites:
-            return None
+        exit (the per-module path is the backbone bit for bit), with autograd enabled (the
+        programs have no backward: inference runs under ``torch.no_grad``), for a network
+        with gated units or sites, or where the backbone does not lower
+        (``program_unsupported``)."""
+        if not self.native_program or net.units or net.sites or torch.is_grad_enabled():
+            return None  # (with autograd on, the per-module path keeps the gradients)
         if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() < 2:
             return None
         points = net._active_exits()

@@ -120,7 +120,8 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
     imgs = latency_images(ds, cfg, norm)
     # the backbone alone in the runtime the exits run it in (native programs between the
     # exit points, when it lowers), and in PyTorch too: the baseline
-    native = net.dense_runner(dense, imgs[0])
+    with torch.no_grad():  # as it is timed (the segments run without autograd)
+        native = net.dense_runner(dense, imgs[0])
     alone: dict[str, Any] = {"final": dense if native is None else native}
     eager = f"{model} (PyTorch)"
     if native is not None:

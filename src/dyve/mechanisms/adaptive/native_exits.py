@@ -74,7 +74,7 @@ class Segments:
         self.segments = split_at(net.backbone, [p.name for p in points])
         self.programs: list[Program] = []
         self.examples: list[torch.Tensor] = []  # one input per program, for its checks
-        h = x[:1]
+        h = x[:1].clone()  # not a view: the caller's batch is not kept alive
         with torch.no_grad():
             for seg in self.segments:
                 self.programs.append(Program(seg, h))

@@ -74,12 +74,14 @@ class ProgramClock:
         medians of :data:`CLOCK_ROUNDS` interleaved rounds); leaves ``site`` at ``current``."""
         a: list[float] = []
         b: list[float] = []
-        with torch.no_grad(), num_threads(1):
-            for r in range(CLOCK_ROUNDS):
-                for knobs, out in ((current, a), (candidate, b))[:: 1 if r % 2 else -1]:
-                    self.set(site, knobs)
-                    out.append(self._site_us(site))
-        self.set(site, current)
+        try:
+            with torch.no_grad(), num_threads(1):
+                for r in range(CLOCK_ROUNDS):
+                    for knobs, out in ((current, a), (candidate, b))[:: 1 if r % 2 else -1]:
+                        self.set(site, knobs)
+                        out.append(self._site_us(site))
+        finally:
+            self.set(site, current)
         ratio = statistics.median(y / x for x, y in zip(a, b, strict=True))
         return statistics.median(a), statistics.median(a) * ratio
 

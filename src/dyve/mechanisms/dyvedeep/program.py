@@ -146,6 +146,9 @@ class Program(Lowering):
         replaced, added or removed) and the weights by version (none modified in place).
         Right after a program ran these objects are out of the CPU's caches: the check
         then costs about 25 us for VGG-16 and 80 us for ResNet-56 (benchmarks/NOTES.md).
+        Not seen: edits through ``.data`` (they bypass version counters) and a submodule
+        replaced by another (only the lowered modules' own tensors are watched); rebuild
+        the program (a new network, or a knob set) after such surgery.
         """
         if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[1:] != self.shape:
             return False
@@ -232,8 +235,10 @@ class Program(Lowering):
         """The logits, after the check ``net(x)`` makes before it runs its kept program: a
         dense reference timed this way pays what the dynamic network pays around its call
         (see :meth:`valid`), so a ratio of the two is the skipped work's alone."""
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[1:] != self.shape:
+            raise ValueError(f"the program takes float32 CPU inputs of shape [N, {self.shape}]")
         if not self.valid(x):
-            raise RuntimeError("the network or the input changed since the program was built")
+            raise RuntimeError("the network changed since the program was built")
         return self(x)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
