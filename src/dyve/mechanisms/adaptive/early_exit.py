@@ -208,10 +208,9 @@ class EarlyExit(Mechanism):
     ) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """``dense`` as one native program, called as the segments are (checked first),
         when ``net`` runs as segmented programs."""
-        from dyve.mechanisms.dyvedeep.program import dense_program
+        from dyve.mechanisms.dyvedeep.program import dense_reference
 
-        prog = None if self.fast_runner(net, x) is None else dense_program(dense, x)
-        return None if prog is None else prog.checked
+        return None if self.fast_runner(net, x) is None else dense_reference(dense, x)
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles drop the programs (native structures holding raw addresses)."""

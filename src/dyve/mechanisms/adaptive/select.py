@@ -89,8 +89,9 @@ class Selection(nn.Module):
         """``dense`` in the runtime :meth:`forward` runs its networks in, called as it calls
         them (checked first: :meth:`~dyve.mechanisms.dyvedeep.program.Program.checked`), or
         None (not lowerable, the kernels unavailable, or ``native`` off)."""
-        prog = self._program(dense, x)
-        return None if prog is None else prog.checked
+        from dyve.mechanisms.dyvedeep.program import dense_reference
+
+        return dense_reference(dense, x) if self.native else None
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles drop the programs (native structures holding raw addresses)."""

@@ -23,7 +23,7 @@ from torch import fx, nn
 from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.dyvedeep.lower import KINDS, Lowering, SiteOptions, Unsupported
 
-__all__ = ["Program", "SiteOptions", "Unsupported", "dense_program"]
+__all__ = ["Program", "SiteOptions", "Unsupported", "dense_program", "dense_reference"]
 
 _version = operator.attrgetter("_version")
 _WINDOW = ("kh", "kw", "sh", "sw", "ph", "pw", "count_include_pad", "slot")
@@ -263,3 +263,11 @@ def dense_program(model: nn.Module, example: torch.Tensor) -> Program | None:
         return Program(model, example)
     except Unsupported:
         return None
+
+
+def dense_reference(model: nn.Module, example: torch.Tensor) -> Any:
+    """:func:`dense_program` called as a dynamic network calls its own program (checked
+    first: :meth:`Program.checked`), or None: the ``dense_runner`` of the mechanisms
+    that run natively, which a bench times as the dense native reference."""
+    prog = dense_program(model, example)
+    return None if prog is None else prog.checked

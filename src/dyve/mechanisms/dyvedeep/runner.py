@@ -64,10 +64,9 @@ class NativeRunner(Mechanism):
     ) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """``dense`` as a program with every layer's knobs off, when ``net`` runs as one,
         called as ``net(x)`` calls its own (checked first: :meth:`Program.checked`)."""
-        from dyve.mechanisms.dyvedeep.program import dense_program
+        from dyve.mechanisms.dyvedeep.program import dense_reference
 
-        prog = None if self.fast_runner(net, x) is None else dense_program(dense, x)
-        return None if prog is None else prog.checked
+        return None if self.fast_runner(net, x) is None else dense_reference(dense, x)
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles drop the program (native structures holding raw addresses)."""
