@@ -14,6 +14,7 @@ from dyve._io import jsonable, read_json
 from dyve.cli.main import main
 from dyve.data import batches, load_images
 from dyve.eval.latency import num_threads
+from dyve.eval.paired import choose
 from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.dyvedeep.calibrate import Calibration
 from dyve.models import CIFAR_NORM
@@ -105,7 +106,8 @@ def test_calibrate_writes_a_complete_run(prepared, tmp_path: Path) -> None:
     assert read_json(run / "metrics.json")["top1"] == m["top1"]
     # a stricter budget keeps the search, chooses again, and tests the new point
     trajectory = read_json(run / "calibration.json")["trajectory"]
-    strict = [a if a != "1.0" else "0.2" for a in args] + ["--confidence", "0.95"]
+    strict = [a if a != "1.0" else "0.2" for a in args]
+    strict += ["--confidence", "0.95", "--rule", "monotone"]
     assert strict.count("0.2") == 1
     rc, text = _cli(*strict)
     assert rc == 0, text
@@ -114,6 +116,10 @@ def test_calibrate_writes_a_complete_run(prepared, tmp_path: Path) -> None:
     cal = Calibration(**state)
     k = read_json(run / "metrics.json")["calibration"]
     assert (k["confidence"], k["budget_pp"], k["chosen_step"]) == (0.95, 0.2, cal.chosen)
+    assert k["rule"] == "monotone"
+    assert cal.chosen == choose(
+        cal.curve(), cal.config["n"], 0.2, 0.95, "scalar_ops_mean", "monotone"
+    )
     if cal.chosen is not None:
         assert k["loss_bound_pp"] <= 0.2
     assert read_json(run / "test.json")["dyvedeep"]["knobs"] == jsonable(
@@ -128,7 +134,7 @@ def test_calibrate_writes_a_complete_run(prepared, tmp_path: Path) -> None:
     text = page.read_text()
     assert "| caffe_cifar10 |" in text
     assert f"{read_json(run / 'metrics.json')['op_reduction']:.2f}x" in text
-    assert "| 0.2 pp (95% bound) |" in text
+    assert "| 0.2 pp (95% bound, monotone rule) |" in text
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys) -> None:
@@ -155,6 +161,9 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main([*base, "--out", str(tmp_path), "--confidence", "maybe"])
     assert "a probability or 'none'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--out", str(tmp_path), "--rule", "cheapest"])
+    assert "invalid choice: 'cheapest'" in capsys.readouterr().err
     rc = main(["dyvedeep", "results", str(tmp_path / "missing"), "--out", str(tmp_path / "r.md")])
     assert rc == 2
     assert "no metrics.json" in capsys.readouterr().err

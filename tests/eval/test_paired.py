@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dyve.eval.paired import PairedLoss, check_confidence, paired_loss
+from dyve.eval.paired import PairedLoss, check_confidence, choose, paired_loss
 
 
 def test_counts_loss_and_bound() -> None:
@@ -43,3 +43,39 @@ def test_bad_inputs_are_refused() -> None:
             check_confidence(bad)
     check_confidence(None)
     check_confidence(0.5)
+
+
+def _pts(*counts: tuple[int, int, float]) -> list[dict]:
+    """Points along a trajectory (step = position): (worse, better, cost)."""
+    return [{"step": i, "worse": w, "better": b, "cost": c} for i, (w, b, c) in enumerate(counts)]
+
+
+def test_choose_takes_the_cheapest_point_its_rule_passes() -> None:
+    """On 1000 images with a 0.5 pp budget at 90 %: step 1 (loss 0.5 pp, bound 0.92) fails
+    and the cheaper step 2 (one discordant image: bound 0.23) passes on its own. ``bound``
+    takes step 2; ``monotone`` stops at step 1's failure and takes step 0; Bonferroni over
+    three points (z 1.83) still passes step 2 (0.28)."""
+    pts = _pts((0, 0, 10.0), (8, 3, 9.0), (1, 0, 8.0))
+    assert choose(pts, 1000, 0.5, 0.9, "cost", "bound") == 2
+    assert choose(pts, 1000, 0.5, 0.9, "cost", "monotone") == 0
+    assert choose(pts, 1000, 0.5, 0.9, "cost", "bonferroni") == 2
+    assert choose(pts, 1000, 0.5, 0.9, "cost", "monotone-bonferroni") == 0
+    assert choose(pts, 1000, 0.5, None, "cost", "bound") == 2
+
+
+def test_bonferroni_widens_the_bound_with_the_number_of_points() -> None:
+    """Step 1 (15 worse on 5000: loss 0.3 pp, se 0.077 pp) passes at 90 % among two points
+    (z 1.64: 0.43); among 40 points (z 2.81: 0.52) it fails, and only step 0 is left."""
+    two = _pts((0, 0, 10.0), (15, 0, 5.0))
+    assert choose(two, 5000, 0.5, 0.9, "cost", "bonferroni") == 1
+    forty = two + _pts(*[(100, 0, 1.0)] * 40)[2:]
+    assert len(forty) == 40
+    assert choose(forty, 5000, 0.5, 0.9, "cost", "bound") == 1
+    assert choose(forty, 5000, 0.5, 0.9, "cost", "bonferroni") == 0
+
+
+def test_choose_without_a_passing_point_or_with_a_bad_rule() -> None:
+    pts = _pts((50, 0, 10.0))
+    assert choose(pts, 1000, 0.5, 0.9, "cost") is None
+    with pytest.raises(ValueError, match="rule"):
+        choose(pts, 1000, 0.5, 0.9, "cost", "cheapest")

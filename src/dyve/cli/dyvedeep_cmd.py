@@ -10,6 +10,7 @@ from typing import Any
 
 from dyve.cli.trainer_args import probability_or_none
 from dyve.errors import DyveError
+from dyve.eval.paired import DEFAULT_RULE, RULES
 
 
 def add(sub: Any) -> None:
@@ -44,6 +45,15 @@ def add(sub: Any) -> None:
         default=0.9,
         help="hold the budget to this one-sided confidence bound of the paired loss against "
         "dense on the calibration split (default 0.9; 'none': the measured loss itself)",
+    )
+    c.add_argument(
+        "--rule",
+        choices=RULES,
+        default=DEFAULT_RULE,
+        help="how the operating point is chosen among the verified points: 'bound' (the "
+        "cheapest whose bound passes), 'bonferroni' (the bound widened for the number of "
+        "points compared), 'monotone' (no point after one that fails), or both "
+        f"(default {DEFAULT_RULE}; benchmarks/NOTES.md, session 18)",
     )
     c.add_argument("--knobs", default="spet,spet_exact,sdss,sfma", help="knobs the search may use")
     c.add_argument(
@@ -91,6 +101,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             cost=args.cost,
             confidence=args.confidence,
+            rule=args.rule,
         )
         cfg = JobConfig(
             model=args.model,

@@ -8,7 +8,9 @@ correctness move the difference, so with ``worse`` images the reference gets rig
 the point gets wrong, and ``better`` the other way, over ``n`` images, the loss is
 ``(worse - better) / n`` and its standard error ``sqrt((d/n - loss^2) / n)`` with
 ``d = worse + better`` (normal approximation). The one-sided upper confidence bound
-``loss + z * se`` is what a budget is held to.
+``loss + z * se`` is what a budget is held to. Choosing the cheapest of several points
+that pass adds its own optimism; :func:`choose` holds the choice to rules that account
+for it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -67,6 +70,64 @@ def paired_loss(reference: np.ndarray, predictions: np.ndarray, labels: np.ndarr
             f"{labels.shape}"
         )
     return PairedLoss.of(reference == labels, predictions == labels)
+
+
+#: how an operating point is chosen among verified points (:func:`choose`)
+RULES = ("bound", "bonferroni", "monotone", "monotone-bonferroni")
+#: the rule calibrations use unless told (benchmarks/NOTES.md, session 18)
+DEFAULT_RULE = "bonferroni"
+
+
+def passing(
+    points: list[dict[str, Any]],
+    n: int,
+    budget_pp: float,
+    confidence: float | None,
+    rule: str = DEFAULT_RULE,
+) -> list[dict[str, Any]]:
+    """The points ``rule`` lets within ``budget_pp``, in trajectory order.
+
+    ``points`` are dicts with ``step`` (their order along a trajectory of growing
+    savings) and the paired counts ``worse`` and ``better`` on ``n`` images (or, from
+    states without counts, a plain ``loss_pp``). ``bound``: a point's loss bound at
+    ``confidence`` is within the budget. ``bonferroni``: the same at
+    ``1 - (1 - confidence) / k`` for ``k`` points, so that the cheapest of ``k`` noisy
+    estimates is held to ``confidence`` as a family. ``monotone``: a point passes only if
+    every point before it passes too (steps add savings, so damage accumulates: a point
+    passing after a failing one passed by luck). ``monotone-bonferroni``: both.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    conf = confidence
+    if conf is not None and rule.endswith("bonferroni"):
+        conf = 1 - (1 - conf) / max(len(points), 1)
+
+    def bound(p: dict[str, Any]) -> float:
+        if "worse" not in p:
+            return float(p["loss_pp"])
+        return PairedLoss(n, int(p["worse"]), int(p["better"])).bound_pp(conf)
+
+    ok = []
+    for p in sorted(points, key=lambda p: p["step"]):
+        if bound(p) <= budget_pp:
+            ok.append(p)
+        elif rule.startswith("monotone"):
+            break
+    return ok
+
+
+def choose(
+    points: list[dict[str, Any]],
+    n: int,
+    budget_pp: float,
+    confidence: float | None,
+    cost: str,
+    rule: str = DEFAULT_RULE,
+) -> int | None:
+    """The ``step`` of the cheapest point (least ``cost``) that ``rule`` lets within the
+    budget (:func:`passing`), or None."""
+    ok = passing(points, n, budget_pp, confidence, rule)
+    return min(ok, key=lambda p: p[cost])["step"] if ok else None
 
 
 def check_confidence(confidence: float | None) -> None:

@@ -404,3 +404,15 @@ def test_time_search_jumps_over_levels_that_cost_time(monkeypatch) -> None:
     assert spet, "SPET pays from level 3 and must be taken"
     assert all(s["level"] >= 3 for s in spet)
     assert {s["knob"] for s in cal.trajectory} == {"spet"}
+
+
+def test_the_rule_chooses_among_the_verified_points() -> None:
+    """Step 5 (loss 0.2 pp through 2 discordant images) passes on its bound after step 4
+    (0.6 pp) failed: ``bound`` takes it, ``monotone`` stops before step 4; an unknown rule is
+    refused."""
+    points = {3: (89.9, 1, 0, 80.0), 4: (89.4, 6, 0, 70.0), 5: (89.8, 2, 0, 60.0)}
+    cal = _calibration_with(points, 0.9)
+    assert calibrate_mod._choose(cal, CalibrationConfig(budget_pp=0.5, rule="bound")) == 5
+    assert calibrate_mod._choose(cal, CalibrationConfig(budget_pp=0.5, rule="monotone")) == 3
+    with pytest.raises(ValueError, match="rule"):
+        CalibrationConfig(rule="cheapest")

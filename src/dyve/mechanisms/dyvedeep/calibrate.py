@@ -51,7 +51,14 @@ from dyve.dynamic.net import DynamicNet
 from dyve.errors import DyveError
 from dyve.eval.latency import machine
 from dyve.eval.measure import Measurement, measure_sharded
-from dyve.eval.paired import PairedLoss, check_confidence, paired_loss
+from dyve.eval.paired import (
+    DEFAULT_RULE,
+    RULES,
+    PairedLoss,
+    check_confidence,
+    choose,
+    paired_loss,
+)
 from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.dyvedeep.mechanism import KNOBS, DyVEDeep
 from dyve.mechanisms.dyvedeep.search import greedy
@@ -60,7 +67,14 @@ from dyve.train.dist import Dist
 STATE = "calibration.json"
 COSTS = ("ops", "time")
 #: settings that only change which verified point is chosen; a resumed run may change them
-VERIFY_KEYS = ("budget_pp", "target_reduction", "curve_points", "confidence", "batch_size")
+VERIFY_KEYS = (
+    "budget_pp",
+    "target_reduction",
+    "curve_points",
+    "confidence",
+    "rule",
+    "batch_size",
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,9 @@ class CalibrationConfig:
     #: hold the budget to this one-sided confidence bound of the paired loss (None: the
     #: loss measured on the calibration split itself)
     confidence: float | None = 0.9
+    #: how the operating point is chosen among the verified points
+    #: (:func:`~dyve.eval.paired.choose`)
+    rule: str = DEFAULT_RULE
 
     def __post_init__(self) -> None:
         if self.cost not in COSTS:
@@ -99,6 +116,8 @@ class CalibrationConfig:
         if self.profile_images < 1:
             raise ValueError("profile_images must be >= 1")
         check_confidence(self.confidence)
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
 
 
 @dataclass
@@ -282,15 +301,16 @@ def _spread(n: int) -> list[float]:
 
 
 def _choose(cal: Calibration, cfg: CalibrationConfig) -> int | None:
-    """The first point reaching the target, or the cheapest whose loss bound is within the
-    budget: the least scalar ops, or (time search) the least estimated time."""
+    """The first point reaching the target, or the cheapest the rule lets within the
+    budget (:func:`~dyve.eval.paired.choose`): the least scalar ops, or (time search) the
+    least estimated time."""
     pts = cal.curve()
     if cfg.target_reduction is not None:
         hit = [p for p in pts if p["op_reduction"] >= cfg.target_reduction]
         return min(hit, key=lambda p: p["step"])["step"] if hit else None
-    ok = [p for p in pts if p["bound_pp"] <= cfg.budget_pp]
     cost = "est_us" if cfg.cost == "time" else "scalar_ops_mean"
-    return min(ok, key=lambda p: p[cost])["step"] if ok else None
+    n = int(cal.config["n"])
+    return choose(pts, n, cfg.budget_pp, cal.config.get("confidence"), cost, cfg.rule)
 
 
 def _pick(d: dict[str, Any], *keys: str) -> dict[str, Any]:
@@ -314,6 +334,7 @@ def _resume(path: Path | None, cfg_dict: dict[str, Any]) -> Calibration | None:
     saved = dict(d.get("config", {}))
     saved.setdefault("cost", "ops")  # states written before the time search existed
     saved.setdefault("confidence", None)  # ... and before the confidence bound
+    saved.setdefault("rule", "bound")  # ... and before the choice rules
     new = jsonable(cfg_dict)
     differ = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
     search = [k for k in differ if k not in VERIFY_KEYS]

@@ -243,6 +243,7 @@ def _metrics(
             "n": cal.config["n"],
             "budget_pp": cal.config["budget_pp"],
             "confidence": cal.config.get("confidence"),
+            "rule": cal.config.get("rule", "bound"),
             "target_reduction": cal.config["target_reduction"],
             "baseline_top1": cal.dense["top1"],
             "chosen_step": cal.chosen,

@@ -63,7 +63,11 @@ def write_results(
         "`0.5 pp (90% bound)`) holds the one-sided upper confidence bound of the paired "
         "loss against the dense network on the calibration split, not the loss itself: the "
         "cheapest point whose measured loss passes is chosen among noisy estimates and "
-        "loses more on unseen images (`dyve.eval.paired`).",
+        "loses more on unseen images (`dyve.eval.paired`). The *rule* chooses among the "
+        "verified points: `bound` takes the cheapest that passes; "
+        "`bonferroni` widens the bound for the number of points compared; `monotone` takes "
+        "no point after one that fails (`benchmarks/point_selection.py` measures each "
+        "rule on halves of the calibration split).",
         "",
         "| model | budget | search | baseline top-1 | DyVEDeep top-1 | loss (pp) | "
         "scalar-op reduction | MAC reduction | SPET | exact SPET | SDSS | SFMA | overhead |",
@@ -76,7 +80,11 @@ def write_results(
             f"{budget['target_reduction']}x ops"
             if budget.get("target_reduction")
             else f"{budget['budget_pp']} pp"
-            + (f" ({budget['confidence']:.0%} bound)" if budget.get("confidence") else "")
+            + (
+                f" ({budget['confidence']:.0%} bound, {budget.get('rule', 'bound')} rule)"
+                if budget.get("confidence")
+                else ""
+            )
         )
         search = budget.get("cost", "ops")
         est = m.get("calibration", {}).get("est_time_reduction")

@@ -1,0 +1,138 @@
+"""Does DyVEDeep's choice of operating point hold its budget on images it did not see?
+
+The calibration verifies about 16 points of its greedy trajectory on the calibration split
+and picks the cheapest whose paired-loss bound is within the budget
+(:func:`dyve.eval.paired.choose`). Picking the cheapest of many noisy
+estimates favours the one whose estimate was luckiest. This checks each choice rule on
+the calibration split alone, never on test: per verified point it re-measures every
+image's prediction, then, over random halvings of the split, chooses on one half and
+measures the chosen point's loss on the other.
+
+    python benchmarks/point_selection.py docs/results/dyvedeep-time/resnet56_cifar [...]
+
+Per run it prints, per rule, how often the chosen point exceeds the budget on the other
+half, its mean loss there and the mean estimated saving of the chosen point. Predictions
+are cached in ``--cache`` (the emulated back-end, so any machine gives the same ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dyve._io import read_json
+from dyve.data import load_images
+from dyve.dynamic import equip
+from dyve.eval.measure import measure
+from dyve.eval.paired import RULES, PairedLoss, choose
+from dyve.mechanisms.dyvedeep.calibrate import Calibration, apply_knobs
+from dyve.mechanisms.dyvedeep.mechanism import DyVEDeep
+from dyve.models import create, model_info
+
+
+def predictions(run: Path, cache: Path) -> tuple[Calibration, np.ndarray, dict[int, np.ndarray]]:
+    """The run's calibration, its split's labels, and per verified step every image's
+    prediction (measured once, then read from ``cache``)."""
+    cfg = read_json(run / "config.json")
+    d = read_json(run / "calibration.json")
+    cal = Calibration(**{k: d.get(k) for k in Calibration.__dataclass_fields__})
+    backbone = create(cfg["model"], pretrained=cfg["weights"] or True)
+    info = model_info(backbone)
+    split = load_images(cfg["data"], cfg["split"], limit=cfg["limit"], shape=info.input_size)
+    cost = cal.config.get("cost", "ops")
+    path = cache / f"{cfg['model']}_{cfg['split']}_{cost}_seed{cal.config['seed']}.npz"
+    preds = {int(k[1:]): v for k, v in np.load(path).items()} if path.exists() else {}
+    steps = sorted(int(k) for k in cal.evaluations if int(k) not in preds)
+    if steps:
+        mech = DyVEDeep(
+            checkpoint=cfg["checkpoint"],
+            sdss_stride=cfg["sdss_stride"],
+            sfma_statistic=cfg["sfma_statistic"],
+            first_layer=cfg["first_layer"],
+        )
+        example = torch.zeros(1, *info.input_size)
+        net = equip(backbone, mech, example_inputs=example, backend="emulated").eval()
+        for s in steps:
+            apply_knobs(mech, cal.knob_values(s))
+            preds[s] = measure(net, split, info.norm, batch_size=250, desc=f"step {s}").predictions
+            cache.mkdir(parents=True, exist_ok=True)
+            np.savez(path, **{f"s{k}": v for k, v in preds.items()})
+    dense = np.asarray(cal.dense_predictions)
+    for s, p in preds.items():  # the re-measured counts must be the stored ones
+        e = cal.evaluations[str(s)]
+        got = PairedLoss.of(dense == split.labels, p == split.labels)
+        if (got.worse, got.better) != (e["worse"], e["better"]):
+            raise SystemExit(f"{run}: step {s} re-measured {got}, stored {e}")
+    return cal, np.asarray(split.labels), preds
+
+
+def halves(
+    cal: Calibration, labels: np.ndarray, preds: dict[int, np.ndarray], rounds: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """Per rule: over ``rounds`` random halvings, the share of choices whose loss on the
+    other half exceeds the budget, the chosen points' mean loss on the half they were
+    chosen on and on the other half (the difference is what choosing the luckiest
+    estimate adds), and their mean estimated saving."""
+    budget, conf = cal.config["budget_pp"], cal.config["confidence"]
+    cost = "est_us" if cal.config["cost"] == "time" else "scalar_ops_mean"
+    ref = np.asarray(cal.dense_predictions) == labels
+    ok = {s: p == labels for s, p in preds.items()}
+    curve = {p["step"]: p for p in cal.curve()}
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[tuple[float, float, float]]] = {r: [] for r in RULES}
+    n = len(labels)
+    for _ in range(rounds):
+        a = np.zeros(n, bool)
+        a[rng.permutation(n)[: n // 2]] = True
+        pts = []
+        for s in sorted(ok):
+            pl = PairedLoss.of(ref[a], ok[s][a])
+            pts.append({**curve[s], "n": pl.n, "worse": pl.worse, "better": pl.better})
+        for rule in RULES:
+            s = choose(pts, n // 2, budget, conf, cost, rule)
+            if s is None:
+                out[rule].append((0.0, 0.0, 1.0))
+                continue
+            seen = PairedLoss.of(ref[a], ok[s][a]).loss_pp
+            held = PairedLoss.of(ref[~a], ok[s][~a]).loss_pp
+            out[rule].append((seen, held, curve[0][cost] / curve[s][cost]))
+    return {
+        r: {
+            "over_budget": float(np.mean([h > budget for _, h, _ in v])),
+            "seen_loss_pp": float(np.mean([s for s, _, _ in v])),
+            "held_loss_pp": float(np.mean([h for _, h, _ in v])),
+            "mean_saving": float(np.mean([g for _, _, g in v])),
+        }
+        for r, v in out.items()
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path, help="DyVEDeep run directories")
+    p.add_argument("--cache", type=Path, default=Path("runs/point-selection"))
+    p.add_argument("--rounds", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    for run in args.runs:
+        cal, labels, preds = predictions(run, args.cache)
+        res = halves(cal, labels, preds, args.rounds, args.seed)
+        print(f"\n{run} ({len(preds)} verified points, {len(labels)} images halved)")
+        print(
+            f"| rule | chosen loss > {cal.config['budget_pp']} pp on the other half "
+            "| mean loss, half chosen on (pp) | mean loss, other half (pp) "
+            "| mean saving of the chosen point vs step 0 |"
+        )
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for r, v in res.items():
+            print(
+                f"| {r} | {100 * v['over_budget']:.1f} % | {v['seen_loss_pp']:.2f} "
+                f"| {v['held_loss_pp']:.2f} | {v['mean_saving']:.3f}x |"
+            )
+
+
+if __name__ == "__main__":
+    main()
