@@ -8,7 +8,7 @@ from typing import Any
 
 from dyve.cli.trainer_args import probability_or_none
 from dyve.errors import DyveError
-from dyve.eval.paired import check_confidence
+from dyve.eval.paired import DEFAULT_RULE, RULES, check_confidence
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -39,6 +39,14 @@ def _common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="judge each lambda's policy on the split it was fitted on (default: fitted on "
         "one half of the fit split, judged on the other, both ways)",
+    )
+    p.add_argument(
+        "--rule",
+        choices=RULES,
+        default=DEFAULT_RULE,
+        help="how the cheapest lambda within the budget is chosen: 'bound', 'bonferroni' "
+        "(the bound widened for the number of lambdas compared), 'monotone' (no lambda "
+        f"above one that fails), or both (default {DEFAULT_RULE})",
     )
     p.add_argument("--features", choices=("softmax", "confidence", "both"), default="both")
     p.add_argument("--lams", default=None, help="comma-separated lambda grid (default: built in)")
@@ -105,6 +113,7 @@ def _config(args: argparse.Namespace, models: tuple[str, ...], **extra: Any) -> 
         budget_pp=args.budget,
         confidence=args.confidence,
         crossfit=not args.no_crossfit,
+        rule=args.rule,
         lams=lams,
         limit=args.limit,
         latency_images=args.latency_images,

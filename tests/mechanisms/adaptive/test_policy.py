@@ -472,7 +472,7 @@ def test_the_operating_point_holds_the_budget_to_the_paired_bound(
 
     fit, held = chain_data
     lams = (0.0, 0.1, 0.2, 0.24, 0.3, 0.36, 0.4, 0.5)
-    kw = dict(reference="C", lams=lams, budget_pp=1.5, refine=0, crossfit=False)
+    kw = dict(reference="C", lams=lams, budget_pp=1.5, refine=0, crossfit=False, rule="bound")
     plain = run_study(CHAIN, fit, held, confidence=None, **kw)
     bound = run_study(CHAIN, fit, held, confidence=0.9, **kw)
     ref = evaluate_node(CHAIN, fit, "C").accuracy
@@ -493,6 +493,39 @@ def test_the_operating_point_holds_the_budget_to_the_paired_bound(
     assert bound.as_dict()["confidence"] == 0.9
     with pytest.raises(ValueError, match="confidence"):
         run_study(CHAIN, fit, held, confidence=1.0, **kw)
+
+
+def test_the_rule_widens_the_bound_for_the_lambdas_compared(
+    chain_data: tuple[Outputs, Outputs],
+) -> None:
+    """By default the cheapest lambda is chosen with the bound at 1 - 0.1 / k for k lambdas
+    (Bonferroni): it passes that wider bound, every cheaper lambda fails it, and it costs at
+    least what the per-lambda bound chooses."""
+    from dyve.eval.paired import PairedLoss
+    from dyve.mechanisms.adaptive.study import run_study
+
+    fit, held = chain_data
+    lams = (0.0, 0.1, 0.2, 0.24, 0.3, 0.36, 0.4, 0.5)
+    kw = dict(reference="C", lams=lams, budget_pp=1.5, refine=0, crossfit=False)
+    per_point = run_study(CHAIN, fit, held, rule="bound", **kw)
+    family = run_study(CHAIN, fit, held, **kw)
+    assert family.as_dict()["rule"] == "bonferroni"
+    assert family.chosen is not None
+    assert per_point.chosen is not None
+    ref = evaluate_node(CHAIN, fit, "C").correct.numpy()
+
+    def wide(lam: float) -> float:
+        ok = evaluate(CHAIN, fit, family.policies[family.learned.index(row(lam))]).correct
+        return PairedLoss.of(ref, ok.numpy()).bound_pp(1 - 0.1 / len(lams))
+
+    def row(lam: float) -> dict:
+        return next(p for p in family.learned if p["lam"] == lam)
+
+    chosen = family.learned[family.chosen]
+    assert wide(chosen["lam"]) <= 1.5
+    cheaper = [p for p in family.learned if p["fit_macs_mean"] < chosen["fit_macs_mean"]]
+    assert all(wide(p["lam"]) > 1.5 for p in cheaper)
+    assert chosen["fit_macs_mean"] >= per_point.learned[per_point.chosen]["fit_macs_mean"]
 
 
 def test_cross_fitting_judges_each_lambda_out_of_sample(

@@ -91,6 +91,7 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
         budget_pp=cfg.budget_pp,
         confidence=cfg.confidence,
         crossfit=cfg.crossfit,
+        rule=cfg.rule,
         # an exit used alone: the backbone up to it plus its head; the end: the backbone
         alone={
             **{p: t + mech.heads()[p].macs for p, t in zip(points, through, strict=True)},

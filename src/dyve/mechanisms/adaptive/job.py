@@ -27,6 +27,7 @@ from torch import nn
 from dyve import data as dyve_data
 from dyve._io import read_json, write_json
 from dyve.eval.latency import cycling, interleaved, machine, num_threads
+from dyve.eval.paired import DEFAULT_RULE
 from dyve.mechanisms.adaptive.heads import load_cache, save_cache, train_head
 from dyve.mechanisms.adaptive.study import LAMS, Study, plot
 from dyve.train.dist import Dist
@@ -52,6 +53,8 @@ class JobConfig:
     confidence: float | None = 0.9
     #: judge each lambda out of sample: fitted on one half of the fit split, judged on the other
     crossfit: bool = True
+    #: how the operating point is chosen among the lambdas (:func:`dyve.eval.paired.choose`)
+    rule: str = DEFAULT_RULE
     lams: tuple[float, ...] = LAMS
     limit: int | None = None
     latency_images: int = 200
@@ -150,6 +153,7 @@ def base_metrics(
         "budget_pp": cfg.budget_pp,
         "confidence": cfg.confidence,
         "crossfit": cfg.crossfit,
+        "rule": cfg.rule,
         "chosen_lam": chosen["lam"] if chosen else None,
         "cache_prediction": chosen,
         "oracle": study.oracle,
@@ -157,12 +161,13 @@ def base_metrics(
 
 
 #: settings that only choose the operating point (masked out when a run resumes)
-CHOICE = {"budget_pp": None, "confidence": None, "crossfit": None}
+CHOICE = {"budget_pp": None, "confidence": None, "crossfit": None, "rule": None}
 
 
 def load_config(out: Path, cfg: JobConfig) -> None:
     """Refuse to resume a run directory made with another configuration; the budget and
-    its confidence may change (they only choose the operating point among the fits)."""
+    its confidence and the choice rule may change (they only choose the operating point
+    among the fits)."""
     path = out / "config.json"
     if path.is_file():
         old = {"confidence": None, "crossfit": False, **read_json(path)}  # older runs

@@ -177,7 +177,10 @@ def write_results(runs: list[Path], out: Path) -> Path:
         "cheapest policy that passes on the split it was fitted on loses more on others;",
         "`dyve.eval.paired`). *Cross-fitted*: that loss is out of sample, each lambda's",
         "policy fitted on one half of the fit split and judged on the other, both ways (the",
-        "policy kept is fitted on the whole split). Each section states its budget.",
+        "policy kept is fitted on the whole split). The *rule* says how the cheapest",
+        "of the lambdas that pass is chosen: `bound` takes it as it is, `bonferroni` widens",
+        "the bound for the number of lambdas compared (choosing the cheapest of many noisy",
+        "estimates adds its own optimism). Each section states its budget.",
         "",
     ]
     for run in runs:
@@ -226,6 +229,7 @@ def _choice(m: dict[str, Any], c: dict[str, Any]) -> str:
     conf = m.get("confidence")
     how = [f"{conf:.0%} bound"] if conf else []
     how += ["cross-fitted"] if m.get("crossfit") else []
+    how += [f"{m.get('rule', 'bound')} rule"] if conf else []
     rule = f"{m['budget_pp']:g} pp" + (f" ({', '.join(how)})" if how else "")
     if c.get("chosen") is None:
         return f" No learned policy was within the budget ({rule}) on {m['fit_split']}."

@@ -85,6 +85,7 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
         budget_pp=cfg.budget_pp,
         confidence=cfg.confidence,
         crossfit=cfg.crossfit,
+        rule=cfg.rule,
         alone={n.name: n.cost for n in graph.nodes},
     )
     title = "network selection: " + " -> ".join(cfg.models)

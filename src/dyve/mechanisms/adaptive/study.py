@@ -10,7 +10,9 @@ bound of the policy's paired loss against the reference, :mod:`dyve.eval.paired`
 the cheapest policy that passes on the split it was fitted on loses more on others; with
 ``crossfit`` the loss is measured out of sample: each lambda's policy is also fitted on
 one half of the fit split and judged on the other, both ways, and the paired counts of
-the two halves decide, while the policy kept is the one fitted on the whole split).
+the two halves decide, while the policy kept is the one fitted on the whole split;
+``rule`` says how the cheapest of the lambdas that pass is chosen, by default with the
+bound widened for the number of lambdas compared, :func:`dyve.eval.paired.choose`).
 Costs are MACs per sample (:data:`dyve.cost.CONVENTION`); the policy graph works in
 units of the most expensive single path (lambda = loss per full cost).
 Every point keeps which nodes its samples evaluated (``ran_fraction``), from which
@@ -28,7 +30,7 @@ import torch
 
 from dyve._io import atomic_save
 from dyve.cost import CONVENTION
-from dyve.eval.paired import PairedLoss, check_confidence
+from dyve.eval.paired import DEFAULT_RULE, PairedLoss, check_confidence, choose, passing
 from dyve.mechanisms.adaptive.evaluate import (
     PolicyResult,
     evaluate,
@@ -62,6 +64,8 @@ class Study:
     budget_pp: float
     confidence: float | None
     crossfit: bool
+    #: how the operating point is chosen among the lambdas (:func:`dyve.eval.paired.choose`)
+    rule: str
     #: the stage latency table once measured (:func:`~dyve.mechanisms.adaptive.latency.annotate`)
     latency: dict[str, Any] | None = None
 
@@ -76,6 +80,7 @@ class Study:
             "budget_pp": self.budget_pp,
             "confidence": self.confidence,
             "crossfit": self.crossfit,
+            "rule": self.rule,
             "learned": self.learned,
             "baselines": self.baselines,
             "single": self.single,
@@ -111,6 +116,7 @@ def run_study(
     budget_pp: float = 1.0,
     confidence: float | None = 0.9,
     crossfit: bool = True,
+    rule: str = DEFAULT_RULE,
     thresholds: int = 41,
     alone: dict[str, float] | None = None,
     refine: int = 4,
@@ -133,7 +139,7 @@ def run_study(
     ref_fit = evaluate_node(graph, fit, reference)
     ref_macs = alone[reference]
     pc = policy_macs / full
-    fitted: dict[float, tuple[LearnedPolicy, dict[str, Any], bool]] = {}
+    fitted: dict[float, tuple[LearnedPolicy, dict[str, Any], PairedLoss]] = {}
 
     ref_ok = ref_fit.correct.numpy()
     halves = (torch.arange(0, fit.n, 2), torch.arange(1, fit.n, 2))
@@ -165,17 +171,23 @@ def run_study(
             fit_loss_pp=round(paired.loss_pp, 3),
             fit_loss_bound_pp=round(bound, 3),
         )
-        fitted[lam] = (pol, row, bound <= budget_pp)
+        fitted[lam] = (pol, row, paired)
 
-    def best() -> float | None:  # the cheapest lambda within the budget on the fit split
-        ok = [lam for lam, (_, _, within) in fitted.items() if within]
-        return min(ok, key=lambda lam: fitted[lam][1]["fit_macs_mean"]) if ok else None
+    def points() -> list[dict[str, Any]]:  # the lambdas in order, as the rule reads them
+        return [
+            {"step": lam, "worse": pl.worse, "better": pl.better, "cost": row["fit_macs_mean"]}
+            for lam, (_, row, pl) in sorted(fitted.items())
+        ]
+
+    def best() -> float | None:  # the cheapest lambda the rule lets within the budget
+        return choose(points(), fit.n, budget_pp, confidence, "cost", rule)
 
     for lam in lams:
         add(lam)
     for _ in range(refine):  # bisect towards the budget's edge above the best lambda
         b = best()
-        above = sorted(lam for lam in fitted if b is not None and lam > b and not fitted[lam][2])
+        within = {p["step"] for p in passing(points(), fit.n, budget_pp, confidence, rule)}
+        above = sorted(lam for lam in fitted if b is not None and lam > b and lam not in within)
         if b is None or not above or above[0] - b < 1e-4:
             break
         add(round((b + above[0]) / 2, 6))
@@ -210,6 +222,7 @@ def run_study(
         budget_pp,
         confidence,
         crossfit,
+        rule,
     )
 
 
