@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dyve.eval.paired import PairedLoss, check_confidence, choose, paired_loss
+from dyve.eval.paired import (
+    PairedLoss,
+    check_confidence,
+    choose,
+    family_confidence,
+    paired_loss,
+    rule_note,
+)
 
 
 def test_counts_loss_and_bound() -> None:
@@ -79,3 +86,21 @@ def test_choose_without_a_passing_point_or_with_a_bad_rule() -> None:
     assert choose(pts, 1000, 0.5, 0.9, "cost") is None
     with pytest.raises(ValueError, match="rule"):
         choose(pts, 1000, 0.5, 0.9, "cost", "cheapest")
+
+
+def test_the_family_size_is_fixed_by_the_caller() -> None:
+    """Bonferroni holds a point to the family the procedure compares, not to the points it
+    happens to hold: one point among a planned 40 is held to z 2.81 and fails."""
+    one = _pts((15, 0, 5.0))
+    assert choose(one, 5000, 0.5, 0.9, "cost", "bonferroni") == 0
+    assert choose(one, 5000, 0.5, 0.9, "cost", "bonferroni", k=40) is None
+    assert family_confidence(0.9, "bonferroni", 40) == pytest.approx(0.9975)
+    assert family_confidence(0.9, "monotone", 40) == 0.9
+    assert family_confidence(None, "bonferroni", 40) is None
+
+
+def test_rule_note_names_the_rule_where_it_acts() -> None:
+    assert rule_note(0.9, "bonferroni") == " (90% bound, bonferroni rule)"
+    assert rule_note(0.9, None, ("cross-fitted",)) == " (90% bound, cross-fitted, bound rule)"
+    assert rule_note(None, "bonferroni") == ""  # no bound to widen
+    assert rule_note(None, "monotone") == " (monotone rule)"

@@ -78,12 +78,28 @@ RULES = ("bound", "bonferroni", "monotone", "monotone-bonferroni")
 DEFAULT_RULE = "bonferroni"
 
 
+def check_rule(rule: str) -> None:
+    """Raise ``ValueError`` unless ``rule`` is one of :data:`RULES`."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+
+
+def family_confidence(confidence: float | None, rule: str, k: int) -> float | None:
+    """The confidence each of ``k`` compared points is held to under ``rule``:
+    ``1 - (1 - confidence) / k`` for the Bonferroni rules, else ``confidence``."""
+    check_rule(rule)
+    if confidence is None or not rule.endswith("bonferroni"):
+        return confidence
+    return 1 - (1 - confidence) / max(k, 1)
+
+
 def passing(
     points: list[dict[str, Any]],
     n: int,
     budget_pp: float,
     confidence: float | None,
     rule: str = DEFAULT_RULE,
+    k: int | None = None,
 ) -> list[dict[str, Any]]:
     """The points ``rule`` lets within ``budget_pp``, in trajectory order.
 
@@ -91,16 +107,14 @@ def passing(
     savings) and the paired counts ``worse`` and ``better`` on ``n`` images (or, from
     states without counts, a plain ``loss_pp``). ``bound``: a point's loss bound at
     ``confidence`` is within the budget. ``bonferroni``: the same at
-    ``1 - (1 - confidence) / k`` for ``k`` points, so that the cheapest of ``k`` noisy
-    estimates is held to ``confidence`` as a family. ``monotone``: a point passes only if
-    every point before it passes too (steps add savings, so damage accumulates: a point
-    passing after a failing one passed by luck). ``monotone-bonferroni``: both.
+    ``1 - (1 - confidence) / k``, so that the cheapest of ``k`` noisy estimates is held to
+    ``confidence`` as a family; ``k`` is the number of points the procedure compares,
+    fixed before it starts (default: ``len(points)``), so that adding points while
+    searching does not move the bar. ``monotone``: a point passes only if every point
+    before it passes too (steps add savings, so damage accumulates: a point passing after
+    a failing one passed by luck). ``monotone-bonferroni``: both.
     """
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    conf = confidence
-    if conf is not None and rule.endswith("bonferroni"):
-        conf = 1 - (1 - conf) / max(len(points), 1)
+    conf = family_confidence(confidence, rule, len(points) if k is None else k)
 
     def bound(p: dict[str, Any]) -> float:
         if "worse" not in p:
@@ -123,11 +137,23 @@ def choose(
     confidence: float | None,
     cost: str,
     rule: str = DEFAULT_RULE,
+    k: int | None = None,
 ) -> int | None:
     """The ``step`` of the cheapest point (least ``cost``) that ``rule`` lets within the
     budget (:func:`passing`), or None."""
-    ok = passing(points, n, budget_pp, confidence, rule)
+    ok = passing(points, n, budget_pp, confidence, rule, k)
     return min(ok, key=lambda p: p[cost])["step"] if ok else None
+
+
+def rule_note(confidence: float | None, rule: str | None, extra: tuple[str, ...] = ()) -> str:
+    """How a budget was held, for a results page: `` (90% bound, bonferroni rule)``; the
+    rule is named where it acts (with a confidence, or when monotone); ``""`` if nothing."""
+    rule = rule or "bound"  # runs from before the rules
+    parts = [f"{confidence:.0%} bound"] if confidence else []
+    parts += list(extra)
+    if confidence or rule.startswith("monotone"):
+        parts.append(f"{rule} rule")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def check_confidence(confidence: float | None) -> None:

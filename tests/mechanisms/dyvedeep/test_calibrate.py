@@ -416,3 +416,18 @@ def test_the_rule_chooses_among_the_verified_points() -> None:
     assert calibrate_mod._choose(cal, CalibrationConfig(budget_pp=0.5, rule="monotone")) == 3
     with pytest.raises(ValueError, match="rule"):
         CalibrationConfig(rule="cheapest")
+
+
+def test_bonferroni_holds_every_point_to_the_planned_family() -> None:
+    """With the Bonferroni rule a point's bound (the one the bisection and the choice hold)
+    is at 1 - 0.1 / k, k fixed by the trajectory: 2 ends + log2(10 steps) rounded up + 6
+    curve points = 12."""
+    from dyve.eval.paired import PairedLoss
+
+    cal = _calibration_with({3: (89.9, 2, 1, 80.0)}, 0.9)
+    plain = cal.bound_pp(cal.evaluations["3"])
+    cal.config.update(rule="bonferroni", curve_points=6)
+    assert cal.family() == 12
+    wide = PairedLoss(1000, 2, 1).bound_pp(1 - 0.1 / 12)
+    assert cal.bound_pp(cal.evaluations["3"]) == pytest.approx(wide)
+    assert wide > plain

@@ -27,7 +27,7 @@ from torch import nn
 from dyve import data as dyve_data
 from dyve._io import read_json, write_json
 from dyve.eval.latency import cycling, interleaved, machine, num_threads
-from dyve.eval.paired import DEFAULT_RULE
+from dyve.eval.paired import DEFAULT_RULE, check_rule
 from dyve.mechanisms.adaptive.heads import load_cache, save_cache, train_head
 from dyve.mechanisms.adaptive.study import LAMS, Study, plot
 from dyve.train.dist import Dist
@@ -59,6 +59,9 @@ class JobConfig:
     limit: int | None = None
     latency_images: int = 200
     batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        check_rule(self.rule)
 
 
 def load_split(cfg: JobConfig, split: str) -> dyve_data.ImageSet:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dyve._io import atomic_write, read_json
+from dyve.eval.paired import rule_note
 
 TARGET = 2.8  # measured batch-1 speedup at <= 1 pp top-1 loss (the paper's headline)
 
@@ -227,10 +228,8 @@ def write_results(runs: list[Path], out: Path) -> Path:
 def _choice(m: dict[str, Any], c: dict[str, Any]) -> str:
     """How the operating point was chosen on the fit split: budget, bound, fit loss."""
     conf = m.get("confidence")
-    how = [f"{conf:.0%} bound"] if conf else []
-    how += ["cross-fitted"] if m.get("crossfit") else []
-    how += [f"{m.get('rule', 'bound')} rule"] if conf else []
-    rule = f"{m['budget_pp']:g} pp" + (f" ({', '.join(how)})" if how else "")
+    how = rule_note(conf, m.get("rule"), ("cross-fitted",) if m.get("crossfit") else ())
+    rule = f"{m['budget_pp']:g} pp{how}"
     if c.get("chosen") is None:
         return f" No learned policy was within the budget ({rule}) on {m['fit_split']}."
     p = c["learned"][c["chosen"]]

@@ -12,7 +12,9 @@ the cheapest policy that passes on the split it was fitted on loses more on othe
 one half of the fit split and judged on the other, both ways, and the paired counts of
 the two halves decide, while the policy kept is the one fitted on the whole split;
 ``rule`` says how the cheapest of the lambdas that pass is chosen, by default with the
-bound widened for the number of lambdas compared, :func:`dyve.eval.paired.choose`).
+bound widened for the number of lambdas compared, the grid and the bisection's, fixed in
+advance, :func:`dyve.eval.paired.choose`; each row's ``fit_loss_bound_pp`` is that
+widened bound).
 Costs are MACs per sample (:data:`dyve.cost.CONVENTION`); the policy graph works in
 units of the most expensive single path (lambda = loss per full cost).
 Every point keeps which nodes its samples evaluated (``ran_fraction``), from which
@@ -30,7 +32,15 @@ import torch
 
 from dyve._io import atomic_save
 from dyve.cost import CONVENTION
-from dyve.eval.paired import DEFAULT_RULE, PairedLoss, check_confidence, choose, passing
+from dyve.eval.paired import (
+    DEFAULT_RULE,
+    PairedLoss,
+    check_confidence,
+    check_rule,
+    choose,
+    family_confidence,
+    passing,
+)
 from dyve.mechanisms.adaptive.evaluate import (
     PolicyResult,
     evaluate,
@@ -130,6 +140,9 @@ def run_study(
     the budget and the next one that is not (the curve keeps every fitted lambda).
     """
     check_confidence(confidence)
+    check_rule(rule)
+    k = len(lams) + refine  # the lambdas compared, fixed before the first is fitted
+    held_to = family_confidence(confidence, rule, k)
     if crossfit and fit.n < 4:
         raise ValueError(f"cross-fitting needs at least 4 fit images, got {fit.n}")
     paths = graph.cheapest_paths()
@@ -161,7 +174,7 @@ def run_study(
         on_fit = evaluate(graph, fit, pol, policy_cost=policy_macs)
         on_held = evaluate(graph, held, pol, policy_cost=policy_macs)
         paired = judged(lam, on_fit)
-        bound = paired.bound_pp(confidence)
+        bound = paired.bound_pp(held_to)
         row = _point(
             on_held,
             ref_macs,
@@ -180,13 +193,13 @@ def run_study(
         ]
 
     def best() -> float | None:  # the cheapest lambda the rule lets within the budget
-        return choose(points(), fit.n, budget_pp, confidence, "cost", rule)
+        return choose(points(), fit.n, budget_pp, confidence, "cost", rule, k)
 
     for lam in lams:
         add(lam)
     for _ in range(refine):  # bisect towards the budget's edge above the best lambda
         b = best()
-        within = {p["step"] for p in passing(points(), fit.n, budget_pp, confidence, rule)}
+        within = {p["step"] for p in passing(points(), fit.n, budget_pp, confidence, rule, k)}
         above = sorted(lam for lam in fitted if b is not None and lam > b and lam not in within)
         if b is None or not above or above[0] - b < 1e-4:
             break

@@ -16,7 +16,9 @@ not published; ``docs/methods/dyvedeep.md``):
    0.9) a point is within the budget when the one-sided upper confidence bound of its
    paired loss against the dense network is (:mod:`dyve.eval.paired`): the cheapest
    point whose plain loss passes is chosen among noisy estimates and loses more on unseen
-   images.
+   images. The ``rule`` widens that bound for the points compared (Bonferroni over
+   :meth:`Calibration.family` points, by default) in the bisection and in the choice
+   alike (:func:`dyve.eval.paired.choose`).
 
 ``cost="time"`` makes the search save *time* on this machine instead of scalar operations:
 candidates are ranked by their site's measured time in the native kernel alone
@@ -36,6 +38,7 @@ its verified points.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -53,10 +56,11 @@ from dyve.eval.latency import machine
 from dyve.eval.measure import Measurement, measure_sharded
 from dyve.eval.paired import (
     DEFAULT_RULE,
-    RULES,
     PairedLoss,
     check_confidence,
+    check_rule,
     choose,
+    family_confidence,
     paired_loss,
 )
 from dyve.mechanisms.dyvedeep import native
@@ -116,8 +120,7 @@ class CalibrationConfig:
         if self.profile_images < 1:
             raise ValueError("profile_images must be >= 1")
         check_confidence(self.confidence)
-        if self.rule not in RULES:
-            raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
+        check_rule(self.rule)
 
 
 @dataclass
@@ -160,10 +163,22 @@ class Calibration:
             )
         return pts
 
+    def family(self) -> int:
+        """How many points the verification compares, fixed by the trajectory's length
+        before it starts: the two ends, the bisection's steps and the curve's points."""
+        steps = max(len(self.trajectory), 1)
+        return 2 + math.ceil(math.log2(steps)) + int(self.config.get("curve_points", 0))
+
+    def confidence(self) -> float | None:
+        """The confidence each verified point's bound is held to (``config["confidence"]``,
+        widened by the rule for :meth:`family` points)."""
+        rule = self.config.get("rule", "bound")
+        return family_confidence(self.config.get("confidence"), rule, self.family())
+
     def bound_pp(self, e: dict[str, float]) -> float:
         """The loss of evaluation ``e`` that the budget holds: its upper confidence bound
-        (``config["confidence"]``), or the plain loss without one or without paired counts."""
-        conf = self.config.get("confidence")
+        (:meth:`confidence`), or the plain loss without one or without paired counts."""
+        conf = self.confidence()
         if conf is None or "worse" not in e:
             return self.dense["top1"] - e["top1"]
         paired = PairedLoss(int(self.config["n"]), int(e["worse"]), int(e["better"]))
@@ -310,7 +325,7 @@ def _choose(cal: Calibration, cfg: CalibrationConfig) -> int | None:
         return min(hit, key=lambda p: p["step"])["step"] if hit else None
     cost = "est_us" if cfg.cost == "time" else "scalar_ops_mean"
     n = int(cal.config["n"])
-    return choose(pts, n, cfg.budget_pp, cal.config.get("confidence"), cost, cfg.rule)
+    return choose(pts, n, cfg.budget_pp, cal.config.get("confidence"), cost, cfg.rule, cal.family())
 
 
 def _pick(d: dict[str, Any], *keys: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from dyve._io import atomic_write, read_json
 from dyve.errors import DyveError
+from dyve.eval.paired import rule_note
 from dyve.mechanisms.dyvedeep.job import OPS_CONVENTION
 from dyve.mechanisms.dyvedeep.search import MIN_PROGRAM_SAVING
 
@@ -80,11 +81,7 @@ def write_results(
             f"{budget['target_reduction']}x ops"
             if budget.get("target_reduction")
             else f"{budget['budget_pp']} pp"
-            + (
-                f" ({budget['confidence']:.0%} bound, {budget.get('rule', 'bound')} rule)"
-                if budget.get("confidence")
-                else ""
-            )
+            + rule_note(budget.get("confidence"), budget.get("rule"))
         )
         search = budget.get("cost", "ops")
         est = m.get("calibration", {}).get("est_time_reduction")
