@@ -23,19 +23,23 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from dyve._io import read_json
+from dyve._io import atomic_save, read_json
 from dyve.data import load_images
-from dyve.dynamic import equip
+from dyve.dynamic import load
 from dyve.eval.measure import measure
 from dyve.eval.paired import RULES, PairedLoss, choose
 from dyve.mechanisms.dyvedeep.calibrate import Calibration, apply_knobs
-from dyve.mechanisms.dyvedeep.mechanism import DyVEDeep
 from dyve.models import create, model_info
+
+
+def _savez(arrays: dict[str, np.ndarray], name: str) -> None:
+    with open(name, "wb") as fh:  # a file object: numpy adds no suffix to the temp name
+        np.savez(fh, **arrays)
 
 
 def predictions(run: Path, cache: Path) -> tuple[Calibration, np.ndarray, dict[int, np.ndarray]]:
@@ -57,19 +61,15 @@ def predictions(run: Path, cache: Path) -> tuple[Calibration, np.ndarray, dict[i
     preds = {s: p for s, p in preds.items() if str(s) in cal.evaluations}
     steps = sorted(int(k) for k in cal.evaluations if int(k) not in preds)
     if steps:
-        mech = DyVEDeep(
-            checkpoint=cfg["checkpoint"],
-            sdss_stride=cfg["sdss_stride"],
-            sfma_statistic=cfg["sfma_statistic"],
-            first_layer=cfg["first_layer"],
-        )
-        example = torch.zeros(1, *info.input_size)
-        net = equip(backbone, mech, example_inputs=example, backend="emulated").eval()
+        # the run's own network (its mechanism settings from dynamic.json), emulated
+        net = load(run, backbone=backbone, weights=bool(cfg["weights"])).eval()
+        net.backend = "emulated"
+        mech = net.mechanism("dyvedeep")
         for s in steps:
             apply_knobs(mech, cal.knob_values(s))
             preds[s] = measure(net, split, info.norm, batch_size=250, desc=f"step {s}").predictions
             cache.mkdir(parents=True, exist_ok=True)
-            np.savez(path, **{f"s{k}": v for k, v in preds.items()})
+            atomic_save(path, partial(_savez, {f"s{k}": v for k, v in preds.items()}))
     dense = np.asarray(cal.dense_predictions)
     for s, p in preds.items():  # the re-measured counts must be the stored ones
         e = cal.evaluations[str(s)]
@@ -102,7 +102,7 @@ def halves(
         pts = []
         for s in sorted(ok):
             pl = PairedLoss.of(ref[a], ok[s][a])
-            pts.append({**curve[s], "n": pl.n, "worse": pl.worse, "better": pl.better})
+            pts.append({**curve[s], "worse": pl.worse, "better": pl.better})
         for rule in RULES:
             s = choose(pts, n // 2, budget, conf, cost, rule, cal.family())
             if s is None:  # dense would run: counted apart
