@@ -140,3 +140,29 @@ def test_exits_inside_stages_cut_the_backbone_between_blocks() -> None:
     assert isinstance(mech._segments, Segments)
     assert len(mech._segments.programs) == 5  # four exits inside the stages
     assert _close(y, ref)
+
+
+def test_exit_points_that_do_not_lower_are_tried_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dyve.mechanisms.adaptive.early_exit as early_exit
+
+    net, mech, x = _net()
+    every = net._active_exits()
+    tried: list[int] = []
+
+    def lower_first_only(net: DynamicNet, points: list, x: torch.Tensor) -> Segments:
+        tried.append(len(points))
+        if len(points) > 1:
+            raise Unsupported("not with both exits")
+        return Segments(net, points, x)
+
+    monkeypatch.setattr(early_exit, "Segments", lower_first_only)
+    with torch.no_grad():
+        for points in (every, every[:1], every, every[:1], every):
+            monkeypatch.setattr(net, "_active_exits", lambda points=points: points)
+            net(x[:2])
+            refused = len(points) > 1
+            assert (mech.fast_runner(net, x[:2]) is None) == refused
+            assert mech.program_unsupported == ("not with both exits" if refused else None)
+    # each set of exit points lowered once (the first set's programs are kept meanwhile),
+    # the refused one is not tried again
+    assert tried == [2, 1]

@@ -557,3 +557,21 @@ def test_cross_fitting_judges_each_lambda_out_of_sample(
         assert study.learned[study.chosen]["fit_loss_bound_pp"] <= 1.5
     with pytest.raises(ValueError, match="at least 4"):
         run_study(CHAIN, fit.subset(torch.arange(3)), held, reference="C", lams=lams)
+
+
+def test_a_classifier_does_not_depend_on_the_thread_count() -> None:
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(20000, 10, generator=g), 1)
+    first = torch.rand(20000, generator=g).double()
+    second = torch.rand(20000, generator=g).double()
+    old = torch.get_num_threads()
+    fits = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            fits.append(Classifier.fit(probs, first, second))
+    finally:
+        torch.set_num_threads(old)
+    # on two threads without the fix the weights differed by about 2e-15
+    assert torch.equal(fits[0].weight, fits[1].weight)
+    assert torch.equal(fits[0].bias, fits[1].bias)

@@ -170,10 +170,10 @@ class EarlyExit(Mechanism):
     #: False keeps the per-module path on the fast back-end (what the segmented programs
     #: are compared with in tests)
     native_program: bool = True
-    #: why the backbone could not be segmented into programs (None: it could, or not tried)
+    #: why the backbone could not be segmented into programs at the last call's exit points
+    #: (None: it could, or not tried)
     program_unsupported: str | None = None
     _segments: Segments | None = None
-    _refused: tuple[str, ...] | None = None  # the exit points it failed for
 
     def fast_runner(self, net: DynamicNet, x: torch.Tensor) -> Segments | None:
         """With an active exit, the backbone as native programs between the exit points
@@ -191,14 +191,18 @@ class EarlyExit(Mechanism):
             return None  # no exit evaluates: the backbone, bit for bit, per module
         seg = self._segments
         if seg is not None and seg.valid(x, points):
+            self.program_unsupported = None
             return seg
         key = tuple(p.name for p in points)
-        if self._refused == key:  # tried for these exit points: not lowerable
+        refused = self.__dict__.setdefault("_refused", {})  # exit points -> why not lowerable
+        if key in refused:  # tried for these exit points, and every later call keeps the path
+            self.program_unsupported = refused[key]
             return None
         try:
             seg = self._segments = Segments(net, points, x)
         except Unsupported as exc:
-            self.program_unsupported, self._segments, self._refused = str(exc), None, key
+            self.program_unsupported = refused[key] = str(exc)
+            self._segments = None
             return None
         self.program_unsupported = None
         return seg

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dyve.eval.latency import num_threads
 from dyve.mechanisms.adaptive.graph import Outputs, PolicyGraph, check_inputs
 
 FEATURE_KINDS = ("softmax", "confidence", "both")
@@ -103,6 +104,7 @@ class Classifier:
     kind: str
 
     @classmethod
+    @num_threads(1)
     def fit(
         cls, probs: Tensor, first: Tensor, second: Tensor, *, kind: str = "both", l2: float = 1e-3
     ) -> Classifier:
@@ -111,9 +113,10 @@ class Classifier:
         Values are lower-is-better. The label is the better option, the weight the absolute
         difference (ties carry no information and are dropped). The loss is the weighted mean
         logistic loss + ``l2 * |weight|^2`` on standardised features, minimised by L-BFGS in
-        float64 (deterministic); the bias is then set on the weighted 0/1 objective itself
-        (:func:`_best_bias`). With nothing to separate (one class left, or all ties) the
-        classifier is a constant for the option that is better on the sum of the values.
+        float64 on one thread (deterministic whatever the caller's thread count); the bias is
+        then set on the weighted 0/1 objective itself (:func:`_best_bias`). With nothing to
+        separate (one class left, or all ties) the classifier is a constant for the option
+        that is better on the sum of the values.
         """
         phi = features(probs, kind).double()
         if first.shape != (len(phi),) or second.shape != (len(phi),):
