@@ -158,6 +158,20 @@ def test_batch_split_over_threads_equals_batch_1():
         assert torch.equal(si[:, 0], stats[:, i])
 
 
+def test_calls_on_shrinking_batches_reuse_the_statistics_buffers():
+    """``prog(x)`` keeps its statistics buffers for the largest batch so far: the samples
+    left after an early exit (fewer each call) pay no allocation, and get the same logits."""
+    net, info = _zoo_net("resnet20_cifar")
+    x, _ = next(batches(load_sample(), 8, info.norm))
+    prog = Program(net.backbone, x, net.mechanisms[0].site_options)
+    with torch.no_grad():
+        assert torch.equal(prog(x), prog.run(x)[0])
+        kept = prog._scratch
+        for n in (5, 1, 3, 8):
+            assert torch.equal(prog(x[:n]), prog.run(x[:n])[0])
+            assert prog._scratch is kept, f"batch {n} reallocated the statistics"
+
+
 def test_sample_groups_give_the_same_results():
     """A thread runs its samples in groups, op by op; each sample keeps its own buffers,
     so any group size gives the same outputs, statistics and decisions, bit for bit."""

@@ -72,7 +72,7 @@ class Program(Lowering):
         super().__init__(model, example, opts or SiteOptions())
         self._struct()
         self._key = self._versions()
-        #: the statistics buffers of :meth:`__call__` (for the last batch size)
+        #: the statistics buffers of :meth:`__call__` (flat, for the largest batch so far)
         self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _struct(self) -> None:
@@ -242,18 +242,24 @@ class Program(Lowering):
         return self(x)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """The logits alone: the statistics go to buffers kept for the last batch size (a
-        forward pays no allocation for them)."""
+        """The logits alone: the statistics go to buffers kept for the largest batch so far
+        (a forward pays no allocation for them, also when batches shrink, as the samples
+        left after an early exit do)."""
         if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[1:] != self.shape:
             return self.run(x)[0]  # raises
+        n, rows = x.shape[0], len(self.site_names)
         scratch = self._scratch
-        if scratch is None or scratch[0].shape[1] != x.shape[0]:
-            n, rows = x.shape[0], len(self.site_names)
+        if scratch is None or scratch[1].numel() < rows * n:
             scratch = self._scratch = (
-                torch.empty(rows, n, len(native.STATS), dtype=torch.float64),
-                torch.empty(rows, n, dtype=torch.bool),
+                torch.empty(rows * n * len(native.STATS), dtype=torch.float64),
+                torch.empty(rows * n, dtype=torch.bool),
             )
-        return self._run(x, *scratch)
+        stats, changed = scratch
+        return self._run(
+            x,
+            stats[: rows * n * len(native.STATS)].view(rows, n, len(native.STATS)),
+            changed[: rows * n].view(rows, n),
+        )
 
 
 def dense_program(model: nn.Module, example: torch.Tensor) -> Program | None:
