@@ -23,6 +23,7 @@ import torch
 from dyve import data
 from dyve.dynamic import load
 from dyve.eval.latency import cycling, interleaved
+from dyve.mechanisms.dyvedeep.program import dense_program
 from dyve.models import model_info
 
 VISITS = 5
@@ -87,7 +88,8 @@ def main(run: str, n: int = 50) -> None:
         f"{ms['dense_eager'] / ms['dense_native']:.2f}x (the runtime's share); native vs "
         f"dense native {ms['dense_native'] / ms['native']:.2f}x (the skipped work's share)"
     )
-    (gated, stats), (plain, _) = _profile([prog, dense_prog], xs)
+    # the profile needs the program itself (dense_runner returns its checked call)
+    (gated, stats), (plain, _) = _profile([prog, dense_program(dense, xs[0])], xs)
     names = list(prog.site_names)
     print(f"\n{'block':<12} {'dense us':>9} {'gated us':>9} {'time share':>10} {'MAC share':>9}")
     tot_d = tot_g = 0.0

@@ -80,10 +80,18 @@ inline void Sample::tile_filters(const float* wt, const int* wofs, int o0, const
 // Dense pass over output positions, filters in vectors: for maps whose rows fill few of
 // the plane pass's tiles of 2 V positions (with AVX-512, 8 x 8 maps: 64 of 96 lanes; 2 x 2:
 // 4 of 32). Subset mode runs on the compact table (filter_table; its padding lanes are
-// computed, not written).
+// computed, not written), or, when the kept filters need as many vectors as all of them
+// (49-64 of 64 filters with 16 lanes), on the site's own table, writing the kept filters
+// only: the same vector work without the per-sample copy (K x cout weights gathered).
 inline void Sample::dense_filters(int nout) {
-  const auto [wt, wofs] = filter_table(nout);
-  const int width = round_up(nout, V);
+  const bool whole = fl != nullptr && s.cout % V == 0 && round_up(nout, V) == s.cout;
+  const auto [wt, wofs] = whole ? std::pair<const float*, const int*>{s.weight_t, sc.wofs.data()}
+                                : filter_table(nout);
+  const int width = whole ? s.cout : round_up(nout, V);
+  if (whole) {  // at[f]: filter f's output channel, -1 where it is not computed
+    sc.fat.assign(s.cout, -1);
+    for (int u = 0; u < nout; ++u) sc.fat[fl[u]] = u;
+  }
   int q[TP];
   for (int p0 = 0; p0 < P; p0 += TP) {
     const int np = std::min(TP, P - p0);
@@ -106,9 +114,11 @@ inline void Sample::dense_filters(int nout) {
         for (int p = 0; p < np; ++p) {
           alignas(64) float buf[V];
           store(buf, acc[p][v]);
-          const int lanes = std::min(V, nout - o0 - v * V);
+          const int lanes = whole ? V : std::min(V, nout - o0 - v * V);
           for (int l = 0; l < lanes; ++l) {
-            const int u = o0 + v * V + l;
+            const int f = o0 + v * V + l;  // the filter (whole) or the output channel
+            const int u = whole ? sc.fat[f] : f;
+            if (u < 0) continue;
             const float scale = osc != nullptr ? osc[u] : oscale;
             const float b = sc.bias[fl != nullptr ? fl[u] : u];
             out[(size_t)u * P + p0 + p] = finish((b + buf[l]) * scale);

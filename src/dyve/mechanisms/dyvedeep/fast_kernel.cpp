@@ -166,6 +166,7 @@ struct Scratch {
   std::vector<float> xq, xt, wr, topw, bias, partial;
   std::vector<float> wc;      // subset mode on small maps: the kept filters' weights, compact
   std::vector<int32_t> wcofs;  // ... and where each term's row starts in wc
+  std::vector<int32_t> fat;    // subset mode on the site's own table: filter -> output channel
   std::vector<float> arena;  // a whole-network program's buffers (fast_program.cpp)
   std::vector<int32_t> kept, slot, toff, wofs, ttop, trel, flat, active, vecs, tap_off, tap_rel, xbase;
   std::vector<uint32_t> valid;  // per plane vector: bit l set when lane l is an output position
