@@ -174,6 +174,8 @@ class EarlyExit(Mechanism):
     #: (None: it could, or not tried)
     program_unsupported: str | None = None
     _segments: Segments | None = None
+    #: per set of exit points that did not lower, why (made on the first refusal)
+    _refused: dict[tuple[str, ...], str]
 
     def fast_runner(self, net: DynamicNet, x: torch.Tensor) -> Segments | None:
         """With an active exit, the backbone as native programs between the exit points
@@ -194,7 +196,7 @@ class EarlyExit(Mechanism):
             self.program_unsupported = None
             return seg
         key = tuple(p.name for p in points)
-        refused = self.__dict__.setdefault("_refused", {})  # exit points -> why not lowerable
+        refused = self.__dict__.setdefault("_refused", {})
         if key in refused:  # tried for these exit points, and every later call keeps the path
             self.program_unsupported = refused[key]
             return None
