@@ -4,8 +4,9 @@
 (the same lowering, buffers and kernels: the layers outside the blocks are kernel sites
 with every knob off) plus one op per gated block. That op runs the block's predictors on
 the pooled input, skips the block where ``s_L <= eps``, and otherwise computes only the
-kept channels: conv1 over the kept filters (the dense tile, gathering those filters'
-weights) and conv2 over the kept input channels, so the work done per sample is the work
+kept channels: conv1 over the kept filters (the dense tile over a compact copy of those
+filters' weights, or on small maps the site's own weights where the kept filters fill all
+its vectors) and conv2 over the kept input channels, so the work done per sample is the work
 the sample's decisions leave. At batch 1 nothing runs in Python between the layers.
 ConvNet-AIG's gate (its two small layers, batch norm folded) decides whole blocks the
 same way, so the baseline is timed in the same runtime as LC-Net.
