@@ -140,7 +140,12 @@ inline void Sample::dense() {
     dense_filters(nout);
     return;
   }
-  const auto [wt, wofs] = filter_table(nout);
+  // every filter kept (fl the identity): the site's own table, no copy
+  bool all = fl != nullptr && nout == s.cout;
+  for (int u = 0; all && u < nout; ++u) all = fl[u] == u;
+  const auto [wt, wofs] = all || fl == nullptr
+                              ? std::pair<const float*, const int*>{s.weight_t, sc.wofs.data()}
+                              : filter_table(nout);
   for (int u = 0; u < nout; u += TF) {
     const int no = std::min(TF, nout - u);
     for (int i = 0; i < NF; i += 2 * V) {
