@@ -49,6 +49,7 @@ TOP_KEYS = {
     "compile",
     "compile_options",
     "dense_native_call",
+    "kernels",
     "eager",
     "exported",
     "static_macs",
@@ -113,6 +114,9 @@ def test_a_native_network_is_also_timed_against_its_dense_program(images: torch.
             s["dense_native_ms"] / s["dynamic_ms"], rel=1e-3
         )
     assert "dense native b=1" in dyve.bench.format_table(r)
+    # which kernels were timed: the loaded library's build (a hash of what it was built from)
+    assert r["kernels"] == native.build()
+    assert r["kernels"].startswith("dyvedeep-")
 
 
 def test_detach_unwraps_every_unit(net: DynamicNet, images: torch.Tensor) -> None:

@@ -42,11 +42,12 @@ from dyve.dynamic.net import DynamicNet
 from dyve.dynamic.save import describe
 from dyve.errors import DyveError
 from dyve.eval.latency import Timing, cycling, interleaved, machine, num_threads
+from dyve.mechanisms.dyvedeep import native
 from dyve.version import __version__
 
 FORMAT = "dyve.bench/2"  # /2: *_ms is the mean over images (was the median call)
-# (dense_native_ms, speedup_vs_dense_native and dense_native_call were added to /2; absent
-# in older files)
+# (dense_native_ms, speedup_vs_dense_native, dense_native_call and kernels were added to /2;
+# absent in older files)
 #: Inductor options of the compiled dense baseline.
 COMPILE_OPTIONS: dict[str, Any] = {"freezing": True}
 #: batch-1 timings per image that ``dyve bench`` aims for (repeats / images)
@@ -225,6 +226,7 @@ def bench(
         if isinstance(net, DynamicNet):
             net.backend = old_backend
         net.train(was_training)
+    native_timed = any(s.get("dense_native_ms") is not None for s in (b1, b64))
     return {
         "format": FORMAT,
         "dyve_version": __version__,
@@ -237,6 +239,8 @@ def bench(
         # since session 17 the dense native reference pays the dynamic network's validity
         # check (Program.checked); earlier files timed it without (a few % in its favour)
         "dense_native_call": "checked",
+        # the native kernels' build when a native program was timed (their sources' hash)
+        "kernels": native.build() if native_timed else None,
         "eager": {"memory_format": "contiguous", "bn_folded": False},
         "exported": exported is not None,
         "static_macs": static,

@@ -215,6 +215,14 @@ def available() -> bool:
     return kernels() is not None
 
 
+def build() -> str | None:
+    """The loaded kernel library's name (``dyvedeep-`` and a hash of the sources, flags,
+    compiler and CPU it was built from), or None without kernels: what a benchmark records
+    so that timings made with other kernels can be told apart."""
+    dll = kernels()
+    return None if dll is None else Path(dll._name).stem
+
+
 class FastSite:
     """One site's plan in the kernels' layout, and a reusable call structure.
 
