@@ -132,6 +132,7 @@ def test_distillation_from_the_dense_backbone(
     bench = read_json(other / "bench.json")
     bench["machine"]["cpu"] = "Another CPU"
     del bench["dense_native_call"]  # benched before the reference paid the check
+    bench["kernels"] = "dyvedeep-0123456789abcdef"  # and with other kernels
     (other / "bench.json").write_text(json.dumps(bench))
     page = tmp_path / "page.md"
     assert _cli("lcnet", "results", str(run), str(other), "--out", str(page))[0] == 0
@@ -141,6 +142,8 @@ def test_distillation_from_the_dense_backbone(
     assert "Another CPU, torch" in text
     assert "(`kd_elsewhere`)" in text
     assert "Benched with older code (`kd_elsewhere`)" in text
+    if native.available():  # `kd` was timed with this build, `kd_elsewhere` says another
+        assert f"{native.build()} (`kd`); dyvedeep-0123456789abcdef (`kd_elsewhere`)" in text
 
 
 def test_runs_saved_before_a_config_key_existed_still_resume(tmp_path: Path) -> None:

@@ -185,6 +185,18 @@ def write_results(runs: list[Path], out: Path) -> Path:
             + "; ".join(f"{m} ({', '.join(runs)})" for m, runs in machines.items())
             + "."
         )
+        builds: dict[str, list[str]] = {}
+        for r in rows:
+            if r["bench"]:
+                key = r["bench"].get("kernels") or "not recorded (benched before session 19)"
+                builds.setdefault(key, []).append(f"`{r['run']}`")
+        if len(builds) > 1:
+            where += (
+                " Native kernel builds (`kernels` in `bench.json`: a hash of their sources, "
+                "flags, compiler and CPU; the same build times the same code): "
+                + "; ".join(f"{b} ({', '.join(runs)})" for b, runs in builds.items())
+                + "."
+            )
         old = [
             f"`{r['run']}`" for r in rows if r["bench"] and "dense_native_call" not in r["bench"]
         ]
