@@ -74,6 +74,9 @@ class Program(Lowering):
         self._key = self._versions()
         #: the statistics buffers of :meth:`__call__` (flat, for the largest batch so far)
         self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: ... viewed for the last batch size (n, stats, changed): a call at the same size
+        #: pays no tensor op for them
+        self._views: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     def _struct(self) -> None:
         """Per-sample buffers by liveness (a dead op output's buffer is reused)."""
@@ -248,18 +251,21 @@ class Program(Lowering):
         if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[1:] != self.shape:
             return self.run(x)[0]  # raises
         n, rows = x.shape[0], len(self.site_names)
-        scratch = self._scratch
-        if scratch is None or scratch[1].numel() < rows * n:
-            scratch = self._scratch = (
-                torch.empty(rows * n * len(native.STATS), dtype=torch.float64),
-                torch.empty(rows * n, dtype=torch.bool),
+        views = self._views
+        if views is None or views[0] != n:
+            scratch = self._scratch
+            if scratch is None or scratch[1].numel() < rows * n:
+                scratch = self._scratch = (
+                    torch.empty(rows * n * len(native.STATS), dtype=torch.float64),
+                    torch.empty(rows * n, dtype=torch.bool),
+                )
+            stats, changed = scratch
+            views = self._views = (
+                n,
+                stats[: rows * n * len(native.STATS)].view(rows, n, len(native.STATS)),
+                changed[: rows * n].view(rows, n),
             )
-        stats, changed = scratch
-        return self._run(
-            x,
-            stats[: rows * n * len(native.STATS)].view(rows, n, len(native.STATS)),
-            changed[: rows * n].view(rows, n),
-        )
+        return self._run(x, views[1], views[2])
 
 
 def dense_program(model: nn.Module, example: torch.Tensor) -> Program | None:
