@@ -40,4 +40,7 @@ for r in "$RUNS"/*/; do  # the runs' small files beside the page (weights stay i
   mkdir -p "$keep"
   cp "$r"/{config,metrics,best,bench}.json "$r"/history.jsonl "$keep"/
 done
-dyve lcnet results "$RUNS"/*/ --out docs/results/lcnet.md
+# the page from the kept small files: every run it has shown, also those whose weights are
+# no longer in RUNS (each keeps the bench it was timed with; the page names machines and
+# kernel builds when they differ)
+dyve lcnet results docs/results/lcnet/runs/*/ --out docs/results/lcnet.md
