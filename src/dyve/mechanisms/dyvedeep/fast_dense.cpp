@@ -82,16 +82,20 @@ inline void Sample::tile_filters(const float* wt, const int* wofs, int o0, const
 // 4 of 32). Subset mode runs on the compact table (filter_table; its padding lanes are
 // computed, not written), or, when the kept filters need as many vectors as all of them
 // (49-64 of 64 filters with 16 lanes), on the site's own table, writing the kept filters
-// only: the same vector work without the per-sample copy (K x cout weights gathered).
+// only (WHOLE): the same vector work without the per-sample copy (K x cout weights).
 inline void Sample::dense_filters(int nout) {
-  const bool whole = fl != nullptr && s.cout % V == 0 && round_up(nout, V) == s.cout;
-  const auto [wt, wofs] = whole ? std::pair<const float*, const int*>{s.weight_t, sc.wofs.data()}
-                                : filter_table(nout);
-  const int width = whole ? s.cout : round_up(nout, V);
-  if (whole) {  // at[f]: filter f's output channel, -1 where it is not computed
-    sc.fat.assign(s.cout, -1);
+  if (fl != nullptr && s.cout % V == 0 && round_up(nout, V) == s.cout) {
+    sc.fat.assign(s.cout, -1);  // filter f's output channel, -1 where it is not computed
     for (int u = 0; u < nout; ++u) sc.fat[fl[u]] = u;
+    dense_filters_on<true>(nout, s.weight_t, sc.wofs.data(), s.cout);
+  } else {
+    const auto [wt, wofs] = filter_table(nout);
+    dense_filters_on<false>(nout, wt, wofs, round_up(nout, V));
   }
+}
+
+template <bool WHOLE>
+inline void Sample::dense_filters_on(int nout, const float* wt, const int* wofs, int width) {
   int q[TP];
   for (int p0 = 0; p0 < P; p0 += TP) {
     const int np = std::min(TP, P - p0);
@@ -114,11 +118,13 @@ inline void Sample::dense_filters(int nout) {
         for (int p = 0; p < np; ++p) {
           alignas(64) float buf[V];
           store(buf, acc[p][v]);
-          const int lanes = whole ? V : std::min(V, nout - o0 - v * V);
+          const int lanes = WHOLE ? V : std::min(V, nout - o0 - v * V);
           for (int l = 0; l < lanes; ++l) {
-            const int f = o0 + v * V + l;  // the filter (whole) or the output channel
-            const int u = whole ? sc.fat[f] : f;
-            if (u < 0) continue;
+            int u = o0 + v * V + l;  // the output channel (WHOLE: the filter, mapped below)
+            if constexpr (WHOLE) {
+              u = sc.fat[u];
+              if (u < 0) continue;
+            }
             const float scale = osc != nullptr ? osc[u] : oscale;
             const float b = sc.bias[fl != nullptr ? fl[u] : u];
             out[(size_t)u * P + p0 + p] = finish((b + buf[l]) * scale);

@@ -495,6 +495,8 @@ struct Sample {
   void tile_filters(const float* wt, const int* wofs, int o0, const int* q,
                     vf (&acc)[TP][TV]) const;
   void dense_filters(int nout);
+  template <bool WHOLE>
+  void dense_filters_on(int nout, const float* wt, const int* wofs, int width);
   void dense();
 
   // Per-neuron work (SPET's check pass and completion, SDSS, neuron mode): fast_neurons.cpp.
