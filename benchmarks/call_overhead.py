@@ -9,10 +9,12 @@ start (*pre*) and from the kernel's end to the return (*post*) is the median ove
 
     python benchmarks/call_overhead.py                       # VGG-16 and ResNet-56
     python benchmarks/call_overhead.py --models resnet56_cifar --calls 1000
+    python benchmarks/call_overhead.py --models runs/lcnet/lcnet_l16_c008  # a run directory
 
 Variants: ``program`` (the program called directly: no check), ``valid + program``,
-``net(x)`` (what a user calls). The models run at their least-time calibrated points
-(``docs/results/dyvedeep-time``).
+``net(x)`` (what a user calls). A zoo name runs at its least-time calibrated point
+(``docs/results/dyvedeep-time``); a run directory (LC-Net, ConvNet-AIG, DyVEDeep) is
+loaded with :func:`dyve.dynamic.load`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from dyvedeep_speed import build
 
+from dyve.dynamic import load
 from dyve.eval.latency import machine, num_threads
 
 
@@ -44,7 +48,7 @@ class _Timed:
 
 def measure(name: str, calls: int) -> dict[str, tuple[float, float]]:
     """Median microseconds (pre, post) of each variant, the variants interleaved."""
-    net = build(name, "time").eval()
+    net = (load(name) if Path(name).is_dir() else build(name, "time")).eval()
     net.backend = "fast"
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

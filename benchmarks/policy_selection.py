@@ -72,6 +72,8 @@ def _outputs(run: Path, split: str, method: str, cfg: dict[str, Any], nodes: lis
 
 def check(run: Path, halvings: int, seed: int) -> dict[str, Any]:
     cfg, metrics = read_json(run / "config.json"), read_json(run / "metrics.json")
+    if metrics.get("method") not in ("early_exit", "network_selection"):
+        raise SystemExit(f"{run}: not a `dyve exits fit` or `dyve select fit` run")
     curves = read_json(run / "curves.json")
     graph = PolicyGraph(
         tuple(Node(n["name"], n["macs"], tuple(n["children"])) for n in curves["nodes"])
