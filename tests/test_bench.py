@@ -49,6 +49,7 @@ TOP_KEYS = {
     "compile",
     "compile_options",
     "dense_native_call",
+    "frozen",
     "kernels",
     "eager",
     "exported",
@@ -117,6 +118,14 @@ def test_a_native_network_is_also_timed_against_its_dense_program(images: torch.
     # which kernels were timed: the loaded library's build (a hash of what it was built from)
     assert r["kernels"] == native.build()
     assert r["kernels"].startswith("dyvedeep-")
+    assert r["frozen"] is False
+    assert "frozen" not in dyve.bench.format_table(r)
+    # as deployed: the network and its dense reference frozen, the network restored after
+    r = bench(net, images[:2], images[:4], repeats=2, repeats_b64=1, compile=False, frozen=True)
+    assert r["frozen"] is True
+    assert "frozen" in dyve.bench.format_table(r)
+    assert r["b1"]["dense_native_ms"] > 0
+    assert not net.frozen
 
 
 def test_detach_unwraps_every_unit(net: DynamicNet, images: torch.Tensor) -> None:
@@ -157,6 +166,11 @@ def test_bench_rejects_bad_arguments(net: DynamicNet, images: torch.Tensor) -> N
         bench(net, images[:1], images, repeats=0, compile=False)
     with pytest.raises(DyveError, match="at least one image"):
         bench(net, images[:0], images, repeats=1, compile=False)
+    dense = net.detach()
+    with pytest.raises(DyveError, match="no native programs to freeze"):
+        bench(
+            dense, images[:1], images, repeats=1, compile=False, reference=(dense, {}), frozen=True
+        )
 
 
 def test_cli_writes_bench_json(

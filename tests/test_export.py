@@ -51,6 +51,8 @@ def test_exported_equals_eager_and_is_benched(
     assert desc["compiled"] == [n for n in desc["segments"] if n.endswith(".module")]
     assert len(desc["compiled"]) == 9
     eager, compiled = load_run(skip_run).model, load(tmp_path / "exp")
+    assert compiled.frozen, "an export is loaded for inference: frozen"
+    assert not eager.frozen
     with torch.no_grad():
         a, b = eager.run(images), compiled.run(images)
     assert torch.allclose(a.logits, b.logits, rtol=1e-4, atol=1e-4)

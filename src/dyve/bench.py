@@ -7,7 +7,8 @@ pre-packed; at batch 1 TorchScript-frozen channels_last code ran faster still, s
 ``benchmarks/NOTES.md``), and the dynamic network on the ``fast`` back-end. When that
 network runs as one native program (DyVEDeep, LC-Net, ConvNet-AIG, a network selection's
 networks), the dense backbone lowered to the same runtime is timed too (``dense_native``,
-called as the dynamic network calls its program: with the same validity check):
+called as the dynamic network calls its program: with the same validity check, or both
+frozen, :mod:`dyve.dynamic.frozen`):
 the speedup against it is the skipped work's share, the rest is the runtime's. Batch 1 runs
 on one thread, one image per call, cycling through the given images; the large batch runs
 on two threads. A time (``*_ms``) is the mean over the images of each image's median (a
@@ -38,6 +39,7 @@ from torch import nn
 
 from dyve._io import jsonable
 from dyve.cost import static_cost
+from dyve.dynamic.frozen import Freezable
 from dyve.dynamic.net import DynamicNet
 from dyve.dynamic.save import describe
 from dyve.errors import DyveError
@@ -146,6 +148,7 @@ def bench(
     threads_b64: int = 2,
     exported: nn.Module | None = None,
     reference: tuple[nn.Module, dict[str, Any]] | None = None,
+    frozen: bool = False,
 ) -> dict[str, Any]:
     """Time ``net`` (fast back-end) against its dense backbone, eager and compiled.
 
@@ -167,6 +170,9 @@ def bench(
         reference: for a system that is not a DynamicNet, the dense network it is timed
             against (whose static MACs are the reduction's numerator) and the result's
             description (``backbone``, ``backbone_kwargs``, ``mechanisms``, ``knobs``).
+        frozen: time ``net`` frozen (:mod:`dyve.dynamic.frozen`: its native programs are
+            not checked against the weights on each call, as the compiled baseline's
+            ``freezing``), and the dense native reference frozen alike; restored after.
 
     Returns:
         The ``bench.json`` content: ``b1`` and ``b64`` settings plus the run's description.
@@ -198,8 +204,13 @@ def bench(
     else:
         dense, about = reference
         static = float(static_cost(dense).total_macs)
-    was_training = net.training
+    freezable = net if isinstance(net, Freezable) else None
+    if frozen and freezable is None:
+        raise DyveError(f"bench: a {type(net).__name__} has no native programs to freeze")
+    was_training, was_frozen = net.training, freezable is not None and freezable.frozen
     net.eval()
+    if frozen and freezable is not None:
+        freezable.freeze()
     try:
         with torch.no_grad():
             b1 = _setting(
@@ -225,6 +236,8 @@ def bench(
     finally:
         if isinstance(net, DynamicNet):
             net.backend = old_backend
+        if frozen and freezable is not None:
+            freezable.freeze(was_frozen)
         net.train(was_training)
     native_timed = any(s.get("dense_native_ms") is not None for s in (b1, b64))
     return {
@@ -239,6 +252,9 @@ def bench(
         # since session 17 the dense native reference pays the dynamic network's validity
         # check (Program.checked); earlier files timed it without (a few % in its favour)
         "dense_native_call": "checked",
+        # True: the dynamic network and the dense native reference were timed frozen (their
+        # programs take the weights as constants, no per-call check of them; absent: False)
+        "frozen": frozen,
         # the native kernels' build when a native program was timed (their sources' hash)
         "kernels": native.build() if native_timed else None,
         "eager": {"memory_format": "contiguous", "bn_folded": False},
@@ -260,7 +276,8 @@ def format_table(result: dict[str, Any]) -> str:
 
     mechs = ", ".join(m["name"] for m in result["mechanisms"]) or "none"
     lines = [
-        f"{result['backbone']} + {mechs}  (knobs: {result['knobs']})",
+        f"{result['backbone']} + {mechs}  (knobs: {result['knobs']})"
+        + ("  frozen: programs not checked against the weights" if result.get("frozen") else ""),
         "times: mean ms per image (each image's median; median call and p10-p90 in "
         "bench.json), interleaved in one run; "
         "costs: MACs per sample (executed)",

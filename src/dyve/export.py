@@ -17,7 +17,8 @@ still works.
 compiled model against the eager one on real images (logits within ``tol``, every sample's
 executed cost identical, i.e. the same decisions) and writes ``export.json``; ``load(out)``
 gives the compiled model back (compilation happens on the first calls). The weights are
-frozen into the compiled code: export for inference, after training.
+frozen into the compiled code, and native programs are frozen too
+(:mod:`dyve.dynamic.frozen`): export for inference, after training.
 
 Mechanism & limitations: compiled code is cached per process, not written to disk, so a
 fresh process compiles again on its first calls (seconds per segment); TorchScript and ONNX
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 from dyve._io import read_json, write_json
+from dyve.dynamic.frozen import Freezable
 from dyve.errors import DyveError
 
 FORMAT = "dyve.export/1"
@@ -137,6 +139,8 @@ def load(folder: str | Path) -> nn.Module:
         raise DyveError(f"{folder}: not a dyve export (no {FORMAT} export.json)")
     model = load_run(folder).model
     compile_segments(model, list(desc["compiled"]))
+    if isinstance(model, Freezable):  # its native programs take the weights as constants too
+        model.freeze()
     return model.eval()
 
 

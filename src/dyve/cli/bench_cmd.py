@@ -38,6 +38,12 @@ def add(sub: Any) -> None:
     p.add_argument(
         "--no-compile", action="store_true", help="skip the torch.compile baseline (null)"
     )
+    p.add_argument(
+        "--frozen",
+        action="store_true",
+        help="time the network frozen, as deployed (native programs take the weights as "
+        "constants, no per-call check of them; the dense native reference alike)",
+    )
     p.set_defaults(func=cmd_bench)
 
 
@@ -83,6 +89,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         compile=not args.no_compile,
         exported=exported,
         reference=reference,
+        frozen=args.frozen,
     )
     result["data"] = {**source, "images_b1": n1, "images_b64": n64}
     result["run_dir"] = str(run_dir)

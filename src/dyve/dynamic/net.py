@@ -17,6 +17,7 @@ from torch import nn
 
 from dyve.cost.accumulator import CostMode
 from dyve.dynamic.exits import AllLeft, ExitPoint, ExitRun, exit_unit
+from dyve.dynamic.frozen import Freezable
 from dyve.dynamic.site import SiteUnit, Tail
 from dyve.dynamic.taps import Tap
 from dyve.dynamic.trace import RAN, DynamicResult, Trace
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 BACKENDS = ("emulated", "fast")
 
 
-class DynamicNet(nn.Module):
+class DynamicNet(Freezable):
     """A backbone plus the units, gates and heads that mechanisms attached.
 
     Example:
@@ -267,6 +268,11 @@ class DynamicNet(nn.Module):
         if not mech.runs_exits and len(self.exit_points) and self._active_exits():
             return None
         return mech.fast_runner(self, x)
+
+    def drop_programs(self) -> None:
+        """Forget the mechanisms' native programs (rebuilt on the next call)."""
+        for mech in self.mechanisms:
+            mech.drop_programs()
 
     def dense_runner(
         self, dense: nn.Module, x: torch.Tensor

@@ -85,6 +85,12 @@ class Mechanism(ABC):
         """
         return None
 
+    def drop_programs(self) -> None:
+        """Forget what :meth:`fast_runner` keeps (native programs), so that its next call
+        builds them from the current weights (``DynamicNet.freeze``, ``train``,
+        ``load_state_dict``). Default: nothing is kept."""
+        return None
+
     def dense_runner(
         self, net: DynamicNet, dense: nn.Module, x: torch.Tensor
     ) -> Callable[[torch.Tensor], Any] | None:

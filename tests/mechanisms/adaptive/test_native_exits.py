@@ -93,6 +93,22 @@ def test_segments_follow_knobs_and_are_rebuilt_on_weight_changes() -> None:
     assert _close(y, _per_module(net, mech, x))
 
 
+def test_frozen_segments_take_their_weights_as_constants() -> None:
+    net, mech, x = _net()
+    with torch.no_grad():
+        y = net.freeze()(x)
+        seg = mech._segments
+        assert seg is not None
+        assert all(p.frozen for p in seg.programs)
+        assert _close(y, _per_module(net, mech, x))
+        net.backbone.layer3[0].conv1.weight.mul_(0.5)  # not looked at while frozen
+        assert torch.equal(net(x), y)
+        assert mech._segments is seg
+        net.freeze(False)
+        assert mech._segments is None
+        assert _close(net(x), _per_module(net, mech, x))
+
+
 def test_the_dense_reference_is_one_checked_program() -> None:
     net, _, x = _net()
     dense = net.detach().eval()

@@ -68,6 +68,12 @@ def test_selection_runs_exactly_as_the_cached_study_predicts(tmp_path: Path) -> 
     if native_kernels.available():
         assert all(p is not None for p in system._programs.values())
         assert set(system._programs) == set(NETS)
+        # frozen (deployment): programs rebuilt, weights not checked on each call
+        system.freeze()
+        assert system._programs == {}
+        assert torch.allclose(system(x), native, rtol=0, atol=1e-6)
+        assert all(p.frozen for p in system._programs.values())
+        system.freeze(False)
     # a saved run rebuilds the same system
     save_policies(tmp_path, NETS, [policy], 0, 17)
     again = load_selection(tmp_path)

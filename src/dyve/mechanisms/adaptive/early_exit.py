@@ -216,7 +216,12 @@ class EarlyExit(Mechanism):
         when ``net`` runs as segmented programs."""
         from dyve.mechanisms.dyvedeep.program import dense_reference
 
-        return None if self.fast_runner(net, x) is None else dense_reference(dense, x)
+        if self.fast_runner(net, x) is None:
+            return None
+        return dense_reference(dense, x, net.frozen)
+
+    def drop_programs(self) -> None:
+        self._segments = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles drop the programs (native structures holding raw addresses)."""

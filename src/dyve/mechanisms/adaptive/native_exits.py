@@ -78,6 +78,7 @@ class Segments:
         with torch.no_grad():
             for seg in self.segments:
                 self.programs.append(Program(seg, h))
+                self.programs[-1].frozen = net.frozen  # as the network (dyve.dynamic.frozen)
                 self.examples.append(h)
                 h = seg(h)
 

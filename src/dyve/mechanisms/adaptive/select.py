@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from dyve.cost.accumulator import CostAccumulator
+from dyve.dynamic.frozen import Freezable
 from dyve.dynamic.trace import RAN, DynamicResult, Trace
 from dyve.mechanisms.adaptive.graph import Node, PolicyGraph
 from dyve.mechanisms.adaptive.policy import Policy
@@ -44,7 +45,7 @@ def cascade_graph(names: Sequence[str], macs: Sequence[float]) -> PolicyGraph:
     return PolicyGraph(tuple(nodes))
 
 
-class Selection(nn.Module):
+class Selection(Freezable):
     """Networks plus a policy over their graph; ``run`` executes it with real skipping."""
 
     def __init__(
@@ -83,15 +84,20 @@ class Selection(nn.Module):
         kernels are unavailable, or ``native`` is off)."""
         from dyve.mechanisms.dyvedeep.program import dense_program
 
-        return dense_program(dense, x) if self.native else None
+        return dense_program(dense, x, self.frozen) if self.native else None
+
+    def drop_programs(self) -> None:
+        """Forget the networks' native programs (rebuilt on their next call)."""
+        self._programs = {}
 
     def dense_runner(self, dense: nn.Module, x: torch.Tensor) -> Any:
         """``dense`` in the runtime :meth:`forward` runs its networks in, called as it calls
-        them (checked first: :meth:`~dyve.mechanisms.dyvedeep.program.Program.checked`), or
-        None (not lowerable, the kernels unavailable, or ``native`` off)."""
+        them (checked first: :meth:`~dyve.mechanisms.dyvedeep.program.Program.checked`;
+        frozen when this selection is), or None (not lowerable, the kernels unavailable, or
+        ``native`` off)."""
         from dyve.mechanisms.dyvedeep.program import dense_reference
 
-        return dense_reference(dense, x) if self.native else None
+        return dense_reference(dense, x, self.frozen) if self.native else None
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles drop the programs (native structures holding raw addresses)."""

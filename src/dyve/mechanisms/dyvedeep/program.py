@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import math
 import operator
+from collections.abc import Callable
 from itertools import chain
 from typing import Any, ClassVar
 
@@ -61,6 +62,8 @@ class Program(Lowering):
     #: samples a thread runs op by op together (a site's weights loaded once per group);
     #: 0: as many as keep the group's buffers within about 1 MiB, at most 8
     group: int = 0
+    #: True: :meth:`valid` skips the weights (a frozen model, :mod:`dyve.dynamic.frozen`)
+    frozen: bool = False
 
     def __init__(
         self, model: nn.Module, example: torch.Tensor, opts: SiteOptions | None = None
@@ -151,7 +154,9 @@ class Program(Lowering):
         then costs about 25 us for VGG-16 and 80 us for ResNet-56 (benchmarks/NOTES.md).
         Not seen: edits through ``.data`` (they bypass version counters) and a submodule
         replaced by another (only the lowered modules' own tensors are watched); rebuild
-        the program (a new network, or a knob set) after such surgery.
+        the program (a new network, or a knob set) after such surgery. A :attr:`frozen`
+        program checks the input, dtype, device and knobs only: its weights are taken as
+        constants.
         """
         if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[1:] != self.shape:
             return False
@@ -164,6 +169,8 @@ class Program(Lowering):
             if now != self._knob_vals:  # set again to equal values: still valid
                 return False
             self._knob_vals = now
+        if self.frozen:
+            return True
         values = chain.from_iterable(map(dict.values, self._dicts))
         if sum(map(len, self._dicts)) != len(self._values):
             return False
@@ -268,18 +275,23 @@ class Program(Lowering):
         return self._run(x, views[1], views[2])
 
 
-def dense_program(model: nn.Module, example: torch.Tensor) -> Program | None:
+def dense_program(model: nn.Module, example: torch.Tensor, frozen: bool = False) -> Program | None:
     """``model`` as a program with every layer dense (a reference in the native runtime),
     or None when it cannot be lowered or the kernels are unavailable."""
     try:
-        return Program(model, example)
+        prog = Program(model, example)
     except Unsupported:
         return None
+    prog.frozen = frozen
+    return prog
 
 
-def dense_reference(model: nn.Module, example: torch.Tensor) -> Any:
+def dense_reference(
+    model: nn.Module, example: torch.Tensor, frozen: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """:func:`dense_program` called as a dynamic network calls its own program (checked
-    first: :meth:`Program.checked`), or None: the ``dense_runner`` of the mechanisms
-    that run natively, which a bench times as the dense native reference."""
-    prog = dense_program(model, example)
+    first: :meth:`Program.checked`; weights included unless ``frozen``, as for a frozen
+    network), or None: the ``dense_runner`` of the mechanisms that run natively, which a
+    bench times as the dense native reference."""
+    prog = dense_program(model, example, frozen)
     return None if prog is None else prog.checked

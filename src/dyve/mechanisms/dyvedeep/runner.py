@@ -2,7 +2,8 @@
 
 DyVEDeep, LC-Net and ConvNet-AIG implement :meth:`~dyve.mechanisms.base.Mechanism.fast_runner`
 through :class:`NativeRunner`: the program is built on first use, kept while it is valid
-(same knobs, weights and input shape) and rebuilt otherwise. A network that cannot be
+(same knobs, weights and input shape; a frozen network's program skips the weights,
+:mod:`dyve.dynamic.frozen`) and rebuilt otherwise. A network that cannot be
 lowered keeps the per-module path for good, and ``program_unsupported`` says why;
 ``native_program = False`` keeps it by choice.
 """
@@ -57,16 +58,24 @@ class NativeRunner(Mechanism):
             self.program_unsupported = str(exc)
             self._program = None
             return None
+        if prog is not None:
+            prog.frozen = net.frozen
         return prog
+
+    def drop_programs(self) -> None:
+        self._program = None
 
     def dense_runner(
         self, net: DynamicNet, dense: nn.Module, x: torch.Tensor
     ) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """``dense`` as a program with every layer's knobs off, when ``net`` runs as one,
-        called as ``net(x)`` calls its own (checked first: :meth:`Program.checked`)."""
+        called as ``net(x)`` calls its own (checked first: :meth:`Program.checked`; frozen
+        when ``net`` is)."""
         from dyve.mechanisms.dyvedeep.program import dense_reference
 
-        return None if self.fast_runner(net, x) is None else dense_reference(dense, x)
+        if self.fast_runner(net, x) is None:
+            return None
+        return dense_reference(dense, x, net.frozen)
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles drop the program (native structures holding raw addresses)."""
