@@ -33,7 +33,8 @@ train cnet_c0005 --no-layer --lam-c 0.0005 &
 train lcnet_l0_c0 --lam-l 0 --lam-c 0 &
 wait
 for r in "$RUNS"/*/; do
-  [[ -f "$r/bench.json" ]] || dyve bench "$r" --data cifar10-jpeg --split test-b --repeats 100
+  [[ -f "$r/bench.json" ]] ||
+    dyve bench "$r" --data cifar10-jpeg --split test-b --repeats 100 --frozen
 done
 for r in "$RUNS"/*/; do  # the runs' small files beside the page (weights stay in RUNS)
   keep="docs/results/lcnet/runs/$(basename "$r")"

@@ -94,6 +94,7 @@ def test_train_crash_resume_bench_and_page(
     assert "| lc | LC-Net |" in text
     assert "| aig | ConvNet-AIG |" in text
     assert "## Targets" in text
+    assert "The gated networks were called checked" in text  # benched without --frozen
     if native.available():  # the LC-Net run was also timed against its dense native program
         assert "runtime's share" in text
         assert "The skipped work's share" in text
@@ -126,12 +127,14 @@ def test_distillation_from_the_dense_backbone(
         assert rc == 2
         assert not (tmp_path / "bad").exists()
     # the page labels distilled runs, and names each run's machine when they differ
-    assert _cli("bench", str(run), "--repeats", "2", "--no-compile")[0] == 0
+    assert _cli("bench", str(run), "--repeats", "2", "--no-compile", "--frozen")[0] == 0
+    assert read_json(run / "bench.json")["frozen"] is True
     other = tmp_path / "kd_elsewhere"
     shutil.copytree(run, other)
     bench = read_json(other / "bench.json")
     bench["machine"]["cpu"] = "Another CPU"
     del bench["dense_native_call"]  # benched before the reference paid the check
+    del bench["frozen"]  # and before networks could be frozen
     bench["kernels"] = "dyvedeep-0123456789abcdef"  # and with other kernels
     (other / "bench.json").write_text(json.dumps(bench))
     page = tmp_path / "page.md"
@@ -142,6 +145,8 @@ def test_distillation_from_the_dense_backbone(
     assert "Another CPU, torch" in text
     assert "(`kd_elsewhere`)" in text
     assert "Benched with older code (`kd_elsewhere`)" in text
+    assert "timed frozen (`dyve bench --frozen`" in text
+    assert "except `kd_elsewhere`, called checked" in text
     if native.available():  # `kd` was timed with this build, `kd_elsewhere` says another
         assert f"{native.build()} (`kd`); dyvedeep-0123456789abcdef (`kd_elsewhere`)" in text
 

@@ -210,6 +210,7 @@ def write_results(runs: list[Path], out: Path) -> Path:
                 "3-4 % in the reference's favour; `benchmarks/call_overhead.py`): their "
                 "speedups read low against the other runs'."
             )
+        where += _calls(rows)
         lines += [
             "",
             f"Timings (`dyve bench`, interleaved; per run the mean over the images of each "
@@ -283,6 +284,29 @@ def _speedups(bench: dict[str, Any] | None, key: str) -> tuple[float | None, flo
 def _span(values: list[float], fmt: str = "{:.2f}x") -> str:
     lo, hi = min(values), max(values)
     return fmt.format(lo) if f"{lo:.2f}" == f"{hi:.2f}" else f"{fmt.format(lo)}-{fmt.format(hi)}"
+
+
+def _calls(rows: list[dict[str, Any]]) -> str:
+    """How the gated networks were called in their benches: frozen or checked."""
+    frozen = [f"`{r['run']}`" for r in rows if r["bench"] and r["bench"].get("frozen")]
+    checked = [f"`{r['run']}`" for r in rows if r["bench"] and not r["bench"].get("frozen")]
+    what = (
+        "frozen (`dyve bench --frozen`, `net.freeze()`: the programs take the weights as "
+        "constants, as the compiled baseline's `freezing` does; the dense native reference "
+        "alike)"
+    )
+    cost = (
+        "checked (each call first walks every weight tensor to see that none changed, "
+        "`docs/concepts.md`; the dense native reference alike)"
+    )
+    if not frozen:
+        return f" The gated networks were called {cost}."
+    if not checked:
+        return f" The gated networks were timed {what}."
+    return (
+        f" The gated networks were timed {what}, except {', '.join(checked)}, called {cost}: "
+        "those read low against the others."
+    )
 
 
 def _where_time_goes(rows: list[dict[str, Any]]) -> list[str]:
