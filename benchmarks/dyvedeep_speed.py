@@ -6,7 +6,8 @@ For each zoo model at its calibrated operating points (the knobs committed in
 zoo weights), this runs
 :func:`dyve.bench.bench` (dense eager, dense ``torch.compile``, DyVEDeep fast, which runs
 the whole network as one native program; batch 1 on 1 thread and batch 64 on 2 threads,
-interleaved; per model the mean over the images of each image's median), then at batch 1:
+interleaved; per model the mean over the images of each image's median; the network
+frozen, as deployed), then at batch 1:
 the runtime alone (the same program with every knob off, interleaved with dense eager and
 the calibrated program) and a profile (each op of the program timed inside it, each
 DyVEDeep site's eager conv+BN+ReLU on the same captured input). Then writes the page.
@@ -155,7 +156,7 @@ def measure(name: str, point: str, images: Any, repeats: int) -> dict[str, Any]:
     net = build(name, point)
     info = model_info(net.backbone)
     x, _ = next(data.batches(images, max(repeats, 64), info.norm))
-    result = bench(net, x[: max(1, repeats // VISITS)], x[:64], repeats=repeats)
+    result = bench(net, x[: max(1, repeats // VISITS)], x[:64], repeats=repeats, frozen=True)
     metrics = json.loads((POINTS[point] / name / "metrics.json").read_text())
     net.backend = "fast"
     net.eval()
@@ -195,7 +196,10 @@ def page(results: list[dict[str, Any]], command: str) -> str:
         f"{m['cpu']}, {m.get('cores', '?')} cores, torch {results[0]['bench']['torch']}. "
         "Times are interleaved repeats (dense eager, dense `torch.compile` with freezing, "
         "DyVEDeep fast: the whole calibrated network as one native program, "
-        "`dyve.mechanisms.dyvedeep.program`) on CIFAR-10 test images, at batch 1 the mean "
+        "`dyve.mechanisms.dyvedeep.program`, frozen as deployed: `net.freeze()` takes the "
+        "weights as constants, as the compiled baseline's freezing does, so a call does not "
+        "first walk every weight tensor; `docs/concepts.md`) on CIFAR-10 test images, at "
+        "batch 1 the mean "
         "over the images of each image's median; speedup = dense time / DyVEDeep time, "
         "measured in the same run. "
         "Costs: *simulated* op reduction = the calibrated "

@@ -28,9 +28,23 @@ def _cli(*argv: str) -> tuple[int, str]:
 
 
 def test_exits_and_select_write_runs_and_a_page(
-    prepared: Callable[[str], object], tmp_path: Path
+    prepared: Callable[[str], object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     prepared("cifar10-jpeg")
+    import dyve.mechanisms.adaptive.exits_job as exits_job
+    import dyve.mechanisms.adaptive.select_job as select_job
+    from dyve.mechanisms.adaptive.latency import stage_latency
+
+    frozen: list[tuple[bool, bool]] = []  # (the system, a forced path) as each job times them
+
+    def spy(graph: Any, forced: Any, alone: Any, dynamic: Any, images: Any) -> Any:
+        path = next(iter(graph.cheapest_paths().values()))[1]
+        system = forced(path)
+        frozen.append((dynamic.frozen, getattr(system, "frozen", dynamic.frozen)))
+        return stage_latency(graph, forced, alone, dynamic, images)
+
+    monkeypatch.setattr(exits_job, "stage_latency", spy)
+    monkeypatch.setattr(select_job, "stage_latency", spy)
     # 300 images: policies fitted on 150 and judged on the other 150 (cross-fitting) lose
     # about 1 pp even at lambda 0, so the budget is wider than the default, and held to the
     # per-lambda bound (Bonferroni's wider one passes nothing on so few images)
@@ -115,6 +129,8 @@ def test_exits_and_select_write_runs_and_a_page(
         "Budget 2 pp (90% bound, cross-fitted, bound rule) on test-a: "
         f"loss {point['fit_loss_pp']:.2f} pp, bound {point['fit_loss_bound_pp']:.2f} pp." in text
     )
+    assert frozen == [(True, True), (True, True)], "both jobs time as deployed: frozen"
+    assert text.count("images; frozen; ") == 2
     assert text.count("`dyve bench` against") == 2
     assert "`dyve bench` against resnet20_cifar (2 interleaved batch-1 calls over 1" in text
     # a different configuration in the same directory is refused

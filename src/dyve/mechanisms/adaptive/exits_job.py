@@ -119,6 +119,7 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
         return run
 
     imgs = latency_images(ds, cfg, norm)
+    net.freeze()  # timed as deployed (dyve.dynamic.frozen), the native reference alike
     # the backbone alone in the runtime the exits run it in (native programs between the
     # exit points, when it lowers), and in PyTorch too: the baseline
     with torch.no_grad():  # as it is timed (the segments run without autograd)

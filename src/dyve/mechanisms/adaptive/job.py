@@ -120,6 +120,8 @@ def latency_metrics(lat: dict[str, float], images: int) -> dict[str, Any]:
         "baseline_latency_ms_b1": lat["baseline"],
         "speedup_b1": lat["baseline"] / lat["dynamic"],
         "latency_images": images,
+        # the system and its native references were timed frozen (dyve.dynamic.frozen)
+        "latency_frozen": True,
         "machine": machine(),
     }
     if "baseline_native" in lat:  # the reference also timed in the system's native runtime

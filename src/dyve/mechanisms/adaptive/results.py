@@ -137,7 +137,8 @@ def _bench(run: Path, lam: float | None) -> list[str]:
         )
 
     return [
-        f"`dyve bench` against {b['backbone']} ({b['b1']['repeats']} interleaved batch-1 "
+        f"`dyve bench{' --frozen' if b.get('frozen') else ''}` against {b['backbone']} "
+        f"({b['b1']['repeats']} interleaved batch-1 "
         f"calls over {b['b1']['images']} {b['data']['split']} images: the mean over the "
         "images of each one's median): "
         f"{setting('b1')}; {setting('b64')}.",
@@ -162,7 +163,10 @@ def write_results(runs: list[Path], out: Path) -> Path:
         "same run a stage latency table is measured (each node's network or segment, head",
         "and policy decision), from which every curve point gets an *estimated* batch-1",
         "latency and speedup (the paper's cost is measured time); the executed point shows",
-        "how far the estimate is from a real run. A selection runs its networks as native",
+        "how far the estimate is from a real run. *Frozen*: timed as deployed",
+        "(`freeze()`: the native programs take the weights as constants and skip the",
+        "per-call check of every weight tensor, as the compiled baseline's `freezing`; the",
+        "native references alike; `docs/concepts.md`). A selection runs its networks as native",
         "programs (dyve's runtime, every layer dense), early exit its backbone as one",
         "native program per segment between exit points; their stage tables and estimates",
         "are in that runtime, and their measured speedups are stated against the reference",
@@ -205,7 +209,8 @@ def write_results(runs: list[Path], out: Path) -> Path:
             f"for {m['baseline']} ({loss:+.2f} pp loss), **{m['cost_reduction']:.2f}x** "
             f"fewer MACs (executed), batch-1 latency {m['latency_ms_b1']:.2f} vs "
             f"{m['baseline_latency_ms_b1']:.2f} ms: **{m['speedup_b1']:.2f}x measured** "
-            f"({m['latency_images']} images; {m['machine']['cpu']}, torch "
+            f"({m['latency_images']} images; "
+            f"{'frozen; ' if m.get('latency_frozen') else ''}{m['machine']['cpu']}, torch "
             f"{m['machine']['torch']}).{_native_share(m)}{_choice(m, c)}",
             "",
             f"- Target (>= {TARGET}x measured batch-1 speedup at <= 1 pp loss): "

@@ -98,9 +98,11 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
     ran = executed(system.run, ds, cfg, norm)
 
     def forced(path: tuple[str, ...]) -> Selection:
-        return Selection(nets, graph, ForcedPolicy(policy, graph, path), policy_macs=feat_dim)
+        forced = ForcedPolicy(policy, graph, path)
+        return Selection(nets, graph, forced, policy_macs=feat_dim).freeze()
 
     imgs = latency_images(ds, cfg, norm)
+    system.freeze()  # timed as deployed (dyve.dynamic.frozen), the references alike
     # the networks alone in the runtime the system runs them in (native programs where
     # they lower), and the reference in PyTorch too: the baseline
     native = {m: system.dense_runner(n, imgs[0]) for m, n in nets.items()}
