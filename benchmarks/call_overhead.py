@@ -12,9 +12,10 @@ start (*pre*) and from the kernel's end to the return (*post*) is the median ove
     python benchmarks/call_overhead.py --models runs/lcnet/lcnet_l16_c008  # a run directory
 
 Variants: ``program`` (the program called directly: no check), ``valid + program``,
-``net(x)`` (what a user calls). A zoo name runs at its least-time calibrated point
-(``docs/results/dyvedeep-time``); a run directory (LC-Net, ConvNet-AIG, DyVEDeep) is
-loaded with :func:`dyve.dynamic.load`.
+``net(x)`` (what a user calls), ``net(x), frozen`` (after ``net.freeze()``: the input,
+dtype and knobs checked, the weights not; :mod:`dyve.dynamic.frozen`). A zoo name runs
+at its least-time calibrated point (``docs/results/dyvedeep-time``); a run directory
+(LC-Net, ConvNet-AIG, DyVEDeep) is loaded with :func:`dyve.dynamic.load`.
 """
 
 from __future__ import annotations
@@ -56,10 +57,19 @@ def measure(name: str, calls: int) -> dict[str, tuple[float, float]]:
         prog = net.mechanisms[0]._program
         assert prog is not None, f"{name} did not lower to a program"
         timed = prog._dll = _Timed(prog._dll)
+
+        def frozen() -> Any:  # as after net.freeze(): the same program, its weights unchecked
+            prog.frozen = True
+            try:
+                return net(x)
+            finally:
+                prog.frozen = False
+
         variants: dict[str, Callable[[], Any]] = {
             "program": lambda: prog(x),
             "valid + program": lambda: (prog.valid(x), prog(x)),
             "net(x)": lambda: net(x),
+            "net(x), frozen": frozen,
         }
         pre: dict[str, list[float]] = {k: [] for k in variants}
         post: dict[str, list[float]] = {k: [] for k in variants}
