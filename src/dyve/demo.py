@@ -118,8 +118,8 @@ def _methods(
     subjects = with_dense([load_run(runs_dir() / folder, label) for label, folder in DEMO_RUNS])
     print(
         f"every method on {images.name}/{images.split} ({len(images)} images), fast back-end, "
-        "executed cost; speedup: batch 1, 1 thread, against the dense reference in the "
-        "same interleaved run",
+        "executed cost; speedup: batch 1, 1 thread, frozen as deployed, against the dense "
+        "reference in the same interleaved run",
         file=stream,
     )
     col = collect(

@@ -3,6 +3,7 @@ and the page rendered in headless Chromium."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -151,6 +152,24 @@ def test_a_run_with_another_label_set_is_refused(tmp_path: Path, sample) -> None
     dyve.dynamic.save(net, tmp_path / "binary")
     with pytest.raises(DyveError, match="predicts 2 classes but cifar10-jpeg/test-sample has 10"):
         collect([load_run(tmp_path / "binary")], sample, repeats=0, log=lambda m: None)
+
+
+def test_dynamic_subjects_are_timed_frozen_then_restored(sample, monkeypatch) -> None:
+    collect_mod = importlib.import_module("dyve.report.collect")  # (the package's `collect`
+    # attribute is the function)
+    subjects = with_dense([load_run(runs_dir() / "select_caffe_r20_r56")])
+    dynamic = [s.model for s in subjects if not s.is_dense]
+    seen: list[bool] = []
+    timed = collect_mod.interleaved
+
+    def spy(fns, **kwargs):
+        seen.extend(m.frozen for m in dynamic)
+        return timed(fns, **kwargs)
+
+    monkeypatch.setattr(collect_mod, "interleaved", spy)
+    collect(subjects, sample, latency_images=2, repeats=1, progress=False, log=lambda m: None)
+    assert seen == [True], "timed as deployed"
+    assert not any(m.frozen for m in dynamic), "and left as it was"
 
 
 def test_dyvedeep_examples_carry_a_layer_map(sample) -> None:

@@ -4,7 +4,8 @@ Accuracy and per-sample executed cost come from :func:`dyve.eval.measure.measure
 trace, read the same way as everywhere else). Batch-1 latency comes from one interleaved
 run (:func:`dyve.eval.latency.interleaved`, one thread) over every subject and every
 dense reference architecture, so each speedup is a ratio of two times from the same run
-(each the mean over the images of each image's median: what the images cost on average).
+(each the mean over the images of each image's median: what the images cost on average);
+dynamic subjects are timed frozen, as deployed (:mod:`dyve.dynamic.frozen`).
 An image's *difficulty* is how little probability the first subject's dense reference puts
 on its true class (quintiles: 1 = easiest fifth, 5 = hardest).
 """
@@ -21,6 +22,7 @@ import torch
 from dyve.cost import static_cost
 from dyve.data.core import ImageSet
 from dyve.data.loader import batches
+from dyve.dynamic.frozen import Freezable
 from dyve.dynamic.net import DynamicNet
 from dyve.errors import DyveError
 from dyve.eval.latency import Timing, cycling, interleaved, machine, num_threads
@@ -152,9 +154,18 @@ def _time(results: list[Measured], data: ImageSet, n_images: int, repeats: int) 
     # to that runtime (once per reference architecture)
     native: dict[str, str] = {}  # reference name -> timing key
     runs_native: dict[int, str] = {}  # subject -> timing key
+    # dynamic subjects are timed frozen, as deployed (dyve.dynamic.frozen), their native
+    # references alike; each is restored after
+    frozen = {
+        i: r.subject.model.frozen
+        for i, r in enumerate(results)
+        if isinstance(r.subject.model, Freezable) and not r.subject.is_dense
+    }
     for i, r in enumerate(results):
         s = r.subject
         s.model.eval()
+        if i in frozen:
+            cast(Freezable, s.model).freeze()
         if s.reference_name not in refs:
             refs[s.reference_name] = f"ref{i}"
             fns[f"ref{i}"] = cycling(s.reference.eval(), images)
@@ -166,8 +177,12 @@ def _time(results: list[Measured], data: ImageSet, n_images: int, repeats: int) 
                 native[s.reference_name] = f"native{i}"
                 fns[f"native{i}"] = cycling(prog, images)
             runs_native[i] = native[s.reference_name]
-    with num_threads(1):
-        t = interleaved(fns, repeats=repeats, cycle=len(images))
+    try:
+        with num_threads(1):
+            t = interleaved(fns, repeats=repeats, cycle=len(images))
+    finally:
+        for i, was in frozen.items():
+            cast(Freezable, results[i].subject.model).freeze(was)
     for i, r in enumerate(results):
         r.latency = t[f"s{i}"]
         r.reference_latency = t[refs[r.subject.reference_name]]

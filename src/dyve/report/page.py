@@ -95,7 +95,9 @@ def notes(col: Collection) -> list[str]:
             f"Latency: batch 1, one thread, {col.latency_repeats} interleaved rounds over "
             f"{col.latency_images} images, per subject the mean over the images of each "
             "image's median; every subject and one dense network per reference architecture "
-            "in the same run, so a speedup is a ratio of times of one run. Machine: "
+            "in the same run, so a speedup is a ratio of times of one run. Dynamic subjects "
+            "are timed frozen, as deployed (`freeze()`: native programs take the weights as "
+            "constants, their dense native references alike). Machine: "
             f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}."
         )
     out.append(
