@@ -15,6 +15,7 @@ from dyve.cli.main import main
 from dyve.demo import runs_dir
 from dyve.errors import DyveError
 from dyve.export import export, load, segments
+from dyve.mechanisms.dyvedeep import native
 from dyve.models import create
 from dyve.report import load_run
 
@@ -92,3 +93,23 @@ def test_export_refuses_what_departs_or_is_not_a_run(
         export(tmp_path, tmp_path / "x", images)
     with pytest.raises(DyveError, match="not a dyve export"):
         load(skip_run)
+
+
+def test_a_model_that_runs_natively_is_exported_frozen_not_compiled(
+    images: torch.Tensor, tmp_path: Path
+) -> None:
+    """Compiling early exit's stages in place took it off its native segments (torch.fx
+    cannot lower a compiled module): the export ran 2.5x slower than the run itself."""
+    if not native.available():
+        pytest.skip("the native kernels are unavailable")
+    desc = export(runs_dir() / "early_exit_resnet56", tmp_path / "exp", images[:4])
+    assert desc["native"] is True
+    assert desc["compiled"] == []
+    model = load(tmp_path / "exp")
+    assert model.frozen
+    with torch.no_grad():
+        model(images[:1])
+    mech = model.mechanism("early_exit")
+    assert mech.program_unsupported is None
+    assert mech._segments is not None
+    assert all(p.frozen for p in mech._segments.programs)

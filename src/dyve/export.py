@@ -5,7 +5,9 @@ largest submodules that hold no decision (no dyve unit, site, tail or tap inside
 a mechanism drives itself, such as D2NN's graph) and do real work (a convolution or a linear
 layer): a stem, the blocks a gate may skip, the stages between exits, the nodes of a D2NN
 graph, each network of a selection. Sites (DyVEDeep's layers, LC-Net's channel-gated
-convolutions) run their own kernels and stay as they are. :func:`compile_segments`
+convolutions) run their own kernels and stay as they are. A model that runs as native
+programs (:func:`runs_native`) is not compiled at all: it is exported as it is and loads
+frozen. Otherwise :func:`compile_segments`
 compiles each segment of at least :data:`MIN_SEGMENT_MACS` in place with
 ``torch.compile`` (inductor, ``freezing``: BN folded, weights pre-packed, as for the
 dense baseline of ``dyve bench``), while the gates, the gather/scatter of rows and the
@@ -156,6 +158,24 @@ def check(eager: nn.Module, compiled: nn.Module, x: torch.Tensor) -> dict[str, A
     return {"images": len(x), "max_rel_diff": worst, "same_costs": bool(same)}
 
 
+@torch.no_grad()
+def runs_native(model: nn.Module, x: torch.Tensor) -> bool:
+    """True when ``model``'s forward runs as native programs on inputs like ``x``: a
+    DynamicNet's whole-network runner (DyVEDeep, LC-Net, ConvNet-AIG, early exit's
+    segments) or every network of a selection. Compiling its segments in place would take
+    it off that path (torch.fx cannot lower a compiled module; early exit then ran 2.5x
+    slower), so :func:`export` leaves such a model as it is, to run frozen."""
+    from dyve.dynamic.net import DynamicNet
+    from dyve.mechanisms.adaptive.select import Selection
+
+    one = x[:1]
+    if isinstance(model, DynamicNet):
+        return model.backend == "fast" and model.eval()._runner((one,), {}) is not None
+    if isinstance(model, Selection):
+        return all(model._network(n, one) is not m for n, m in model.networks.items())
+    return False
+
+
 def export(
     run_dir: str | Path,
     out: str | Path,
@@ -165,7 +185,8 @@ def export(
     min_macs: float = MIN_SEGMENT_MACS,
 ) -> dict[str, Any]:
     """Copy ``run_dir``'s model into ``out``, compile the segments of at least ``min_macs``
-    MACs per sample, check on ``images``, write export.json."""
+    MACs per sample (none when the model runs as native programs: :func:`runs_native`),
+    check on ``images``, write export.json."""
     from dyve.report.subjects import load_run
 
     run_dir, out = Path(run_dir), Path(out)
@@ -180,7 +201,9 @@ def export(
     eager = load_run(out).model.eval()
     compiled = load_run(out).model.eval()
     macs = segment_macs(compiled, tuple(images.shape[1:]))
-    names = compile_segments(compiled, [n for n, v in macs.items() if v >= min_macs])
+    native = runs_native(compiled, images)
+    big = [n for n, v in macs.items() if v >= min_macs]
+    names = [] if native else compile_segments(compiled, big)
     result = check(eager, compiled, images)
     desc = {
         "format": FORMAT,
@@ -191,6 +214,8 @@ def export(
         "torch": torch.__version__,
         "segments": macs,
         "min_segment_macs": min_macs,
+        # True: the model runs as native programs, so nothing was compiled; it loads frozen
+        "native": native,
         "compiled": names,
         "check": {**result, "tol": tol},
     }

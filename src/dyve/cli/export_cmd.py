@@ -57,6 +57,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     desc = export(args.run_dir, args.out, x, tol=args.tol, **kw)
     c = desc["check"]
     small = [n for n in desc["segments"] if n not in desc["compiled"]]
+    if desc["native"]:
+        print(
+            "it runs as native programs (dyve's runtime), which compiling its segments would "
+            "replace: nothing compiled, and it loads frozen (dyve.dynamic.frozen)"
+        )
+        small = []
     print(
         f"{len(desc['compiled'])} of {len(desc['segments'])} static segments compiled: "
         + (", ".join(desc["compiled"]) or "none")
