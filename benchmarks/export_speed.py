@@ -117,8 +117,9 @@ def page(rows: list[tuple[str, dict, dict]]) -> str:  # type: ignore[type-arg]
         f"{rows[0][2]['min_segment_macs'] / 1e6:g} M MACs per sample up (`dyve export "
         "--min-macs`): below that a compiled call costs about what it saves (D2NN's nodes of "
         "a few million MACs ran slower compiled; export with `--min-macs 0` to compare), so "
-        "D2NN's export runs its eager code and its ratio to the eager dynamic network is "
-        "timing noise around 1. What such an export keeps is the Python between segments "
+        "D2NN's export runs the same eager code as the run, and its ratio to the eager "
+        "dynamic network measures only the timing noise of these rounds. What such an export "
+        "keeps is the Python between segments "
         "(gates, row gather/scatter, the trace); compiling the routing as well (one graph per "
         "decision pattern, or `torch.cond`) is what would close the gap to the dense compiled "
         "model.",
