@@ -39,7 +39,7 @@ from torch import nn
 
 from dyve._io import jsonable
 from dyve.cost import static_cost
-from dyve.dynamic.frozen import Freezable
+from dyve.dynamic.frozen import Freezable, frozen_while
 from dyve.dynamic.net import DynamicNet
 from dyve.dynamic.save import describe
 from dyve.errors import DyveError
@@ -204,15 +204,12 @@ def bench(
     else:
         dense, about = reference
         static = float(static_cost(dense).total_macs)
-    freezable = net if isinstance(net, Freezable) else None
-    if frozen and freezable is None:
+    if frozen and not isinstance(net, Freezable):
         raise DyveError(f"bench: a {type(net).__name__} has no native programs to freeze")
-    was_training, was_frozen = net.training, freezable is not None and freezable.frozen
+    was_training = net.training
     net.eval()
-    if frozen and freezable is not None:
-        freezable.freeze()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), frozen_while(*([net] if frozen else [])):
             b1 = _setting(
                 net,
                 dense,
@@ -236,8 +233,6 @@ def bench(
     finally:
         if isinstance(net, DynamicNet):
             net.backend = old_backend
-        if frozen and freezable is not None:
-            freezable.freeze(was_frozen)
         net.train(was_training)
     native_timed = any(s.get("dense_native_ms") is not None for s in (b1, b64))
     return {

@@ -4,9 +4,9 @@ A model that runs as native programs (:mod:`dyve.mechanisms.dyvedeep.program`: D
 LC-Net, ConvNet-AIG, early exit's segments, a network selection's networks) keeps each
 program while it is valid, and checks that on every call: every watched tensor by identity
 and version, so that a weight edited in place is never run stale. At batch 1 that check is
-a real share of a fast program: it walks every weight tensor, which after other work has
-evicted them from the caches costs about as much as a block of the network
-(``dyve bench --frozen`` against ``dyve bench``; ``benchmarks/NOTES.md``).
+a real share of a fast program: it walks every weight tensor, and more slowly when other
+work has just evicted them from the caches (``benchmarks/call_overhead.py`` times the
+call both ways; ``benchmarks/NOTES.md``, session 20, has the figures).
 
 ``model.freeze()`` is the deployment mode, as ``torch.compile(..., freezing=True)`` or
 ``torch.jit.freeze`` treat weights as constants: programs are built from the weights at
@@ -20,7 +20,8 @@ weights. Freezing is a runtime setting: it is not saved with the model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from torch import nn
@@ -68,3 +69,17 @@ class Freezable(nn.Module):
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         self.drop_programs()
         return result
+
+
+@contextmanager
+def frozen_while(*models: nn.Module) -> Iterator[None]:
+    """Freeze every :class:`Freezable` of ``models`` for the block (timed as deployed),
+    then give each its own setting back (which drops the programs built frozen)."""
+    was = [(m, m.frozen) for m in models if isinstance(m, Freezable)]
+    for m, _ in was:
+        m.freeze()
+    try:
+        yield
+    finally:
+        for m, on in was:
+            m.freeze(on)

@@ -22,7 +22,7 @@ import torch
 from dyve.cost import static_cost
 from dyve.data.core import ImageSet
 from dyve.data.loader import batches
-from dyve.dynamic.frozen import Freezable
+from dyve.dynamic.frozen import frozen_while
 from dyve.dynamic.net import DynamicNet
 from dyve.errors import DyveError
 from dyve.eval.latency import Timing, cycling, interleaved, machine, num_threads
@@ -155,34 +155,25 @@ def _time(results: list[Measured], data: ImageSet, n_images: int, repeats: int) 
     native: dict[str, str] = {}  # reference name -> timing key
     runs_native: dict[int, str] = {}  # subject -> timing key
     # dynamic subjects are timed frozen, as deployed (dyve.dynamic.frozen), their native
-    # references alike; each is restored after
-    frozen = {
-        i: r.subject.model.frozen
-        for i, r in enumerate(results)
-        if isinstance(r.subject.model, Freezable) and not r.subject.is_dense
-    }
-    for i, r in enumerate(results):
-        s = r.subject
-        s.model.eval()
-        if i in frozen:
-            cast(Freezable, s.model).freeze()
-        if s.reference_name not in refs:
-            refs[s.reference_name] = f"ref{i}"
-            fns[f"ref{i}"] = cycling(s.reference.eval(), images)
-        fns[f"s{i}"] = cycling(s.reference if s.is_dense else s.model, images)
-        runner = getattr(s.model, "dense_runner", None)
-        prog = None if s.is_dense or runner is None else runner(s.reference.eval(), images[0])
-        if prog is not None:
-            if s.reference_name not in native:
-                native[s.reference_name] = f"native{i}"
-                fns[f"native{i}"] = cycling(prog, images)
-            runs_native[i] = native[s.reference_name]
-    try:
+    # references alike (built while frozen); each gets its own setting back after
+    with frozen_while(*(r.subject.model for r in results if not r.subject.is_dense)):
+        for i, r in enumerate(results):
+            s = r.subject
+            s.model.eval()
+            if s.reference_name not in refs:
+                refs[s.reference_name] = f"ref{i}"
+                fns[f"ref{i}"] = cycling(s.reference.eval(), images)
+            fns[f"s{i}"] = cycling(s.reference if s.is_dense else s.model, images)
+            runner = getattr(s.model, "dense_runner", None)
+            ref = s.reference.eval()
+            prog = None if s.is_dense or runner is None else runner(ref, images[0])
+            if prog is not None:
+                if s.reference_name not in native:
+                    native[s.reference_name] = f"native{i}"
+                    fns[f"native{i}"] = cycling(prog, images)
+                runs_native[i] = native[s.reference_name]
         with num_threads(1):
             t = interleaved(fns, repeats=repeats, cycle=len(images))
-    finally:
-        for i, was in frozen.items():
-            cast(Freezable, results[i].subject.model).freeze(was)
     for i, r in enumerate(results):
         r.latency = t[f"s{i}"]
         r.reference_latency = t[refs[r.subject.reference_name]]
