@@ -142,7 +142,7 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
         exits=points,
         head_top1={p: study.single[p]["top1"] for p in points},
         head_train_top1=head_train,
-        **latency_metrics(lat, len(imgs)),
+        **latency_metrics(lat, len(imgs), net.frozen),
     )
     write_json(out / "metrics.json", metrics)
     ddp.close()

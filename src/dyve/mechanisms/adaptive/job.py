@@ -112,7 +112,7 @@ def mean_latency(
     return {k: v.mean_ms for k, v in t.items()}
 
 
-def latency_metrics(lat: dict[str, float], images: int) -> dict[str, Any]:
+def latency_metrics(lat: dict[str, float], images: int, frozen: bool) -> dict[str, Any]:
     """The timing fields of ``metrics.json`` from :func:`mean_latency`'s result
     (``baseline``: the reference in PyTorch; ``baseline_native``: in the native runtime)."""
     out = {
@@ -121,7 +121,7 @@ def latency_metrics(lat: dict[str, float], images: int) -> dict[str, Any]:
         "speedup_b1": lat["baseline"] / lat["dynamic"],
         "latency_images": images,
         # the system and its native references were timed frozen (dyve.dynamic.frozen)
-        "latency_frozen": True,
+        "latency_frozen": frozen,
         "machine": machine(),
     }
     if "baseline_native" in lat:  # the reference also timed in the system's native runtime

@@ -121,7 +121,7 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
         method="network_selection",
         networks=list(cfg.models),
         num_classes=classes,
-        **latency_metrics(lat, len(imgs)),
+        **latency_metrics(lat, len(imgs), system.frozen),
     )
     write_json(out / "metrics.json", metrics)
     ddp.close()

@@ -7,6 +7,7 @@ page. The issue's targets are checked against the LC-Net runs and stated as met 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,11 +174,7 @@ def write_results(runs: list[Path], out: Path) -> Path:
     lines += _where_time_goes(rows)
     benches = [r["bench"] for r in rows if r["bench"]]
     if benches:
-        machines: dict[str, list[str]] = {}
-        for r in rows:
-            if r["bench"]:
-                key = f"{r['bench']['machine']['cpu']}, torch {r['bench']['torch']}"
-                machines.setdefault(key, []).append(f"`{r['run']}`")
+        machines = _by(rows, lambda b: f"{b['machine']['cpu']}, torch {b['torch']}")
         where = (
             f"Machine: {next(iter(machines))}."
             if len(machines) == 1
@@ -185,11 +182,7 @@ def write_results(runs: list[Path], out: Path) -> Path:
             + "; ".join(f"{m} ({', '.join(runs)})" for m, runs in machines.items())
             + "."
         )
-        builds: dict[str, list[str]] = {}
-        for r in rows:
-            if r["bench"]:
-                key = r["bench"].get("kernels") or "not recorded (benched before session 19)"
-                builds.setdefault(key, []).append(f"`{r['run']}`")
+        builds = _by(rows, lambda b: b.get("kernels") or "not recorded (benched before session 19)")
         if len(builds) > 1:
             where += (
                 " Native kernel builds (`kernels` in `bench.json`: a hash of their sources, "
@@ -286,10 +279,19 @@ def _span(values: list[float], fmt: str = "{:.2f}x") -> str:
     return fmt.format(lo) if f"{lo:.2f}" == f"{hi:.2f}" else f"{fmt.format(lo)}-{fmt.format(hi)}"
 
 
+def _by(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> dict[Any, list[str]]:
+    """The benched runs (as `name`) grouped by ``key`` of their ``bench.json``, in order."""
+    out: dict[Any, list[str]] = {}
+    for r in rows:
+        if r["bench"]:
+            out.setdefault(key(r["bench"]), []).append(f"`{r['run']}`")
+    return out
+
+
 def _calls(rows: list[dict[str, Any]]) -> str:
     """How the gated networks were called in their benches: frozen or checked."""
-    frozen = [f"`{r['run']}`" for r in rows if r["bench"] and r["bench"].get("frozen")]
-    checked = [f"`{r['run']}`" for r in rows if r["bench"] and not r["bench"].get("frozen")]
+    calls = _by(rows, lambda b: bool(b.get("frozen")))
+    frozen, checked = calls.get(True, []), calls.get(False, [])
     what = (
         "frozen (`dyve bench --frozen`, `net.freeze()`: the programs take the weights as "
         "constants, as the compiled baseline's `freezing` does; the dense native reference "
