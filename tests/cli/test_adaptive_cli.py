@@ -57,6 +57,7 @@ def test_exits_and_select_write_runs_and_a_page(
     assert "fewer MACs (executed)" in text
     m = read_json(tmp_path / "e" / "metrics.json")
     assert set(REQUIRED) <= set(m)
+    assert m["head_convs"] == {"layer1": 0, "layer2": 0}
     assert m["fit_split"] == "test-a"
     assert m["split"] == "test-b"
     assert m["rule"] == "bound"
@@ -115,7 +116,7 @@ def test_exits_and_select_write_runs_and_a_page(
     )
     text = page.read_text()
     assert rc == 0
-    assert "Early exit on resnet20_cifar" in text
+    assert "Early exit on resnet20_cifar (exits after layer1, layer2; linear heads)" in text
     assert "Network selection" in text
     assert ("the method's own share" in text) == native.available()
     assert (tmp_path / "adaptive" / "e.png").is_file()
@@ -166,6 +167,39 @@ def _check_latency(
         assert p["ran_fraction"][root] == 1.0
         assert p["latency_ms"] > 0
         assert abs(p["speedup_est"] * p["latency_ms"] - lat["alone_ms"][reference]) < 1e-9
+
+
+def test_conv_heads_are_trained_and_named_on_the_page(
+    prepared: Callable[[str], object], tmp_path: Path
+) -> None:
+    prepared("cifar10-jpeg")
+    small = ("--limit", "200", "--latency-images", "3", "--no-progress", "--lams", "0,0.3")
+    rc, _ = _cli(
+        "exits",
+        "fit",
+        "--model",
+        "resnet20_cifar",
+        "--convs",
+        "-1",
+        "--out",
+        str(tmp_path / "e"),
+        "--budget",
+        "10",
+        *small,
+    )
+    assert rc == 0
+    assert read_json(tmp_path / "e" / "config.json")["convs"] == -1
+    m = read_json(tmp_path / "e" / "metrics.json")
+    assert m["head_convs"] == {"layer1": 2, "layer2": 1}
+    net = dyve.dynamic.load(tmp_path / "e")
+    heads = net.mechanism("early_exit").heads()
+    assert m["head_macs"] == {p: h.macs for p, h in heads.items()}
+    assert heads["layer1"].macs > 2 * 16 * 32 * 9 * 16 * 16  # its convolutions are counted
+    assert m["head_train_top1"]["layer1"] > m["head_top1"]["layer1"]  # fitted on train
+    page = tmp_path / "adaptive.md"
+    assert _cli("adaptive", "results", str(tmp_path / "e"), "--out", str(page))[0] == 0
+    title = "exits after layer1, layer2; conv heads: 2, 1 conv layers, then pooling and a linear"
+    assert title in page.read_text()
 
 
 def test_selection_needs_two_different_networks_before_any_work(tmp_path: Path) -> None:

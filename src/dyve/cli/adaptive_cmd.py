@@ -64,6 +64,13 @@ def add(sub: Any) -> None:
     f.add_argument("--exits", default=None, help="comma-separated exit points (default: stages)")
     f.add_argument("--every", type=int, default=0, help="instead: a head every N blocks")
     f.add_argument("--pool", type=int, default=4, help="heads average-pool to POOL x POOL")
+    f.add_argument(
+        "--convs",
+        type=int,
+        default=0,
+        help="stride-2 conv layers per head before the pooling, trained on the cached maps "
+        "(0: linear heads; -1: at each exit as many as bring its map to at most 8 x 8)",
+    )
     _common(f)
     f.set_defaults(func=cmd_exits)
 
@@ -138,7 +145,9 @@ def cmd_exits(args: argparse.Namespace) -> int:
     from dyve.mechanisms.adaptive.exits_job import run_exits
 
     exits = tuple(p.strip() for p in args.exits.split(",")) if args.exits else None
-    cfg = _config(args, (args.model,), exits=exits, every=args.every, pool=args.pool)
+    cfg = _config(
+        args, (args.model,), exits=exits, every=args.every, pool=args.pool, convs=args.convs
+    )
     try:
         m = run_exits(cfg, args.out, progress=not args.no_progress)
     except ValueError as exc:

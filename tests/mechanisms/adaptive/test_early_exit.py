@@ -66,21 +66,25 @@ def test_nobody_leaving_costs_the_backbone_plus_every_head() -> None:
         assert torch.equal(res.logits, net.detach()(x))
 
 
-def test_learned_policy_runs_exactly_as_the_cached_study_predicts() -> None:
-    """Heads, then a policy, fitted on two thirds of the embedded sample; the rest run for real."""
+@pytest.mark.parametrize("convs", [0, -1])
+def test_learned_policy_runs_exactly_as_the_cached_study_predicts(convs: int) -> None:
+    """Heads (linear, or conv heads trained on the cached maps), then a policy, fitted on two
+    thirds of the embedded sample; the rest run for real."""
     sample = load_sample()
     train_set, fit_set = sample.subset(slice(0, 300)), sample.subset(slice(300, 600))
     held_set = sample.subset(slice(600, 900))
-    net, mech = _net(pool=4)
+    net, mech = _net(pool=4, convs=convs)
     dense, norm = net.detach(), create("resnet20_cifar").dyve_info.norm
     points = list(mech.heads())
-    heads = {p: h.fc for p, h in mech.heads().items()}
-    fit_heads(heads, collect(dense, points, train_set, norm, pool=4))
-    fit_cache = collect(dense, points, fit_set, norm, pool=4)
-    held_cache = collect(dense, points, held_set, norm, pool=4)
+    heads = mech.heads()
+    reads = {p: h.cached for p, h in heads.items()}
+    fit_heads(heads, collect(dense, reads, train_set, norm))
+    fit_cache = collect(dense, reads, fit_set, norm)
+    held_cache = collect(dense, reads, held_set, norm)
 
     def outs(c: dict[str, torch.Tensor]) -> Outputs:
-        logits = {p: heads[p](c[f"feat.{p}"]).detach() for p in points}
+        with torch.no_grad():
+            logits = {p: heads[p].from_cache(c[f"feat.{p}"]) for p in points}
         return Outputs({**logits, "final": c["logits"]}, c["labels"])
 
     g = net.graph

@@ -182,3 +182,32 @@ def test_exit_points_that_do_not_lower_are_tried_once(monkeypatch: pytest.Monkey
     # each set of exit points lowered once (the first set's programs are kept meanwhile),
     # the refused one is not tried again
     assert tried == [2, 1]
+
+
+def test_conv_heads_run_as_programs_between_the_segments() -> None:
+    """A conv head lowers to a program the segments call (only while they run); its outputs
+    are the per-module path's, and an in-place edit of a head's weights is seen."""
+    backbone = create("resnet20_cifar", pretrained=True)
+    net = DynamicNet(backbone, backend="fast")
+    mech = EarlyExit(convs=-1, policy="entropy", threshold=-1.0)  # every head asked, none left
+    net.attach(mech)
+    net.eval()
+    x, _ = next(batches(load_sample(), 8, model_info(backbone).norm))
+    for leave in ("layer1", "layer2", None):
+        mech.force(leave)
+        ref = _per_module(net, mech, x)
+        with torch.no_grad():
+            got, one = net(x), net(x[:1])
+        seg = mech._segments
+        assert isinstance(seg, Segments), "the native segments ran"
+        assert [ex for ex, _, _ in seg.heads] == list(mech.modules.values()), "heads lowered"
+        assert all(m.program is None for m in mech.modules.values()), "set only while running"
+        assert _close(got, ref), leave
+        assert _close(one, ref[:1]), leave
+    mech.force("layer1")
+    with torch.no_grad():
+        before = net(x)
+        mech.modules["layer1"].head.fc.bias.add_(1.0)
+        after = net(x)
+    assert _close(after, _per_module(net, mech, x))
+    assert not _close(after, before), "the edited head ran"

@@ -32,7 +32,7 @@ def test_selection_runs_exactly_as_the_cached_study_predicts(tmp_path: Path) -> 
     norm = nets[NETS[0]].dyve_info.norm
 
     def outs(ds: object) -> Outputs:
-        c = {m: collect(n, [], ds, norm) for m, n in nets.items()}  # type: ignore[arg-type]
+        c = {m: collect(n, {}, ds, norm) for m, n in nets.items()}  # type: ignore[arg-type]
         return Outputs({m: v["logits"] for m, v in c.items()}, c[NETS[0]]["labels"])
 
     graph = cascade_graph(NETS, [discover(n).total_macs for n in nets.values()])

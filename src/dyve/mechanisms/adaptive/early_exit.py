@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dyve.errors import DyveError
@@ -52,6 +51,9 @@ class EarlyExitConfig:
     every: int = 0
     #: heads average-pool to ``pool x pool`` before their linear layer
     pool: int = 1
+    #: conv layers of each head before its pooling (:class:`ExitHead`; 0 = linear heads);
+    #: -1: at each exit as many as halve its map to at most 8 x 8 (at least one)
+    convs: int = 0
     #: policy features: "softmax", "confidence" (sorted top-5, entropy, margin) or "both"
     features: str = "both"
     #: lambda of each stored learned policy (set by fitting)
@@ -65,24 +67,70 @@ class EarlyExitConfig:
 
 
 class ExitHead(nn.Module):
-    """Average pool to ``pool x pool`` (4-d inputs), flatten, linear."""
+    """An exit's classifier: ``convs`` stride-2 conv + batch norm + ReLU layers (each
+    doubling the channels), average pool to ``pool x pool`` (4-d inputs), flatten, linear.
 
-    def __init__(self, in_shape: tuple[int, ...], num_classes: int, pool: int) -> None:
+    ``convs = 0`` is the linear head. The pooling is a fixed-window ``AvgPool2d`` where the
+    map's size is a multiple of ``pool`` (then the head lowers to a native program,
+    :class:`~dyve.mechanisms.adaptive.native_exits.Segments`), else adaptive.
+    """
+
+    def __init__(
+        self, in_shape: tuple[int, ...], num_classes: int, pool: int, convs: int = 0
+    ) -> None:
         super().__init__()
-        self.pool = pool if len(in_shape) == 3 else 0
-        width = in_shape[0] * pool * pool if self.pool else math.prod(in_shape)
+        if convs < 0:
+            raise DyveError(f"early_exit: convs must be >= 0, got {convs}")
+        if convs and len(in_shape) != 3:
+            raise DyveError(f"early_exit: conv heads need feature maps, got shape {in_shape}")
+        layers: list[nn.Module] = []
+        shape = tuple(in_shape)
+        for _ in range(convs):
+            c, h, w = shape
+            layers += [nn.Conv2d(c, 2 * c, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * c), nn.ReLU()]
+            shape = (2 * c, (h + 1) // 2, (w + 1) // 2)
+        self.body = nn.Sequential(*layers)
+        self.in_shape, self.body_shape = tuple(in_shape), shape
+        self.pool = pool if len(shape) == 3 else 0
+        if not self.pool:
+            self.reduce: nn.Module = nn.Identity()
+        elif shape[1] % pool == 0 and shape[2] % pool == 0:
+            self.reduce = nn.AvgPool2d((shape[1] // pool, shape[2] // pool))
+        else:
+            self.reduce = nn.AdaptiveAvgPool2d(pool)
+        width = shape[0] * pool * pool if self.pool else math.prod(shape)
         self.fc = nn.Linear(width, num_classes)
 
+    @property
+    def convs(self) -> int:
+        return len(self.body) // 3
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pool:
-            x = F.adaptive_avg_pool2d(x, self.pool)
-        out: torch.Tensor = self.fc(x.flatten(1))
+        out: torch.Tensor = self.fc(self.reduce(self.body(x)).flatten(1))
+        return out
+
+    def cached(self, x: torch.Tensor) -> torch.Tensor:
+        """What a feature cache keeps of the exit point's output ``x``: the pooled, flattened
+        features a linear head reads, or the maps themselves for a conv head (whose layers
+        are trained on them)."""
+        return x if self.convs else self.reduce(x).flatten(1)
+
+    def from_cache(self, feat: torch.Tensor) -> torch.Tensor:
+        """The head's logits from what :meth:`cached` kept."""
+        out: torch.Tensor = self(feat) if self.convs else self.fc(feat)
         return out
 
     @property
     def macs(self) -> int:
-        """MACs per sample (the pooling's additions are not MACs)."""
-        return self.fc.in_features * self.fc.out_features
+        """MACs per sample: convolutions and the linear layer (pooling, batch norm and ReLU
+        are not MACs)."""
+        total, (c, h, w) = 0, self.in_shape if self.convs else (0, 0, 0)
+        for m in self.body:
+            if isinstance(m, nn.Conv2d):
+                h, w = (h + 1) // 2, (w + 1) // 2
+                total += m.out_channels * h * w * c * 9
+                c = m.out_channels
+        return total + self.fc.in_features * self.fc.out_features
 
 
 class ExitModule(nn.Module):
@@ -107,6 +155,9 @@ class ExitModule(nn.Module):
         self.threshold = math.inf
         self.index = 0  # which learned policy
         self.forced: bool | None = None  # see EarlyExit.force
+        #: the head as a native program, set by the segments while they run the network
+        #: (:class:`~dyve.mechanisms.adaptive.native_exits.Segments`); None: the head itself
+        self.program: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._classifier: tuple[tuple[int, ...], Classifier] | None = None  # see classifier
 
     def decide(self, probs: torch.Tensor) -> torch.Tensor:
@@ -149,7 +200,7 @@ class ExitModule(nn.Module):
     def evaluate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.policy == "off" and self.forced is None:
             return x, None
-        logits = self.head(x)
+        logits = (self.head if self.program is None else self.program)(x)
         if logits.shape[0] == 1:  # no small tensor ops between the network's layers
             probs = torch.softmax(logits.float(), 1)[0].tolist()
             return logits, torch.tensor([self.decide_one(probs)])
@@ -236,7 +287,7 @@ class EarlyExit(Mechanism):
         shapes = _output_shapes(net)
         self.modules: dict[str, ExitModule] = {}
         for p in self.points:
-            head = ExitHead(shapes[p], classes, cfg.pool)
+            head = ExitHead(shapes[p], classes, cfg.pool, head_convs(shapes[p], cfg.convs))
             mod = ExitModule(head, cfg.features, len(cfg.lams))
             net.exit_point(p).add_exit(self.name, mod)
             self.modules[p] = mod
@@ -327,6 +378,16 @@ def exit_points(net: DynamicNet, cfg: EarlyExitConfig) -> list[str]:
     if len(stages) < 2:
         raise DyveError("early_exit: the backbone has fewer than two stages; name exits=")
     return stages[:-1]
+
+
+def head_convs(shape: tuple[int, ...], convs: int) -> int:
+    """The conv layers of a head on maps of ``shape`` (see :attr:`EarlyExitConfig.convs`)."""
+    if convs >= 0 or len(shape) != 3:
+        return max(convs, 0)
+    n, side = 1, max(shape[1:])
+    while (side + 1) // 2 > 8:
+        side, n = (side + 1) // 2, n + 1
+    return n
 
 
 def _output_shapes(net: DynamicNet) -> dict[str, tuple[int, ...]]:

@@ -47,16 +47,20 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
     backbone = create(model, pretrained=True)
     norm = model_info(backbone).norm
     net = DynamicNet(backbone)
-    mech = EarlyExit(exits=cfg.exits, every=cfg.every, pool=cfg.pool, features=cfg.features)
+    mech = EarlyExit(
+        exits=cfg.exits, every=cfg.every, pool=cfg.pool, convs=cfg.convs, features=cfg.features
+    )
     net.attach(mech)
-    points = list(mech.heads())
+    heads = mech.heads()
+    points = list(heads)
     fit, held = choose_splits(cfg.fit_split, cfg.eval_split, heldout(model))
     load_config(out, cfg)  # after the checks above: a refused job leaves no run directory
     dense = net.detach()
 
     def cache(split: str) -> dict[str, Any]:
         def make(ds: ImageSet) -> dict[str, Any]:
-            return collect(dense, points, ds, norm, pool=cfg.pool, progress=progress, desc=split)
+            reads = {p: h.cached for p, h in heads.items()}
+            return collect(dense, reads, ds, norm, progress=progress, desc=split)
 
         return cached(out, split, load_split(cfg, split), make, ddp)
 
@@ -64,18 +68,18 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
     if not ddp.main:
         ddp.close()
         return {}
-    heads = {p: h.fc for p, h in mech.heads().items()}
-    head_train = fit_heads(heads, train)
+    head_train = fit_heads(heads, train, progress=progress)
 
     def node_outputs(c: dict[str, Any]) -> Outputs:
-        logits = {p: heads[p](c[f"feat.{p}"]).detach() for p in points}
+        with torch.no_grad():
+            logits = {p: heads[p].from_cache(c[f"feat.{p}"]) for p in points}
         return Outputs({**logits, "final": c["logits"]}, c["labels"])
 
     fit_out, held_out = node_outputs(fit_cache), node_outputs(held_cache)
     g = net.graph
     through = [g.macs_through(p) for p in points]
     costs = [
-        t - prev + mech.heads()[p].macs
+        t - prev + heads[p].macs
         for p, t, prev in zip(points, through, [0, *through[:-1]], strict=True)
     ]
     graph = PolicyGraph.chain([*points, "final"], [*costs, g.total_macs - through[-1]])
@@ -94,7 +98,7 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
         rule=cfg.rule,
         # an exit used alone: the backbone up to it plus its head; the end: the backbone
         alone={
-            **{p: t + mech.heads()[p].macs for p, t in zip(points, through, strict=True)},
+            **{p: t + heads[p].macs for p, t in zip(points, through, strict=True)},
             "final": g.total_macs,
         },
     )
@@ -141,6 +145,8 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
         model=model,
         exits=points,
         head_top1={p: study.single[p]["top1"] for p in points},
+        head_convs={p: heads[p].convs for p in points},
+        head_macs={p: heads[p].macs for p in points},
         head_train_top1=head_train,
         **latency_metrics(lat, len(imgs), net.frozen),
     )

@@ -1,19 +1,22 @@
 """Exit-head training with the backbone frozen, from cached features.
 
-The backbone runs once over a split; at each exit point a forward hook keeps the pooled
-feature the head reads (``adaptive_avg_pool2d(x, pool).flatten(1)``), so training a head
-is a multinomial logistic regression on a fixed matrix: seconds on a CPU, deterministic
-(full-batch L-BFGS on one thread: on two the reductions' order changes, and 300 iterations
-grow the rounding into weights that differ by up to 2e-3). The cache
-(``{split}.safetensors``: ``feat.<point>``, ``logits``, ``labels``) is also what the
-policies are fitted from: exit logits are ``head(feat)``.
+The backbone runs once over a split; at each exit point a forward hook keeps what the
+head's trained part reads (:meth:`ExitHead.cached`). For a linear head that is the pooled
+feature, so training it is a multinomial logistic regression on a fixed matrix: seconds on
+a CPU, deterministic (full-batch L-BFGS on one thread: on two the reductions' order
+changes, and 300 iterations grow the rounding into weights that differ by up to 2e-3). A
+conv head keeps the whole maps and is trained by SGD on them (:func:`train_conv_head`):
+minutes, and a cache the size of the maps. The cache (``{split}.safetensors``:
+``feat.<point>``, ``logits``, ``labels``) is also what the policies are fitted from: exit
+logits are ``head.from_cache(feat)``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -24,36 +27,38 @@ from dyve.data import ImageSet, Normalization, batches
 from dyve.errors import DyveError
 from dyve.eval.latency import num_threads
 
-
-def pooled(x: torch.Tensor, pool: int) -> torch.Tensor:
-    """What an exit head reads: average pool to ``pool x pool`` (4-d), flattened."""
-    if x.dim() == 4 and pool:
-        x = F.adaptive_avg_pool2d(x, pool)
-    return x.flatten(1)
+if TYPE_CHECKING:
+    from dyve.mechanisms.adaptive.early_exit import ExitHead
 
 
 @torch.no_grad()
 def collect(
     backbone: nn.Module,
-    points: Sequence[str],
+    reads: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
     data: ImageSet,
     norm: Normalization,
     *,
-    pool: int = 1,
     batch_size: int = 256,
     progress: bool = False,
     desc: str = "features",
 ) -> dict[str, torch.Tensor]:
-    """Pooled features at each exit point, the backbone's logits and the labels, for ``data``."""
+    """At each exit point ``p``, ``reads[p]`` of its output (what the head's trained part
+    reads: :meth:`ExitHead.cached`), the backbone's logits and the labels, for ``data``."""
     from tqdm import tqdm
 
     backbone = backbone.eval()
-    feats: dict[str, list[torch.Tensor]] = {p: [] for p in points}
+    feats: dict[str, list[torch.Tensor]] = {p: [] for p in reads}
     handles = []
-    for p in points:
+    for p, read in reads.items():
 
-        def keep(mod: nn.Module, args: object, out: torch.Tensor, p: str = p) -> None:
-            feats[p].append(pooled(out, pool).float().cpu())
+        def keep(
+            mod: nn.Module,
+            args: object,
+            out: torch.Tensor,
+            p: str = p,
+            read: Callable[[torch.Tensor], torch.Tensor] = read,
+        ) -> None:
+            feats[p].append(read(out).float().cpu().clone())  # not the live activation
 
         handles.append(backbone.get_submodule(p).register_forward_hook(keep))
     logits, labels = [], []
@@ -128,3 +133,65 @@ def train_head(
         head.bias.copy_((b - mean @ weight.T).to(head.bias.dtype))
         acc = (head(feats).argmax(1) == labels).double().mean()
     return 100.0 * float(acc)
+
+
+@num_threads(1)
+def train_conv_head(
+    head: ExitHead,
+    maps: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int = 15,
+    batch_size: int = 128,
+    lr: float = 0.1,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    progress: bool = False,
+) -> float:
+    """Train a conv head (in place) on cached exit-point ``maps``; return its train top-1.
+
+    SGD with Nesterov momentum under a one-cycle learning rate, cross-entropy, and a
+    random horizontal flip of the maps as augmentation (a flipped image's maps are nearly
+    its maps flipped: the only augmentation a cache of maps allows). Seeded and on one
+    thread, so the same cache gives the same head. The head is left in eval mode.
+    """
+    from tqdm import tqdm
+
+    if len(maps) < batch_size:
+        batch_size = max(len(maps), 1)
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():  # the layers' initialisation, the caller's RNG untouched
+        torch.manual_seed(seed)
+        head.body.apply(_reset)
+        head.fc.reset_parameters()
+    steps = epochs * (len(maps) // batch_size)
+    opt = torch.optim.SGD(
+        head.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
+    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(steps, 1))
+    head.train()
+    for _ in tqdm(range(epochs), desc="conv head", disable=not progress):
+        order = torch.randperm(len(maps), generator=g)
+        flips = torch.rand(len(maps), generator=g) < 0.5
+        for i in range(len(maps) // batch_size):
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            x = maps[idx].float()
+            flip = flips[idx]
+            x[flip] = x[flip].flip(3)
+            loss = F.cross_entropy(head(x), labels[idx])
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            sched.step()
+    head.eval()
+    with torch.no_grad():
+        right = sum(
+            int((head(maps[i : i + 1024].float()).argmax(1) == labels[i : i + 1024]).sum())
+            for i in range(0, len(maps), 1024)
+        )
+    return 100.0 * right / max(len(maps), 1)
+
+
+def _reset(m: nn.Module) -> None:
+    if isinstance(m, nn.Conv2d | nn.BatchNorm2d):
+        m.reset_parameters()

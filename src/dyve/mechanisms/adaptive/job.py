@@ -16,21 +16,23 @@ that is ``val`` when every network's weights held val out, else the halves of te
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from dyve import data as dyve_data
 from dyve._io import read_json, write_json
 from dyve.eval.latency import cycling, interleaved, machine, num_threads
 from dyve.eval.paired import DEFAULT_RULE, check_rule
-from dyve.mechanisms.adaptive.heads import load_cache, save_cache, train_head
+from dyve.mechanisms.adaptive.heads import load_cache, save_cache, train_conv_head, train_head
 from dyve.mechanisms.adaptive.study import LAMS, Study, plot
 from dyve.train.dist import Dist
+
+if TYPE_CHECKING:
+    from dyve.mechanisms.adaptive.early_exit import ExitHead
 
 #: one process (no torchrun)
 SINGLE = Dist()
@@ -47,6 +49,8 @@ class JobConfig:
     exits: tuple[str, ...] | None = None
     every: int = 0
     pool: int = 4
+    #: conv layers per exit head (:attr:`~.early_exit.EarlyExitConfig.convs`; 0 = linear)
+    convs: int = 0
     features: str = "both"
     budget_pp: float = 1.0
     #: the budget holds this one-sided confidence bound of the paired loss on the fit split
@@ -214,8 +218,17 @@ def latency_images(
     return [x[i : i + 1] for i in range(len(x))]
 
 
-def fit_heads(heads: dict[str, nn.Linear], train: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Train every exit head on the train-split cache; per exit, its train top-1."""
-    return {
-        p: round(train_head(h, train[f"feat.{p}"], train["labels"]), 3) for p, h in heads.items()
-    }
+def fit_heads(
+    heads: Mapping[str, ExitHead], train: dict[str, torch.Tensor], *, progress: bool = False
+) -> dict[str, float]:
+    """Train every exit head on the train-split cache (a linear head by
+    :func:`~.heads.train_head`, a conv head by :func:`~.heads.train_conv_head`); per exit,
+    its train top-1."""
+    top1 = {}
+    for p, h in heads.items():
+        feat, labels = train[f"feat.{p}"], train["labels"]
+        if h.convs:
+            top1[p] = train_conv_head(h, feat, labels, progress=progress)
+        else:
+            top1[p] = train_head(h.fc, feat, labels)
+    return {p: round(v, 3) for p, v in top1.items()}

@@ -5,11 +5,13 @@ native program (:mod:`dyve.mechanisms.dyvedeep.program`), so an early exit timed
 gives away the runtime's share that network selection, DyVEDeep and LC-Net keep.
 :class:`Segments` splits the backbone's fx graph at its exit points (a point's segment ends
 with the last node its module computes), lowers each segment to a dense program and runs
-them in turn; between two segments the exit point evaluates its head and policy in
-PyTorch, as on the per-module path, through the core's :class:`~dyve.dynamic.exits.ExitRun`
-(batch 1 returns at the exit, a batch keeps only the rows still running). Outputs match the
-per-module fast path to float rounding (batch norms folded); the decisions are the same
-unless a policy's score sits within rounding of its threshold.
+them in turn; between two segments the exit point evaluates its head and policy, as on
+the per-module path, through the core's :class:`~dyve.dynamic.exits.ExitRun` (batch 1
+returns at the exit, a batch keeps only the rows still running). The heads run as
+programs too where they lower (in PyTorch each layer of a conv head pays its own
+dispatch); the policy stays in Python. Outputs match the per-module fast path to float
+rounding (batch norms folded); the decisions are the same unless a policy's score sits
+within rounding of its threshold.
 
 Limitations: every segment must take one tensor and give one (a skip connection across an
 exit point is refused, the per-module path runs instead), and only exit-only networks run
@@ -18,7 +20,7 @@ this way (no gated unit or site).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import fx, nn
@@ -29,6 +31,7 @@ from dyve.mechanisms.dyvedeep.lower import Unsupported, trace
 
 if TYPE_CHECKING:
     from dyve.dynamic.net import DynamicNet
+    from dyve.mechanisms.adaptive.early_exit import ExitModule
     from dyve.mechanisms.dyvedeep.program import Program
 
 
@@ -74,6 +77,9 @@ class Segments:
         self.segments = split_at(net.backbone, [p.name for p in points])
         self.programs: list[Program] = []
         self.examples: list[torch.Tensor] = []  # one input per program, for its checks
+        #: (exit module, its head's program, an input for its checks); the module runs the
+        #: program (attribute ``program``) while this object runs the network
+        self.heads: list[tuple[ExitModule, Program, torch.Tensor]] = []
         h = x[:1].clone()  # not a view: the caller's batch is not kept alive
         with torch.no_grad():
             for seg in self.segments:
@@ -81,18 +87,38 @@ class Segments:
                 self.programs[-1].frozen = net.frozen  # as the network (dyve.dynamic.frozen)
                 self.examples.append(h)
                 h = seg(h)
+                if len(self.programs) <= len(points):
+                    self._lower_heads(points[len(self.programs) - 1], h)
+
+    def _lower_heads(self, point: ExitPoint, h: torch.Tensor) -> None:
+        """A program for each exit head at ``point`` that lowers (the others stay eager)."""
+        from dyve.mechanisms.dyvedeep.program import Program
+
+        for ex in point.exits.values():
+            head = getattr(ex, "head", None)
+            if not isinstance(head, nn.Module) or head.training:
+                continue
+            try:
+                prog = Program(head, h)
+            except Unsupported:
+                continue
+            prog.frozen = self.net.frozen
+            self.heads.append((cast("ExitModule", ex), prog, h))
 
     def valid(self, x: torch.Tensor, points: list[ExitPoint]) -> bool:
         """True while the exit points and every segment's weights are those built from."""
         if points != self.points or not self.programs[0].valid(x):
             return False
-        return all(p.valid(e) for p, e in zip(self.programs[1:], self.examples[1:], strict=True))
+        progs = zip(self.programs[1:], self.examples[1:], strict=True)
+        return all(p.valid(e) for p, e in progs) and all(p.valid(e) for _, p, e in self.heads)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         net = self.net
         net._state.rows = None  # every row of the batch is running
         run = ExitRun(self.points, net._state, x.shape[0], fast=True)
         h, final = x, None
+        for ex, prog, _ in self.heads:
+            ex.program = prog
         try:
             try:
                 for k, prog in enumerate(self.programs):
@@ -106,3 +132,5 @@ class Segments:
             return run.finish(final, None)
         finally:
             net._state.rows = None
+            for ex, _, _ in self.heads:
+                ex.program = None

@@ -191,7 +191,7 @@ def write_results(runs: list[Path], out: Path) -> Path:
     for run in runs:
         m, c = read_json(run / "metrics.json"), read_json(run / "curves.json")
         title = (
-            f"Early exit on {m['model']} (exits after {', '.join(m['exits'])})"
+            f"Early exit on {m['model']} (exits after {', '.join(m['exits'])}; {_heads(m)})"
             if m["method"] == "early_exit"
             else "Network selection: " + " -> ".join(m["networks"])
         )
@@ -228,6 +228,15 @@ def write_results(runs: list[Path], out: Path) -> Path:
     with atomic_write(out, "w") as fh:
         fh.write("\n".join(lines))
     return out
+
+
+def _heads(m: dict[str, Any]) -> str:
+    """What the exit heads are: linear, or how many conv layers each has."""
+    convs = m.get("head_convs") or {}  # runs from before conv heads: linear
+    if not any(convs.values()):
+        return "linear heads"
+    layers = ", ".join(f"{convs[p]}" for p in m["exits"])
+    return f"conv heads: {layers} conv layers, then pooling and a linear layer"
 
 
 def _choice(m: dict[str, Any], c: dict[str, Any]) -> str:

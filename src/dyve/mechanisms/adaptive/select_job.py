@@ -60,7 +60,7 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
         ds = load_split(cfg, split)
         logits = {}
         for m, net in nets.items():
-            make = partial(collect, net, [], norm=norm, progress=progress, desc=m)
+            make = partial(collect, net, {}, norm=norm, progress=progress, desc=m)
             c = cached(out, f"{split}-{m}", ds, make, ddp)
             logits[m], labels = c["logits"], c["labels"]
         return Outputs(logits, labels)
