@@ -231,8 +231,10 @@ def test_a_run_resumes_with_another_budget_but_not_another_fit(tmp_path: Path) -
     load_config(tmp_path, replace(cfg, budget_pp=0.5, confidence=None))
     assert read_json(tmp_path / "config.json")["confidence"] is None
     old = _jsonable(cfg)
-    del old["confidence"]
+    del old["confidence"], old["convs"]  # runs from before the bound and the conv heads
     write_json(tmp_path / "config.json", old)
     load_config(tmp_path, cfg)
     with pytest.raises(ValueError, match="another configuration"):
         load_config(tmp_path, replace(cfg, features="softmax"))
+    with pytest.raises(ValueError, match="another configuration"):
+        load_config(tmp_path, replace(cfg, convs=-1))

@@ -179,7 +179,7 @@ def load_config(out: Path, cfg: JobConfig) -> None:
     among the fits)."""
     path = out / "config.json"
     if path.is_file():
-        old = {"confidence": None, "crossfit": False, **read_json(path)}  # older runs
+        old = {"confidence": None, "crossfit": False, "convs": 0, **read_json(path)}  # older runs
         new = _jsonable(cfg)
         if {**old, **CHOICE} != {**new, **CHOICE}:
             raise ValueError(f"{out} holds a run with another configuration; use a new --out")
