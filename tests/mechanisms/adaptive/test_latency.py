@@ -89,6 +89,10 @@ def test_stage_table_is_path_differences_and_points_weigh_it(
         [torch.zeros(1, 3, 8, 8)],  # type: ignore[arg-type, return-value]
     )
     assert ms == 3.0
+    # round-robin order: the system right after the last network alone (its reference),
+    # never right after its own forced runs, which share its programs (a warm start)
+    assert list(seen)[-2:] == ["alone:c", "dynamic"]
+    assert next(iter(seen)).startswith("path:")
     assert seen["path:c"] == ("a", "c")
     assert seen["path:b"] == ("a", "b")
     assert table["stage_ms"] == pytest.approx({"a": 1.0, "b": 1.7, "c": 5.5})

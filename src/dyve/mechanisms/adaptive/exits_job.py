@@ -128,10 +128,9 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
     # exit points, when it lowers), and in PyTorch too: the baseline
     with torch.no_grad():  # as it is timed (the segments run without autograd)
         native = net.dense_runner(dense, imgs[0])
-    alone: dict[str, Any] = {"final": dense if native is None else native}
     eager = f"{model} (PyTorch)"
-    if native is not None:
-        alone[eager] = dense
+    alone: dict[str, Any] = {eager: dense} if native is not None else {}
+    alone["final"] = dense if native is None else native  # last: timed before the system
     ms, table = stage_latency(graph, forced, alone, net, imgs)
     annotate(study, table)
     write_study(out, study, title)

@@ -106,10 +106,10 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
     # the networks alone in the runtime the system runs them in (native programs where
     # they lower), and the reference in PyTorch too: the baseline
     native = {m: system.dense_runner(n, imgs[0]) for m, n in nets.items()}
-    alone: dict[str, Any] = {m: n if native[m] is None else native[m] for m, n in nets.items()}
     eager = f"{reference} (PyTorch)"
-    if native[reference] is not None:
-        alone[eager] = nets[reference]
+    alone: dict[str, Any] = {eager: nets[reference]} if native[reference] is not None else {}
+    others = [m for m in nets if m != reference] + [reference]  # last: timed before the system
+    alone.update({m: nets[m] if native[m] is None else native[m] for m in others})
     ms, table = stage_latency(graph, forced, alone, system, imgs)
     annotate(study, table)
     write_study(out, study, title)
