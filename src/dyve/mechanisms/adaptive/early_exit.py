@@ -90,7 +90,7 @@ class ExitHead(nn.Module):
             layers += [nn.Conv2d(c, 2 * c, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * c), nn.ReLU()]
             shape = (2 * c, (h + 1) // 2, (w + 1) // 2)
         self.body = nn.Sequential(*layers)
-        self.in_shape, self.body_shape = tuple(in_shape), shape
+        self.in_shape = tuple(in_shape)
         self.pool = pool if len(shape) == 3 else 0
         if not self.pool:
             self.reduce: nn.Module = nn.Identity()
