@@ -36,6 +36,8 @@ def test_default_exits_are_every_stage_but_the_last() -> None:
     assert list(every.heads()) == ["layer1.1", "layer2.0", "layer2.2", "layer3.1"]
     with pytest.raises(DyveError, match="not exit points"):
         _net(exits=("conv1",))
+    with pytest.raises(DyveError, match="convs must be >= 0, or -1"):
+        _net(convs=-2)
 
 
 @pytest.mark.parametrize("backend", ["fast", "emulated"])

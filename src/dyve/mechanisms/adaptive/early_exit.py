@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from dyve.cost import static_cost
 from dyve.errors import DyveError
 from dyve.mechanisms.adaptive.native_exits import Segments
 from dyve.mechanisms.adaptive.policy import Classifier, LearnedPolicy, ThresholdPolicy, features_one
@@ -100,6 +101,8 @@ class ExitHead(nn.Module):
             self.reduce = nn.AdaptiveAvgPool2d(pool)
         width = shape[0] * pool * pool if self.pool else math.prod(shape)
         self.fc = nn.Linear(width, num_classes)
+        # counted once by the cost core (asked for on every traced call of the exit)
+        self._macs = int(static_cost(self, self.in_shape).total_macs)
 
     @property
     def convs(self) -> int:
@@ -122,15 +125,9 @@ class ExitHead(nn.Module):
 
     @property
     def macs(self) -> int:
-        """MACs per sample: convolutions and the linear layer (pooling, batch norm and ReLU
-        are not MACs)."""
-        total, (c, h, w) = 0, self.in_shape if self.convs else (0, 0, 0)
-        for m in self.body:
-            if isinstance(m, nn.Conv2d):
-                h, w = (h + 1) // 2, (w + 1) // 2
-                total += m.out_channels * h * w * c * 9
-                c = m.out_channels
-        return total + self.fc.in_features * self.fc.out_features
+        """MACs per sample: convolutions and the linear layer, as :func:`static_cost`
+        counts them (pooling, batch norm and ReLU are not MACs)."""
+        return self._macs
 
 
 class ExitModule(nn.Module):
@@ -282,6 +279,8 @@ class EarlyExit(Mechanism):
         cfg = self.config
         if cfg.policy not in POLICIES:
             raise DyveError(f"early_exit: policy must be one of {POLICIES}, got {cfg.policy!r}")
+        if cfg.convs < -1:
+            raise DyveError(f"early_exit: convs must be >= 0, or -1 (automatic), got {cfg.convs}")
         self.points = exit_points(net, cfg)
         classes = net.graph.sites[-1].out_shape[0] if net.graph.sites else 0
         shapes = _output_shapes(net)

@@ -92,18 +92,15 @@ class Segments:
 
     def _lower_heads(self, point: ExitPoint, h: torch.Tensor) -> None:
         """A program for each exit head at ``point`` that lowers (the others stay eager)."""
-        from dyve.mechanisms.dyvedeep.program import Program
+        from dyve.mechanisms.dyvedeep.program import dense_program
 
         for ex in point.exits.values():
             head = getattr(ex, "head", None)
             if not isinstance(head, nn.Module) or head.training:
                 continue
-            try:
-                prog = Program(head, h)
-            except Unsupported:
-                continue
-            prog.frozen = self.net.frozen
-            self.heads.append((cast("ExitModule", ex), prog, h))
+            prog = dense_program(head, h, self.net.frozen)
+            if prog is not None:
+                self.heads.append((cast("ExitModule", ex), prog, h))
 
     def valid(self, x: torch.Tensor, points: list[ExitPoint]) -> bool:
         """True while the exit points and every segment's weights are those built from."""
