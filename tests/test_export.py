@@ -111,5 +111,5 @@ def test_a_model_that_runs_natively_is_exported_frozen_not_compiled(
         model(images[:1])
     mech = model.mechanism("early_exit")
     assert mech.program_unsupported is None
-    assert mech._segments is not None
-    assert all(p.frozen for p in mech._segments.programs)
+    assert mech._program is not None
+    assert mech._program.frozen

@@ -1,7 +1,7 @@
 """Frozen native programs: deployment without the per-call check of the weights.
 
 A model that runs as native programs (:mod:`dyve.mechanisms.dyvedeep.program`: DyVEDeep,
-LC-Net, ConvNet-AIG, early exit's segments, a network selection's networks) keeps each
+LC-Net, ConvNet-AIG, early exit, a network selection's networks) keeps each
 program while it is valid, and checks that on every call: every watched tensor by identity
 and version, so that a weight edited in place is never run stale. At batch 1 that check is
 a real share of a fast program: it walks every weight tensor, and more slowly when other

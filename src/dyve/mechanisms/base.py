@@ -81,7 +81,7 @@ class Mechanism(ABC):
         no exit is active (unless :attr:`runs_exits`) and no trace is kept, to skip the
         per-unit Python; it must return what the per-unit path returns, up to float
         rounding (native programs fold batch norms). Default: None (DyVEDeep lowers the
-        network to one native program; early exit, its segments between the exits).
+        network to one native program; early exit, with its heads and policies).
         """
         return None
 

@@ -1,4 +1,4 @@
-"""Early exit on the native runtime: the backbone as programs between its exit points."""
+"""Early exit on the native runtime: backbone, heads and policies as one program."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from torch import nn
 from dyve.data import batches, load_sample
 from dyve.demo import runs_dir
 from dyve.dynamic import DynamicNet, load
+from dyve.eval.latency import num_threads
 from dyve.mechanisms import EarlyExit
-from dyve.mechanisms.adaptive.native_exits import Segments, split_at
+from dyve.mechanisms.adaptive.native_exits import ExitProgram, split_at
 from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.dyvedeep.lower import Unsupported
 from dyve.models import create, model_info
@@ -46,20 +47,33 @@ def _per_module(net: DynamicNet, mech: EarlyExit, x: torch.Tensor) -> torch.Tens
         mech.native_program = True
 
 
-def test_segments_give_the_per_module_outputs_at_batch_1_and_batch_n() -> None:
+def _program(mech: EarlyExit) -> ExitProgram:
+    prog = mech._program
+    assert isinstance(prog, ExitProgram), f"the native program ran ({mech.program_unsupported})"
+    return prog
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_program_gives_the_per_module_outputs_and_exits(threads: int) -> None:
+    """Batch 1 and a batch (samples split over threads, each on its own path) give the
+    per-module outputs, and the program's own record of where each sample left is the
+    traced run's."""
     net, mech, x = _net()
     ref = _per_module(net, mech, x)
     exits = net.run(x).trace.exit_at
     assert exits is not None
     assert {int(k) for k in exits.unique()} == {-1, 0, 1}, "samples must leave everywhere"
-    with torch.no_grad():
+    with torch.no_grad(), num_threads(threads):
         batch = net(x)
         one = torch.cat([net(x[i : i + 1]) for i in range(len(x))])
-    assert isinstance(mech._segments, Segments), "the native segments ran"
-    assert len(mech._segments.programs) == 3
+        prog = _program(mech)
+        logits, at = prog.run_exits(x)
+    assert [r["kind"] for r in prog.ops].count("exit") == 2, "one program, both exits in it"
     assert _close(batch, ref)
     assert _close(one, ref)
     assert torch.equal(one.argmax(1), ref.argmax(1))
+    assert torch.equal(at, exits)
+    assert torch.equal(logits, batch)
 
 
 def test_with_autograd_on_the_per_module_path_keeps_the_gradients() -> None:
@@ -76,36 +90,51 @@ def test_no_exit_evaluating_is_the_backbone_bit_for_bit() -> None:
     assert mech.fast_runner(net, x) is None
 
 
-def test_segments_follow_knobs_and_are_rebuilt_on_weight_changes() -> None:
+def test_policies_and_forcing_are_read_at_each_call_and_weights_rebuild() -> None:
+    """Knobs and forcing switch within one program (a stage table alternates them call by
+    call), and each gives the per-module path's outputs; an in-place weight edit rebuilds."""
     net, mech, x = _net()
     with torch.no_grad():
         net(x[:1])
-    first = mech._segments
-    net.set_knobs(policy="max_prob", threshold=0.9)  # decided in PyTorch: same programs
+    first = _program(mech)
+    settings = [
+        {"policy": "max_prob", "threshold": 0.9},
+        {"policy": "entropy", "threshold": 0.2},
+        {"policy": "learned", "lam": mech.config.lams[-1]},
+    ]
+    for knobs in settings:
+        net.set_knobs(**knobs)
+        for leave in ("layer1", "layer2", None, "no"):
+            mech.unforce() if leave == "no" else mech.force(leave)
+            with torch.no_grad():
+                y = net(x)
+            assert _program(mech) is first, (knobs, leave)
+            assert _close(y, _per_module(net, mech, x)), (knobs, leave)
+    mech.unforce()
     with torch.no_grad():
+        net.backbone.layer3[0].conv1.weight.mul_(0.5)  # after the last exit
         y = net(x)
-    assert mech._segments is first
-    assert _close(y, _per_module(net, mech, x))
-    with torch.no_grad():
-        net.backbone.layer3[0].conv1.weight.mul_(0.5)  # in the last segment
-        y = net(x)
-    assert mech._segments is not first
+    assert _program(mech) is not first
     assert _close(y, _per_module(net, mech, x))
 
 
-def test_frozen_segments_take_their_weights_as_constants() -> None:
+def test_frozen_programs_take_their_weights_as_constants_but_see_new_policies() -> None:
     net, mech, x = _net()
     with torch.no_grad():
         y = net.freeze()(x)
-        seg = mech._segments
-        assert seg is not None
-        assert all(p.frozen for p in seg.programs)
+        prog = _program(mech)
+        assert prog.frozen
         assert _close(y, _per_module(net, mech, x))
         net.backbone.layer3[0].conv1.weight.mul_(0.5)  # not looked at while frozen
         assert torch.equal(net(x), y)
-        assert mech._segments is seg
+        assert mech._program is prog
+        m = mech.modules["layer1"]
+        m.store([m.classifier(i) for i in range(len(m.bias))])  # as a new fit replaces them
+        assert not prog.valid(x)
+        net(x)
+        assert mech._program is not prog
         net.freeze(False)
-        assert mech._segments is None
+        assert mech._program is None
         assert _close(net(x), _per_module(net, mech, x))
 
 
@@ -153,40 +182,74 @@ def test_exits_inside_stages_cut_the_backbone_between_blocks() -> None:
     assert {-1, 0} <= {int(k) for k in exits.unique()}, "rows leave, and rows go on"
     with torch.no_grad():
         y = net(x)
-    assert isinstance(mech._segments, Segments)
-    assert len(mech._segments.programs) == 5  # four exits inside the stages
+        _, at = _program(mech).run_exits(x)
+    assert [r["kind"] for r in _program(mech).ops].count("exit") == 4  # inside the stages
     assert _close(y, ref)
+    assert torch.equal(at, exits)
 
 
-def test_exit_points_that_do_not_lower_are_tried_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_network_that_does_not_lower_is_tried_once(monkeypatch: pytest.MonkeyPatch) -> None:
     import dyve.mechanisms.adaptive.early_exit as early_exit
 
     net, mech, x = _net()
-    every = net._active_exits()
     tried: list[int] = []
 
-    def lower_first_only(net: DynamicNet, points: list, x: torch.Tensor) -> Segments:
+    def refuse(net: DynamicNet, points: list, x: torch.Tensor) -> ExitProgram:
         tried.append(len(points))
-        if len(points) > 1:
-            raise Unsupported("not with both exits")
-        return Segments(net, points, x)
+        raise Unsupported("not today")
 
-    monkeypatch.setattr(early_exit, "Segments", lower_first_only)
+    monkeypatch.setattr(early_exit, "ExitProgram", refuse)
+    ref = _per_module(net, mech, x)
     with torch.no_grad():
-        for points in (every, every[:1], every, every[:1], every):
-            monkeypatch.setattr(net, "_active_exits", lambda points=points: points)
-            net(x[:2])
-            refused = len(points) > 1
-            assert (mech.fast_runner(net, x[:2]) is None) == refused
-            assert mech.program_unsupported == ("not with both exits" if refused else None)
-    # each set of exit points lowered once (the first set's programs are kept meanwhile),
-    # the refused one is not tried again
-    assert tried == [2, 1]
+        for _ in range(3):
+            assert torch.equal(net(x), ref)
+    assert tried == [2]
+    assert mech.program_unsupported == "not today"
 
 
-def test_conv_heads_run_as_programs_between_the_segments() -> None:
-    """A conv head lowers to a program the segments call (only while they run); its outputs
-    are the per-module path's, and an in-place edit of a head's weights is seen."""
+@pytest.mark.parametrize("features", ["softmax", "confidence", "both"])
+def test_learned_policies_decide_natively_as_in_python(features: str) -> None:
+    """Each feature kind's learned rule, in C++, takes the decisions the Python rule takes
+    (rules fitted on the shipped heads' own outputs, so that they split the samples)."""
+    from dyve.mechanisms.adaptive.graph import Outputs, PolicyGraph
+    from dyve.mechanisms.adaptive.policy import fit_learned
+
+    net, mech, x = _net()
+    _, labels = next(batches(load_sample(), 48, model_info(net.backbone).norm))
+    logits: dict[str, torch.Tensor] = {}
+    hooks = [
+        net.backbone.get_submodule(p).register_forward_hook(
+            lambda m, a, out, p=p: logits.__setitem__(p, mech.modules[p].head(out))
+        )
+        for p in mech.modules
+    ]
+    with torch.no_grad():
+        logits["final"] = net.detach()(x)
+    for h in hooks:
+        h.remove()
+    graph = PolicyGraph.chain(["layer1", "layer2", "final"], [0.35, 0.35, 0.3])
+    lams = (0.05, 0.2)
+    for m in mech.modules.values():
+        m.feature_kind = features
+    mech.store_policies([fit_learned(graph, Outputs(logits, labels), lam, features=features)
+                         for lam in lams])  # fmt: skip
+    seen: set[int] = set()
+    for lam in lams:
+        net.set_knobs(policy="learned", lam=lam)
+        exits = net.run(x).trace.exit_at
+        assert exits is not None
+        with torch.no_grad():
+            y = net(x)
+            _, at = _program(mech).run_exits(x)
+        assert torch.equal(at, exits), lam
+        assert _close(y, _per_module(net, mech, x)), lam
+        seen |= {int(k) for k in at.unique()}
+    assert seen == {-1, 0, 1}, "the rules must send samples everywhere"
+
+
+def test_conv_heads_lower_into_the_program() -> None:
+    """A conv head's layers are kernel sites of the program; its outputs are the per-module
+    path's, and an in-place edit of a head's weights is seen."""
     backbone = create("resnet20_cifar", pretrained=True)
     net = DynamicNet(backbone, backend="fast")
     mech = EarlyExit(convs=-1, policy="entropy", threshold=-1.0)  # every head asked, none left
@@ -198,10 +261,8 @@ def test_conv_heads_run_as_programs_between_the_segments() -> None:
         ref = _per_module(net, mech, x)
         with torch.no_grad():
             got, one = net(x), net(x[:1])
-        seg = mech._segments
-        assert isinstance(seg, Segments), "the native segments ran"
-        assert [ex for ex, _, _ in seg.heads] == list(mech.modules.values()), "heads lowered"
-        assert all(m.program is None for m in mech.modules.values()), "set only while running"
+        names = [r["name"] for r in _program(mech).ops if r["kind"] == "site"]
+        assert {"heads.0.body.0", "heads.0.body.3", "heads.1.body.0"} <= set(names)
         assert _close(got, ref), leave
         assert _close(one, ref[:1]), leave
     mech.force("layer1")

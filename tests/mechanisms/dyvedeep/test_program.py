@@ -142,6 +142,18 @@ def test_random_network_with_every_op():
     assert (y - ref).abs().max() <= RTOL * ref.abs().max()
 
 
+def test_average_pooling_over_the_whole_map_lowers_as_the_mean():
+    """A window over the whole map (an exit head's pooling) runs as the vectorised mean; a
+    smaller one stays a window."""
+    for window, kind in ((7, "mean"), (3, "avgpool")):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AvgPool2d(window), nn.Flatten()).eval()
+        x = torch.randn(3, 3, 9, 9, generator=torch.Generator().manual_seed(0))
+        prog = Program(model, x)
+        assert [o["kind"] for o in prog.ops][1] == kind
+        with torch.no_grad():
+            assert torch.allclose(prog(x), model(x), rtol=1e-5, atol=1e-6)
+
+
 def test_batch_split_over_threads_equals_batch_1():
     net, info = _zoo_net("resnet20_cifar")
     x, _ = next(batches(load_sample(), 8, info.norm))

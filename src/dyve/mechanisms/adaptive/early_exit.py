@@ -28,14 +28,14 @@ from torch import nn
 
 from dyve.cost import static_cost
 from dyve.errors import DyveError
-from dyve.mechanisms.adaptive.native_exits import Segments
+from dyve.mechanisms.adaptive.native_exits import ExitProgram
 from dyve.mechanisms.adaptive.policy import Classifier, LearnedPolicy, ThresholdPolicy, features_one
 from dyve.mechanisms.adaptive.policy import features as policy_features
-from dyve.mechanisms.base import MECHANISMS, Mechanism
-from dyve.mechanisms.dyvedeep.lower import Unsupported
+from dyve.mechanisms.base import MECHANISMS
+from dyve.mechanisms.dyvedeep.runner import NativeRunner
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
     from dyve.dynamic.net import DynamicNet
 
@@ -72,8 +72,8 @@ class ExitHead(nn.Module):
     doubling the channels), average pool to ``pool x pool`` (4-d inputs), flatten, linear.
 
     ``convs = 0`` is the linear head. The pooling is a fixed-window ``AvgPool2d`` where the
-    map's size is a multiple of ``pool`` (then the head lowers to a native program,
-    :class:`~dyve.mechanisms.adaptive.native_exits.Segments`), else adaptive.
+    map's size is a multiple of ``pool`` (then the head lowers into the native program,
+    :class:`~dyve.mechanisms.adaptive.native_exits.ExitProgram`), else adaptive.
     """
 
     def __init__(
@@ -152,9 +152,6 @@ class ExitModule(nn.Module):
         self.threshold = math.inf
         self.index = 0  # which learned policy
         self.forced: bool | None = None  # see EarlyExit.force
-        #: the head as a native program, set by the segments while they run the network
-        #: (:class:`~dyve.mechanisms.adaptive.native_exits.Segments`); None: the head itself
-        self.program: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._classifier: tuple[tuple[int, ...], Classifier] | None = None  # see classifier
 
     def decide(self, probs: torch.Tensor) -> torch.Tensor:
@@ -197,7 +194,7 @@ class ExitModule(nn.Module):
     def evaluate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.policy == "off" and self.forced is None:
             return x, None
-        logits = (self.head if self.program is None else self.program)(x)
+        logits = self.head(x)
         if logits.shape[0] == 1:  # no small tensor ops between the network's layers
             probs = torch.softmax(logits.float(), 1)[0].tolist()
             return logits, torch.tensor([self.decide_one(probs)])
@@ -208,72 +205,38 @@ class ExitModule(nn.Module):
         return float(self.head.macs + extra)
 
 
-class EarlyExit(Mechanism):
-    """Exit heads and exit policies (see the module docstring)."""
+class EarlyExit(NativeRunner):
+    """Exit heads and exit policies (see the module docstring).
+
+    On the fast back-end the network runs as one native program with its heads and
+    policies (:class:`~dyve.mechanisms.adaptive.native_exits.ExitProgram`, kept while
+    valid) when an exit evaluates; with none evaluating, per module (the backbone, bit for
+    bit). ``native_program = False`` keeps the per-module path.
+    """
 
     name = "early_exit"
     config_class = EarlyExitConfig
     knob_names = ("policy", "threshold", "lam")
     runs_exits = True
-    #: False keeps the per-module path on the fast back-end (what the segmented programs
-    #: are compared with in tests)
-    native_program: bool = True
-    #: why the backbone could not be segmented into programs at the last call's exit points
-    #: (None: it could, or not tried)
-    program_unsupported: str | None = None
-    _segments: Segments | None = None
-    #: per set of exit points that did not lower, why (made on the first refusal)
-    _refused: dict[tuple[str, ...], str]
 
-    def fast_runner(self, net: DynamicNet, x: torch.Tensor) -> Segments | None:
-        """With an active exit, the backbone as native programs between the exit points
-        (:mod:`~dyve.mechanisms.adaptive.native_exits`), kept while valid; None without an
-        exit (the per-module path is the backbone bit for bit), with autograd enabled (the
-        programs have no backward: inference runs under ``torch.no_grad``), for a network
-        with gated units or sites, or where the backbone does not lower
-        (``program_unsupported``)."""
-        if not self.native_program or net.units or net.sites or torch.is_grad_enabled():
-            return None  # (with autograd on, the per-module path keeps the gradients)
-        if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() < 2:
-            return None
+    def lower(self, net: DynamicNet, x: torch.Tensor) -> ExitProgram | None:
+        """The network with its exits as one program; None without an evaluating exit, or
+        for a network with gated units or sites (which run per module)."""
         points = net._active_exits()
-        if not points or all(m.policy == "off" and m.forced is None for m in self.modules.values()):
-            return None  # no exit evaluates: the backbone, bit for bit, per module
-        seg = self._segments
-        if seg is not None and seg.valid(x, points):
-            self.program_unsupported = None
-            return seg
-        key = tuple(p.name for p in points)
-        refused = self.__dict__.setdefault("_refused", {})
-        if key in refused:  # tried for these exit points, and every later call keeps the path
-            self.program_unsupported = refused[key]
+        if net.units or net.sites or not points:
             return None
-        try:
-            seg = self._segments = Segments(net, points, x)
-        except Unsupported as exc:
-            self.program_unsupported = refused[key] = str(exc)
-            self._segments = None
+        if all(m.policy == "off" and m.forced is None for m in self.modules.values()):
             return None
-        self.program_unsupported = None
-        return seg
+        return ExitProgram(net, points, x)
 
-    def dense_runner(
-        self, net: DynamicNet, dense: nn.Module, x: torch.Tensor
-    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """``dense`` as one native program, called as the segments are (checked first),
-        when ``net`` runs as segmented programs."""
-        from dyve.mechanisms.dyvedeep.program import dense_reference
-
-        if self.fast_runner(net, x) is None:
+    def fast_runner(self, net: DynamicNet, x: torch.Tensor) -> ExitProgram | None:
+        """As :meth:`NativeRunner.fast_runner`, but None with autograd enabled (the program
+        has no backward: the per-module path keeps the gradients)."""
+        if torch.is_grad_enabled():
             return None
-        return dense_reference(dense, x, net.frozen)
-
-    def drop_programs(self) -> None:
-        self._segments = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Copies and pickles drop the programs (native structures holding raw addresses)."""
-        return {**self.__dict__, "_segments": None}
+        prog = super().fast_runner(net, x)
+        assert prog is None or isinstance(prog, ExitProgram)
+        return prog
 
     def attach(self, net: DynamicNet) -> None:
         cfg = self.config

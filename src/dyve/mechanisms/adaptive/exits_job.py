@@ -124,9 +124,9 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
 
     imgs = latency_images(ds, cfg, norm)
     net.freeze()  # timed as deployed (dyve.dynamic.frozen), the native reference alike
-    # the backbone alone in the runtime the exits run it in (native programs between the
-    # exit points, when it lowers), and in PyTorch too: the baseline
-    with torch.no_grad():  # as it is timed (the segments run without autograd)
+    # the backbone alone in the runtime the exits run it in (a native program, when it
+    # lowers), and in PyTorch too: the baseline
+    with torch.no_grad():  # as it is timed (the program runs without autograd)
         native = net.dense_runner(dense, imgs[0])
     eager = f"{model} (PyTorch)"
     alone: dict[str, Any] = {eager: dense} if native is not None else {}

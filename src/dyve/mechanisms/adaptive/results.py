@@ -167,8 +167,8 @@ def write_results(runs: list[Path], out: Path) -> Path:
         "(`freeze()`: the native programs take the weights as constants and skip the",
         "per-call check of every weight tensor, as the compiled baseline's `freezing`; the",
         "native references alike; `docs/concepts.md`). A selection runs its networks as native",
-        "programs (dyve's runtime, every layer dense), early exit its backbone as one",
-        "native program per segment between exit points; their stage tables and estimates",
+        "programs (dyve's runtime, every layer dense), early exit its backbone, heads and",
+        "policies as one native program; their stage tables and estimates",
         "are in that runtime, and their measured speedups are stated against the reference",
         "both in PyTorch (the issue's baseline) and in the same runtime (dense native: the",
         "method's own share).",
@@ -259,9 +259,13 @@ def _native_share(m: dict[str, Any]) -> str:
     """The runtime's share of a measured speedup, when the networks ran natively."""
     if m.get("speedup_vs_native_b1") is None:
         return ""
-    what = "backbone's segments" if m.get("method") == "early_exit" else "networks"
+    what = (
+        "backbone, heads and policies ran as one native program"
+        if m.get("method") == "early_exit"
+        else "networks ran as native programs"
+    )
     return (
-        f" The {what} ran as native programs: against the reference in that runtime "
+        f" The {what}: against the reference in that runtime "
         f"({m['baseline_native_latency_ms_b1']:.2f} ms) the speedup is "
         f"{m['speedup_vs_native_b1']:.2f}x, the method's own share; the rest is the "
         "runtime's. The stage table and the estimated curve latencies are all native."

@@ -5,8 +5,9 @@
 // lowers the network to a list of ops on per-sample buffers: the sites (the kernels of
 // fast_kernel.cpp, knobs on or off, batch norm and ReLU fused), and the few operations
 // between them (residual add, ReLU, pooling, the option-A shortcut, channel concatenation),
-// and LC-Net's and ConvNet-AIG's gated blocks (fast_gated.cpp); flatten and fused tails are
-// aliases. One call runs the list for every sample, samples split over threads. A thread
+// LC-Net's and ConvNet-AIG's gated blocks (fast_gated.cpp) and early exits' decisions
+// (fast_exit.cpp: a sample that leaves gets its head's logits as its output and runs no
+// later op); flatten and fused tails are aliases. One call runs the list for every sample, samples split over threads. A thread
 // runs its samples in groups: each op for every sample of the group, then the next op, so
 // a site's weights are loaded once per group, not once per sample (a whole network's
 // weights do not fit in a core's L2); each sample of a group has its own buffers.
@@ -23,6 +24,7 @@ enum {
   DYVE_OP_SHORTCUT,   // option-A shortcut: a[:, ::sh, ::sw] with ph zero channels each side
   DYVE_OP_CONCAT,     // out = a's channels, then b's (same h x w)
   DYVE_OP_GATED,      // a gated residual block (fast_gated.cpp)
+  DYVE_OP_EXIT,       // an exit's decision on the head logits in a (fast_exit.cpp)
 };
 
 struct DyveOp {
@@ -32,9 +34,10 @@ struct DyveOp {
   int oc, oh, ow;               // output shape per sample
   int kh, kw, sh, sw, ph, pw;   // window, stride, padding (shortcut: stride, channel pad)
   int count_include_pad;
-  int slot;                     // SITE, GATED: its row in the program's stats and changed
+  int slot;                     // SITE, GATED, EXIT: its row in the program's stats and changed
   DyveSite* site;               // DYVE_OP_SITE: geometry and knobs set; n, x, out unused
   DyveGate* gate;               // DYVE_OP_GATED: the block
+  DyveExit* exit;               // DYVE_OP_EXIT: the policy
 };
 
 struct DyveProgram {
@@ -89,7 +92,8 @@ void op_pool(const DyveOp& op, const float* a, float* o) {
   }
 }
 
-void op_run(const DyveProgram* p, const DyveOp& op, float* const* bp, Scratch& sc, int i) {
+// Runs `op` for sample i; false when the sample leaves the network here (an exit).
+bool op_run(const DyveProgram* p, const DyveOp& op, float* const* bp, Scratch& sc, int i) {
   const float* a = bp[op.a];
   float* o = bp[op.out];
   const size_t size = (size_t)op.c * op.h * op.w;
@@ -134,7 +138,24 @@ void op_run(const DyveProgram* p, const DyveOp& op, float* const* bp, Scratch& s
     case DYVE_OP_SHORTCUT:
       option_a(a, op.c, op.h, op.w, op.sh, op.sw, op.ph, o, op.oh, op.ow);
       break;
+    case DYVE_OP_EXIT: {
+      const size_t row = (size_t)op.slot * p->n + i;
+      double* st = p->stats + row * DYVE_NSTAT;
+      std::memset(st, 0, sizeof(double) * DYVE_NSTAT);
+      if (!exit_run(*op.exit, a, st, p->changed + row)) break;
+      std::memcpy(bp[p->out_buf], a, sizeof(float) * op.c);  // its output: the head's logits
+      return false;
+    }
   }
+  return true;
+}
+
+// A sample that left before `op`: the op's statistics row (if it has one) says nothing ran.
+void op_skip(const DyveProgram* p, const DyveOp& op, int i) {
+  if (op.kind != DYVE_OP_SITE && op.kind != DYVE_OP_GATED && op.kind != DYVE_OP_EXIT) return;
+  const size_t row = (size_t)op.slot * p->n + i;
+  std::memset(p->stats + row * DYVE_NSTAT, 0, sizeof(double) * DYVE_NSTAT);
+  p->changed[row] = 0;
 }
 
 // Samples per group when automatic: enough to share each weight load, few enough that
@@ -152,6 +173,7 @@ void program_range(const DyveProgram* p, int lo, int hi) {
   const int group = std::min(hi - lo, p->group > 0 ? p->group : auto_group(per));
   if (sc->arena.size() < per * group) sc->arena.resize(per * group);
   std::vector<float*> bp((size_t)p->nbuf * group);  // sample j's buffers at bp[j * nbuf]
+  std::vector<uint8_t> live(group);                  // sample j has not left at an exit
   for (int j = 0; j < group; ++j)
     for (int k = 0; k < p->nbuf; ++k) bp[(size_t)j * p->nbuf + k] = sc->arena.data() + j * per + at[k];
   for (int i0 = lo; i0 < hi; i0 += group) {
@@ -160,14 +182,23 @@ void program_range(const DyveProgram* p, int lo, int hi) {
       float** b = &bp[(size_t)j * p->nbuf];
       b[p->in_buf] = const_cast<float*>(p->x) + (size_t)(i0 + j) * p->floats[p->in_buf];
       b[p->out_buf] = p->y + (size_t)(i0 + j) * p->floats[p->out_buf];
+      live[j] = 1;
     }
+    auto step = [&](const DyveOp& op) {
+      for (int j = 0; j < g; ++j) {
+        if (live[j])
+          live[j] = op_run(p, op, &bp[(size_t)j * p->nbuf], *sc, i0 + j);
+        else
+          op_skip(p, op, i0 + j);
+      }
+    };
     for (int k = 0; k < p->nops; ++k) {
       if (p->seconds == nullptr) {
-        for (int j = 0; j < g; ++j) op_run(p, p->ops[k], &bp[(size_t)j * p->nbuf], *sc, i0 + j);
+        step(p->ops[k]);
         continue;
       }
       const auto t0 = std::chrono::steady_clock::now();
-      for (int j = 0; j < g; ++j) op_run(p, p->ops[k], &bp[(size_t)j * p->nbuf], *sc, i0 + j);
+      step(p->ops[k]);
       p->seconds[k] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
   }
@@ -180,10 +211,11 @@ extern "C" int dyve_program(const DyveProgram* p) {
   if (p->n < 0 || p->nops < 1 || p->in_buf == p->out_buf) return 1;
   for (int k = 0; k < p->nops; ++k) {
     const DyveOp& op = p->ops[k];
-    if (op.kind < DYVE_OP_SITE || op.kind > DYVE_OP_GATED) return 3;
+    if (op.kind < DYVE_OP_SITE || op.kind > DYVE_OP_EXIT) return 3;
     if (op.out == p->in_buf || (op.kind == DYVE_OP_SITE && op.site == nullptr)) return 3;
     if (op.kind == DYVE_OP_GATED && (op.gate == nullptr || op.gate->conv1 == nullptr ||
                                      op.gate->conv2 == nullptr)) return 3;
+    if (op.kind == DYVE_OP_EXIT && (op.exit == nullptr || op.exit->classes != op.c)) return 3;
   }
   const int threads = p->seconds != nullptr ? 1 : p->threads;  // a profile runs on one
   split(p->n, threads, [p](int lo, int hi) { program_range(p, lo, hi); });

@@ -9,8 +9,10 @@ turns every node into one op of ``fast_program.cpp`` or an alias:
 * between them: residual add, ReLU, max/average pooling, global average pooling, the
   option-A shortcut, concatenation of two maps on channels; flatten, identity, dropout
   (eval) and fused tails are aliases;
-* a gated block (a :class:`~dyve.dynamic.unit.Unit`) is lowered by the mechanism that
-  gates it (:meth:`Lowering._block`; LC-Net's in :mod:`dyve.mechanisms.lcnet.program`).
+* a gated block (a :class:`~dyve.dynamic.unit.Unit`), or a module of a subclass's
+  :attr:`Lowering.leaves`, is lowered by that subclass (:meth:`Lowering._block`; LC-Net's
+  gated blocks in :mod:`dyve.mechanisms.lcnet.program`, early exits' decisions in
+  :mod:`dyve.mechanisms.adaptive.native_exits`).
 
 Anything else raises :class:`Unsupported` (the network keeps the per-site path).
 :class:`~dyve.mechanisms.dyvedeep.program.Program` lays the ops out for the native call.
@@ -36,8 +38,8 @@ from dyve.mechanisms.dyvedeep.mechanism import DyVEDeepOp
 from dyve.models.resnet_cifar import ShortcutA
 
 # DYVE_OP_* in the source
-SITE, ADD, RELU, MAXPOOL, AVGPOOL, MEAN, SHORTCUT, CONCAT, GATED = range(9)
-KINDS = ("site", "add", "relu", "maxpool", "avgpool", "mean", "shortcut", "concat", "gated")
+SITE, ADD, RELU, MAXPOOL, AVGPOOL, MEAN, SHORTCUT, CONCAT, GATED, EXIT = range(10)
+KINDS = ("site", "add", "relu", "maxpool", "avgpool", "mean", "shortcut", "concat", "gated", "exit")
 
 _Bufs = dict[fx.Node, fx.Node]  # node -> the node whose buffer holds its value
 
@@ -57,18 +59,24 @@ class SiteOptions:
 
 
 class _Leaves(fx.Tracer):
-    """Stops at units, site units, tails and the option-A shortcut, besides torch.nn's."""
+    """Stops at units, site units, tails, the option-A shortcut and ``extra``, besides
+    torch.nn's."""
+
+    def __init__(self, extra: tuple[type[nn.Module], ...] = ()) -> None:
+        super().__init__()
+        self.extra = extra
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        leaf = isinstance(m, Unit | SiteUnit | Tail | ShortcutA)
+        leaf = isinstance(m, (Unit, SiteUnit, Tail, ShortcutA, *self.extra))
         return leaf or super().is_leaf_module(m, qualname)
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """``model`` as the fx graph the lowering reads (units, site units, tails and the
-    option-A shortcut kept whole); :class:`Unsupported` when fx cannot trace it."""
+def trace(model: nn.Module, leaves: tuple[type[nn.Module], ...] = ()) -> fx.GraphModule:
+    """``model`` as the fx graph the lowering reads (units, site units, tails, the
+    option-A shortcut and modules of the ``leaves`` types kept whole); :class:`Unsupported`
+    when fx cannot trace it."""
     try:
-        return fx.GraphModule(model, _Leaves().trace(model))
+        return fx.GraphModule(model, _Leaves(leaves).trace(model))
     except Exception as exc:  # data-dependent control flow and the like
         raise Unsupported(f"torch.fx cannot trace the network: {exc}") from None
 
@@ -105,10 +113,13 @@ class Lowering:
     """``model`` (a backbone, with or without a mechanism's units) as ops for inputs of
     per-sample shape ``shape`` (see module docstring)."""
 
+    #: module types the tracer keeps whole and :meth:`_block` lowers (a subclass's own)
+    leaves: tuple[type[nn.Module], ...] = ()
+
     def __init__(self, model: nn.Module, example: torch.Tensor, opts: SiteOptions) -> None:
         self.opts = opts
         self.shape = tuple(example.shape[1:])
-        gm = trace(model)
+        gm = trace(model, self.leaves)
         modules = dict(gm.named_modules())
         prop = _Shapes(gm)
         with torch.no_grad():
@@ -165,7 +176,7 @@ class Lowering:
         elif isinstance(mod, SiteUnit):
             self._unit(node, args[0], src, mod)
             buf[node], fused[node] = node, mod
-        elif isinstance(mod, Unit):
+        elif isinstance(mod, (Unit, self.leaves)):
             self._block(node, args[0], src, mod)
             buf[node] = node
         elif isinstance(mod, nn.Conv2d | nn.Linear):
@@ -254,6 +265,8 @@ class Lowering:
             )
             extra = {"kh": kh, "kw": kw, "sh": sh, "sw": sw, "ph": ph, "pw": pw}
             extra["count_include_pad"] = int(getattr(mod, "count_include_pad", True))
+            if kind == AVGPOOL and (kh, kw, ph, pw) == (*self._shapes[src][1:], 0, 0):
+                kind, extra = MEAN, {}  # one window over the whole map: the vectorised mean
         elif isinstance(mod, nn.AdaptiveAvgPool2d) and pair(mod.output_size) == (1, 1):
             kind = MEAN
         elif isinstance(mod, ShortcutA):
@@ -339,8 +352,9 @@ class Lowering:
         self._native.append(fs)
         return fs
 
-    def _block(self, node: fx.Node, arg: fx.Node, src: fx.Node, unit: Unit) -> None:
-        """A gated block: lowered by the subclass of the mechanism that gates it."""
+    def _block(self, node: fx.Node, arg: fx.Node, src: fx.Node, unit: nn.Module) -> None:
+        """A gated block (a unit) or a module of :attr:`leaves`: lowered by the subclass of
+        the mechanism it belongs to."""
         raise Unsupported(f"{node.name}: a gated block")
 
     def _op(
@@ -352,6 +366,7 @@ class Lowering:
         b: fx.Node | None = None,
         site: native.FastSite | None = None,
         gate: Any = None,
+        exit: Any = None,
         shape: fx.Node | None = None,
         params: dict[str, int] | None = None,
     ) -> None:
@@ -359,6 +374,7 @@ class Lowering:
         out = self._shapes[shape or node]
         self._ops.append(
             {"kind": kind, "node": node, "a": src, "b": b, "site": site, "gate": gate,
+             "exit": exit,
              **(params or {}),
              "in": _chw(self._shapes[src]), "out": _chw(out), "size": math.prod(out)}
         )  # fmt: skip

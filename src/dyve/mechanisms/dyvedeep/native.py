@@ -42,6 +42,7 @@ SOURCES = (
     "fast_dense.cpp",
     "fast_neurons.cpp",
     "fast_gated.cpp",
+    "fast_exit.cpp",
     "fast_program.cpp",
 )
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno"]
@@ -58,7 +59,7 @@ STATS = (
     "wasted",
 )
 #: The source's ``dyve_abi()``: the layout of its structures and of the statistics.
-ABI = 7
+ABI = 8
 _ptr = ctypes.c_void_p
 _INTS = ("n", "cin", "h", "w", "cout", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "ho", "wo")
 
@@ -105,6 +106,17 @@ class DyveGate(ctypes.Structure):
         *((name, ctypes.c_int) for name in ("shortcut", "pad", "post_relu", "hidden")),
         *((name, _ptr) for name in ("w1", "b1", "w2", "b2")),
         ("threshold", ctypes.c_float),
+    ]
+
+
+class DyveExit(ctypes.Structure):
+    """Mirror of ``struct DyveExit`` in ``fast_exit.cpp``: an early exit's policy."""
+
+    _fields_: ClassVar[list[tuple[str, Any]]] = [
+        *((name, ctypes.c_int) for name in ("classes", "policy", "features", "dim", "forced")),
+        ("threshold", ctypes.c_double),
+        ("bias", ctypes.c_double),
+        *((name, _ptr) for name in ("weight", "mean", "std")),
     ]
 
 

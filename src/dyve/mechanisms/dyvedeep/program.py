@@ -38,6 +38,7 @@ class DyveOp(ctypes.Structure):
         *((name, ctypes.c_int) for name in _INTS),
         ("site", ctypes.POINTER(native.DyveSite)),
         ("gate", ctypes.POINTER(native.DyveGate)),
+        ("exit", ctypes.POINTER(native.DyveExit)),
     ]
 
 
@@ -120,6 +121,8 @@ class Program(Lowering):
                 c.site = ctypes.pointer(op["site"].site)
             if op["gate"] is not None:
                 c.gate = ctypes.pointer(op["gate"])
+            if op["exit"] is not None:
+                c.exit = ctypes.pointer(op["exit"])
         self._floats = (ctypes.c_int64 * len(sizes))(*sizes)
         p = self._prog = DyveProgram()
         p.nops, p.nbuf, p.in_buf, p.out_buf = len(self._ops), len(sizes), 0, 1

@@ -72,7 +72,9 @@ class GatedProgram(Program):
         if not _close(got, dense):
             raise Unsupported("the lowered blocks are not the backbone's (an unsupported form)")
 
-    def _block(self, node: fx.Node, arg: fx.Node, src: fx.Node, unit: Unit) -> None:
+    def _block(self, node: fx.Node, arg: fx.Node, src: fx.Node, unit: nn.Module) -> None:
+        if not isinstance(unit, Unit):
+            raise Unsupported(f"{node.name}: {type(unit).__name__} is not a gated block")
         gates = list(unit.gates.values())
         gate = gates[0] if len(gates) == 1 else None
         if not isinstance(gate, LCGate | AIGGate):
