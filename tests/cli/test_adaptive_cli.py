@@ -238,3 +238,106 @@ def test_a_run_resumes_with_another_budget_but_not_another_fit(tmp_path: Path) -
         load_config(tmp_path, replace(cfg, features="softmax"))
     with pytest.raises(ValueError, match="another configuration"):
         load_config(tmp_path, replace(cfg, convs=-1))
+
+
+def _expected(model: Any, reference: Any, split: str, limit: int, norm: Any) -> tuple[float, ...]:
+    """Top-1 and mean executed MACs of ``model.run``, and the reference's top-1, computed
+    directly on the images ``evaluate`` reads."""
+    from dyve import data
+
+    ds = data.load("cifar10-jpeg", split).subset(slice(0, limit))
+    x, y = next(data.batches(ds, limit, norm))
+    with torch.no_grad():
+        res = model.run(x)
+        ref = reference(x)
+    top1 = 100.0 * float((res.logits.argmax(1) == y).double().mean())
+    base = 100.0 * float((ref.argmax(1) == y).double().mean())
+    return top1, float(res.trace.cost.per_sample.mean()), base
+
+
+def test_exits_evaluate_executes_a_stored_lambda_or_a_threshold_policy(
+    prepared: Callable[[str], object], tmp_path: Path
+) -> None:
+    from dyve.demo import runs_dir
+    from dyve.models import model_info
+
+    prepared("cifar10-jpeg")
+    run = runs_dir() / "early_exit_resnet56"
+    net = dyve.dynamic.load(run)
+    net.backend = "fast"
+    mech = net.mechanism("early_exit")
+    other = next(v for v in mech.config.lams if v != mech.config.lam)
+    norm = model_info(net.backbone).norm
+    for args, knobs in (
+        ((), {"policy": "learned", "lam": mech.config.lam}),
+        (("--lam", str(other)), {"policy": "learned", "lam": other}),
+        (("--policy", "entropy", "--threshold", "0.3"), {"policy": "entropy", "threshold": 0.3}),
+    ):
+        out = tmp_path / f"e{len(args)}"
+        rc, text = _cli("exits", "evaluate", str(run), "--out", str(out), "--limit", "64", *args)
+        assert rc == 0, text
+        m = read_json(out / "metrics.json")
+        assert set(REQUIRED) - {"speedup_b1"} <= set(m)
+        assert {k: m[k] for k in knobs} == knobs
+        assert m["split"] == "test-b"
+        assert m["n"] == 64
+        assert m["cost_mode"] == "executed"
+        net.set_knobs(**knobs)
+        top1, macs, base = _expected(net, net.detach(), "test-b", 64, norm)
+        assert m["top1"] == pytest.approx(top1)
+        assert m["macs_per_sample"] == pytest.approx(macs)
+        assert m["baseline_top1"] == pytest.approx(base)
+        assert m["cost_reduction"] == pytest.approx(net.graph.total_macs / macs)
+        assert read_json(out / "config.json")["run"] == str(run)
+    out = tmp_path / "timed"
+    rc, _ = _cli("exits", "evaluate", str(run), "--out", str(out), "--limit", "8",
+                 "--latency-images", "2")  # fmt: skip
+    m = read_json(out / "metrics.json")
+    assert m["speedup_b1"] > 0
+    assert m["latency_frozen"] is True
+    assert ("speedup_vs_native_b1" in m) == native.available()
+
+
+def test_select_evaluate_and_its_errors(
+    prepared: Callable[[str], object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dyve.demo import runs_dir
+    from dyve.mechanisms.adaptive.policy import ThresholdPolicy
+    from dyve.mechanisms.adaptive.select_job import load_selection
+    from dyve.models import model_info
+
+    prepared("cifar10-jpeg")
+    run = runs_dir() / "select_caffe_r20_r56"
+    out = tmp_path / "s"
+    rc, _ = _cli("select", "evaluate", str(run), "--out", str(out), "--limit", "64",
+                 "--policy", "max_prob", "--threshold", "0.9")  # fmt: skip
+    assert rc == 0
+    m = read_json(out / "metrics.json")
+    assert m["baseline"] == "resnet56_cifar"
+    assert m["policy"] == "max_prob"
+    sel = load_selection(run)
+    sel.policy, sel.policy_macs = ThresholdPolicy("max_prob", 0.9), 0.0
+    ref = sel.networks["resnet56_cifar"]
+    top1, macs, base = _expected(sel, ref, "test-b", 64, model_info(ref).norm)
+    assert (m["top1"], m["macs_per_sample"], m["baseline_top1"]) == pytest.approx(
+        (top1, macs, base)
+    )
+    assert m["cost_reduction"] > 1, "cheaper networks answer some images"
+    sel_run, new = ("select", "evaluate", str(run)), ("--out", str(tmp_path / "x"))
+    bad = [
+        ((*sel_run, *new, "--threshold", "0.5"), "needs a policy"),
+        ((*sel_run, *new, "--policy", "entropy"), "needs a threshold"),
+        (
+            (*sel_run, *new, "--policy", "entropy", "--threshold", "0.5", "--lam", "0.03"),
+            "not both",
+        ),
+        ((*sel_run, *new, "--lam", "0.123"), "was not fitted"),
+        ((*sel_run, "--out", str(run)), "new directory"),
+        (("exits", "evaluate", str(tmp_path), *new), "not a fitted"),
+    ]
+    capsys.readouterr()
+    for argv, message in bad:
+        rc, _ = _cli(*argv)
+        assert rc != 0, argv
+        assert message in capsys.readouterr().err, argv
+    assert not (tmp_path / "x").exists(), "a refused evaluation leaves no run directory"

@@ -73,6 +73,7 @@ def add(sub: Any) -> None:
     )
     _common(f)
     f.set_defaults(func=cmd_exits)
+    _add_evaluate(esub, "an early-exit run")
 
     s = sub.add_parser("select", help="network selection among zoo networks (Bolukbasi)")
     ssub = s.add_subparsers(dest="select_cmd", required=True)
@@ -84,6 +85,7 @@ def add(sub: Any) -> None:
     )
     _common(f)
     f.set_defaults(func=cmd_select)
+    _add_evaluate(ssub, "a network-selection run")
 
     r = sub.add_parser("adaptive", help="results page of early-exit and selection runs")
     rsub = r.add_subparsers(dest="adaptive_cmd", required=True)
@@ -91,6 +93,54 @@ def add(sub: Any) -> None:
     f.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     f.add_argument("--out", required=True, type=Path, help="Markdown file to write")
     f.set_defaults(func=cmd_results)
+
+
+def _add_evaluate(sub: Any, what: str) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help=f"execute {what} at a stored lambda or a threshold policy on a split",
+        description="Execute a fitted run's system at another setting (fast back-end, "
+        "executed MACs) next to its reference network, into a new run directory. Choose "
+        "the setting on the fit split, never on the split you report.",
+    )
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help=f"{what} (made by fit)")
+    p.add_argument("--out", required=True, type=Path, help="new run directory")
+    p.add_argument("--lam", type=float, default=None, help="a stored learned policy's lambda "
+                   "(default: the run's chosen one)")  # fmt: skip
+    p.add_argument("--policy", choices=("max_prob", "entropy"), default=None,
+                   help="a threshold baseline instead of a learned policy")  # fmt: skip
+    p.add_argument("--threshold", type=float, default=None, help="the baseline's threshold")
+    p.add_argument("--data", default=None, help="dataset id (default: the run's)")
+    p.add_argument("--split", default=None, help="split (default: the run's eval split)")
+    p.add_argument("--limit", type=int, default=None, help="use the first N images")
+    p.add_argument("--latency-images", type=int, default=0,
+                   help="images timed at batch 1 against the reference (0: no timing)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Execute a fitted run at another setting and print its metrics."""
+    import json
+
+    from dyve.mechanisms.adaptive.evaluate_job import EvalConfig, evaluate_run
+
+    cfg = EvalConfig(
+        run=str(args.run),
+        lam=args.lam,
+        policy=args.policy,
+        threshold=args.threshold,
+        data=args.data,
+        split=args.split,
+        limit=args.limit,
+        latency_images=args.latency_images,
+        batch_size=args.batch_size,
+    )
+    m = evaluate_run(cfg, args.out)
+    keep = ("top1", "baseline_top1", "macs_per_sample", "cost_reduction", "split", "n")
+    print(json.dumps({k: m[k] for k in (*keep, "speedup_b1") if k in m}, indent=2))
+    print(f"wrote {args.out / 'metrics.json'}")
+    return 0
 
 
 def _config(args: argparse.Namespace, models: tuple[str, ...], **extra: Any) -> Any:
