@@ -218,9 +218,10 @@ def test_bad_exit_points_and_budgets_are_refused_before_a_run_exists(tmp_path: P
     assert not out.exists(), "a corrected rerun must not meet a config it never ran"
 
 
-def test_a_run_resumes_with_another_budget_but_not_another_fit(tmp_path: Path) -> None:
-    """The budget and its confidence only choose among the fitted policies: a run resumes
-    with other values (and runs from before the bound, without one, resume too)."""
+def test_a_run_resumes_with_another_sweep_but_not_other_caches(tmp_path: Path) -> None:
+    """The lambda grid, the features, the budget and its confidence only shape the policies
+    fitted from the caches: a run resumes with other values (and runs from before the
+    bound, without one, resume too); settings the caches or heads depend on refuse."""
     from dataclasses import replace
 
     from dyve._io import write_json
@@ -234,10 +235,11 @@ def test_a_run_resumes_with_another_budget_but_not_another_fit(tmp_path: Path) -
     del old["confidence"], old["convs"]  # runs from before the bound and the conv heads
     write_json(tmp_path / "config.json", old)
     load_config(tmp_path, cfg)
-    with pytest.raises(ValueError, match="another configuration"):
-        load_config(tmp_path, replace(cfg, features="softmax"))
-    with pytest.raises(ValueError, match="another configuration"):
-        load_config(tmp_path, replace(cfg, convs=-1))
+    load_config(tmp_path, replace(cfg, features="softmax", lams=(0.0, 0.1)))
+    assert read_json(tmp_path / "config.json")["lams"] == [0.0, 0.1]
+    for changed in ({"convs": -1}, {"pool": 2}, {"limit": 100}, {"models": ("resnet56_cifar",)}):
+        with pytest.raises(ValueError, match="another configuration"):
+            load_config(tmp_path, replace(cfg, **changed))
 
 
 def _expected(model: Any, reference: Any, split: str, limit: int, norm: Any) -> tuple[float, ...]:

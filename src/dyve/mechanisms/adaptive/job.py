@@ -169,14 +169,18 @@ def base_metrics(
     }
 
 
-#: settings that only choose the operating point (masked out when a run resumes)
-CHOICE = {"budget_pp": None, "confidence": None, "crossfit": None, "rule": None}
+#: settings the caches and the heads do not depend on (masked out when a run resumes): the
+#: policies are refitted and swept from the caches, and the operating point chosen again
+CHOICE = {
+    **{"budget_pp": None, "confidence": None, "crossfit": None, "rule": None},
+    **{"lams": None, "features": None},
+}
 
 
 def load_config(out: Path, cfg: JobConfig) -> None:
-    """Refuse to resume a run directory made with another configuration; the budget and
-    its confidence and the choice rule may change (they only choose the operating point
-    among the fits)."""
+    """Refuse to resume a run directory made with another configuration; the lambda grid,
+    the policy features, the budget and its confidence and the choice rule may change
+    (:data:`CHOICE`: a rerun with other values re-sweeps from the run's caches)."""
     path = out / "config.json"
     if path.is_file():
         old = {"confidence": None, "crossfit": False, "convs": 0, **read_json(path)}  # older runs
