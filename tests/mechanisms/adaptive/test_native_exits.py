@@ -272,3 +272,12 @@ def test_conv_heads_lower_into_the_program() -> None:
         after = net(x)
     assert _close(after, _per_module(net, mech, x))
     assert not _close(after, before), "the edited head ran"
+
+
+def test_a_feature_kind_that_does_not_match_the_stored_policies_is_refused() -> None:
+    net, mech, x = _net()
+    with torch.no_grad():
+        net(x[:1])
+        mech.modules["layer1"].feature_kind = "softmax"  # the stored rules read "both"
+        with pytest.raises(RuntimeError, match="the stored policies read"):
+            net(x[:1])

@@ -114,7 +114,6 @@ class ExitProgram(Program):
     leaves = (_Decide,)
 
     def __init__(self, net: DynamicNet, points: list[ExitPoint], x: torch.Tensor) -> None:
-        self.points = points
         self.exits = [(p.name, _exit_of(p)) for p in points]
         #: per exit: its module, its native decision, each stored policy's rows and biases
         self._decisions: list[tuple[ExitModule, Any, list[tuple[int, int, int]], list[float]]] = []
@@ -152,8 +151,10 @@ class ExitProgram(Program):
         ex = unit.exit
         e = native.DyveExit()
         (e.classes,) = self._shapes[arg]
-        e.features, e.dim = FEATURE_KINDS.index(ex.feature_kind), ex.weight.shape[1]
-        weight, mean, std = (self._keep64(getattr(ex, n)) for n in ("weight", "mean", "std"))
+        e.dim = ex.weight.shape[1]
+        weight, mean, std = (
+            self._keep(getattr(ex, n), torch.float64) for n in ("weight", "mean", "std")
+        )
         row = e.dim * weight.element_size()
         rows = [
             (weight.data_ptr() + i * row, mean.data_ptr() + i * row, std.data_ptr() + i * row)
@@ -174,6 +175,14 @@ class ExitProgram(Program):
             e.policy, e.threshold = code, ex.threshold
             e.forced = -1 if ex.forced is None else int(ex.forced)
             if code == 3:
+                e.features = FEATURE_KINDS.index(ex.feature_kind)
+                k = min(5, e.classes)
+                dim = (e.classes, k + 2, e.classes + k + 2)[e.features]
+                if dim != e.dim:
+                    raise RuntimeError(
+                        f"{ex.feature_kind} features of {e.classes} classes are {dim} values; "
+                        f"the stored policies read {e.dim}"
+                    )
                 e.weight, e.mean, e.std = rows[ex.index]
                 e.bias = biases[ex.index]
 
@@ -186,12 +195,6 @@ class ExitProgram(Program):
     ) -> torch.Tensor:
         self._sync()
         return super()._run(x, stats, changed, seconds)
-
-    def _keep64(self, t: torch.Tensor) -> torch.Tensor:
-        """``t`` as a contiguous float64 copy that the program keeps alive."""
-        out = t.detach().to(torch.float64).contiguous().clone()
-        self._native.append(out)
-        return out
 
 
 def _exit_of(point: ExitPoint) -> ExitModule:

@@ -352,6 +352,13 @@ class Lowering:
         self._native.append(fs)
         return fs
 
+    def _keep(self, t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``t`` as a contiguous copy of ``dtype`` that the program keeps alive (a native
+        structure points to it)."""
+        out = t.detach().to(dtype).contiguous().clone()
+        self._native.append(out)
+        return out
+
     def _block(self, node: fx.Node, arg: fx.Node, src: fx.Node, unit: nn.Module) -> None:
         """A gated block (a unit) or a module of :attr:`leaves`: lowered by the subclass of
         the mechanism it belongs to."""

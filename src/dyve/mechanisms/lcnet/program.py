@@ -194,12 +194,6 @@ class GatedProgram(Program):
         if not ok:
             raise Unsupported(f"{unit.name}: its shortcut's shape differs from its output's")
 
-    def _keep(self, t: torch.Tensor) -> torch.Tensor:
-        """``t`` as a contiguous float32 copy that the program keeps alive."""
-        out = t.detach().to(torch.float32).contiguous().clone()
-        self._native.append(out)
-        return out
-
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal up to the folded batch norms' rounding (relative to the largest logit)."""
