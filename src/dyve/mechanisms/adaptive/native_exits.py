@@ -186,16 +186,6 @@ class ExitProgram(Program):
                 e.weight, e.mean, e.std = rows[ex.index]
                 e.bias = biases[ex.index]
 
-    def _run(
-        self,
-        x: torch.Tensor,
-        stats: torch.Tensor,
-        changed: torch.Tensor,
-        seconds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        self._sync()
-        return super()._run(x, stats, changed, seconds)
-
 
 def _exit_of(point: ExitPoint) -> ExitModule:
     """The early exit at ``point`` (a program runs one exit per point)."""

@@ -208,6 +208,7 @@ class Program(Lowering):
         seconds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The native call on a checked input, filling ``stats`` and ``changed``."""
+        self._sync()
         x = x.contiguous()
         n = x.shape[0]
         y = torch.empty(n, *self.out_shape)
@@ -225,6 +226,10 @@ class Program(Lowering):
         if rc != 0:
             raise RuntimeError(f"native program failed (code {rc})")
         return y
+
+    def _sync(self) -> None:
+        """Update, before each call, what the native structures read from settings that
+        may change between calls without a rebuild (a subclass's; none here)."""
 
     @property
     def ops(self) -> list[dict[str, Any]]:
