@@ -281,3 +281,24 @@ def test_a_feature_kind_that_does_not_match_the_stored_policies_is_refused() -> 
         mech.modules["layer1"].feature_kind = "softmax"  # the stored rules read "both"
         with pytest.raises(RuntimeError, match="the stored policies read"):
             net(x[:1])
+
+
+@pytest.mark.parametrize("name", ["vgg16_bn_cifar_w025", "caffe_cifar10"])
+def test_backbones_without_residual_blocks_run_as_one_program(name: str) -> None:
+    """Stage exits on plain conv nets (pooling between stages) lower too."""
+    torch.manual_seed(0)  # the heads' initialisation
+    backbone = create(name, pretrained=True)
+    net = DynamicNet(backbone, backend="fast")
+    mech = EarlyExit(policy="max_prob", threshold=0.15)  # untrained heads: low confidences
+    net.attach(mech)
+    net.eval()
+    x, _ = next(batches(load_sample(), 32, model_info(backbone).norm))
+    ref = _per_module(net, mech, x)
+    exits = net.run(x).trace.exit_at
+    assert exits is not None
+    with torch.no_grad():
+        y = net(x)
+        _, at = _program(mech).run_exits(x)
+    assert _close(y, ref)
+    assert torch.equal(at, exits)
+    assert len(set(at.tolist())) >= 2, "samples leave at different exits"
