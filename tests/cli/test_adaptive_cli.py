@@ -55,6 +55,7 @@ def test_exits_and_select_write_runs_and_a_page(
     )
     assert rc == 0
     assert "fewer MACs (executed)" in text
+    assert ("same native runtime" in text) == native.available()
     m = read_json(tmp_path / "e" / "metrics.json")
     assert set(REQUIRED) <= set(m)
     assert m["head_convs"] == {"layer1": 0, "layer2": 0}

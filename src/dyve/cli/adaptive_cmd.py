@@ -186,6 +186,11 @@ def _report(m: dict[str, Any], out: Path) -> None:
         f"{m['baseline_top1']:.2f} ({m['baseline']}) -> {m['top1']:.2f} %, "
         f"{m['cost_reduction']:.2f}x fewer MACs (executed), batch-1 speedup "
         f"{m['speedup_b1']:.2f}x (measured)"
+        + (
+            f", {m['speedup_vs_native_b1']:.2f}x against the reference in the same native runtime"
+            if m.get("speedup_vs_native_b1") is not None
+            else ""
+        )
     )
     print(f"wrote {out}/metrics.json, curves.json, curve.png")
 
