@@ -3,9 +3,9 @@
 // Built on first use by dyve/mechanisms/dyvedeep/native.py (g++ -O3 -march=native), as one
 // translation unit with the files that follow it in native.SOURCES: fast_dense.cpp (the
 // dense tiles), fast_neurons.cpp (per-neuron work: SPET, SDSS), fast_gated.cpp (LC-Net's
-// gated blocks), fast_exit.cpp (early exits' decisions) and fast_program.cpp (a whole network per call). Called through ctypes: one
-// call per site and batch here,
-// or one call per network and batch through fast_program.cpp. It computes what the emulation in
+// gated blocks), fast_exit.cpp (early exits' decisions) and fast_program.cpp (a whole
+// network per call). Called through ctypes: one call per site and batch here, or one call
+// per network and batch through fast_program.cpp. It computes what the emulation in
 // kernel.py computes (same knob semantics), but only the work it decides to do, and
 // counts that work. Layout per sample (see docs/methods/dyvedeep.md, "fast back-end"):
 //

@@ -7,10 +7,11 @@
 // between them (residual add, ReLU, pooling, the option-A shortcut, channel concatenation),
 // LC-Net's and ConvNet-AIG's gated blocks (fast_gated.cpp) and early exits' decisions
 // (fast_exit.cpp: a sample that leaves gets its head's logits as its output and runs no
-// later op); flatten and fused tails are aliases. One call runs the list for every sample, samples split over threads. A thread
-// runs its samples in groups: each op for every sample of the group, then the next op, so
-// a site's weights are loaded once per group, not once per sample (a whole network's
-// weights do not fit in a core's L2); each sample of a group has its own buffers.
+// later op); flatten and fused tails are aliases. One call runs the list for every
+// sample, samples split over threads. A thread runs its samples in groups: each op for
+// every sample of the group, then the next op, so a site's weights are loaded once per
+// group, not once per sample (a whole network's weights do not fit in a core's L2); each
+// sample of a group has its own buffers.
 
 extern "C" {
 
