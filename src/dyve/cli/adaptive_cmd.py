@@ -116,6 +116,7 @@ def _add_evaluate(sub: Any, what: str) -> None:
     p.add_argument("--latency-images", type=int, default=0,
                    help="images timed at batch 1 against the reference (0: no timing)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -136,7 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         latency_images=args.latency_images,
         batch_size=args.batch_size,
     )
-    m = evaluate_run(cfg, args.out)
+    m = evaluate_run(cfg, args.out, progress=not args.no_progress)
     keep = ("top1", "baseline_top1", "macs_per_sample", "cost_reduction", "split", "n")
     print(json.dumps({k: m[k] for k in (*keep, "speedup_b1") if k in m}, indent=2))
     print(f"wrote {args.out / 'metrics.json'}")

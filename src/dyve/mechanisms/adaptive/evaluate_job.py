@@ -79,7 +79,7 @@ class _System:
     setting: dict[str, Any]
 
 
-def evaluate_run(cfg: EvalConfig, out: Path) -> dict[str, Any]:
+def evaluate_run(cfg: EvalConfig, out: Path, *, progress: bool = True) -> dict[str, Any]:
     """Execute ``cfg.run`` at ``cfg``'s setting; write ``out/config.json`` and
     ``out/metrics.json`` and return the metrics."""
     run = Path(cfg.run)
@@ -100,7 +100,7 @@ def evaluate_run(cfg: EvalConfig, out: Path) -> dict[str, Any]:
     ds = load_split(job, split)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {**asdict(cfg), "data": job.data, "split": split})
-    got = executed(system.model.run, ds, job, system.norm)
+    got = executed(system.model.run, ds, job, system.norm, progress=progress)
     ref = _top1(system.reference, ds, job, system.norm)
     metrics: dict[str, Any] = {
         "method": source.get("method"),

@@ -109,7 +109,7 @@ def run_exits(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str, 
         net.set_knobs(policy="learned", lam=study.policies[study.chosen].lam)
     save(net, out)
     ds = load_split(cfg, held)
-    ran = executed(net.run, ds, cfg, norm)
+    ran = executed(net.run, ds, cfg, norm, progress=progress)
 
     def forced(path: tuple[str, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
         def run(x: torch.Tensor) -> torch.Tensor:

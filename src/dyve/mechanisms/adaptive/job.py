@@ -201,11 +201,21 @@ def executed(
     ds: dyve_data.ImageSet,
     cfg: JobConfig,
     norm: dyve_data.Normalization,
+    *,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Top-1 and mean executed MACs of ``run`` (returns a DynamicResult) over ``ds``."""
+    from tqdm import tqdm
+
     correct, macs = 0, []
+    total = -(-len(ds) // cfg.batch_size)
     with torch.no_grad():
-        for x, y in dyve_data.batches(ds, cfg.batch_size, norm):
+        for x, y in tqdm(
+            dyve_data.batches(ds, cfg.batch_size, norm),
+            total=total,
+            desc="executed",
+            disable=not progress,
+        ):
             res = run(x)
             correct += int((res.logits.argmax(1) == y).sum())
             macs.append(res.trace.cost.per_sample)

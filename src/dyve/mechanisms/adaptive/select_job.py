@@ -95,7 +95,7 @@ def run_select(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict[str,
     policy = study.policies[chosen]
     system = Selection(nets, graph, policy, policy_macs=feat_dim)
     ds = load_split(cfg, held)
-    ran = executed(system.run, ds, cfg, norm)
+    ran = executed(system.run, ds, cfg, norm, progress=progress)
 
     def forced(path: tuple[str, ...]) -> Selection:
         forced = ForcedPolicy(policy, graph, path)
