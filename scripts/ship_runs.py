@@ -3,7 +3,7 @@
 Made by these commands (on 2 cores, about 45 minutes in all; see `scripts/*_results.sh`):
 
     COST=time bash scripts/dyvedeep_results.sh  # docs/results/dyvedeep-time/resnet56_cifar
-    dyve exits fit --model resnet56_cifar --out runs/adaptive/exits_resnet56
+    dyve exits fit --model resnet56_cifar --convs -1 --out runs/adaptive/exits_resnet56_conv
     dyve select fit --models caffe_cifar10,resnet20_cifar,resnet56_cifar \
         --out runs/adaptive/select_caffe_r20_r56
     dyve lcnet train --out runs/lcnet/lcnet_l04_c002_kd05 --model resnet56_cifar --epochs 3 \
@@ -31,7 +31,7 @@ RUNS = {
         "docs/results/dyvedeep-time/resnet56_cifar",
         ("dynamic.json", "dynamic.safetensors"),
     ),
-    "early_exit_resnet56": ("runs/adaptive/exits_resnet56", ()),
+    "early_exit_resnet56": ("runs/adaptive/exits_resnet56_conv", ()),
     "select_caffe_r20_r56": (
         "runs/adaptive/select_caffe_r20_r56",
         ("selection.json", "policies.safetensors"),
