@@ -337,6 +337,7 @@ def test_select_evaluate_and_its_errors(
         ((*sel_run, *new, "--lam", "0.123"), "was not fitted"),
         ((*sel_run, "--out", str(run)), "new directory"),
         (("exits", "evaluate", str(tmp_path), *new), "not a fitted"),
+        (("exits", "evaluate", str(runs_dir() / "dyvedeep_resnet56"), *new), "dyve exits fit"),
     ]
     capsys.readouterr()
     for argv, message in bad:

@@ -28,7 +28,14 @@ from torch import nn
 from dyve import data as dyve_data
 from dyve._io import read_json, write_json
 from dyve.errors import DyveError
-from dyve.mechanisms.adaptive.job import JobConfig, executed, latency_metrics, load_split
+from dyve.eval.evaluate import evaluate
+from dyve.mechanisms.adaptive.job import (
+    JobConfig,
+    executed,
+    latency_images,
+    latency_metrics,
+    load_split,
+)
 from dyve.mechanisms.adaptive.job import mean_latency as timed
 from dyve.mechanisms.adaptive.policy import THRESHOLD_KINDS, ThresholdPolicy
 from dyve.models import model_info
@@ -89,10 +96,13 @@ def evaluate_run(cfg: EvalConfig, out: Path, *, progress: bool = True) -> dict[s
         raise DyveError("--out must be a new directory, not the fitted run")
     fitted = read_json(run / "config.json")
     source = read_json(run / "metrics.json")
+    if source.get("method") not in ("early_exit", "network_selection") or "models" not in fitted:
+        raise DyveError(f"{run}: not a run of `dyve exits fit` or `dyve select fit`")
     job = JobConfig(
         models=tuple(fitted["models"]),
         data=cfg.data or fitted["data"],
         limit=cfg.limit,
+        latency_images=cfg.latency_images,
         batch_size=cfg.batch_size,
     )
     split = cfg.split or source["split"]
@@ -101,7 +111,7 @@ def evaluate_run(cfg: EvalConfig, out: Path, *, progress: bool = True) -> dict[s
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {**asdict(cfg), "data": job.data, "split": split})
     got = executed(system.model.run, ds, job, system.norm, progress=progress)
-    ref = _top1(system.reference, ds, job, system.norm)
+    ref = evaluate(system.reference, ds, system.norm, batch_size=job.batch_size).top1
     metrics: dict[str, Any] = {
         "method": source.get("method"),
         "source_run": str(run),
@@ -119,7 +129,7 @@ def evaluate_run(cfg: EvalConfig, out: Path, *, progress: bool = True) -> dict[s
         "dataset": job.data,
     }
     if cfg.latency_images:
-        metrics.update(_latency(system, ds, cfg.latency_images))
+        metrics.update(_latency(system, latency_images(ds, job, system.norm)))
     write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -182,19 +192,8 @@ def _selection(run: Path, cfg: EvalConfig, reference: str) -> _System:
     )
 
 
-def _top1(model: nn.Module, ds: dyve_data.ImageSet, job: JobConfig, norm: Any) -> float:
-    correct = 0
-    with torch.no_grad():
-        for x, y in dyve_data.batches(ds, job.batch_size, norm):
-            correct += int((model(x).argmax(1) == y).sum())
-    return 100.0 * correct / len(ds)
-
-
-def _latency(system: _System, ds: dyve_data.ImageSet, images: int) -> dict[str, Any]:
+def _latency(system: _System, imgs: list[torch.Tensor]) -> dict[str, Any]:
     """Batch-1 timing of the system against its reference, as the fit jobs time it."""
-    sub = ds.subset(slice(0, images))
-    x, _ = next(dyve_data.batches(sub, len(sub), system.norm))
-    imgs = [x[i : i + 1] for i in range(len(x))]
     model = system.model
     model.freeze()
     with torch.no_grad():
