@@ -161,7 +161,7 @@ def check(eager: nn.Module, compiled: nn.Module, x: torch.Tensor) -> dict[str, A
 @torch.no_grad()
 def runs_native(model: nn.Module, x: torch.Tensor) -> bool:
     """True when ``model``'s forward runs as native programs on inputs like ``x``: a
-    DynamicNet's whole-network runner (DyVEDeep, LC-Net, ConvNet-AIG, early exit) or every
+    DynamicNet's whole-network runner (DyVEDeep, LC-Net, ConvNet-AIG, early exit, D2NN) or every
     network of a selection. Compiling its segments in place would take
     it off that path (torch.fx cannot lower a compiled module; early exit then ran 2.5x
     slower), so :func:`export` leaves such a model as it is, to run frozen."""

@@ -154,6 +154,19 @@ def test_average_pooling_over_the_whole_map_lowers_as_the_mean():
             assert torch.allclose(prog(x), model(x), rtol=1e-5, atol=1e-6)
 
 
+def test_adaptive_average_pooling_lowers_where_its_windows_tile_the_map():
+    """A D2NN controller's ``AdaptiveAvgPool2d(4)`` on an 8x8 map is 2x2 average pooling; on
+    a 6x6 map to 4x4 the windows overlap and the network is refused."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(4), nn.Flatten())
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    prog = Program(model.eval(), x)
+    assert [o["kind"] for o in prog.ops][1] == "avgpool"
+    with torch.no_grad():
+        assert torch.allclose(prog(x), model(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(Unsupported, match="AdaptiveAvgPool2d"):
+        Program(model, x[:, :, :6, :6])
+
+
 def test_batch_split_over_threads_equals_batch_1():
     net, info = _zoo_net("resnet20_cifar")
     x, _ = next(batches(load_sample(), 8, info.norm))

@@ -12,6 +12,10 @@ Knob ``bias`` (None = off: static actions, controllers not evaluated): the actio
 commits to. ``bias=0`` is the trained policy; a positive bias trades accuracy for cost
 without retraining (a dyve addition: the paper traces its curves by retraining with
 several lambda, which ``dyve d2nn train`` does too).
+
+On the fast back-end, with the greedy policy, ``net(x)`` runs the whole graph as one
+native program (:mod:`dyve.mechanisms.d2nn.program`); traced runs (``net.run``), the
+static network (knob off: the identity contract) and other policies run per module.
 """
 
 from __future__ import annotations
@@ -22,11 +26,17 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 
 from dyve.errors import DyveError
-from dyve.mechanisms.base import MECHANISMS, Mechanism
+from dyve.mechanisms.base import MECHANISMS
 from dyve.mechanisms.d2nn.module import D2Graph
+from dyve.mechanisms.dyvedeep.runner import NativeRunner
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from torch import nn
+
     from dyve.dynamic.net import DynamicNet
+    from dyve.mechanisms.dyvedeep.program import Program
 
 
 class Greedy:
@@ -68,7 +78,7 @@ class D2NNConfig:
     bias: float | None = None
 
 
-class D2NN(Mechanism):
+class D2NN(NativeRunner):
     """Per-input decisions of a D2NN graph's controllers (see the module docstring)."""
 
     name = "d2nn"
@@ -95,6 +105,26 @@ class D2NN(Mechanism):
         graph = getattr(self, "_graph", None)
         if graph is not None:
             graph.policy = None if value is None else Greedy(self._costs, value)
+
+    def lower(self, net: DynamicNet, x: torch.Tensor) -> Program | None:
+        """The graph with its greedy policy as one program; None (per module) for the
+        static network and other policies."""
+        from dyve.mechanisms.d2nn.program import GraphProgram
+
+        graph = cast(D2Graph, net.backbone)
+        return GraphProgram(graph, x) if type(graph.policy) is Greedy else None
+
+    def dense_runner(
+        self, net: DynamicNet, dense: nn.Module, x: torch.Tensor
+    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The static graph ``dense`` as a program (controllers not evaluated), called
+        checked as ``net(x)`` calls its own; None when ``net`` runs per module."""
+        from dyve.mechanisms.d2nn.program import static_program
+
+        if self.fast_runner(net, x) is None or not isinstance(dense, D2Graph):
+            return None
+        prog = static_program(dense, x, net.frozen)
+        return None if prog is None else prog.checked
 
     def parameters(self, net: DynamicNet) -> Any:
         yield from cast(D2Graph, net.backbone).controllers.parameters()

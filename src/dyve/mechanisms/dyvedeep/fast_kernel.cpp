@@ -153,7 +153,7 @@ enum {
 };
 
 int dyve_nstat() { return DYVE_NSTAT; }
-int dyve_abi() { return 8; }
+int dyve_abi() { return 9; }
 
 }  // extern "C"
 

@@ -7,7 +7,10 @@
 // between them (residual add, ReLU, pooling, the option-A shortcut, channel concatenation),
 // LC-Net's and ConvNet-AIG's gated blocks (fast_gated.cpp) and early exits' decisions
 // (fast_exit.cpp: a sample that leaves gets its head's logits as its output and runs no
-// later op); flatten and fused tails are aliases. One call runs the list for every
+// later op) and D2NN's controllers' decisions (fast_route.cpp); flatten and fused tails
+// are aliases. Each sample has flags (D2NN: one per node that runs for some samples
+// only): an op with a flag runs only where it is set, and one that does not run fills
+// its output with a constant where a consumer expects a default there. One call runs the list for every
 // sample, samples split over threads. A thread runs its samples in groups: each op for
 // every sample of the group, then the next op, so a site's weights are loaded once per
 // group, not once per sample (a whole network's weights do not fit in a core's L2); each
@@ -26,6 +29,10 @@ enum {
   DYVE_OP_CONCAT,     // out = a's channels, then b's (same h x w)
   DYVE_OP_GATED,      // a gated residual block (fast_gated.cpp)
   DYVE_OP_EXIT,       // an exit's decision on the head logits in a (fast_exit.cpp)
+  DYVE_OP_ROUTE,      // a controller's decision on its Q-values in a (fast_route.cpp)
+  DYVE_OP_FLAG,       // flags[flag] &= flags[flag2] (a node runs only where its input ran)
+  DYVE_OP_SELECT,     // out = flags[flag] ? b : a
+  DYVE_OP_PERMUTE,    // out[j] = a[index[j]] (oc values)
 };
 
 struct DyveOp {
@@ -39,6 +46,12 @@ struct DyveOp {
   DyveSite* site;               // DYVE_OP_SITE: geometry and knobs set; n, x, out unused
   DyveGate* gate;               // DYVE_OP_GATED: the block
   DyveExit* exit;               // DYVE_OP_EXIT: the policy
+  int when, when2;              // flags (-1: none) that must be set for the op to run
+  int fills;                    // 1: where the op does not run, its output is `fill`
+  float fill;
+  int flag, flag2;              // FLAG, SELECT: the flags they read and write
+  const int* index;             // PERMUTE: [oc]
+  DyveRoute* route;             // DYVE_OP_ROUTE: the controller's actions and targets
 };
 
 struct DyveProgram {
@@ -52,6 +65,8 @@ struct DyveProgram {
   uint8_t* changed;       // [sites, n]
   double* seconds;        // [nops] or null: time spent in each op is added (one thread)
   int group;              // samples per group (<= 0: automatic, see program_range)
+  int nflags;                 // flags per sample
+  const uint8_t* flag_init;   // [nflags]: their values when a sample starts
 };
 
 }  // extern "C"
@@ -94,7 +109,8 @@ void op_pool(const DyveOp& op, const float* a, float* o) {
 }
 
 // Runs `op` for sample i; false when the sample leaves the network here (an exit).
-bool op_run(const DyveProgram* p, const DyveOp& op, float* const* bp, Scratch& sc, int i) {
+bool op_run(const DyveProgram* p, const DyveOp& op, float* const* bp, Scratch& sc, int i,
+            uint8_t* flags) {
   const float* a = bp[op.a];
   float* o = bp[op.out];
   const size_t size = (size_t)op.c * op.h * op.w;
@@ -147,6 +163,20 @@ bool op_run(const DyveProgram* p, const DyveOp& op, float* const* bp, Scratch& s
       std::memcpy(bp[p->out_buf], a, sizeof(float) * op.c);  // its output: the head's logits
       return false;
     }
+    case DYVE_OP_ROUTE:
+      route_run(*op.route, a, flags);
+      break;
+    case DYVE_OP_FLAG:
+      flags[op.flag] &= flags[op.flag2];
+      break;
+    case DYVE_OP_SELECT: {
+      const float* from = flags[op.flag] ? bp[op.b] : a;
+      if (from != o) std::memcpy(o, from, sizeof(float) * size);
+      break;
+    }
+    case DYVE_OP_PERMUTE:
+      for (int j = 0; j < op.oc; ++j) o[j] = a[op.index[j]];
+      break;
   }
   return true;
 }
@@ -157,6 +187,14 @@ void op_skip(const DyveProgram* p, const DyveOp& op, int i) {
   const size_t row = (size_t)op.slot * p->n + i;
   std::memset(p->stats + row * DYVE_NSTAT, 0, sizeof(double) * DYVE_NSTAT);
   p->changed[row] = 0;
+}
+
+// `op` does not run for sample i (a flag of its is clear): as op_skip, and a route clears
+// the flags it owns, an op with a default fills its output with it.
+void op_off(const DyveProgram* p, const DyveOp& op, float* const* bp, uint8_t* flags, int i) {
+  op_skip(p, op, i);
+  if (op.kind == DYVE_OP_ROUTE) route_off(*op.route, flags);
+  if (op.fills) std::fill_n(bp[op.out], (size_t)op.oc * op.oh * op.ow, op.fill);
 }
 
 // Samples per group when automatic: enough to share each weight load, few enough that
@@ -175,6 +213,8 @@ void program_range(const DyveProgram* p, int lo, int hi) {
   if (sc->arena.size() < per * group) sc->arena.resize(per * group);
   std::vector<float*> bp((size_t)p->nbuf * group);  // sample j's buffers at bp[j * nbuf]
   std::vector<uint8_t> live(group);                  // sample j has not left at an exit
+  const int nf = p->nflags;
+  std::vector<uint8_t> flags((size_t)nf * group);    // sample j's at flags[j * nf]
   for (int j = 0; j < group; ++j)
     for (int k = 0; k < p->nbuf; ++k) bp[(size_t)j * p->nbuf + k] = sc->arena.data() + j * per + at[k];
   for (int i0 = lo; i0 < hi; i0 += group) {
@@ -184,13 +224,18 @@ void program_range(const DyveProgram* p, int lo, int hi) {
       b[p->in_buf] = const_cast<float*>(p->x) + (size_t)(i0 + j) * p->floats[p->in_buf];
       b[p->out_buf] = p->y + (size_t)(i0 + j) * p->floats[p->out_buf];
       live[j] = 1;
+      if (nf > 0) std::memcpy(&flags[(size_t)j * nf], p->flag_init, nf);
     }
     auto step = [&](const DyveOp& op) {
       for (int j = 0; j < g; ++j) {
-        if (live[j])
-          live[j] = op_run(p, op, &bp[(size_t)j * p->nbuf], *sc, i0 + j);
-        else
+        float* const* b = &bp[(size_t)j * p->nbuf];
+        uint8_t* f = flags.data() + (size_t)j * nf;
+        if (!live[j])
           op_skip(p, op, i0 + j);
+        else if ((op.when >= 0 && !f[op.when]) || (op.when2 >= 0 && !f[op.when2]))
+          op_off(p, op, b, f, i0 + j);
+        else
+          live[j] = op_run(p, op, b, *sc, i0 + j, f);
       }
     };
     for (int k = 0; k < p->nops; ++k) {
@@ -210,9 +255,22 @@ void program_range(const DyveProgram* p, int lo, int hi) {
 
 extern "C" int dyve_program(const DyveProgram* p) {
   if (p->n < 0 || p->nops < 1 || p->in_buf == p->out_buf) return 1;
+  if (p->nflags < 0 || (p->nflags > 0 && p->flag_init == nullptr)) return 2;
+  auto bad_flag = [p](int f, bool optional) { return f >= p->nflags || (f < 0 && !optional); };
   for (int k = 0; k < p->nops; ++k) {
     const DyveOp& op = p->ops[k];
-    if (op.kind < DYVE_OP_SITE || op.kind > DYVE_OP_EXIT) return 3;
+    if (op.kind < DYVE_OP_SITE || op.kind > DYVE_OP_PERMUTE) return 3;
+    if (bad_flag(op.when, true) || bad_flag(op.when2, true)) return 4;
+    if (op.kind == DYVE_OP_ROUTE) {
+      if (op.route == nullptr || op.route->actions != op.c || op.route->actions > 31) return 3;
+      if (op.route->fixed >= op.route->actions || (op.route->fixed < 0 && op.route->pen == nullptr))
+        return 3;
+      for (int t = 0; t < op.route->ntargets; ++t)
+        if (bad_flag(op.route->flags[t], false)) return 4;
+    }
+    if (op.kind == DYVE_OP_FLAG && (bad_flag(op.flag, false) || bad_flag(op.flag2, false))) return 4;
+    if (op.kind == DYVE_OP_SELECT && (bad_flag(op.flag, false) || op.b < 0)) return 4;
+    if (op.kind == DYVE_OP_PERMUTE && op.index == nullptr) return 3;
     if (op.out == p->in_buf || (op.kind == DYVE_OP_SITE && op.site == nullptr)) return 3;
     if (op.kind == DYVE_OP_GATED && (op.gate == nullptr || op.gate->conv1 == nullptr ||
                                      op.gate->conv2 == nullptr)) return 3;

@@ -6,13 +6,14 @@ turns every node into one op of ``fast_program.cpp`` or an alias:
 
 * every conv/linear layer is a kernel site with its batch norm and ReLU fused (the
   DyVEDeep sites with their knobs, the other layers with every knob off);
-* between them: residual add, ReLU, max/average pooling, global average pooling, the
-  option-A shortcut, concatenation of two maps on channels; flatten, identity, dropout
-  (eval) and fused tails are aliases;
+* between them: residual add, ReLU, max/average pooling (adaptive where its windows tile
+  the map), global average pooling, the option-A shortcut, concatenation of two maps on
+  channels (or two vectors); flatten, identity, dropout (eval) and fused tails are aliases;
 * a gated block (a :class:`~dyve.dynamic.unit.Unit`), or a module of a subclass's
   :attr:`Lowering.leaves`, is lowered by that subclass (:meth:`Lowering._block`; LC-Net's
   gated blocks in :mod:`dyve.mechanisms.lcnet.program`, early exits' decisions in
-  :mod:`dyve.mechanisms.adaptive.native_exits`).
+  :mod:`dyve.mechanisms.adaptive.native_exits`, D2NN's controllers in
+  :mod:`dyve.mechanisms.d2nn.program`).
 
 Anything else raises :class:`Unsupported` (the network keeps the per-site path).
 :class:`~dyve.mechanisms.dyvedeep.program.Program` lays the ops out for the native call.
@@ -39,7 +40,11 @@ from dyve.models.resnet_cifar import ShortcutA
 
 # DYVE_OP_* in the source
 SITE, ADD, RELU, MAXPOOL, AVGPOOL, MEAN, SHORTCUT, CONCAT, GATED, EXIT = range(10)
-KINDS = ("site", "add", "relu", "maxpool", "avgpool", "mean", "shortcut", "concat", "gated", "exit")
+ROUTE, FLAG, SELECT, PERMUTE = range(10, 14)
+KINDS = (
+    *("site", "add", "relu", "maxpool", "avgpool", "mean", "shortcut", "concat", "gated"),
+    *("exit", "route", "flag", "select", "permute"),
+)
 
 _Bufs = dict[fx.Node, fx.Node]  # node -> the node whose buffer holds its value
 
@@ -134,6 +139,8 @@ class Lowering:
         #: (object, attribute, value): the knobs the program was built with
         self._knobs: list[tuple[Any, str, Any]] = []
         self._native: list[Any] = []  # native structures the ops point to (kept alive)
+        #: per-sample flags' initial values (ops may run only where a flag is set; D2NN)
+        self.flag_init: list[int] = []
         self._lower(gm.graph)
 
     def _lower(self, graph: fx.Graph) -> None:
@@ -204,15 +211,16 @@ class Lowering:
             )
 
     def _concat(self, node: fx.Node, buf: _Bufs) -> None:
-        """``torch.cat([a, b], 1)`` of two feature maps."""
+        """``torch.cat([a, b], 1)`` of two feature maps or two vectors."""
         parts = node.args[0] if node.args else None
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         if not (isinstance(parts, list | tuple) and len(parts) == 2 and dim == 1):
-            raise Unsupported(f"{node.name}: concatenation other than two maps on channels")
+            raise Unsupported(f"{node.name}: concatenation other than two maps or vectors on dim 1")
         a, b = parts
         if not (isinstance(a, fx.Node) and isinstance(b, fx.Node) and a in buf and b in buf):
             raise Unsupported(f"{node.name}: concatenation of non-tensors")
-        if len(self._shapes[a]) != 3 or self._shapes[a][1:] != self._shapes[b][1:]:
+        sa, sb = self._shapes[a], self._shapes[b]
+        if len(sa) != len(sb) or len(sa) not in (1, 3) or sa[1:] != sb[1:]:
             raise Unsupported(f"{node.name}: concatenation of maps of different sizes")
         self._op(CONCAT, node, buf[a], b=buf[b])
         buf[node] = node
@@ -269,12 +277,27 @@ class Lowering:
                 kind, extra = MEAN, {}  # one window over the whole map: the vectorised mean
         elif isinstance(mod, nn.AdaptiveAvgPool2d) and pair(mod.output_size) == (1, 1):
             kind = MEAN
+        elif isinstance(mod, nn.AdaptiveAvgPool2d) and self._even_windows(src, mod):
+            (oh, ow), (_, h, w) = pair(mod.output_size), self._shapes[src]
+            kind = AVGPOOL  # windows that tile the map: plain average pooling
+            extra = {"kh": h // oh, "kw": w // ow, "sh": h // oh, "sw": w // ow}
+            extra.update(ph=0, pw=0, count_include_pad=1)
         elif isinstance(mod, ShortcutA):
             kind, extra = SHORTCUT, {"sh": 2, "sw": 2, "ph": mod.pad_channels}
         else:
             raise Unsupported(f"{node.name}: {type(mod).__name__}")
         self._op(kind, node, src, params=extra)
         buf[node] = node
+
+    def _even_windows(self, src: fx.Node, mod: nn.AdaptiveAvgPool2d) -> bool:
+        """Adaptive average pooling whose windows tile the map (each output cell averages
+        an equal, disjoint window)."""
+        size = mod.output_size if isinstance(mod.output_size, tuple) else (mod.output_size,) * 2
+        shape = self._shapes[src]
+        oh, ow = size
+        if len(shape) != 3 or oh is None or ow is None:
+            return False
+        return bool(shape[1] % oh == 0 and shape[2] % ow == 0)
 
     def _unit(self, node: fx.Node, arg: fx.Node, src: fx.Node, unit: SiteUnit) -> None:
         op = unit.op

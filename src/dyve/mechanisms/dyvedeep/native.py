@@ -43,6 +43,7 @@ SOURCES = (
     "fast_neurons.cpp",
     "fast_gated.cpp",
     "fast_exit.cpp",
+    "fast_route.cpp",
     "fast_program.cpp",
 )
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno"]
@@ -59,7 +60,7 @@ STATS = (
     "wasted",
 )
 #: The source's ``dyve_abi()``: the layout of its structures and of the statistics.
-ABI = 8
+ABI = 9
 _ptr = ctypes.c_void_p
 _INTS = ("n", "cin", "h", "w", "cout", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "ho", "wo")
 
@@ -117,6 +118,19 @@ class DyveExit(ctypes.Structure):
         ("threshold", ctypes.c_double),
         ("bias", ctypes.c_double),
         *((name, _ptr) for name in ("weight", "mean", "std")),
+    ]
+
+
+class DyveRoute(ctypes.Structure):
+    """Mirror of ``struct DyveRoute`` in ``fast_route.cpp``: a D2NN controller's decision."""
+
+    _fields_: ClassVar[list[tuple[str, Any]]] = [
+        ("actions", ctypes.c_int),
+        ("fixed", ctypes.c_int),
+        ("pen", _ptr),
+        ("ntargets", ctypes.c_int),
+        ("flags", _ptr),
+        ("masks", _ptr),
     ]
 
 

@@ -29,6 +29,9 @@ __all__ = ["Program", "SiteOptions", "Unsupported", "dense_program", "dense_refe
 _version = operator.attrgetter("_version")
 _WINDOW = ("kh", "kw", "sh", "sw", "ph", "pw", "count_include_pad", "slot")
 _INTS = ("kind", "a", "b", "out", "c", "h", "w", "oc", "oh", "ow", *_WINDOW)
+#: per-op flag settings and their defaults (no flag: the op runs for every sample)
+_FLAGGED = ("when", "when2", "fills")
+_FLAG_DEFAULTS = {"when": -1, "when2": -1, "fills": 0, "fill": 0.0, "flag": -1, "flag2": -1}
 
 
 class DyveOp(ctypes.Structure):
@@ -39,6 +42,11 @@ class DyveOp(ctypes.Structure):
         ("site", ctypes.POINTER(native.DyveSite)),
         ("gate", ctypes.POINTER(native.DyveGate)),
         ("exit", ctypes.POINTER(native.DyveExit)),
+        *((name, ctypes.c_int) for name in _FLAGGED),
+        ("fill", ctypes.c_float),
+        *((name, ctypes.c_int) for name in ("flag", "flag2")),
+        ("index", ctypes.c_void_p),
+        ("route", ctypes.POINTER(native.DyveRoute)),
     ]
 
 
@@ -53,6 +61,8 @@ class DyveProgram(ctypes.Structure):
         ("out_buf", ctypes.c_int),
         *((name, ctypes.c_void_p) for name in ("x", "y", "stats", "changed", "seconds")),
         ("group", ctypes.c_int),
+        ("nflags", ctypes.c_int),
+        ("flag_init", ctypes.c_void_p),
     ]
 
 
@@ -123,10 +133,18 @@ class Program(Lowering):
                 c.gate = ctypes.pointer(op["gate"])
             if op["exit"] is not None:
                 c.exit = ctypes.pointer(op["exit"])
+            for f, default in _FLAG_DEFAULTS.items():
+                setattr(c, f, op.get(f, default))
+            if op.get("index") is not None:
+                c.index = op["index"].data_ptr()
+            if op.get("route") is not None:
+                c.route = ctypes.pointer(op["route"])
         self._floats = (ctypes.c_int64 * len(sizes))(*sizes)
         p = self._prog = DyveProgram()
         p.nops, p.nbuf, p.in_buf, p.out_buf = len(self._ops), len(sizes), 0, 1
         p.ops, p.floats = ctypes.addressof(self._cops), ctypes.addressof(self._floats)
+        self._flag_init = (ctypes.c_uint8 * max(1, len(self.flag_init)))(*self.flag_init)
+        p.nflags, p.flag_init = len(self.flag_init), ctypes.addressof(self._flag_init)
         self._ref = ctypes.byref(p)
         # what the weights were built from: the modules' tensor dicts, their tensors (kept
         # alive, so an id is never reused) and their versions (in-place changes)
@@ -237,7 +255,9 @@ class Program(Lowering):
         ``name`` (the module or node), and for sites ``knobs`` (those on, ``+``-joined)."""
         rows = []
         for op in self._ops:
-            row = {"kind": KINDS[op["kind"]], "name": str(op["node"].target)}
+            node = op["node"]
+            name = str(node.target) if node.op == "call_module" else node.name
+            row = {"kind": KINDS[op["kind"]], "name": name}
             if op["site"] is not None:
                 k = op["site"].knobs
                 on = [
