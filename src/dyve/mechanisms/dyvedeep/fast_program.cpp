@@ -108,6 +108,35 @@ void op_pool(const DyveOp& op, const float* a, float* o) {
   }
 }
 
+// Average pooling whose windows tile the map exactly (no padding, stride = window: a
+// D2NN controller's adaptive pooling): each window's rows are summed into a row of w
+// floats (vectorised over the row), then each run of kw of them, scaled.
+void op_pool_tiled(const DyveOp& op, const float* a, float* o) {
+  thread_local std::vector<float> row;
+  row.resize(op.w);
+  const float scale = 1.f / (float)(op.kh * op.kw);
+  for (int c = 0; c < op.c; ++c) {
+    const float* ac = a + (size_t)c * op.h * op.w;
+    for (int y = 0; y < op.oh; ++y) {
+      const float* r0 = ac + (size_t)y * op.kh * op.w;
+      std::memcpy(row.data(), r0, sizeof(float) * op.w);
+      for (int i = 1; i < op.kh; ++i)
+        for (int x = 0; x < op.w; ++x) row[x] += r0[(size_t)i * op.w + x];
+      float* oy = o + ((size_t)c * op.oh + y) * op.ow;
+      for (int x = 0; x < op.ow; ++x) {
+        float acc = 0.f;
+        for (int j = 0; j < op.kw; ++j) acc += row[x * op.kw + j];
+        oy[x] = acc * scale;
+      }
+    }
+  }
+}
+
+bool tiles(const DyveOp& op) {
+  return op.ph == 0 && op.pw == 0 && op.sh == op.kh && op.sw == op.kw &&
+         op.oh * op.kh == op.h && op.ow * op.kw == op.w;
+}
+
 // Runs `op` for sample i; false when the sample leaves the network here (an exit).
 bool op_run(const DyveProgram* p, const DyveOp& op, float* const* bp, Scratch& sc, int i,
             uint8_t* flags) {
@@ -141,7 +170,10 @@ bool op_run(const DyveProgram* p, const DyveOp& op, float* const* bp, Scratch& s
       op_pool<true>(op, a, o);
       break;
     case DYVE_OP_AVGPOOL:
-      op_pool<false>(op, a, o);
+      if (tiles(op))
+        op_pool_tiled(op, a, o);
+      else
+        op_pool<false>(op, a, o);
       break;
     case DYVE_OP_MEAN:
       channel_means(a, op.c, op.h * op.w, o);
