@@ -106,23 +106,21 @@ def page(rows: list[tuple[str, dict, dict]]) -> str:  # type: ignore[type-arg]
         "costs, i.e. the same decisions, at batch 1 and batch 16). Each run's `export.json` "
         "and `bench.json` are kept in `export/`.",
         "",
-        "Reading: a model that runs as native programs (DyVEDeep, LC-Net, early exit's "
-        "segments between its exits, a selection's networks; `native, frozen`) is exported "
-        "as it is and loads frozen (`net.freeze()`: the programs take the weights as "
-        "constants), because compiling its segments in place would take it off those programs "
-        "(torch.fx cannot lower a compiled module; early exit's export then ran about 2.5x "
-        "slower than the run). For those rows *exported vs dynamic eager* is what freezing "
-        "saves: the per-call check of every weight tensor. A model that runs per module "
-        "(D2NN) compiles its segments from "
+        "Reading: a model that runs as native programs (DyVEDeep, LC-Net, early exit with "
+        "its heads and decisions, a selection's networks, D2NN's graph with its controllers; "
+        "`native, frozen`) is exported as it is and loads frozen (`net.freeze()`: the "
+        "programs take the weights as constants), because compiling its segments in place "
+        "would take it off those programs (torch.fx cannot lower a compiled module; early "
+        "exit's export then ran about 2.5x slower than the run). For those rows *exported vs "
+        "dynamic eager* is what freezing saves: the per-call check of every weight tensor. "
+        "A model that runs per module (a network whose mechanism does not lower, or a D2NN "
+        "at its static actions) compiles its segments from "
         f"{rows[0][2]['min_segment_macs'] / 1e6:g} M MACs per sample up (`dyve export "
         "--min-macs`): below that a compiled call costs about what it saves (D2NN's nodes of "
-        "a few million MACs ran slower compiled; export with `--min-macs 0` to compare), so "
-        "D2NN's export runs the same eager code as the run, and its ratio to the eager "
-        "dynamic network measures only the timing noise of these rounds. What such an export "
-        "keeps is the Python between segments "
-        "(gates, row gather/scatter, the trace); compiling the routing as well (one graph per "
-        "decision pattern, or `torch.cond`) is what would close the gap to the dense compiled "
-        "model.",
+        "a few million MACs ran slower compiled). What such an export keeps is the Python "
+        "between segments (gates, row gather/scatter, the trace); compiling the routing as "
+        "well (one graph per decision pattern, or `torch.cond`) is what would close the gap "
+        "to the dense compiled model.",
         "",
     ]
     return "\n".join(lines)
