@@ -22,13 +22,14 @@ from dyve.errors import DyveError
 from dyve.mechanisms import BlockSkip, LCNet
 from dyve.mechanisms.dyvedeep import native
 
-TIMING = ("dense_eager", "dense_compiled", "dense_native", "dynamic", "exported")
+TIMING = ("dense_eager", "dense_eager_cl", "dense_compiled", "dense_native", "dynamic", "exported")
 SETTING_KEYS = {
     "batch",
     "threads",
     "repeats",
     "images",
     "speedup_vs_eager",
+    "speedup_vs_eager_channels_last",
     "speedup_vs_compiled",
     "speedup_vs_dense_native",
     "static_macs",
@@ -81,9 +82,12 @@ def net(run_dir: Path) -> DynamicNet:
 
 def _check_setting(s: dict, net: DynamicNet, x: torch.Tensor, *, compiled: bool) -> None:
     assert set(s) == SETTING_KEYS
-    for t in ("dense_eager", "dynamic"):
+    for t in ("dense_eager", "dense_eager_cl", "dynamic"):
         assert s[f"{t}_ms"] > 0
     assert s["speedup_vs_eager"] == pytest.approx(s["dense_eager_ms"] / s["dynamic_ms"], rel=1e-3)
+    assert s["speedup_vs_eager_channels_last"] == pytest.approx(
+        s["dense_eager_cl_ms"] / s["dynamic_ms"], rel=1e-3
+    )
     if compiled:
         assert s["dense_compiled_ms"] > 0
         assert s["speedup_vs_compiled"] == pytest.approx(

@@ -23,7 +23,11 @@ A network selection is timed the same way against its most accurate network (giv
 (see :mod:`dyve.cli.bench_cmd`) writes the result to ``RUN_DIR/bench.json``.
 
 Mechanism & limitations: the eager paths run in NCHW without BN folding, exactly as the
-backbone was given, so "dense eager" and "dynamic" differ only by the gates. The compiled
+backbone was given, so "dense eager" and "dynamic" differ only by the gates. A copy of the
+dense backbone in channels_last, on inputs already in that layout, is timed beside it
+(``dense_eager_cl``): PyTorch's CPU convolutions often run faster so (13-25 % for the CIFAR
+ResNets and VGG here, ``benchmarks/NOTES.md``), and the speedup against it
+(``speedup_vs_eager_channels_last``) is against eager PyTorch at its best layout. The compiled
 baseline is compiled once per batch shape and thread count and warmed up before timing;
 the dynamic network is not compiled (its control flow depends on the data).
 """
@@ -48,14 +52,21 @@ from dyve.mechanisms.dyvedeep import native
 from dyve.version import __version__
 
 FORMAT = "dyve.bench/2"  # /2: *_ms is the mean over images (was the median call)
-# (dense_native_ms, speedup_vs_dense_native, dense_native_call and kernels were added to /2;
-# absent in older files)
+# (dense_native_ms, speedup_vs_dense_native, dense_native_call and kernels, later
+# dense_eager_cl_ms and speedup_vs_eager_channels_last were added to /2; absent in older files)
 #: Inductor options of the compiled dense baseline.
 COMPILE_OPTIONS: dict[str, Any] = {"freezing": True}
 #: batch-1 timings per image that ``dyve bench`` aims for (repeats / images)
 VISITS = 3
 #: The timed variants, in the order they run in each round.
-VARIANTS = ("dense_eager", "dense_compiled", "dense_native", "dynamic", "exported")
+VARIANTS = (
+    "dense_eager",
+    "dense_eager_cl",
+    "dense_compiled",
+    "dense_native",
+    "dynamic",
+    "exported",
+)
 
 
 def _compiled(dense: nn.Module, warm: torch.Tensor) -> Callable[[torch.Tensor], Any]:
@@ -71,6 +82,16 @@ def _compiled(dense: nn.Module, warm: torch.Tensor) -> Callable[[torch.Tensor], 
             "rerun with --no-compile (compile=False) to skip the compiled baseline"
         ) from exc
     return fn
+
+
+def _channels_last(dense: nn.Module, batches: list[torch.Tensor]) -> Callable[[], Any] | None:
+    """A channels_last copy of ``dense`` cycling over the batches in that layout (None for
+    inputs that are not image batches)."""
+    if batches[0].dim() != 4:
+        return None
+    cl: Any = copy.deepcopy(dense)  # Module.to's stubs lack memory_format
+    cl = cl.to(memory_format=torch.channels_last)
+    return cycling(cl, [b.contiguous(memory_format=torch.channels_last) for b in batches])
 
 
 def _dense_native(net: nn.Module, dense: nn.Module, x: torch.Tensor) -> Any:
@@ -93,6 +114,9 @@ def _setting(
     """Time one batch setting and count its executed MACs."""
     with num_threads(threads):
         fns: dict[str, Callable[[], Any]] = {"dense_eager": cycling(dense, batches)}
+        cl = _channels_last(dense, batches)
+        if cl is not None:
+            fns["dense_eager_cl"] = cl
         if compile:
             fns["dense_compiled"] = cycling(_compiled(dense, batches[0]), batches)
         native = _dense_native(net, dense, batches[0])
@@ -121,6 +145,8 @@ def _setting(
     dyn = t["dynamic"].mean_ms
     comp = timings["dense_compiled"]
     out["speedup_vs_eager"] = round(t["dense_eager"].mean_ms / dyn, 4)
+    cl_t = timings["dense_eager_cl"]
+    out["speedup_vs_eager_channels_last"] = round(cl_t.mean_ms / dyn, 4) if cl_t else None
     out["speedup_vs_compiled"] = round(comp.mean_ms / dyn, 4) if comp else None
     nat = timings["dense_native"]
     out["speedup_vs_dense_native"] = round(nat.mean_ms / dyn, 4) if nat else None
@@ -252,7 +278,7 @@ def bench(
         "frozen": frozen,
         # the native kernels' build when a native program was timed (their sources' hash)
         "kernels": native.build() if native_timed else None,
-        "eager": {"memory_format": "contiguous", "bn_folded": False},
+        "eager": {"memory_format": "contiguous", "bn_folded": False, "channels_last_timed": True},
         "exported": exported is not None,
         "static_macs": static,
         "b1": b1,
@@ -287,6 +313,15 @@ def format_table(result: dict[str, Any]) -> str:
             f"{ms(s['dense_compiled_ms']):>14} {ms(s['dynamic_ms']):>9} "
             f"{x(s['speedup_vs_eager']):>9} {x(s['speedup_vs_compiled']):>11} "
             f"{s['mean_macs'] / 1e6:>10.2f} M {x(s['cost_reduction']):>11}"
+        )
+    if any(result[k].get("dense_eager_cl_ms") is not None for k in ("b1", "b64")):
+        lines.append(
+            "dense eager channels_last (the same network and inputs in that layout): "
+            + "; ".join(
+                f"b={result[k]['batch']} {ms(result[k]['dense_eager_cl_ms'])} ms, the dynamic "
+                f"network {x(result[k]['speedup_vs_eager_channels_last'])} faster"
+                for k in ("b1", "b64")
+            )
         )
     if any(result[k].get("dense_native_ms") is not None for k in ("b1", "b64")):
         for key in ("b1", "b64"):
