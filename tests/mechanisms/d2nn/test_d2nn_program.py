@@ -22,9 +22,10 @@ from dyve.mechanisms.d2nn.combine import Combine
 from dyve.mechanisms.d2nn.graph import Edge
 from dyve.mechanisms.d2nn.mechanism import D2NN, EpsGreedy, Greedy
 from dyve.mechanisms.d2nn.module import D2Graph
-from dyve.mechanisms.d2nn.program import GraphProgram, static_program
+from dyve.mechanisms.d2nn.program import GraphProgram
 from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.dyvedeep.lower import Unsupported
+from dyve.mechanisms.dyvedeep.program import dense_program
 from dyve.models import model_info
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="the native kernels are unavailable")
@@ -87,7 +88,7 @@ def test_the_static_program_is_the_static_network(arch: str) -> None:
     choices = [None, {c: 0 for c in g.plan.controllers}]
     for fixed in choices:
         g.static_actions = fixed
-        prog = static_program(g, x)
+        prog = dense_program(g, x, kind=GraphProgram)
         assert prog is not None
         with torch.no_grad():
             y, stats, _ = prog.run(x)

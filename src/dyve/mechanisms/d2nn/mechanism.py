@@ -119,12 +119,12 @@ class D2NN(NativeRunner):
     ) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The static graph ``dense`` as a program (controllers not evaluated), called
         checked as ``net(x)`` calls its own; None when ``net`` runs per module."""
-        from dyve.mechanisms.d2nn.program import static_program
+        from dyve.mechanisms.d2nn.program import GraphProgram
+        from dyve.mechanisms.dyvedeep.program import dense_reference
 
         if self.fast_runner(net, x) is None or not isinstance(dense, D2Graph):
             return None
-        prog = static_program(dense, x, net.frozen)
-        return None if prog is None else prog.checked
+        return dense_reference(dense, x, net.frozen, GraphProgram)
 
     def parameters(self, net: DynamicNet) -> Any:
         yield from cast(D2Graph, net.backbone).controllers.parameters()

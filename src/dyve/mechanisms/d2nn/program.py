@@ -13,10 +13,11 @@ cannot-win score). Each sample runs its own path, so a batch needs no compaction
 
 The decisions are the greedy policy's (``argmax Q - bias * cost``, :class:`~.mechanism.
 Greedy`), or the static actions with the controllers not evaluated (the dense reference
-a bench times, :func:`static_program`). Outputs match the per-module fast path to float
-rounding (batch norms folded), and so do the decisions unless two Q-values tie within
-rounding. Merging nodes lower as ops: sum (adds), concatenation, the last input that ran
-(selects) and a hierarchy's placement of class scores (concatenation and a permutation).
+a bench times: ``dense_program(graph, x, kind=GraphProgram)``). Outputs match the
+per-module fast path to float rounding (batch norms folded), and so do the decisions
+unless two Q-values tie within rounding. Merging nodes lower as ops: sum (adds),
+concatenation, the last input that ran (selects) and a hierarchy's placement of class
+scores (concatenation and a permutation).
 
 Limitations (:class:`~dyve.mechanisms.dyvedeep.lower.Unsupported`, the per-module path
 runs): other merging modules, controllers with more than 31 actions, a node's consumers
@@ -265,14 +266,3 @@ class GraphProgram(Program):
 def _tiny(op: dict[str, Any]) -> None:
     """An op that writes no value: a one-float output buffer."""
     op["out"], op["size"] = (1, 1, 1), 1
-
-
-def static_program(graph: D2Graph, x: torch.Tensor, frozen: bool = False) -> GraphProgram | None:
-    """``graph``'s static network (its policy None: a detached copy) as a program, or None
-    when it cannot be lowered or the kernels are unavailable."""
-    try:
-        prog = GraphProgram(graph, x)
-    except Unsupported:
-        return None
-    prog.frozen = frozen
-    return prog

@@ -277,11 +277,10 @@ class Lowering:
                 kind, extra = MEAN, {}  # one window over the whole map: the vectorised mean
         elif isinstance(mod, nn.AdaptiveAvgPool2d) and pair(mod.output_size) == (1, 1):
             kind = MEAN
-        elif isinstance(mod, nn.AdaptiveAvgPool2d) and self._even_windows(src, mod):
-            (oh, ow), (_, h, w) = pair(mod.output_size), self._shapes[src]
+        elif isinstance(mod, nn.AdaptiveAvgPool2d) and (win := self._tiling(src, mod)):
             kind = AVGPOOL  # windows that tile the map: plain average pooling
-            extra = {"kh": h // oh, "kw": w // ow, "sh": h // oh, "sw": w // ow}
-            extra.update(ph=0, pw=0, count_include_pad=1)
+            (kh, kw), extra = win, {"ph": 0, "pw": 0, "count_include_pad": 1}
+            extra.update(kh=kh, kw=kw, sh=kh, sw=kw)
         elif isinstance(mod, ShortcutA):
             kind, extra = SHORTCUT, {"sh": 2, "sw": 2, "ph": mod.pad_channels}
         else:
@@ -289,15 +288,14 @@ class Lowering:
         self._op(kind, node, src, params=extra)
         buf[node] = node
 
-    def _even_windows(self, src: fx.Node, mod: nn.AdaptiveAvgPool2d) -> bool:
-        """Adaptive average pooling whose windows tile the map (each output cell averages
-        an equal, disjoint window)."""
+    def _tiling(self, src: fx.Node, mod: nn.AdaptiveAvgPool2d) -> tuple[int, int] | None:
+        """The window of adaptive average pooling whose windows tile the map (each output
+        cell averages an equal, disjoint window), else None."""
         size = mod.output_size if isinstance(mod.output_size, tuple) else (mod.output_size,) * 2
-        shape = self._shapes[src]
-        oh, ow = size
-        if len(shape) != 3 or oh is None or ow is None:
-            return False
-        return bool(shape[1] % oh == 0 and shape[2] % ow == 0)
+        shape, (oh, ow) = self._shapes[src], size
+        if len(shape) != 3 or oh is None or ow is None or shape[1] % oh or shape[2] % ow:
+            return None
+        return shape[1] // oh, shape[2] // ow
 
     def _unit(self, node: fx.Node, arg: fx.Node, src: fx.Node, unit: SiteUnit) -> None:
         op = unit.op

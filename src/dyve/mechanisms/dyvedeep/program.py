@@ -303,11 +303,17 @@ class Program(Lowering):
         return self._run(x, views[1], views[2])
 
 
-def dense_program(model: nn.Module, example: torch.Tensor, frozen: bool = False) -> Program | None:
+def dense_program(
+    model: nn.Module,
+    example: torch.Tensor,
+    frozen: bool = False,
+    kind: Callable[[Any, torch.Tensor], Program] = Program,
+) -> Program | None:
     """``model`` as a program with every layer dense (a reference in the native runtime),
-    or None when it cannot be lowered or the kernels are unavailable."""
+    or None when it cannot be lowered or the kernels are unavailable. ``kind`` builds it
+    (a D2NN graph's: :class:`~dyve.mechanisms.d2nn.program.GraphProgram`)."""
     try:
-        prog = Program(model, example)
+        prog = kind(model, example)
     except Unsupported:
         return None
     prog.frozen = frozen
@@ -315,11 +321,14 @@ def dense_program(model: nn.Module, example: torch.Tensor, frozen: bool = False)
 
 
 def dense_reference(
-    model: nn.Module, example: torch.Tensor, frozen: bool = False
+    model: nn.Module,
+    example: torch.Tensor,
+    frozen: bool = False,
+    kind: Callable[[Any, torch.Tensor], Program] = Program,
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """:func:`dense_program` called as a dynamic network calls its own program (checked
     first: :meth:`Program.checked`; weights included unless ``frozen``, as for a frozen
     network), or None: the ``dense_runner`` of the mechanisms that run natively, which a
     bench times as the dense native reference."""
-    prog = dense_program(model, example, frozen)
+    prog = dense_program(model, example, frozen, kind)
     return None if prog is None else prog.checked
