@@ -119,7 +119,7 @@ def _methods(
     print(
         f"every method on {images.name}/{images.split} ({len(images)} images), fast back-end, "
         "executed cost; speedup: batch 1, 1 thread, frozen as deployed, against the dense "
-        "reference in the same interleaved run",
+        "reference in eager PyTorch at its fastest, in the same interleaved run",
         file=stream,
     )
     col = collect(
@@ -162,7 +162,9 @@ def _methods(
     print(
         "MACs executed (what ran, per sample, conv/linear multiply-accumulates); vs ref: "
         "top-1 points against the dense row of the same reference. The dense rows are the "
-        "shipped weights, or, for D2NN, its own graph run statically. vs native: against the "
+        "shipped weights, or, for D2NN, its own graph run statically, as given (NCHW); "
+        "speedups are against the faster of that and a tuned copy (channels_last, BN "
+        "folded), so a dense row below 1.00x is what tuning gains. vs native: against the "
         "dense reference lowered to the same native runtime the method runs in (the skipped "
         "work's share of the speedup; '-': the method runs per module in PyTorch).",
         file=stream,

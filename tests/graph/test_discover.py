@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from dyve import models
-from dyve.graph import discover, fold_bn
+from dyve.graph import discover, fold_bn, tuned_eager
 from dyve.testing.toy import Bottleneck
 
 EXPECTED_BLOCKS = {
@@ -105,3 +105,25 @@ def test_fold_bn_matches_and_leaves_the_original() -> None:
         assert torch.allclose(folded(x), net(x), atol=1e-4, rtol=1e-4)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == 0
     assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 19
+
+
+def test_tuned_eager_is_the_network_folded_in_channels_last() -> None:
+    """The eager baseline benches quote: BN folded, channels_last, same outputs."""
+    net = models.create("resnet20_cifar", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    tuned, about = tuned_eager(net, x[:1])
+    assert about == {"memory_format": "channels_last", "bn_folded": True}
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in tuned.modules())
+    assert tuned.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not net.conv1.weight.is_contiguous(memory_format=torch.channels_last), "a copy"
+    with torch.no_grad():
+        out = tuned(x.contiguous(memory_format=torch.channels_last))
+        assert torch.allclose(out, net(x), atol=1e-4, rtol=1e-4)
+
+
+def test_tuned_eager_of_a_model_discovery_cannot_trace_keeps_its_bn() -> None:
+    """Without discovery nothing is folded, and the description says so."""
+    net = DictNet().eval()
+    tuned, about = tuned_eager(net, torch.randn(1, 4, 16, 16))
+    assert about == {"memory_format": "channels_last", "bn_folded": False}
+    assert tuned is not net

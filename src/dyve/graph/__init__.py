@@ -2,7 +2,7 @@
 
 from dyve.graph.blocks import Block, BlockGraph, Site, Stage
 from dyve.graph.discover import call_model, discover, first_tensor
-from dyve.graph.fold import fold_bn
+from dyve.graph.fold import fold_bn, tuned_eager
 
 __all__ = [
     "Block",
@@ -13,4 +13,5 @@ __all__ = [
     "discover",
     "first_tensor",
     "fold_bn",
+    "tuned_eager",
 ]
