@@ -301,6 +301,29 @@ def bench(
     }
 
 
+def eager_speedup(setting: dict[str, Any]) -> float | None:
+    """The eager speedup of a bench setting to quote: against the faster eager variant
+    (``dyve.bench/3``), else, in older files, against eager as given."""
+    best = setting.get("speedup_vs_eager_best")
+    return best if best is not None else setting.get("speedup_vs_eager")
+
+
+def eager_caveat(benches: list[dict[str, Any]]) -> str | None:
+    """The sentence a results page needs when some of its ``bench.json`` files predate the
+    tuned eager baseline (None when every one has it)."""
+    old = [b for b in benches if b.get("b1", {}).get("speedup_vs_eager_best") is None]
+    if not old:
+        return None
+    return (
+        f"{len(old)} of {len(benches)} benches here predate the tuned eager baseline "
+        "(`dyve.bench/3`): their *vs eager* is against the dense network as given (NCHW, BN "
+        "unfolded), which eager PyTorch runs markedly slower than a copy in channels_last "
+        "with BN folded, so those speedups read high (both baselines on the same networks: "
+        "docs/results/dyvedeep-speed.md; the shipped runs against the tuned one: "
+        "docs/results/export.md)."
+    )
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The readable table ``dyve bench`` prints."""
 

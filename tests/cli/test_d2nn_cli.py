@@ -97,6 +97,7 @@ def test_pretrain_baseline_learned_full_and_page(
     assert "static frontier" in text
     row = next(ln for ln in text.splitlines() if ln.startswith("| lam0.2 | 0.0 |"))
     assert row.endswith("| 3.00x | 1.10x | 2.00x |")  # vs eager, vs static native, b=64
+    assert "1 of 1 benches here predate the tuned eager baseline" in text  # as given only
     assert "| frozen_lam0.2 | 0.0 |" in text
     assert "1 epochs of either Q-learned" in text  # the frozen run's 2 epochs are apart
     assert "(2 epochs, `frozen_lam*`" in text

@@ -72,7 +72,8 @@ def test_dense_rows_cost_their_static_macs_and_time_against_the_faster_eager(rep
     col, _, _ = report
     for r in col.results[:2]:
         assert r.reduction == pytest.approx(1.0)
-        assert r.reference_latency is not None and r.latency is not None
+        assert r.reference_latency is not None
+        assert r.latency is not None
         assert r.reference_latency.mean_ms <= r.latency.mean_ms
         assert r.speedup == pytest.approx(r.reference_latency.mean_ms / r.latency.mean_ms)
         assert r.speedup <= 1.0

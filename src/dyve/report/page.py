@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from dyve._io import atomic_write, jsonable, write_json
+from dyve.bench import eager_speedup
 from dyve.cost import CONVENTION
 from dyve.report import figures
 from dyve.report.collect import Collection, Measured
@@ -72,8 +73,7 @@ def _bench(bench: dict[str, Any] | None, batch: int) -> str:
     setting = (bench or {}).get(f"b{batch}")
     if not isinstance(setting, dict) or setting.get("speedup_vs_eager") is None:
         return ""
-    # against the faster eager variant (dyve.bench/3); older files timed NCHW only
-    eager = f"{setting.get('speedup_vs_eager_best', setting['speedup_vs_eager']):.2f}x"
+    eager = f"{eager_speedup(setting):.2f}x"
     if batch > 1:
         return eager
     comp = setting.get("speedup_vs_compiled")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dyve._io import atomic_save, atomic_write, read_json
+from dyve.bench import eager_caveat, eager_speedup
 
 TARGET = 2.0  # at equal accuracy, >= 2x lower mean cost than the static graph ...
 TARGET_ARCHS = 2  # ... on at least two architectures
@@ -287,7 +288,8 @@ def write_results(run_dirs: list[Path], out: Path) -> Path:
             "run's own graph with every controller at its static action (the full network, "
             "eager; *vs static native*: that graph as one native program, the runtime the "
             "D2NN runs in, so the ratio is the skipped nodes' share; `-`: benched per "
-            f"module). Machine: {mach['cpu']}, torch {benches[0]['torch']}.",
+            f"module). Machine: {mach['cpu']}, torch {benches[0]['torch']}."
+            + (f" {caveat}" if (caveat := eager_caveat(benches)) else ""),
             "",
         ]
     with atomic_write(out, "w") as fh:
@@ -326,10 +328,10 @@ def _section(arch: str, res: dict[str, Any], runs: list[dict[str, Any]]) -> list
         seen.add(same)
         b = benches.get(p["run"]) if p["bias"] == 0 else None
         s1, nat, s64 = (
-            _x(b[k].get(f) if b else None)
-            for k, f in (("b1", "speedup_vs_eager"), ("b1", "speedup_vs_dense_native"),
-                         ("b64", "speedup_vs_eager"))
-        )  # fmt: skip
+            _x(eager_speedup(b["b1"]) if b else None),
+            _x(b["b1"].get("speedup_vs_dense_native") if b else None),
+            _x(eager_speedup(b["b64"]) if b else None),
+        )
         out.append(
             f"| {p['run']} | {p['bias']} | {p['val_metric']:.2f} | {p['test_metric']:.2f} | "
             f"{p['test_macs'] / 1e6:.2f} | {_red(p['test_graph'])} | {_red(p['test_all'])} | "
