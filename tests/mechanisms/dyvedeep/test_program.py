@@ -154,6 +154,41 @@ def test_average_pooling_over_the_whole_map_lowers_as_the_mean():
             assert torch.allclose(prog(x), model(x), rtol=1e-5, atol=1e-6)
 
 
+POOLS = (  # kernel, stride, padding, ceil_mode: the zoo's and odd ones
+    (3, 2, 1, False),
+    (3, 2, 0, True),  # the Caffe net's
+    (2, 2, 0, False),  # the VGG's
+    (2, 2, 0, True),
+    (3, 1, 1, False),
+    (5, 3, 2, True),
+    ((3, 2), (2, 1), (1, 0), True),
+)
+
+
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("size", [(9, 9), (8, 7)])
+def test_pooling_equals_pytorch_nan_included(pool, size):
+    """Max pooling (separable in the kernels) and average pooling give PyTorch's values, and
+    a NaN in a window makes its maximum NaN, as in PyTorch."""
+    k, st, pad, ceil = pool
+    for layer in (
+        nn.MaxPool2d(k, st, pad, ceil_mode=ceil),
+        nn.AvgPool2d(k, st, pad, ceil_mode=ceil),
+        nn.AvgPool2d(k, st, pad, ceil_mode=ceil, count_include_pad=False),
+    ):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), layer, nn.Flatten()).eval()
+        x = torch.randn(3, 3, *size, generator=torch.Generator().manual_seed(0))
+        x[1, :, 2, 3] = float("nan")  # one pixel: NaN over a conv's neighbourhood
+        prog = Program(model, x)
+        assert [o["kind"] for o in prog.ops][1] == type(layer).__name__.lower()[:7]
+        with torch.no_grad():
+            y, ref = prog(x), model(x)
+        assert ref.isnan().any(), "the NaN reaches the output"
+        assert torch.equal(y.isnan(), ref.isnan()), layer
+        ok = ~ref.isnan()
+        assert torch.allclose(y[ok], ref[ok], rtol=1e-5, atol=1e-6), layer
+
+
 def test_adaptive_average_pooling_lowers_where_its_windows_tile_the_map():
     """A D2NN controller's ``AdaptiveAvgPool2d(4)`` on an 8x8 map is 2x2 average pooling; on
     a 6x6 map to 4x4 the windows overlap and the network is refused."""

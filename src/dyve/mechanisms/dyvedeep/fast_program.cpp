@@ -73,10 +73,56 @@ struct DyveProgram {
 
 namespace {
 
-// Max (a NaN in the window wins, as in PyTorch) or average over each window, clamped to
-// the input. Branch-free: a branch per compare mispredicts about half the time.
-template <bool MAX>
-void op_pool(const DyveOp& op, const float* a, float* o) {
+// Max pooling (a NaN in the window wins, as in PyTorch), separable. Per channel: each
+// output row's window rows are combined element-wise into a row of L floats (the input
+// row between -inf padding: padding never wins), then each window start's max over kw
+// columns is taken along all those rows at once (long vector loops: reading a row right
+// after writing it stalled on store forwarding), then each output picks its start.
+// About 3x fewer compares than window by window, nearly all in vectors; a max is exact in
+// any order, so the result is PyTorch's.
+inline float max_nan(float v, float m) { return (v > m) | (v != v) ? v : m; }
+
+inline void max_into(float* r, const float* a, int n) {  // r = max_nan(a, r), n floats
+  int x = 0;
+  for (; x + V <= n; x += V) {
+    const vf v = load(a + x), m = load(r + x);
+    store(r + x, (v > m) | (v != v) ? v : m);
+  }
+  for (; x < n; ++x) r[x] = max_nan(a[x], r[x]);
+}
+
+void op_maxpool(const DyveOp& op, const float* a, float* o) {
+  thread_local std::vector<float> buf;
+  const int L = std::max(op.pw + op.w, (op.ow - 1) * op.sw + op.kw);
+  const int n = round_up(op.oh * L, V);  // window starts, in whole vectors
+  buf.assign((size_t)2 * n + op.kw + V, -INFINITY);
+  float* rows = buf.data();              // [oh, L] and slack for the last windows
+  float* starts = rows + n + op.kw + V;  // [n]: each window start's max
+  for (int c = 0; c < op.c; ++c) {
+    const float* ac = a + (size_t)c * op.h * op.w;
+    for (int y = 0; y < op.oh; ++y) {
+      const int y0 = std::max(y * op.sh - op.ph, 0);
+      const int y1 = std::min(y * op.sh - op.ph + op.kh, op.h);
+      float* r = rows + (size_t)y * L + op.pw;
+      if (y0 >= y1) {  // a window over padding only (PyTorch's checks rule it out)
+        std::fill(r, r + op.w, -INFINITY);
+        continue;
+      }
+      std::memcpy(r, ac + (size_t)y0 * op.w, sizeof(float) * op.w);
+      for (int i = y0 + 1; i < y1; ++i) max_into(r, ac + (size_t)i * op.w, op.w);
+    }
+    std::memcpy(starts, rows, sizeof(float) * n);
+    for (int j = 1; j < op.kw; ++j) max_into(starts, rows + j, n);
+    float* oc = o + (size_t)c * op.oh * op.ow;
+    for (int y = 0; y < op.oh; ++y)
+      for (int x = 0; x < op.ow; ++x) oc[(size_t)y * op.ow + x] = starts[(size_t)y * L + x * op.sw];
+  }
+}
+
+// Average over each window, clamped to the input, summed row by row in PyTorch's order;
+// the divisor as PyTorch's avg_pool2d (count_include_pad counts the padding, not what a
+// ceil-mode window hangs over).
+void op_avgpool(const DyveOp& op, const float* a, float* o) {
   for (int c = 0; c < op.c; ++c) {
     const float* ac = a + (size_t)c * op.h * op.w;
     for (int y = 0; y < op.oh; ++y) {
@@ -89,20 +135,11 @@ void op_pool(const DyveOp& op, const float* a, float* o) {
         int x1 = std::min(x0 + op.kw, op.w + op.pw);
         const int size = hsize * (x1 - x0);
         x0 = std::max(x0, 0), x1 = std::min(x1, op.w);
-        float acc = MAX ? -INFINITY : 0.f;
-        bool nan = false;
+        float acc = 0.f;
         for (int i = y0; i < y1; ++i)
-          for (int j = x0; j < x1; ++j) {
-            const float v = ac[i * op.w + j];
-            if (MAX) {
-              acc = v > acc ? v : acc;
-              nan |= v != v;
-            } else {
-              acc += v;
-            }
-          }
+          for (int j = x0; j < x1; ++j) acc += ac[i * op.w + j];
         const float div = op.count_include_pad ? size : (y1 - y0) * (x1 - x0);
-        o[((size_t)c * op.oh + y) * op.ow + x] = MAX ? (nan ? NAN : acc) : acc / div;
+        o[((size_t)c * op.oh + y) * op.ow + x] = acc / div;
       }
     }
   }
@@ -167,13 +204,13 @@ bool op_run(const DyveProgram* p, const DyveOp& op, float* const* bp, Scratch& s
       for (size_t j = 0; j < size; ++j) o[j] = a[j] < 0.f ? 0.f : a[j];
       break;
     case DYVE_OP_MAXPOOL:
-      op_pool<true>(op, a, o);
+      op_maxpool(op, a, o);
       break;
     case DYVE_OP_AVGPOOL:
       if (tiles(op))
         op_pool_tiled(op, a, o);
       else
-        op_pool<false>(op, a, o);
+        op_avgpool(op, a, o);
       break;
     case DYVE_OP_MEAN:
       channel_means(a, op.c, op.h * op.w, o);
