@@ -33,7 +33,7 @@ from dyve.bench import VISITS, bench
 from dyve.dynamic import load
 from dyve.dynamic.site import SiteUnit
 from dyve.eval.latency import cycling, interleaved, num_threads
-from dyve.graph.fold import tuned_eager
+from dyve.graph.fold import tuned_eager, tuned_input
 from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.dyvedeep.program import Program
 from dyve.models import create, model_info
@@ -86,7 +86,7 @@ def runtime(net: Any, images: list[torch.Tensor], repeats: int) -> dict[str, Any
     off, prog = programs(net, images[0])
     dense = net.detach()
     tuned = tuned_eager(dense, images[0])[0]
-    laid = [x.contiguous(memory_format=torch.channels_last) for x in images]
+    laid = [tuned_input(x) for x in images]
     with torch.no_grad(), num_threads(1):
         t = interleaved(
             {
@@ -446,6 +446,7 @@ def main() -> None:
         "python benchmarks/dyvedeep_speed.py"
         + (f" --models {' '.join(args.models)}" if args.models != list(MODELS) else "")
         + (f" --points {' '.join(args.points)}" if args.points != list(POINTS) else "")
+        + (f" --repeats {args.repeats}" if args.repeats != 30 else "")
     )
     with atomic_write(args.out, "w") as f:
         f.write(page(results, cmd))

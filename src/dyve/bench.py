@@ -27,11 +27,11 @@ Mechanism & limitations: dense eager is timed twice. ``dense_eager`` runs the ba
 exactly as it was given (NCHW, BN unfolded), so it and "dynamic" differ only by the gates;
 ``dense_eager_tuned`` runs a copy as eager PyTorch runs fastest on a CPU
 (:func:`dyve.graph.fold.tuned_eager`: BN folded, ``channels_last``, on inputs already in
-that layout; 20-45 % faster at batch 1 on the CIFAR nets here). ``speedup_vs_eager_best``
-is against the faster of the two: the eager figure to quote. The compiled baseline is
-compiled once per batch shape and thread count and warmed up before timing; the dynamic
-network is not compiled (its control flow depends on the data) and takes its inputs
-contiguous, as given.
+that layout; 24-40 % faster at batch 1 on the CIFAR nets here, ``benchmarks/NOTES.md``).
+``speedup_vs_eager_best`` is against the faster of the two: the eager figure to quote. The
+compiled baseline is compiled once per batch shape and thread count and warmed up before
+timing; the dynamic network is not compiled (its control flow depends on the data) and
+takes its inputs contiguous, as given.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from dyve.dynamic.net import DynamicNet
 from dyve.dynamic.save import describe
 from dyve.errors import DyveError
 from dyve.eval.latency import Timing, cycling, interleaved, machine, num_threads
-from dyve.graph.fold import tuned_eager
+from dyve.graph.fold import tuned_eager, tuned_input
 from dyve.mechanisms.dyvedeep import native
 from dyve.version import __version__
 
@@ -72,14 +72,9 @@ VARIANTS = (
 )
 
 
-def _layout(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in the layout the dense baselines take: channels_last for image batches."""
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-
-
 def _compiled(dense: nn.Module, warm: torch.Tensor) -> Callable[[torch.Tensor], Any]:
     """``torch.compile`` of a fresh copy of ``dense`` for ``warm``'s shape, warmed up
-    (channels_last for image batches, as :func:`_layout` gives them)."""
+    (channels_last for image batches, as :func:`~dyve.graph.fold.tuned_input` gives them)."""
     model = copy.deepcopy(dense)
     if warm.dim() == 4:  # Module.to's stubs lack memory_format
         model = cast(Any, model).to(memory_format=torch.channels_last)
@@ -118,7 +113,7 @@ def _setting(
     :func:`~dyve.graph.fold.tuned_eager` gives it)."""
     with num_threads(threads):
         fns: dict[str, Callable[[], Any]] = {"dense_eager": cycling(dense, batches)}
-        laid = [_layout(b) for b in batches]
+        laid = [tuned_input(b) for b in batches]
         fns["dense_eager_tuned"] = cycling(tuned, laid)
         if compile:
             fns["dense_compiled"] = cycling(_compiled(dense, laid[0]), laid)

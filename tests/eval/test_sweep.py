@@ -299,3 +299,26 @@ def test_plot_writes_png_and_svg(tmp_path: Path, with_latency: bool) -> None:
     text = svg.read_text()
     assert "<svg" in text
     assert text.rstrip().endswith("</svg>")
+
+
+def test_sweep_latency_is_against_the_faster_eager_backbone(
+    net: DynamicNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dense time of a point is the faster of the backbone as given and its tuned copy
+    (BN folded, channels_last, fed channels_last inputs)."""
+    import dyve.eval.sweep as sw
+    from dyve.eval.latency import Timing
+
+    seen: dict[str, Any] = {}
+
+    def fake(fns: dict, **_: Any) -> dict[str, Timing]:
+        seen.update({k: fn() for k, fn in fns.items()})
+        ms = {"dynamic": 1.0, "dense": 3.0, "tuned": 2.0}
+        return {k: Timing(ms[k], ms[k], ms[k], 1, ms[k]) for k in fns}
+
+    monkeypatch.setattr(sw, "interleaved", fake)
+    timer = sw._Timer(net, load_sample().subset(slice(0, 4)), CIFAR_NORM, repeats=1)
+    assert timer.time() == (1.0, 2.0)
+    assert set(seen) == {"dynamic", "dense", "tuned"}
+    assert all(x.is_contiguous(memory_format=torch.channels_last) for x in timer.laid)
+    assert torch.allclose(seen["tuned"], seen["dense"], atol=1e-4)  # the same network

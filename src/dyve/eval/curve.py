@@ -36,8 +36,9 @@ class CurvePoint:
     """One point of a sweep: the knob value and what it gave on the data.
 
     ``top1``/``top5`` are percent; ``macs_*`` are per-sample MACs over the data;
-    ``latency_ms``/``dense_latency_ms`` are batch-1 medians on one thread, timed
-    interleaved in the same run (None when latency was not measured); ``speedup_b1`` is
+    ``latency_ms``/``dense_latency_ms`` are batch-1 times on one thread, timed
+    interleaved in the same run (None when latency was not measured; the dense one is the
+    faster of the backbone as given and tuned: BN folded, channels_last); ``speedup_b1`` is
     their ratio (dense / dynamic); ``cost_reduction`` is static MACs / ``macs_mean``.
     ``knobs`` holds every knob of the network at this point (``{"mechanism.knob": value}``)
     and ``ran_fraction`` the share of samples that ran each unit.

@@ -23,6 +23,7 @@ from dyve.dynamic.net import DynamicNet
 from dyve.eval.curve import CurvePoint, TradeoffCurve
 from dyve.eval.latency import cycling, interleaved, machine, num_threads
 from dyve.eval.measure import measure
+from dyve.graph.fold import tuned_eager, tuned_input
 
 #: Real samples cycled through for the batch-1 latency (the same sample for both models
 #: in a round).
@@ -157,21 +158,26 @@ def _measure(
 
 
 class _Timer:
-    """Batch-1, one-thread latency of ``net`` against its dense backbone, interleaved."""
+    """Batch-1, one-thread latency of ``net`` against its dense backbone in eager PyTorch
+    (as given and tuned), interleaved."""
 
     def __init__(self, net: DynamicNet, data: ImageSet, norm: Normalization, repeats: int) -> None:
         self.net, self.repeats = net, repeats
         self.dense = net.detach()
         x, _ = next(batches(data, min(LATENCY_SAMPLES, len(data)), norm))
         self.samples = [x[i : i + 1] for i in range(len(x))]
+        self.tuned = tuned_eager(self.dense, self.samples[0])[0]
+        self.laid = [tuned_input(s) for s in self.samples]
 
     def time(self) -> tuple[float, float]:
-        """(dynamic, dense) ms: the mean over the samples of each one's median (both see the
-        same sample in each round)."""
+        """(dynamic, dense) ms: the mean over the samples of each one's median (all see the
+        same sample in each round); dense: the faster of the backbone as given and tuned
+        (:func:`~dyve.graph.fold.tuned_eager`)."""
         with torch.no_grad(), num_threads(1):
             fns = {
                 "dynamic": cycling(self.net, self.samples),
                 "dense": cycling(self.dense, self.samples),
+                "tuned": cycling(self.tuned, self.laid),
             }
             t = interleaved(fns, repeats=self.repeats, warmup=2, cycle=len(self.samples))
-        return t["dynamic"].mean_ms, t["dense"].mean_ms
+        return t["dynamic"].mean_ms, min(t["dense"].mean_ms, t["tuned"].mean_ms)

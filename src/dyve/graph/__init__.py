@@ -2,7 +2,7 @@
 
 from dyve.graph.blocks import Block, BlockGraph, Site, Stage
 from dyve.graph.discover import call_model, discover, first_tensor
-from dyve.graph.fold import fold_bn, tuned_eager
+from dyve.graph.fold import fold_bn, tuned_eager, tuned_input
 
 __all__ = [
     "Block",
@@ -14,4 +14,5 @@ __all__ = [
     "first_tensor",
     "fold_bn",
     "tuned_eager",
+    "tuned_input",
 ]

@@ -44,10 +44,10 @@ def tuned_eager(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, dic
     """A copy of ``model`` as eager PyTorch runs it fastest on a CPU, for baselines.
 
     BN folded into the convs (where discovery finds them) and, for image batches, the
-    weights in ``channels_last``: on the CIFAR nets oneDNN then runs 20-45 % faster at
-    batch 1 than on the NCHW model as given (``benchmarks/NOTES.md``, session 24). Callers
-    feed it inputs in the layout named by the returned description
-    (``x.contiguous(memory_format=torch.channels_last)``), converted outside the timing.
+    weights in ``channels_last``: on the CIFAR nets here eager PyTorch then runs 24-40 %
+    faster at batch 1 than the NCHW model as given (``benchmarks/NOTES.md``, session 24).
+    Callers feed it inputs in that layout (:func:`tuned_input`), converted outside the
+    timing where they can.
 
     Returns:
         The copy (eval mode) and what was done: ``{"memory_format": ..., "bn_folded": ...}``.
@@ -56,7 +56,12 @@ def tuned_eager(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, dic
         tuned, folded = fold_bn(model, discover(model, example)), True
     except Exception:  # a model discovery cannot trace still gets the layout
         tuned, folded = copy.deepcopy(model).eval(), False
-    layout = "channels_last" if example.dim() == 4 else "contiguous"
-    if layout == "channels_last":
+    if example.dim() == 4:
         tuned = tuned.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    layout = "channels_last" if example.dim() == 4 else "contiguous"
     return tuned, {"memory_format": layout, "bn_folded": folded}
+
+
+def tuned_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the layout :func:`tuned_eager`'s copy takes: channels_last for image batches."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x

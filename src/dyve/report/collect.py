@@ -28,7 +28,7 @@ from dyve.dynamic.net import DynamicNet
 from dyve.errors import DyveError
 from dyve.eval.latency import Timing, cycling, interleaved, machine, num_threads
 from dyve.eval.measure import Measurement, measure
-from dyve.graph.fold import tuned_eager
+from dyve.graph.fold import tuned_eager, tuned_input
 from dyve.report.subjects import Subject
 
 #: Difficulty bins (quintiles of the reference's true-class probability).
@@ -156,7 +156,7 @@ def _time(results: list[Measured], data: ImageSet, n_images: int, repeats: int) 
         r.subject.reference_name: f"s{i}" for i, r in enumerate(results) if r.subject.is_dense
     }
     tuned: dict[str, str] = {}
-    laid = [x.contiguous(memory_format=torch.channels_last) for x in images]
+    laid = [tuned_input(x) for x in images]
     # subjects that run as native programs are also timed against their reference lowered
     # to that runtime (once per reference architecture)
     native: dict[str, str] = {}  # reference name -> timing key

@@ -27,7 +27,7 @@ from dyve import data as dyve_data
 from dyve._io import read_json, write_json
 from dyve.eval.latency import cycling, interleaved, machine, num_threads
 from dyve.eval.paired import DEFAULT_RULE, check_rule
-from dyve.graph.fold import tuned_eager
+from dyve.graph.fold import tuned_eager, tuned_input
 from dyve.mechanisms.adaptive.heads import load_cache, save_cache, train_conv_head, train_head
 from dyve.mechanisms.adaptive.study import LAMS, Study, plot
 from dyve.train.dist import Dist
@@ -121,11 +121,8 @@ def tuned_reference(reference: torch.nn.Module, example: torch.Tensor) -> Callab
     """The reference as eager PyTorch runs it fastest (:func:`~dyve.graph.fold.tuned_eager`:
     BN folded, channels_last), taking inputs as the system does: each call converts its
     input's layout (a few microseconds against milliseconds)."""
-    tuned, about = tuned_eager(reference, example)
-    fmt = torch.channels_last if about["memory_format"] == "channels_last" else None
-    if fmt is None:
-        return tuned
-    return lambda x: tuned(x.contiguous(memory_format=fmt))
+    tuned = tuned_eager(reference, example)[0]
+    return lambda x: tuned(tuned_input(x))
 
 
 def latency_metrics(lat: dict[str, float], images: int, frozen: bool) -> dict[str, Any]:
