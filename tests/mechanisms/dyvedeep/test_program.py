@@ -142,6 +142,33 @@ def test_random_network_with_every_op():
     assert (y - ref).abs().max() <= RTOL * ref.abs().max()
 
 
+def test_tiny_maps_and_odd_widths_match_pytorch_and_the_per_site_path():
+    """Sites on 2 x 2 maps (whole vectors of filters: the filter-vectorised tiles sized for
+    maps of fewer positions than a tile) and on a 1 x 1 map with a filter count that is
+    not (the plane pass): knobs off, the program computes the backbone; with SFMA dropping
+    input channels, it equals the per-site path."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),  # 4x4 -> 2x2
+        nn.Conv2d(32, 48, 3, 1, 1), nn.BatchNorm2d(48), nn.ReLU(),  # 2x2
+        nn.Conv2d(48, 40, 3, 2, 1), nn.ReLU(),  # 2x2 -> 1x1
+        nn.Flatten(), nn.Linear(40, 10),
+    )  # fmt: skip
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.relu(torch.randn(5, 3, 4, 4, generator=torch.Generator().manual_seed(1)))
+    net = equip(model, DyVEDeep(first_layer=True, sfma=0.05), example_inputs=x[:1]).eval()
+    prog = _assert_matches_per_site(net, x)
+    assert prog.run(x)[2].any(), "the knobs must act somewhere"
+    net.set_knobs(spet=None, sfma=None, sdss=None)
+    with torch.no_grad():
+        y, ref = Program(net.backbone, x, net.mechanisms[0].site_options)(x), model(x)
+    assert (y - ref).abs().max() <= RTOL * ref.abs().max()
+
+
 def test_average_pooling_over_the_whole_map_lowers_as_the_mean():
     """A window over the whole map (an exit head's pooling) runs as the vectorised mean; a
     smaller one stays a window."""

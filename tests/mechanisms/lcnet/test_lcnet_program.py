@@ -95,6 +95,22 @@ def test_program_is_the_per_block_path_on_resnet20(eps: float) -> None:
         assert {n for n in vectorised if 48 < n < 64}, f"no own-table subset: {sorted(small)}"
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_program_on_2x2_maps(eps: float) -> None:
+    """ResNet-20 on 8 x 8 images: its last stage runs on 2 x 2 maps, where the
+    filter-vectorised tiles are sized for maps of fewer positions than a tile; kept
+    subsets of filters there run on the compact copy or the site's own table."""
+    x = _inputs(8)
+    net = _net(_r20(), x[:1], eps=eps)
+    kept: list[tuple[str, int]] = []
+    skipped, dropped = _check_against_per_block(net, x, kept)
+    assert skipped > 0
+    assert dropped > 0
+    assert any(b.startswith("layer3") for b, _ in kept), "a 2 x 2 block must run"
+    if eps > 0:
+        assert any(b.startswith("layer3") and n > 0 for b, n in kept), "and drop channels"
+
+
 @pytest.mark.parametrize("which", [{"channel": False}, {"layer": False}])
 def test_l_net_only_and_c_net_only(which: dict[str, bool]) -> None:
     net = _net(_r20(), **which)

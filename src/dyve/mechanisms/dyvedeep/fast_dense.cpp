@@ -53,28 +53,40 @@ inline std::pair<const float*, const int*> Sample::filter_table(int nout) {
   return {sc.wc.data(), sc.wcofs.data()};
 }
 
-// Filter-vectorised tile for small maps: TP output positions (plane offsets q) x V * NV
-// filters from o0 of the term-major weights wt (term k's row at wofs[k]). A term's
-// weights for V filters are one vector load, its inputs are broadcast; the sum runs over
-// the terms in the same order as tile(), so the outputs are the same bit for bit.
-// ROW: the TP positions are consecutive in the planes (q[p] = q[0] + p: 8 x 8 maps), so
-// the inputs are constant offsets from one pointer, not TP offsets reloaded per term.
-template <int NV, bool ROW>
+// Filter-vectorised tile for small maps: NP output positions (plane offsets q) x V * NV
+// filters from o0 of the term-major weights wt (term k's row at wofs[k]); acc has MV >= NV
+// vectors per position. A term's weights for V filters are one vector load, its inputs are
+// broadcast; the sum runs over the terms in the same order as tile(), so the outputs are
+// the same bit for bit. ROW: the NP positions are consecutive in the planes (q[p] = q[0] +
+// p: 8 x 8 maps), so the inputs are constant offsets from one pointer, not NP offsets
+// reloaded per term.
+template <int NP, int NV, int MV, bool ROW>
 inline void Sample::tile_filters(const float* wt, const int* wofs, int o0, const int* q,
-                                 vf (&acc)[TP][TV]) const {
+                                 vf (&acc)[NP][MV]) const {
   const float* xq = sc.xq.data() + (ROW ? q[0] : 0);
-  for (int p = 0; p < TP; ++p)
+  for (int p = 0; p < NP; ++p)
     for (int v = 0; v < NV; ++v) acc[p][v] = vf{};
   for (int k = 0; k < K; ++k) {
     const float* r = xq + sc.toff[k];
     const float* w = wt + wofs[k] + o0;
     vf wv[NV];
     for (int v = 0; v < NV; ++v) wv[v] = load(w + v * V);
-    for (int p = 0; p < TP; ++p) {
+    for (int p = 0; p < NP; ++p) {
       const vf xv = splat(r[ROW ? p : q[p]]);
       for (int v = 0; v < NV; ++v) acc[p][v] += wv[v] * xv;
     }
   }
+}
+
+// The tile for nv (1 .. MV) vectors of filters, NV counting down to it (a template
+// argument, so the accumulators stay in registers), ROW or not.
+template <int NP, int NV, int MV>
+inline void Sample::tile_filters_upto(const float* wt, const int* wofs, int o0, const int* q,
+                                      bool row, int nv, vf (&acc)[NP][MV]) const {
+  if constexpr (NV > 1)
+    if (nv < NV) return tile_filters_upto<NP, NV - 1, MV>(wt, wofs, o0, q, row, nv, acc);
+  row ? tile_filters<NP, NV, MV, true>(wt, wofs, o0, q, acc)
+      : tile_filters<NP, NV, MV, false>(wt, wofs, o0, q, acc);
 }
 
 // Dense pass over output positions, filters in vectors: for maps whose rows fill few of
@@ -94,26 +106,32 @@ inline void Sample::dense_filters(int nout) {
   }
 }
 
+// Tiles of TP positions x TV vectors of filters; on maps of fewer than TP positions, of SP
+// x SV (a tile of TP there would repeat positions in half its lanes or more).
 template <bool WHOLE>
 inline void Sample::dense_filters_on(int nout, const float* wt, const int* wofs, int width) {
-  int q[TP];
-  for (int p0 = 0; p0 < P; p0 += TP) {
-    const int np = std::min(TP, P - p0);
-    for (int p = 0; p < TP; ++p) {  // the last group repeats its last position
+  if (P <= SP)
+    dense_filters_tiled<WHOLE, SP, SV>(nout, wt, wofs, width);
+  else
+    dense_filters_tiled<WHOLE, TP, TV>(nout, wt, wofs, width);
+}
+
+template <bool WHOLE, int NP, int MV>
+inline void Sample::dense_filters_tiled(int nout, const float* wt, const int* wofs,
+                                        int width) {
+  int q[NP];
+  for (int p0 = 0; p0 < P; p0 += NP) {
+    const int np = std::min(NP, P - p0);
+    for (int p = 0; p < NP; ++p) {  // the last group repeats its last position
       const int pos = p0 + std::min(p, np - 1);
       q[p] = (pos / s.wo) * Wq + pos % s.wo;
     }
     bool row = true;
-    for (int p = 1; p < TP; ++p) row = row && q[p] == q[0] + p;
-    for (int o0 = 0; o0 < width; o0 += TV * V) {
-      const int nv = std::min(TV, (width - o0) / V);
-      vf acc[TP][TV];
-      if (nv == TV)
-        row ? tile_filters<TV, true>(wt, wofs, o0, q, acc)
-            : tile_filters<TV, false>(wt, wofs, o0, q, acc);
-      else
-        row ? tile_filters<1, true>(wt, wofs, o0, q, acc)
-            : tile_filters<1, false>(wt, wofs, o0, q, acc);
+    for (int p = 1; p < NP; ++p) row = row && q[p] == q[0] + p;
+    for (int o0 = 0; o0 < width; o0 += MV * V) {
+      const int nv = std::min(MV, (width - o0) / V);
+      vf acc[NP][MV];
+      tile_filters_upto<NP, MV, MV>(wt, wofs, o0, q, row, nv, acc);
       for (int v = 0; v < nv; ++v)
         for (int p = 0; p < np; ++p) {
           alignas(64) float buf[V];

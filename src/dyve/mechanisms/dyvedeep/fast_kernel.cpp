@@ -71,6 +71,13 @@ constexpr int TF = 8, TP = 8, TV = 2;
 #else
 constexpr int TF = 6, TP = 6, TV = 2;
 #endif
+// On maps of fewer than TP positions (2 x 2), the filter-vectorised tile is SP positions x
+// SV vectors of filters instead, so that no lane computes a repeated position.
+#if defined(__AVX512F__)
+constexpr int SP = 4, SV = 4;
+#else
+constexpr int SP = 4, SV = 2;
+#endif
 // Sum of the lanes: halves added until 4 lanes remain, then (0 + 2) + (1 + 3).
 typedef float vf4 __attribute__((vector_size(16)));
 inline float hsum(vf v) {
@@ -491,12 +498,17 @@ struct Sample {
   void tile_upto(const float* wt, const int* wofs, int u, int no, int i,
                  vf (&acc)[TF][2]) const;
   std::pair<const float*, const int*> filter_table(int nout);
-  template <int NV, bool ROW>
+  template <int NP, int NV, int MV, bool ROW>
   void tile_filters(const float* wt, const int* wofs, int o0, const int* q,
-                    vf (&acc)[TP][TV]) const;
+                    vf (&acc)[NP][MV]) const;
+  template <int NP, int NV, int MV>
+  void tile_filters_upto(const float* wt, const int* wofs, int o0, const int* q, bool row,
+                         int nv, vf (&acc)[NP][MV]) const;
   void dense_filters(int nout);
   template <bool WHOLE>
   void dense_filters_on(int nout, const float* wt, const int* wofs, int width);
+  template <bool WHOLE, int NP, int MV>
+  void dense_filters_tiled(int nout, const float* wt, const int* wofs, int width);
   void dense();
 
   // Per-neuron work (SPET's check pass and completion, SDSS, neuron mode): fast_neurons.cpp.
