@@ -158,15 +158,16 @@ def profile(net: Any, images: list[torch.Tensor], repeats: int) -> list[dict[str
     return rows
 
 
-def _images(name: str, images: Any, repeats: int) -> torch.Tensor:
-    x, _ = next(data.batches(images, max(repeats, 64), model_info(create(name)).norm))
+def _images(net: Any, images: Any, repeats: int) -> torch.Tensor:
+    """The first images, normalised for ``net``'s backbone."""
+    x, _ = next(data.batches(images, max(repeats, 64), model_info(net.backbone).norm))
     return x
 
 
 def timed(name: str, point: str, images: Any, repeats: int) -> dict[str, Any]:
     """One ``dyve bench`` of the calibrated network (frozen, as deployed)."""
-    x = _images(name, images, repeats)
     net = build(name, point)
+    x = _images(net, images, repeats)
     return bench(net, x[: max(1, repeats // VISITS)], x[:64], repeats=repeats, frozen=True)
 
 
@@ -183,7 +184,7 @@ def measure(
     """The page's row: the median of ``benches`` (the runs of :func:`timed`), the runtime
     table and the profile."""
     net = build(name, point)
-    x = _images(name, images, repeats)
+    x = _images(net, images, repeats)
     metrics = json.loads((POINTS[point] / name / "metrics.json").read_text())
     net.backend = "fast"
     net.eval()

@@ -56,9 +56,9 @@ def tuned_eager(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, dic
         tuned, folded = fold_bn(model, discover(model, example)), True
     except Exception:  # a model discovery cannot trace still gets the layout
         tuned, folded = copy.deepcopy(model).eval(), False
-    if example.dim() == 4:
-        tuned = tuned.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     layout = "channels_last" if example.dim() == 4 else "contiguous"
+    if layout == "channels_last":
+        tuned = tuned.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return tuned, {"memory_format": layout, "bn_folded": folded}
 
 
