@@ -42,6 +42,13 @@ GEOMETRIES = [
     (8, 12, 10, 5, 1, 2),
     (12, 10, 7, 3, 2, 0),
     (16, 16, 20, 3, 1, 1),  # a long check pass: SFMA's drops are compacted away
+    # small maps, whose filter-vectorised tiles skip the taps that read padding: rows of
+    # 8 and of 4 positions (stride 1 and 2), a whole 2 x 2 map; 1 to 4 vectors of filters
+    (16, 64, 8, 3, 1, 1),
+    (16, 128, 4, 3, 1, 1),
+    (16, 48, 2, 3, 1, 1),
+    (16, 40, 16, 3, 2, 1),
+    (8, 64, 8, 3, 2, 1),
 ]
 KNOBS = [
     SiteKnobs(),

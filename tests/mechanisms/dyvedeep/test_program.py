@@ -18,6 +18,7 @@ from dyve.data import batches, load_sample
 from dyve.dynamic import equip, load
 from dyve.dynamic.trace import APPROXIMATED
 from dyve.mechanisms.dyvedeep import DyVEDeep, native
+from dyve.mechanisms.dyvedeep.lower import ADD, ADD_RELU, RELU
 from dyve.mechanisms.dyvedeep.program import Program, Unsupported
 from dyve.models import create, list_models, model_info
 from dyve.models.resnet_cifar import ShortcutA
@@ -47,7 +48,8 @@ class _Block(nn.Module):
 
 
 class _AllOps(nn.Module):
-    """Every op the program lowers: plain and knobbed sites, pools, add, shortcut, flatten."""
+    """Every op the program lowers: plain and knobbed sites, pools, add (with the ReLU after
+    it fused, and alone), ReLU, shortcut, flatten."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -68,7 +70,8 @@ class _AllOps(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool0(self.relu0(self.bn0(self.conv0(x))))
         x = self.block(self.pool1(self.relu1(self.conv1(x))))
-        x = torch.flatten(self.pool2(x), 1)
+        x = self.pool2(x)
+        x = torch.flatten(x + torch.relu(x), 1)  # an add whose user is not a ReLU
         return self.fc2(self.drop(self.relu2(self.fc1(x))))
 
 
@@ -132,7 +135,9 @@ def test_random_network_with_every_op():
     net = _random_net(spet=0.0, sfma=0.02, sdss=0.05)
     x = torch.relu(torch.randn(6, 3, 27, 27, generator=torch.Generator().manual_seed(1)))
     prog = _assert_matches_per_site(net, x)
-    assert [o["kind"] for o in prog._ops].count(1) == 1  # the residual add
+    kinds = [o["kind"] for o in prog._ops]
+    assert kinds.count(ADD_RELU) == 1  # the residual join, add and ReLU in one op
+    assert kinds.count(ADD) == kinds.count(RELU) == 1  # the add before flatten, its ReLU
     changed = prog.run(x)[2]
     assert changed.any(), "the knobs must act somewhere"
     # knobs off: the program computes the backbone (folded BN, another summation order)
@@ -402,7 +407,7 @@ def test_profile_times_every_op_without_changing_the_result():
     assert torch.equal(stats, stats0)
     assert (seconds > 0).all()
     kinds = [op["kind"] for op in prog.ops]
-    assert {"site", "add", "relu", "maxpool", "avgpool", "shortcut"} <= set(kinds)
+    assert {"site", "add", "relu", "add+relu", "maxpool", "avgpool", "shortcut"} <= set(kinds)
     assert "spet+sdss+sfma" in {op.get("knobs") for op in prog.ops}
     with pytest.raises(ValueError, match="float64"):
         prog.run(x, torch.zeros(len(prog.ops)))

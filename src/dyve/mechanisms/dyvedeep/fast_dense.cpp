@@ -53,40 +53,142 @@ inline std::pair<const float*, const int*> Sample::filter_table(int nout) {
   return {sc.wc.data(), sc.wcofs.data()};
 }
 
-// Filter-vectorised tile for small maps: NP output positions (plane offsets q) x V * NV
-// filters from o0 of the term-major weights wt (term k's row at wofs[k]); acc has MV >= NV
-// vectors per position. A term's weights for V filters are one vector load, its inputs are
-// broadcast; the sum runs over the terms in the same order as tile(), so the outputs are
-// the same bit for bit. ROW: the NP positions are consecutive in the planes (q[p] = q[0] +
-// p: 8 x 8 maps), so the inputs are constant offsets from one pointer, not NP offsets
-// reloaded per term.
-template <int NP, int NV, int MV, bool ROW>
-inline void Sample::tile_filters(const float* wt, const int* wofs, int o0, const int* q,
-                                 vf (&acc)[NP][MV]) const {
-  const float* xq = sc.xq.data() + (ROW ? q[0] : 0);
-  for (int p = 0; p < NP; ++p)
-    for (int v = 0; v < NV; ++v) acc[p][v] = vf{};
-  for (int k = 0; k < K; ++k) {
-    const float* r = xq + sc.toff[k];
-    const float* w = wt + wofs[k] + o0;
+// One term of a filter-vectorised tile: its weights for NV vectors of filters (one load
+// each) times its input at each position of the lane mask M (broadcast); the positions
+// outside M are skipped (they read zero padding). M is a template argument, so the lane
+// tests fold away and the accumulators stay in registers.
+template <int NP, int NV, int MV, bool ROW, unsigned M>
+inline void tile_term(const float* r, const float* w, const int* q, vf (&acc)[NP][MV]) {
+  if constexpr (M != 0) {
     vf wv[NV];
     for (int v = 0; v < NV; ++v) wv[v] = load(w + v * V);
+#pragma GCC unroll 8
     for (int p = 0; p < NP; ++p) {
+      if (((M >> p) & 1u) == 0) continue;
       const vf xv = splat(r[ROW ? p : q[p]]);
       for (int v = 0; v < NV; ++v) acc[p][v] += wv[v] * xv;
     }
   }
 }
 
+// Where a 3 x 3 kernel reads its input rather than zero padding, for the tiles that skip
+// the padding: per kernel row ky the tile's positions whose input row is inside the map
+// (r), per kernel column kx those whose input column is (c); tap (ky, kx) is computed at
+// the positions r[ky] & c[kx]. A tile takes a pattern only when these are exactly its own
+// (dense_filters_tiled), so a skipped product is always one by a padding zero.
+struct TapMasks {
+  unsigned r[3], c[3];
+};
+enum { PAT_NONE = 0, PAT_TOP, PAT_MID, PAT_BOTTOM, PAT_TOP2, PAT_MID2, PAT_MAP2, PAT_N };
+
+template <int NP>
+constexpr TapMasks tap_masks(int pat) {
+  constexpr unsigned A = (1u << NP) - 1, L = A & ~1u, R = A >> 1;
+  switch (pat) {
+    case PAT_TOP:  // a whole row of a map, stride 1, padding 1: the first row
+      return {{0, A, A}, {L, A, R}};
+    case PAT_MID:  // ... a row between
+      return {{A, A, A}, {L, A, R}};
+    case PAT_BOTTOM:  // ... the last row
+      return {{A, A, 0}, {L, A, R}};
+    case PAT_TOP2:  // a whole row, stride 2, padding 1, from an even-sized map: the first
+      return {{0, A, A}, {L, A, A}};
+    case PAT_MID2:  // ... the others
+      return {{A, A, A}, {L, A, A}};
+    case PAT_MAP2:  // a whole 2 x 2 map (positions row by row), stride 1, padding 1
+      return {{0xCu & A, A, 0x3u & A}, {0xAu & A, A, 0x5u & A}};
+    default:
+      return {{A, A, A}, {A, A, A}};
+  }
+}
+
+// The nine taps of one input channel (terms k0 .. k0 + 8 of a 3 x 3 kernel) under PAT.
+template <int NP, int NV, int MV, bool ROW, int PAT, size_t... T>
+inline void tile_taps(const float* xq, const int* toff, const float* w, const int* wofs,
+                      const int* q, vf (&acc)[NP][MV], std::index_sequence<T...>) {
+  constexpr TapMasks m = tap_masks<NP>(PAT);
+  (tile_term<NP, NV, MV, ROW, (m.r[T / 3] & m.c[T % 3])>(xq + toff[T], w + wofs[T], q, acc),
+   ...);
+}
+
+// Filter-vectorised tile for small maps: NP output positions (plane offsets q) x V * NV
+// filters from o0 of the term-major weights wt (term k's row at wofs[k]); acc has MV >= NV
+// vectors per position. A term's weights for V filters are one vector load, its inputs are
+// broadcast; the sum runs over the terms in the same order as tile(). With a pattern PAT
+// (3 x 3 kernels), the products by padding zeros are skipped: each would have added 0, so
+// the outputs are the same bit for bit. ROW: the NP positions are consecutive in the planes
+// (q[p] = q[0] + p: 8 x 8 maps), so the inputs are constant offsets from one pointer, not
+// NP offsets reloaded per term.
+template <int NP, int NV, int MV, bool ROW, int PAT>
+inline void Sample::tile_filters(const float* wt, const int* wofs, int o0, const int* q,
+                                 vf (&acc)[NP][MV]) const {
+  const float* xq = sc.xq.data() + (ROW ? q[0] : 0);
+  const int* toff = sc.toff.data();
+  // local accumulators: stores to acc (vectors of float) could alias the float loads, so
+  // updating acc in the loop made the compiler store every accumulator after each product
+  vf a[NP][MV];
+  for (int p = 0; p < NP; ++p)
+    for (int v = 0; v < NV; ++v) a[p][v] = vf{};
+  if constexpr (PAT == PAT_NONE) {
+    for (int k = 0; k < K; ++k)
+      tile_term<NP, NV, MV, ROW, (1u << NP) - 1>(xq + toff[k], wt + wofs[k] + o0, q, a);
+  } else {
+    for (int k0 = 0; k0 < K; k0 += 9)
+      tile_taps<NP, NV, MV, ROW, PAT>(xq, toff + k0, wt + o0, wofs + k0, q, a,
+                                      std::make_index_sequence<9>{});
+  }
+  for (int p = 0; p < NP; ++p)
+    for (int v = 0; v < NV; ++v) acc[p][v] = a[p][v];
+}
+
 // The tile for nv (1 .. MV) vectors of filters, NV counting down to it (a template
-// argument, so the accumulators stay in registers), ROW or not.
+// argument, so the accumulators stay in registers), under pattern pat (ROW for the row
+// patterns and, without a pattern, where row), or none.
 template <int NP, int NV, int MV>
 inline void Sample::tile_filters_upto(const float* wt, const int* wofs, int o0, const int* q,
-                                      bool row, int nv, vf (&acc)[NP][MV]) const {
+                                      int pat, bool row, int nv, vf (&acc)[NP][MV]) const {
   if constexpr (NV > 1)
-    if (nv < NV) return tile_filters_upto<NP, NV - 1, MV>(wt, wofs, o0, q, row, nv, acc);
-  row ? tile_filters<NP, NV, MV, true>(wt, wofs, o0, q, acc)
-      : tile_filters<NP, NV, MV, false>(wt, wofs, o0, q, acc);
+    if (nv < NV) return tile_filters_upto<NP, NV - 1, MV>(wt, wofs, o0, q, pat, row, nv, acc);
+  switch (pat) {
+    case PAT_TOP:
+      return tile_filters<NP, NV, MV, true, PAT_TOP>(wt, wofs, o0, q, acc);
+    case PAT_MID:
+      return tile_filters<NP, NV, MV, true, PAT_MID>(wt, wofs, o0, q, acc);
+    case PAT_BOTTOM:
+      return tile_filters<NP, NV, MV, true, PAT_BOTTOM>(wt, wofs, o0, q, acc);
+    case PAT_TOP2:
+      return tile_filters<NP, NV, MV, true, PAT_TOP2>(wt, wofs, o0, q, acc);
+    case PAT_MID2:
+      return tile_filters<NP, NV, MV, true, PAT_MID2>(wt, wofs, o0, q, acc);
+    case PAT_MAP2:
+      return tile_filters<NP, NV, MV, false, PAT_MAP2>(wt, wofs, o0, q, acc);
+  }
+  row ? tile_filters<NP, NV, MV, true, PAT_NONE>(wt, wofs, o0, q, acc)
+      : tile_filters<NP, NV, MV, false, PAT_NONE>(wt, wofs, o0, q, acc);
+}
+
+// The pattern of a tile of np positions from p0 (PAT_NONE when it has none): the one whose
+// masks are exactly where the tile's taps read the input.
+template <int NP>
+inline int Sample::tap_pattern(int p0, int np, bool row) const {
+  if (s.kh != 3 || s.kw != 3 || np != NP) return PAT_NONE;
+  unsigned valid[9];
+  for (int t = 0; t < 9; ++t) {
+    valid[t] = 0;
+    for (int p = 0; p < np; ++p) {
+      const int pos = p0 + p, iy = pos / s.wo * s.sh - s.ph + t / 3 * s.dh;
+      const int ix = pos % s.wo * s.sw - s.pw + t % 3 * s.dw;
+      valid[t] |= (unsigned)(iy >= 0 && iy < s.h && ix >= 0 && ix < s.w) << p;
+    }
+  }
+  for (int pat = PAT_NONE + 1; pat < PAT_N; ++pat) {
+    if ((pat == PAT_MAP2) == row) continue;  // the row patterns read q as a row
+    const TapMasks m = tap_masks<NP>(pat);
+    bool same = true;
+    for (int t = 0; t < 9; ++t) same = same && valid[t] == (m.r[t / 3] & m.c[t % 3]);
+    if (same) return pat;
+  }
+  return PAT_NONE;
 }
 
 // Dense pass over output positions, filters in vectors: for maps whose rows fill few of
@@ -106,11 +208,13 @@ inline void Sample::dense_filters(int nout) {
   }
 }
 
-// Tiles of TP positions x TV vectors of filters; on maps of fewer than TP positions, of SP
-// x SV (a tile of TP there would repeat positions in half its lanes or more).
+// Tiles of TP positions x TV vectors of filters; on maps of at most SP columns, of SP x SV
+// when there are SV vectors of filters to fill them (or fewer than TP positions, where a
+// tile of TP would repeat positions in half its lanes or more): a tile is then one row,
+// or a whole 2 x 2 map, and skips every tap that reads padding at each of its positions.
 template <bool WHOLE>
 inline void Sample::dense_filters_on(int nout, const float* wt, const int* wofs, int width) {
-  if (P <= SP)
+  if (P <= SP || (s.wo <= SP && width >= SV * V))
     dense_filters_tiled<WHOLE, SP, SV>(nout, wt, wofs, width);
   else
     dense_filters_tiled<WHOLE, TP, TV>(nout, wt, wofs, width);
@@ -128,10 +232,11 @@ inline void Sample::dense_filters_tiled(int nout, const float* wt, const int* wo
     }
     bool row = true;
     for (int p = 1; p < NP; ++p) row = row && q[p] == q[0] + p;
+    const int pat = tap_pattern<NP>(p0, np, row);
     for (int o0 = 0; o0 < width; o0 += MV * V) {
       const int nv = std::min(MV, (width - o0) / V);
       vf acc[NP][MV];
-      tile_filters_upto<NP, MV, MV>(wt, wofs, o0, q, row, nv, acc);
+      tile_filters_upto<NP, MV, MV>(wt, wofs, o0, q, pat, row, nv, acc);
       for (int v = 0; v < nv; ++v)
         for (int p = 0; p < np; ++p) {
           alignas(64) float buf[V];

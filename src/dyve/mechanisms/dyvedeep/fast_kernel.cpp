@@ -160,7 +160,7 @@ enum {
 };
 
 int dyve_nstat() { return DYVE_NSTAT; }
-int dyve_abi() { return 9; }
+int dyve_abi() { return 10; }
 
 }  // extern "C"
 
@@ -498,12 +498,14 @@ struct Sample {
   void tile_upto(const float* wt, const int* wofs, int u, int no, int i,
                  vf (&acc)[TF][2]) const;
   std::pair<const float*, const int*> filter_table(int nout);
-  template <int NP, int NV, int MV, bool ROW>
+  template <int NP, int NV, int MV, bool ROW, int PAT>
   void tile_filters(const float* wt, const int* wofs, int o0, const int* q,
                     vf (&acc)[NP][MV]) const;
   template <int NP, int NV, int MV>
-  void tile_filters_upto(const float* wt, const int* wofs, int o0, const int* q, bool row,
-                         int nv, vf (&acc)[NP][MV]) const;
+  void tile_filters_upto(const float* wt, const int* wofs, int o0, const int* q, int pat,
+                         bool row, int nv, vf (&acc)[NP][MV]) const;
+  template <int NP>
+  int tap_pattern(int p0, int np, bool row) const;
   void dense_filters(int nout);
   template <bool WHOLE>
   void dense_filters_on(int nout, const float* wt, const int* wofs, int width);

@@ -33,6 +33,7 @@ enum {
   DYVE_OP_FLAG,       // flags[flag] &= flags[flag2] (a node runs only where its input ran)
   DYVE_OP_SELECT,     // out = flags[flag] ? b : a
   DYVE_OP_PERMUTE,    // out[j] = a[index[j]] (oc values)
+  DYVE_OP_ADD_RELU,   // out = max(a + b, 0): a residual join in one pass
 };
 
 struct DyveOp {
@@ -200,6 +201,14 @@ bool op_run(const DyveProgram* p, const DyveOp& op, float* const* bp, Scratch& s
       for (size_t j = 0; j < size; ++j) o[j] = a[j] + b[j];
       break;
     }
+    case DYVE_OP_ADD_RELU: {
+      const float* b = bp[op.b];
+      for (size_t j = 0; j < size; ++j) {
+        const float v = a[j] + b[j];
+        o[j] = v < 0.f ? 0.f : v;
+      }
+      break;
+    }
     case DYVE_OP_RELU:
       for (size_t j = 0; j < size; ++j) o[j] = a[j] < 0.f ? 0.f : a[j];
       break;
@@ -328,7 +337,7 @@ extern "C" int dyve_program(const DyveProgram* p) {
   auto bad_flag = [p](int f, bool optional) { return f >= p->nflags || (f < 0 && !optional); };
   for (int k = 0; k < p->nops; ++k) {
     const DyveOp& op = p->ops[k];
-    if (op.kind < DYVE_OP_SITE || op.kind > DYVE_OP_PERMUTE) return 3;
+    if (op.kind < DYVE_OP_SITE || op.kind > DYVE_OP_ADD_RELU) return 3;
     if (bad_flag(op.when, true) || bad_flag(op.when2, true)) return 4;
     if (op.kind == DYVE_OP_ROUTE) {
       if (op.route == nullptr || op.route->actions != op.c || op.route->actions > 31) return 3;

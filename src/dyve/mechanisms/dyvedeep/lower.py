@@ -40,10 +40,10 @@ from dyve.models.resnet_cifar import ShortcutA
 
 # DYVE_OP_* in the source
 SITE, ADD, RELU, MAXPOOL, AVGPOOL, MEAN, SHORTCUT, CONCAT, GATED, EXIT = range(10)
-ROUTE, FLAG, SELECT, PERMUTE = range(10, 14)
+ROUTE, FLAG, SELECT, PERMUTE, ADD_RELU = range(10, 15)
 KINDS = (
     *("site", "add", "relu", "maxpool", "avgpool", "mean", "shortcut", "concat", "gated"),
-    *("exit", "route", "flag", "select", "permute"),
+    *("exit", "route", "flag", "select", "permute", "add+relu"),
 )
 
 _Bufs = dict[fx.Node, fx.Node]  # node -> the node whose buffer holds its value
@@ -195,8 +195,15 @@ class Lowering:
         elif node.target in (operator.add, torch.add) and len(args) == 2 and not node.kwargs:
             if len(node.args) != 2 or self._shapes[args[0]] != self._shapes[args[1]]:
                 raise Unsupported(f"{node.name}: add with broadcasting")
-            self._op(ADD, node, src, b=buf[args[1]])
-            buf[node] = node
+            relu = _sole_user(node)
+            if _is_relu(relu, self._modules):  # a residual join: one pass, not two
+                assert relu is not None
+                self._op(ADD_RELU, relu, src, b=buf[args[1]])
+                buf[relu] = relu
+                done.add(relu)
+            else:
+                self._op(ADD, node, src, b=buf[args[1]])
+                buf[node] = node
         elif _is_relu(node, self._modules):
             self._op(RELU, node, src)
             buf[node] = node

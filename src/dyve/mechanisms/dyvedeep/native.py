@@ -60,7 +60,7 @@ STATS = (
     "wasted",
 )
 #: The source's ``dyve_abi()``: the layout of its structures and of the statistics.
-ABI = 9
+ABI = 10
 _ptr = ctypes.c_void_p
 _INTS = ("n", "cin", "h", "w", "cout", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "ho", "wo")
 
