@@ -118,10 +118,12 @@ inline void tile_taps(const float* xq, const int* toff, const float* w, const in
 // (3 x 3 kernels), the products by padding zeros are skipped: each would have added 0, so
 // the outputs are the same bit for bit. ROW: the NP positions are consecutive in the planes
 // (q[p] = q[0] + p: 8 x 8 maps), so the inputs are constant offsets from one pointer, not
-// NP offsets reloaded per term.
+// NP offsets reloaded per term. Never inlined: inlined into its callers, an unrelated edit
+// there once made the compiler keep the accumulators in memory (8 x 8 sites 25 % slower);
+// the call costs about 1 %.
 template <int NP, int NV, int MV, bool ROW, int PAT>
-inline void Sample::tile_filters(const float* wt, const int* wofs, int o0, const int* q,
-                                 vf (&acc)[NP][MV]) const {
+__attribute__((noinline)) void Sample::tile_filters(const float* wt, const int* wofs, int o0,
+                                                    const int* q, vf (&acc)[NP][MV]) const {
   const float* xq = sc.xq.data() + (ROW ? q[0] : 0);
   const int* toff = sc.toff.data();
   // local accumulators: stores to acc (vectors of float) could alias the float loads, so
