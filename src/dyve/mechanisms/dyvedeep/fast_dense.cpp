@@ -1,35 +1,40 @@
 // The dense passes of a site (fast_kernel.cpp's Sample): register tiles over the plane
-// layout (TF filters x 2 V positions) and, on small maps, filter-vectorised tiles (TP
+// layout (TF filters x TPV V positions) and, on small maps, filter-vectorised tiles (TP
 // positions x TV V filters); V and the tile sizes are set per target in fast_kernel.cpp.
 // Compiled after fast_kernel.cpp as one translation unit (see native.py).
 
 namespace {
 
 // NO output channels (filters u.. of the term-major table wt, term k's row at wofs[k])
-// x 2 V positions from i. Each weight is a constant offset from one pointer per term, and
+// x TPV V positions from i. Each weight is a constant offset from one pointer per term, and
 // NO is a template argument, so the accumulators and pointers stay in registers.
 template <int NO>
-inline void Sample::tile(const float* wt, const int* wofs, int u, int i, vf (&acc)[TF][2]) const {
+inline void Sample::tile(const float* wt, const int* wofs, int u, int i,
+                         vf (&acc)[TF][TPV]) const {
   const float* xq = sc.xq.data() + i;
   const int* toff = sc.toff.data();
   wt += u;
-  for (int t = 0; t < NO; ++t) acc[t][0] = acc[t][1] = vf{};
+  vf a[NO][TPV];  // local: updating acc in the loop could make them live in memory
+  for (int t = 0; t < NO; ++t)
+    for (int j = 0; j < TPV; ++j) a[t][j] = vf{};
   for (int k = 0; k < K; ++k) {
     const float* r = xq + toff[k];
     const float* w = wt + wofs[k];
-    const vf a0 = load(r), a1 = load(r + V);
+    vf x[TPV];
+    for (int j = 0; j < TPV; ++j) x[j] = load(r + j * V);
     for (int t = 0; t < NO; ++t) {
       const vf wv = splat(w[t]);
-      acc[t][0] += wv * a0;
-      acc[t][1] += wv * a1;
+      for (int j = 0; j < TPV; ++j) a[t][j] += wv * x[j];
     }
   }
+  for (int t = 0; t < NO; ++t)
+    for (int j = 0; j < TPV; ++j) acc[t][j] = a[t][j];
 }
 
 // The tile for no (1 .. TF) filters, NO counting down to it (NO a template argument).
 template <int NO>
 inline void Sample::tile_upto(const float* wt, const int* wofs, int u, int no, int i,
-                              vf (&acc)[TF][2]) const {
+                              vf (&acc)[TF][TPV]) const {
   if constexpr (NO > 1)
     if (no < NO) return tile_upto<NO - 1>(wt, wofs, u, no, i, acc);
   tile<NO>(wt, wofs, u, i, acc);
@@ -265,7 +270,7 @@ inline void Sample::dense_filters_tiled(int nout, const float* wt, const int* wo
 // tiles': all of them for whole vectors of filters, a share for a subset of filters.
 inline void Sample::dense() {
   const int nout = fl != nullptr ? nf : s.cout;
-  const int tiles = round_up(NF, 2 * V);
+  const int tiles = round_up(NF, TPV * V);
   if (5 * P < 4 * tiles && (fl == nullptr ? s.cout % V == 0
                                            : (long)nf * tiles > (long)round_up(nf, V) * P)) {
     dense_filters(nout);
@@ -279,21 +284,19 @@ inline void Sample::dense() {
                               : filter_table(nout);
   for (int u = 0; u < nout; u += TF) {
     const int no = std::min(TF, nout - u);
-    for (int i = 0; i < NF; i += 2 * V) {
-      vf acc[TF][2];
+    for (int i = 0; i < NF; i += TPV * V) {
+      vf acc[TF][TPV];
       tile_upto<TF>(wt, wofs, u, no, i, acc);
-      alignas(64) float buf[TF][2 * V];
-      for (int t = 0; t < no; ++t) {
-        store(buf[t], acc[t][0]);
-        store(buf[t] + V, acc[t][1]);
-      }
+      alignas(64) float buf[TF][TPV * V];
+      for (int t = 0; t < no; ++t)
+        for (int j = 0; j < TPV; ++j) store(buf[t] + j * V, acc[t][j]);
       const int* flat = sc.flat.data() + i;
       const bool relu = s.relu;
       for (int t = 0; t < no; ++t) {
         float* oc = out + (size_t)(u + t) * P;
         const float b = sc.bias[fl != nullptr ? fl[u + t] : u + t];
         const float scale = osc != nullptr ? osc[u + t] : oscale;
-        for (int l = 0; l < 2 * V; ++l) {
+        for (int l = 0; l < TPV * V; ++l) {
           const int p = flat[l];
           const float v = (b + buf[t][l]) * scale;
           if (p >= 0) oc[p] = relu && v < 0.f ? 0.f : v;

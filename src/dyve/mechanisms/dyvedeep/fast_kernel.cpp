@@ -64,12 +64,15 @@ inline void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
 // does not (0 + -0 is +0): it cost a scalar add and a shuffle per weight (perf annotate).
 inline vf splat(float a) { return a - vf{}; }
 
-// Tile sizes: a tile's accumulators stay in the vector registers (TF filters x 2 vectors of
-// positions; TP positions x TV vectors of filters). AVX-512 has 32 registers, AVX2 and SSE 16.
+// Tile sizes: a tile's accumulators stay in the vector registers (TF filters x TPV vectors
+// of positions; TP positions x TV vectors of filters). AVX-512 has 32 registers, AVX2 and SSE
+// 16. With AVX-512, 8 x 3 (24 accumulators; 11 loads per 24 products) ran ResNet-56 4 % and
+// the Caffe net 8 % faster than 8 x 2 (18 loads per 16 products), and 4 x 6 ran ResNet-56
+// 8 % slower (benchmarks/NOTES.md, session 25).
 #if defined(__AVX512F__)
-constexpr int TF = 8, TP = 8, TV = 2;
+constexpr int TF = 8, TPV = 3, TP = 8, TV = 2;
 #else
-constexpr int TF = 6, TP = 6, TV = 2;
+constexpr int TF = 6, TPV = 2, TP = 6, TV = 2;
 #endif
 // On maps of fewer than TP positions (2 x 2), the filter-vectorised tile is SP positions x
 // SV vectors of filters instead, so that no lane computes a repeated position.
@@ -493,10 +496,10 @@ struct Sample {
 
   // The dense passes (plane tiles, filter-vectorised tiles): fast_dense.cpp.
   template <int NO>
-  void tile(const float* wt, const int* wofs, int u, int i, vf (&acc)[TF][2]) const;
+  void tile(const float* wt, const int* wofs, int u, int i, vf (&acc)[TF][TPV]) const;
   template <int NO>
   void tile_upto(const float* wt, const int* wofs, int u, int no, int i,
-                 vf (&acc)[TF][2]) const;
+                 vf (&acc)[TF][TPV]) const;
   std::pair<const float*, const int*> filter_table(int nout);
   template <int NP, int NV, int MV, bool ROW, int PAT>
   void tile_filters(const float* wt, const int* wofs, int o0, const int* q,
