@@ -265,6 +265,38 @@ inline void Sample::dense_filters_tiled(int nout, const float* wt, const int* wo
   st[ST_MACS] += (double)K * P * nout;
 }
 
+// Writes one filter's tile of TPV V plane lanes from i to its output plane oc: (b + sum) x
+// scale, then the site's ReLU (a NaN stays NaN). The lanes that are output positions map
+// to consecutive positions, in order (the planes' rows are the map's, with padding columns
+// between), so with AVX-512 each vector's are compressed and stored as one run.
+inline void Sample::plane_out(float* oc, float b, float scale, int i, const vf (&acc)[TPV]) const {
+  const int* flat = sc.flat.data() + i;
+#if defined(__AVX512F__)
+  const uint32_t* valid = sc.valid.data() + i / V;
+  for (int j = 0; j < TPV; ++j) {
+    const uint32_t m = valid[j];
+    if (m == 0) continue;
+    vf v = (splat(b) + acc[j]) * splat(scale);
+    if (s.relu) v = v < vf{} ? vf{} : v;
+    float* o = oc + flat[j * V + __builtin_ctz(m)];
+    if (m == 0xFFFFu) {
+      store(o, v);
+    } else {
+      const __m512 c = _mm512_maskz_compress_ps((__mmask16)m, (__m512)v);
+      _mm512_mask_storeu_ps(o, (__mmask16)((1u << __builtin_popcount(m)) - 1), c);
+    }
+  }
+#else
+  alignas(64) float buf[TPV * V];
+  for (int j = 0; j < TPV; ++j) store(buf + j * V, acc[j]);
+  for (int l = 0; l < TPV * V; ++l) {
+    const int p = flat[l];
+    const float v = (b + buf[l]) * scale;
+    if (p >= 0) oc[p] = s.relu && v < 0.f ? 0.f : v;
+  }
+#endif
+}
+
 // Dense plane pass: every output channel (subset mode: the filters fl) at every position.
 // Small maps take the filter-vectorised pass when its lanes are fuller than the plane
 // tiles': all of them for whole vectors of filters, a share for a subset of filters.
@@ -287,21 +319,9 @@ inline void Sample::dense() {
     for (int i = 0; i < NF; i += TPV * V) {
       vf acc[TF][TPV];
       tile_upto<TF>(wt, wofs, u, no, i, acc);
-      alignas(64) float buf[TF][TPV * V];
       for (int t = 0; t < no; ++t)
-        for (int j = 0; j < TPV; ++j) store(buf[t] + j * V, acc[t][j]);
-      const int* flat = sc.flat.data() + i;
-      const bool relu = s.relu;
-      for (int t = 0; t < no; ++t) {
-        float* oc = out + (size_t)(u + t) * P;
-        const float b = sc.bias[fl != nullptr ? fl[u + t] : u + t];
-        const float scale = osc != nullptr ? osc[u + t] : oscale;
-        for (int l = 0; l < TPV * V; ++l) {
-          const int p = flat[l];
-          const float v = (b + buf[t][l]) * scale;
-          if (p >= 0) oc[p] = relu && v < 0.f ? 0.f : v;
-        }
-      }
+        plane_out(out + (size_t)(u + t) * P, sc.bias[fl != nullptr ? fl[u + t] : u + t],
+                  osc != nullptr ? osc[u + t] : oscale, i, acc[t]);
     }
   }
   st[ST_MACS] += (double)K * P * nout;
