@@ -215,6 +215,81 @@ inline void Sample::dense_filters(int nout) {
   }
 }
 
+#if defined(__AVX512F__)
+// r[p] (8 floats) <- column p of the 8 x 8 block r: the classic unpack, shuffle, swap.
+inline void transpose8(__m256 (&r)[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+#endif
+
+// Writes vector v of a filter-vectorised tile (V whole filters from u, no subset, one
+// scale) at its np positions from p0: (b + sum) x scale and the ReLU computed on vectors,
+// then each filter's run of np positions stored (the tile holds one vector per position;
+// the outputs are rows per filter): with AVX-512, rows of 8 or 4 positions are transposed
+// in registers, in blocks of as many filters; otherwise through a buffer.
+template <int NP, int MV>
+inline void Sample::filters_out(int u, int p0, int np, const vf (&acc)[NP][MV], int v) {
+  const vf b = load(sc.bias.data() + u), scale = splat(oscale);
+  vf y[NP] = {};
+  for (int p = 0; p < np; ++p) {
+    y[p] = (b + acc[p][v]) * scale;
+    if (s.relu) y[p] = y[p] < vf{} ? vf{} : y[p];
+  }
+  float* o = out + (size_t)u * P + p0;
+#if defined(__AVX512F__)
+  if constexpr (NP == 8 || NP == 4) {
+    if (np == NP) {  // transposed in registers: blocks of NP filters x NP positions
+      if constexpr (NP == 8) {
+        for (int h = 0; h < 2; ++h, o += 8 * (size_t)P) {
+          __m256 r[8];
+          for (int p = 0; p < 8; ++p) {
+            const vf a = y[p];
+            r[p] = (__m256)(h ? __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15)
+                              : __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7));
+          }
+          transpose8(r);
+          for (int l = 0; l < 8; ++l) _mm256_storeu_ps(o + (size_t)l * P, r[l]);
+        }
+      } else {
+        __m128 r[4][4];  // [block of 4 filters][position]
+        for (int p = 0; p < 4; ++p) {
+          // shuffles, not the extract intrinsics (GCC 12 warns inside those)
+          const vf a = y[p];
+          r[0][p] = (__m128)__builtin_shufflevector(a, a, 0, 1, 2, 3);
+          r[1][p] = (__m128)__builtin_shufflevector(a, a, 4, 5, 6, 7);
+          r[2][p] = (__m128)__builtin_shufflevector(a, a, 8, 9, 10, 11);
+          r[3][p] = (__m128)__builtin_shufflevector(a, a, 12, 13, 14, 15);
+        }
+        for (int h = 0; h < 4; ++h) {
+          _MM_TRANSPOSE4_PS(r[h][0], r[h][1], r[h][2], r[h][3]);
+          for (int l = 0; l < 4; ++l) _mm_storeu_ps(o + (size_t)(4 * h + l) * P, r[h][l]);
+        }
+      }
+      return;
+    }
+  }
+#endif
+  alignas(64) float buf[NP][V];
+  for (int p = 0; p < np; ++p) store(buf[p], y[p]);
+  for (int l = 0; l < V; ++l, o += P)
+    for (int p = 0; p < np; ++p) o[p] = buf[p][l];
+}
+
 // Tiles of TP positions x TV vectors of filters; on maps of at most SP columns, of SP x SV
 // when there are SV vectors of filters to fill them (or fewer than TP positions, where a
 // tile of TP would repeat positions in half its lanes or more): a tile is then one row,
@@ -244,7 +319,11 @@ inline void Sample::dense_filters_tiled(int nout, const float* wt, const int* wo
       const int nv = std::min(MV, (width - o0) / V);
       vf acc[NP][MV];
       tile_filters_upto<NP, MV, MV>(wt, wofs, o0, q, pat, row, nv, acc);
-      for (int v = 0; v < nv; ++v)
+      for (int v = 0; v < nv; ++v) {
+        if (!WHOLE && fl == nullptr && osc == nullptr && nout - o0 - v * V >= V) {
+          filters_out(o0 + v * V, p0, np, acc, v);
+          continue;
+        }
         for (int p = 0; p < np; ++p) {
           alignas(64) float buf[V];
           store(buf, acc[p][v]);
@@ -260,6 +339,7 @@ inline void Sample::dense_filters_tiled(int nout, const float* wt, const int* wo
             out[(size_t)u * P + p0 + p] = finish((b + buf[l]) * scale);
           }
         }
+      }
     }
   }
   st[ST_MACS] += (double)K * P * nout;

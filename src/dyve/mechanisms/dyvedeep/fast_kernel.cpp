@@ -501,6 +501,8 @@ struct Sample {
   void tile_upto(const float* wt, const int* wofs, int u, int no, int i,
                  vf (&acc)[TF][TPV]) const;
   void plane_out(float* oc, float b, float scale, int i, const vf (&acc)[TPV]) const;
+  template <int NP, int MV>
+  void filters_out(int u, int p0, int np, const vf (&acc)[NP][MV], int v);
   std::pair<const float*, const int*> filter_table(int nout);
   template <int NP, int NV, int MV, bool ROW, int PAT>
   void tile_filters(const float* wt, const int* wofs, int o0, const int* q,
