@@ -432,3 +432,30 @@ def test_a_graph_torch_fx_cannot_trace_is_unsupported():
     net = equip(create("d2nn_cascade_cifar").eval(), DyVEDeep(sfma=0.01)).eval()
     with pytest.raises(Unsupported, match=r"torch\.fx"):
         Program(net.backbone, torch.zeros(1, 3, 32, 32), net.mechanisms[0].site_options)
+
+
+def test_threads_split_the_batch_on_pytorchs_openmp_pool():
+    """Two threads give the one-thread results, sample for sample; where the kernels were
+    built with OpenMP, they run on the OpenMP runtime PyTorch loaded (one libgomp in the
+    process: a second pool would compete with PyTorch's spinning workers)."""
+    net = _random_net(spet=0.0, sfma=0.02, sdss=0.05)
+    x = torch.relu(torch.randn(7, 3, 27, 27, generator=torch.Generator().manual_seed(4)))
+    prog = Program(net.backbone, x, net.mechanisms[0].site_options)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        y2, stats2, changed2 = prog.run(x)
+        torch.set_num_threads(1)
+        y1, stats1, changed1 = prog.run(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(y1, y2) and torch.equal(stats1, stats2) and torch.equal(changed1, changed2)
+    dll = native.kernels()
+    assert dll is not None
+    if dll.dyve_openmp() == 0:
+        pytest.skip("the compiler here builds without OpenMP: the kernels start their threads")
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("no /proc/self/maps: cannot list the loaded libraries here")
+    libs = {line.split()[-1] for line in maps.read_text().splitlines() if "gomp" in line}
+    assert len({Path(p).name for p in libs}) <= 1 and len(libs) <= 1, libs

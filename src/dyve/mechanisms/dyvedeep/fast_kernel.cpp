@@ -164,6 +164,14 @@ enum {
 
 int dyve_nstat() { return DYVE_NSTAT; }
 int dyve_abi() { return 10; }
+// the OpenMP version the library was built with (0: without; threads of its own)
+int dyve_openmp() {
+#if defined(_OPENMP)
+  return _OPENMP;
+#else
+  return 0;
+#endif
+}
 
 }  // extern "C"
 
@@ -575,6 +583,12 @@ extern "C" int dyve_prepare(const DyveSite* s) {
 namespace {
 
 // fn(lo, hi) over [0, n) in up to `threads` contiguous ranges, the first on this thread.
+// Built with OpenMP (native.py tries that first), the ranges run on the process's OpenMP
+// pool: the library binds to the libgomp PyTorch loaded, so they run on PyTorch's own
+// workers. Those spin for milliseconds after each of PyTorch's parallel ops, and a thread
+// of our own started beside one ran at about half speed: at batch 64 on 2 cores, a
+// program called right after eager PyTorch took 16 ms instead of 9 (benchmarks/NOTES.md,
+// session 25).
 template <class F>
 void split(int n, int threads, F fn) {
   const int T = std::max(1, std::min(threads, n));
@@ -582,14 +596,22 @@ void split(int n, int threads, F fn) {
     fn(0, n);
     return;
   }
-  std::vector<std::thread> pool;
   const int per = (n + T - 1) / T;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static, 1) num_threads(T)
+  for (int t = 0; t < T; ++t) {
+    const int lo = t * per, hi = std::min(n, lo + per);
+    if (lo < hi) fn(lo, hi);
+  }
+#else
+  std::vector<std::thread> pool;
   for (int t = 1; t < T; ++t) {
     const int lo = t * per, hi = std::min(n, lo + per);
     if (lo < hi) pool.emplace_back(fn, lo, hi);
   }
   fn(0, std::min(n, per));
   for (auto& th : pool) th.join();
+#endif
 }
 
 }  // namespace

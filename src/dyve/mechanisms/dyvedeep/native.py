@@ -209,6 +209,9 @@ def _load_reason() -> ctypes.CDLL | str:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     march = os.environ.get("DYVE_MARCH")  # e.g. x86-64-v3: build for AVX2 on any x86 CPU
     archs = ([f"-march={march}"],) if march else (["-march=native"], [])
+    # with OpenMP where the compiler has it (threads on the process's OpenMP pool, see
+    # split() in fast_kernel.cpp), else with threads of its own
+    archs = tuple([*a, "-fopenmp"] for a in archs) + archs
     key = hashlib.sha256("\0".join([src, " ".join(FLAGS), str(archs), version, _cpu()]).encode())
     lib = cache_dir() / f"dyvedeep-{key.hexdigest()[:16]}.so"
     if not lib.exists():
