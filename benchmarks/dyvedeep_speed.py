@@ -420,8 +420,10 @@ def gap(results: list[dict[str, Any]]) -> list[str]:
         f"- **Most of the batch-1 speedup is the runtime's.** The program with every knob "
         f"off runs the dense network {run} faster than dense eager at its fastest (tuned): "
         "no dispatch or module "
-        "Python per op, batch norm and ReLU fused, direct convolutions sized for these small "
-        f"maps. In that same runtime the knobs gain (knobs off / calibrated) {shares}; below "
+        "Python per op, batch norm and ReLU fused (a residual add and its ReLU in one pass), "
+        "direct convolutions sized for these small maps, which skip the products by zero "
+        "padding on maps of 8 x 8 and below, as oneDNN does (16-56 % of a 3 x 3 "
+        "convolution's there; costs count them, as the convention does). In that same runtime the knobs gain (knobs off / calibrated) {shares}; below "
         "1x they cost time.",
         f"- **Per knob combination** (knobs off / calibrated time of the sites with exactly "
         f"those knobs on; above 1x the knobs pay): {per_knob}. SPET's check pass "
@@ -440,7 +442,8 @@ def gap(results: list[dict[str, Any]]) -> list[str]:
         "a tile (the same input channels checked for every filter, so the check pass is a "
         "dense tile over a quarter of the channels); it changes SPET's semantics and needs "
         "a new calibration.",
-        f"- **Batch 64** ({b64} vs eager). The program splits the samples over the threads "
+        f"- **Batch 64** ({b64} vs eager). The program splits the samples over PyTorch's "
+        "OpenMP workers "
         "and runs each thread's samples in small groups op by op, so a site's weights stay "
         "in cache across the group; but each sample still runs its own kernels, while "
         "oneDNN's batched convolutions get several times faster per image than at batch 1 "
