@@ -234,6 +234,7 @@ def bind(lib: Path) -> ctypes.CDLL | str:
     dll.dyve_program.restype = ctypes.c_int
     dll.dyve_prepare.argtypes = [ctypes.POINTER(DyveSite)]
     dll.dyve_prepare.restype = ctypes.c_int
+    dll.dyve_openmp.restype = ctypes.c_int  # the OpenMP version built with, 0 without
     if dll.dyve_abi() != ABI or dll.dyve_nstat() != len(STATS):
         return f"{lib} does not match this dyve version"
     return dll
