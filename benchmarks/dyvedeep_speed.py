@@ -423,8 +423,8 @@ def gap(results: list[dict[str, Any]]) -> list[str]:
         "Python per op, batch norm and ReLU fused (a residual add and its ReLU in one pass), "
         "direct convolutions sized for these small maps, which skip the products by zero "
         "padding on maps of 8 x 8 and below, as oneDNN does (16-56 % of a 3 x 3 "
-        "convolution's there; costs count them, as the convention does). In that same runtime the knobs gain (knobs off / calibrated) {shares}; below "
-        "1x they cost time.",
+        "convolution's there; costs count them, as the convention does). In that same "
+        f"runtime the knobs gain (knobs off / calibrated) {shares}; below 1x they cost time.",
         f"- **Per knob combination** (knobs off / calibrated time of the sites with exactly "
         f"those knobs on; above 1x the knobs pay): {per_knob}. SPET's check pass "
         "runs one filter at a time (each filter checks its own quarter of the terms, largest "

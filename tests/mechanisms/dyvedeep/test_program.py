@@ -449,7 +449,9 @@ def test_threads_split_the_batch_on_pytorchs_openmp_pool():
         y1, stats1, changed1 = prog.run(x)
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(y1, y2) and torch.equal(stats1, stats2) and torch.equal(changed1, changed2)
+    assert torch.equal(y1, y2)
+    assert torch.equal(stats1, stats2)
+    assert torch.equal(changed1, changed2)
     dll = native.kernels()
     assert dll is not None
     if dll.dyve_openmp() == 0:
@@ -458,4 +460,4 @@ def test_threads_split_the_batch_on_pytorchs_openmp_pool():
     if not maps.exists():
         pytest.skip("no /proc/self/maps: cannot list the loaded libraries here")
     libs = {line.split()[-1] for line in maps.read_text().splitlines() if "gomp" in line}
-    assert len({Path(p).name for p in libs}) <= 1 and len(libs) <= 1, libs
+    assert len(libs) <= 1, libs  # one OpenMP runtime: PyTorch's
