@@ -159,8 +159,8 @@ def _cpu() -> str:
 def _build(
     cxx: str, src: str, out: Path, archs: Sequence[list[str]] = (["-march=native"], [])
 ) -> str | None:
-    """Compile ``src`` into ``out`` for the first of ``archs`` that builds; the error text,
-    or None on success."""
+    """Compile ``src`` into ``out`` with the first of ``archs`` (target and OpenMP options)
+    that builds; the error text, or None on success."""
     out.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for arch in archs:
