@@ -367,12 +367,18 @@ inline void Sample::plane_out(float* oc, float b, float scale, int i, const vf (
     }
   }
 #else
-  alignas(64) float buf[TPV * V];
-  for (int j = 0; j < TPV; ++j) store(buf + j * V, acc[j]);
-  for (int l = 0; l < TPV * V; ++l) {
-    const int p = flat[l];
-    const float v = (b + buf[l]) * scale;
-    if (p >= 0) oc[p] = s.relu && v < 0.f ? 0.f : v;
+  const uint32_t* valid = sc.valid.data() + i / V;
+  for (int j = 0; j < TPV; ++j) {
+    const uint32_t m = valid[j];
+    if (m == 0) continue;
+    vf v = (splat(b) + acc[j]) * splat(scale);
+    if (s.relu) v = v < vf{} ? vf{} : v;
+    if (m == (1u << V) - 1) {  // every lane an output position: one store
+      store(oc + flat[j * V], v);
+      continue;
+    }
+    for (int l = 0; l < V; ++l)
+      if (m >> l & 1u) oc[flat[j * V + l]] = v[l];
   }
 #endif
 }

@@ -234,9 +234,10 @@ def bind(lib: Path) -> ctypes.CDLL | str:
     dll.dyve_program.restype = ctypes.c_int
     dll.dyve_prepare.argtypes = [ctypes.POINTER(DyveSite)]
     dll.dyve_prepare.restype = ctypes.c_int
-    dll.dyve_openmp.restype = ctypes.c_int  # the OpenMP version built with, 0 without
     if dll.dyve_abi() != ABI or dll.dyve_nstat() != len(STATS):
         return f"{lib} does not match this dyve version"
+    if hasattr(dll, "dyve_openmp"):  # the OpenMP version built with, 0 without (not in
+        dll.dyve_openmp.restype = ctypes.c_int  # the first builds of ABI 10: kernel_ab)
     return dll
 
 
