@@ -199,8 +199,8 @@ inline int Sample::tap_pattern(int p0, int np, bool row) const {
 }
 
 // Dense pass over output positions, filters in vectors: for maps whose rows fill few of
-// the plane pass's tiles of 2 V positions (with AVX-512, 8 x 8 maps: 64 of 96 lanes; 2 x 2:
-// 4 of 32). Subset mode runs on the compact table (filter_table; its padding lanes are
+// the plane pass's tiles of TPV V positions (with AVX-512, 8 x 8 maps: 64 of 96 lanes;
+// 2 x 2: 4 of 48). Subset mode runs on the compact table (filter_table; its padding lanes are
 // computed, not written), or, when the kept filters need as many vectors as all of them
 // (49-64 of 64 filters with 16 lanes), on the site's own table, writing the kept filters
 // only (WHOLE): the same vector work without the per-sample copy (K x cout weights).

@@ -13,7 +13,7 @@
 //     from the im2col matrices and the weights (K' = kept channels x kh x kw terms) and
 //     their constant contribution goes into a per-sample bias.
 //   * colT [K'][positions]: term-major im2col. Dense sites run a register-tiled GEMM on it
-//     (8 output channels x 32 positions); SPET sites run their check pass on it (each
+//     (8 output channels x 48 positions with AVX-512); SPET sites run their check pass on it (each
 //     filter's own check terms, vectorised over 64 positions).
 //   * patch [position][K']: position-major im2col rows, built lazily, for per-neuron work:
 //     the neurons SPET keeps are completed by a dot product over all K' terms (the check
