@@ -246,10 +246,7 @@ template <int NP, int MV>
 inline void Sample::filters_out(int u, int p0, int np, const vf (&acc)[NP][MV], int v) {
   const vf b = load(sc.bias.data() + u), scale = splat(oscale);
   vf y[NP] = {};
-  for (int p = 0; p < np; ++p) {
-    y[p] = (b + acc[p][v]) * scale;
-    if (s.relu) y[p] = y[p] < vf{} ? vf{} : y[p];
-  }
+  for (int p = 0; p < np; ++p) y[p] = finish((b + acc[p][v]) * scale);
   float* o = out + (size_t)u * P + p0;
 #if defined(__AVX512F__)
   if constexpr (NP == 8 || NP == 4) {
@@ -348,39 +345,28 @@ inline void Sample::dense_filters_tiled(int nout, const float* wt, const int* wo
 // Writes one filter's tile of TPV V plane lanes from i to its output plane oc: (b + sum) x
 // scale, then the site's ReLU (a NaN stays NaN). The lanes that are output positions map
 // to consecutive positions, in order (the planes' rows are the map's, with padding columns
-// between), so with AVX-512 each vector's are compressed and stored as one run.
+// between): a vector whose lanes all are is stored whole, else with AVX-512 its output
+// lanes are compressed and stored as one run, lane by lane on other targets.
 inline void Sample::plane_out(float* oc, float b, float scale, int i, const vf (&acc)[TPV]) const {
   const int* flat = sc.flat.data() + i;
-#if defined(__AVX512F__)
   const uint32_t* valid = sc.valid.data() + i / V;
   for (int j = 0; j < TPV; ++j) {
     const uint32_t m = valid[j];
     if (m == 0) continue;
-    vf v = (splat(b) + acc[j]) * splat(scale);
-    if (s.relu) v = v < vf{} ? vf{} : v;
-    float* o = oc + flat[j * V + __builtin_ctz(m)];
-    if (m == 0xFFFFu) {
-      store(o, v);
-    } else {
-      const __m512 c = _mm512_maskz_compress_ps((__mmask16)m, (__m512)v);
-      _mm512_mask_storeu_ps(o, (__mmask16)((1u << __builtin_popcount(m)) - 1), c);
-    }
-  }
-#else
-  const uint32_t* valid = sc.valid.data() + i / V;
-  for (int j = 0; j < TPV; ++j) {
-    const uint32_t m = valid[j];
-    if (m == 0) continue;
-    vf v = (splat(b) + acc[j]) * splat(scale);
-    if (s.relu) v = v < vf{} ? vf{} : v;
+    const vf v = finish((splat(b) + acc[j]) * splat(scale));
+    float* o = oc + flat[j * V + __builtin_ctz(m)];  // the first output lane's position
     if (m == (1u << V) - 1) {  // every lane an output position: one store
-      store(oc + flat[j * V], v);
+      store(o, v);
       continue;
     }
+#if defined(__AVX512F__)
+    const __m512 c = _mm512_maskz_compress_ps((__mmask16)m, (__m512)v);
+    _mm512_mask_storeu_ps(o, (__mmask16)((1u << __builtin_popcount(m)) - 1), c);
+#else
     for (int l = 0; l < V; ++l)
       if (m >> l & 1u) oc[flat[j * V + l]] = v[l];
-  }
 #endif
+  }
 }
 
 // Dense plane pass: every output channel (subset mode: the filters fl) at every position.

@@ -501,6 +501,7 @@ struct Sample {
   }
 
   inline float finish(float v) const { return s.relu && v < 0.f ? 0.f : v; }
+  inline vf finish(vf v) const { return s.relu ? (v < vf{} ? vf{} : v) : v; }
 
   // The dense passes (plane tiles, filter-vectorised tiles): fast_dense.cpp.
   template <int NO>
