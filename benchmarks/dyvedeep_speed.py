@@ -15,6 +15,7 @@ DyVEDeep site's eager conv+BN+ReLU on the same captured input). Then writes the 
 
     python benchmarks/dyvedeep_speed.py                    # all four models, CIFAR-10 test
     python benchmarks/dyvedeep_speed.py --models resnet56_cifar --points time --repeats 30
+    python benchmarks/dyvedeep_speed.py --render   # the page again from its JSON, no timing
 """
 
 from __future__ import annotations
@@ -473,7 +474,22 @@ def main() -> None:
         help="benches per point, in rounds over all points (the page shows the median run)",
     )
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "dyvedeep-speed.md")
+    p.add_argument(
+        "--render",
+        action="store_true",
+        help="time nothing: write the page again from the JSON an earlier run left beside "
+        "--out (its figures and command), e.g. after a change to the page's text",
+    )
     args = p.parse_args()
+    raw = args.out.with_suffix(".json")
+    if args.render:
+        if not raw.is_file():
+            p.error(f"--render: no {raw} (run without --render first)")
+        kept = json.loads(raw.read_text())
+        with atomic_write(args.out, "w") as f:
+            f.write(page(kept["results"], kept["command"]))
+        print(f"wrote {args.out} from {raw}")
+        return
     if args.data == "sample":
         images = data.load_sample()
     else:
@@ -504,10 +520,9 @@ def main() -> None:
         + (f" --repeats {args.repeats}" if args.repeats != 30 else "")
         + (f" --runs {args.runs}" if args.runs != 3 else "")
     )
+    write_json(raw, jsonable({"command": cmd, "results": results}))
     with atomic_write(args.out, "w") as f:
         f.write(page(results, cmd))
-    raw = args.out.with_suffix(".json")
-    write_json(raw, jsonable(results))
     print(f"wrote {args.out} and {raw}")
 
 
