@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -162,3 +163,71 @@ def test_runs_saved_before_a_config_key_existed_still_resume(tmp_path: Path) -> 
         check_run_dir(tmp_path, {"lam_l": 0.1, "distill": 0.5}, True, {"distill": 0.0})
     with pytest.raises(DyveError, match="distill"):  # without defaults: a different config
         check_run_dir(tmp_path, {"lam_l": 0.1, "distill": 0.0}, True)
+
+
+def test_steer_ramps_the_goal_and_moves_the_scale_towards_it() -> None:
+    s = lc_train.Steer(3.0, 0.5)
+    assert [s.goal(f) for f in (0.0, 0.25, 0.5, 0.9)] == [1.0, 2.0, 3.0, 3.0]
+    assert lc_train.Steer(3.0, 0.0).goal(0.0) == 3.0
+    assert s.update(2.0, 0.25) == 1.0  # on the goal: unchanged
+    up = s.update(1.5, 0.25)  # cheaper than aimed at: more sparsity pressure
+    assert up == pytest.approx((2.0 / 1.5) ** 0.01)
+    assert s.update(3.0, 0.25) < up  # below the goal's cost: less
+    for _ in range(10_000):
+        s.update(1.0, 1.0)
+    assert s.update(1.0, 1.0) == pytest.approx(math.exp(lc_train.LOG_SCALE_MAX))
+
+
+def test_target_reduction_steers_in_bf16_and_resumes_its_scale(
+    prepared: Callable[[str], object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepared("cifar10-jpeg")
+    dtypes: set[torch.dtype] = set()
+    real_ce = lc_train.F.cross_entropy
+
+    def ce(logits, y):  # type: ignore[no-untyped-def]
+        dtypes.add(logits.dtype)
+        return real_ce(logits, y)
+
+    monkeypatch.setattr(lc_train.F, "cross_entropy", ce)
+    small = (*SMALL[:3], "4", *SMALL[4:])
+    args = ("lcnet", "train", *small, "--lam-l", "0.05", "--target-reduction", "2", "--bf16")
+    straight = tmp_path / "straight"
+    assert _cli(*args, "--out", str(straight))[0] == 0
+    assert dtypes == {torch.bfloat16}  # the forward ran under bf16 autocast
+    config = read_json(straight / "config.json")["config"]
+    assert (config["target_reduction"], config["bf16"]) == (2.0, True)
+    rows = [json.loads(line) for line in (straight / "history.jsonl").read_text().splitlines()]
+    assert all(r["train_reduction"] >= 1.0 for r in rows)
+    assert rows[-1]["train_lam_scale"] != 1.0  # steered
+    # a run killed in epoch 3 resumes with the scale it had reached: it equals the straight run
+    real = lc_train.measure
+    calls = {"n": 0}
+
+    def crashing(*a, **k):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 3:  # validation of epoch 3, before its checkpoint
+            raise RuntimeError("simulated crash")
+        return real(*a, **k)
+
+    monkeypatch.setattr(lc_train, "measure", crashing)
+    run = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _cli(*args, "--out", str(run))
+    assert lc_train._last_scale(run) == rows[1]["train_lam_scale"] != 1.0
+    assert _cli(*args, "--out", str(run), "--resume")[0] == 0
+    again = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    for key in ("train_loss", "train_lam_scale", "train_reduction"):
+        assert [r[key] for r in again] == [r[key] for r in rows]
+    assert lc_train._last_scale(tmp_path / "new") == 1.0  # a new run: the lambdas as given
+
+
+def test_target_reduction_is_refused_where_it_cannot_steer(tmp_path: Path) -> None:
+    out = str(tmp_path / "x")
+    assert _cli("lcnet", "train", "--out", out, "--target-reduction", "1")[0] == 2
+    assert (
+        _cli("lcnet", "train", "--out", out, "--target-reduction", "3", "--method", "aig")[0] == 2
+    )
+    bad = ("--target-reduction", "3", "--lam-l", "0", "--lam-c", "0")
+    assert _cli("lcnet", "train", "--out", out, *bad)[0] == 2
+    assert not (tmp_path / "x").exists()

@@ -48,6 +48,13 @@ def add(sub: Any) -> None:
     t.add_argument(
         "--temperature", type=float, default=d.temperature, help="distillation temperature"
     )
+    t.add_argument(
+        "--target-reduction",
+        type=float,
+        default=d.target_reduction,
+        help="LC-Net: steer lam-l and lam-c so that training holds this MAC reduction "
+        "(reached over --ramp; default: off, the lambdas as given)",
+    )
     t.add_argument("--epochs", type=int, default=d.epochs)
     t.add_argument("--batch-size", type=int, default=d.batch_size)
     t.add_argument("--lr", type=float, default=d.lr, help="backbone learning rate (cosine)")
@@ -56,6 +63,9 @@ def add(sub: Any) -> None:
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--select-split", default=d.select_split, help="auto: val or test-a")
     t.add_argument("--report-split", default=d.report_split, help="auto: test or test-b")
+    t.add_argument(
+        "--bf16", action="store_true", help="train under bfloat16 autocast (CPUs with AMX: ~1.7x)"
+    )
     add_run_options(t, d.device)
     t.set_defaults(func=cmd_train)
 

@@ -2,12 +2,14 @@
 
 A trainer builds its model, optimiser and loss (``step``) and calls :func:`fit`, which runs
 the epochs: SGD-style cosine learning rate (each parameter group's ``lr_scale`` multiplies
-it), crop/flip batches seeded from ``(seed, epoch)`` (so no RNG state has to be saved),
-a progress bar, ``validate`` after each epoch, and an atomic ``checkpoint.pt`` (model,
-optimiser, epoch; read back with ``weights_only=True``) plus ``history.jsonl``. With
-``resume`` it continues after the last finished epoch, so a killed run loses at most the
-epoch in progress. Under ``torchrun`` (:mod:`dyve.train.dist`) the model is wrapped in
-DDP, each process takes its rows of each batch, and only rank 0 writes.
+it), optionally bfloat16 autocast (``Schedule.bf16``: the weights, gradients and optimiser
+stay float32; on CPUs with AMX about 1.7x faster), crop/flip batches seeded from
+``(seed, epoch)`` (so no RNG state has to be saved), a progress bar, ``validate`` after
+each epoch, and an atomic ``checkpoint.pt`` (model, optimiser, epoch; read back with
+``weights_only=True``) plus ``history.jsonl``. With ``resume`` it continues after the last
+finished epoch, so a killed run loses at most the epoch in progress. Under ``torchrun``
+(:mod:`dyve.train.dist`) the model is wrapped in DDP, each process takes its rows of each
+batch, and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class Schedule:
     seed: int = 0
     augment: bool = True
     channels_last: bool = True
+    #: forward and loss under ``torch.autocast(dtype=torch.bfloat16)``
+    bf16: bool = False
 
 
 def device_for(name: str) -> torch.device:
@@ -163,7 +167,7 @@ def fit(
     warmup = int(sched.warmup_epochs * steps_per_epoch)
     for g in opt.param_groups:
         g.setdefault("lr_scale", 1.0)
-    history = _read_history(out)[:start]
+    history = read_history(out)[:start]
     for epoch in range(start, sched.epochs):
         model.train()
         t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
@@ -192,7 +196,8 @@ def fit(
             x, y = dist.shard(x, y)
             x = x.to(device, memory_format=mem)
             y = y.to(device)
-            loss, logits, logs = step(trained, x, y, done / total)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=sched.bf16):
+                loss, logits, logs = step(trained, x, y, done / total)
             if not torch.isfinite(loss):
                 raise DyveError(
                     f"loss became {loss.item()} at epoch {epoch + 1} step {i}; lower --lr"
@@ -238,7 +243,7 @@ def _save_torch(obj: dict[str, Any], path: str) -> None:
     torch.save(obj, path)
 
 
-def _read_history(out: Path) -> list[dict[str, Any]]:
+def read_history(out: Path) -> list[dict[str, Any]]:
     path = out / "history.jsonl"
     if not path.exists():
         return []

@@ -246,3 +246,27 @@ def test_training_step_and_both_backends_on_a_gpu() -> None:
     emu = net.run(x)
     assert torch.allclose(fast.logits, emu.logits, atol=1e-4)
     assert (fast.macs >= emu.macs).all()
+
+
+def test_training_reduction_is_what_the_same_decisions_execute() -> None:
+    net = equip(_r20(), LCNet(init_bias=0.3, init_std=0.5, eps=0.0), backend="emulated")
+    x = graded_inputs(32)
+    mech = net.mechanisms[0]
+    net.eval()
+    res = net.run(x)
+    executed = net.static_macs - sum(p.block.macs for p in mech.plans)  # type: ignore[attr-defined]
+    executed = executed + sum(  # each block's executed MACs without its predictors'
+        res.trace.detail[p.block.name]["macs"]
+        - (p.c_in + (res.trace.units[p.block.name] == 0).double() * p.c_in * p.c_mid)
+        for p in mech.plans  # type: ignore[attr-defined]
+    )
+    assert 1.2 < net.static_macs / executed.mean().item() < 5  # some, not all, skipped
+    # training mode with the backbone's BN in eval mode: the same features, so the same
+    # decisions, now as scales that pass gradients
+    net.train()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    net(x)
+    got = mech.training_reduction(float(net.static_macs))  # type: ignore[attr-defined]
+    assert got == pytest.approx(net.static_macs / executed.mean().item(), rel=1e-6)

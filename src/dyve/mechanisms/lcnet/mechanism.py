@@ -139,6 +139,21 @@ class LCNet(BlockGates, NativeRunner):
                 total = total + lam_c * b * s_c.sum(1).mean()
         return total
 
+    def training_reduction(self, static_macs: float) -> float:
+        """The MAC reduction (``static_macs`` / mean MACs per sample) the decisions of the
+        last training forward stand for: a block runs where its s_L > 0 and computes the
+        channels whose s_C > 0 (the predictors' own MACs, under 1 % of a block's, are left
+        out). What ``dyve lcnet train --target-reduction`` steers."""
+        fixed = static_macs - sum(float(p.block.macs) for p in self.plans)
+        blocks = 0.0
+        for gate in self.gates:
+            slot, p = cast(LCGate, gate).slot, cast(LCGate, gate).plan
+            runs = 1.0 if slot.s_l is None else (slot.s_l > 0).float()
+            kept = 1.0 if slot.s_c is None else (slot.s_c > 0).float().mean(1)
+            macs = runs * ((p.block.macs - p.gated_macs) + p.gated_macs * kept)
+            blocks += float(torch.as_tensor(macs).mean())
+        return static_macs / (fixed + blocks)
+
     def _weights(self, weighting: str) -> tuple[list[float], list[float]]:
         n = len(self.plans)
         if weighting == "none":

@@ -12,6 +12,12 @@ KL(softmax(dense / T) || softmax(logits / T))``: the dense pretrained backbone (
 the same batch) is the teacher, so the fine-tuning keeps what the backbone knew instead
 of refitting the train labels in a few epochs (dyve's option, not the paper's).
 
+With ``target_reduction`` = R (dyve's option) the sparsity weights are steered instead of
+ramped: the MAC reduction the training batches' decisions stand for is held to a goal that
+ramps linearly from 1 to R over the first ``ramp`` of training, by scaling both lambdas
+with a factor that integrates the log of goal / reduction after every step (:class:`Steer`).
+One run then lands at a cost chosen in advance, instead of a lambda sweep around it.
+
 After every epoch the net is evaluated on the *select* split (``auto``: val when the
 backbone held it out, else test-a). The kept checkpoint is the most accurate epoch once
 the ramp is over (ties: the cheaper), saved as a dynamic network (``dynamic.json`` +
@@ -21,6 +27,7 @@ split (test-b) with the fast back-end at batch 1, so ``metrics.json`` holds exec
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -40,11 +47,11 @@ from dyve.eval.measure import Measurement, measure
 from dyve.eval.splits import choose_splits, heldout
 from dyve.mechanisms.lcnet.mechanism import ConvNetAIG, LCNet
 from dyve.models import create, model_info
-from dyve.train.loop import Schedule, fit, start, write_config
+from dyve.train.loop import Schedule, fit, read_history, start, write_config
 
 METHODS = ("lcnet", "aig")
 #: keys added to the config after runs were made, with the value those runs had
-ADDED = {"distill": 0.0, "temperature": 4.0}
+ADDED = {"distill": 0.0, "temperature": 4.0, "target_reduction": None, "bf16": False}
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,8 @@ class GateTrainConfig:
     #: weight of the distillation loss from the dense backbone (0: cross-entropy alone)
     distill: float = 0.0
     temperature: float = 4.0
+    #: LC-Net: steer the lambdas to this MAC reduction (None: lambdas ramped as given)
+    target_reduction: float | None = None
     epochs: int = 4
     batch_size: int = 128
     lr: float = 0.01
@@ -82,6 +91,8 @@ class GateTrainConfig:
     limit_eval: int | None = None
     threads: int | None = None
     device: str = "auto"
+    #: train under bfloat16 autocast (:class:`dyve.train.loop.Schedule`)
+    bf16: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -94,6 +105,11 @@ class GateTrainConfig:
             raise DyveError("ramp must be in [0, 1] and target in (0, 1]")
         if not 0 <= self.distill <= 1 or not self.temperature > 0:
             raise DyveError("distill must be in [0, 1] and temperature > 0")
+        if self.target_reduction is not None:
+            if self.method != "lcnet" or not self.target_reduction > 1:
+                raise DyveError("target_reduction is for LC-Net and must be > 1")
+            if not self.lam_l + self.lam_c > 0:
+                raise DyveError("target_reduction steers lam_l and lam_c: set one > 0")
 
 
 def build(cfg: GateTrainConfig) -> DynamicNet:
@@ -159,6 +175,9 @@ def train_gates(
     opt = torch.optim.SGD(_params(net, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     write_config(out, config, resume, ddp)
     teacher = _teacher(cfg, device)
+    steer = (
+        Steer(cfg.target_reduction, cfg.ramp, _last_scale(out)) if cfg.target_reduction else None
+    )
 
     def step(
         m: nn.Module, x: torch.Tensor, y: torch.Tensor, frac: float
@@ -175,6 +194,10 @@ def train_gates(
             logs["kd"] = kd.item()
         w = min(1.0, frac / cfg.ramp) if cfg.ramp > 0 else 1.0
         if isinstance(mech, LCNet):
+            if steer is not None:
+                reduction = mech.training_reduction(float(net.static_macs))
+                w = steer.update(reduction, frac)
+                logs.update(reduction=reduction, lam_scale=w)
             reg = mech.regularizer(w * cfg.lam_l, w * cfg.lam_c, cfg.weighting)
         else:
             reg = w * cfg.aig_weight * cast(ConvNetAIG, mech).target_loss(cfg.target)
@@ -193,7 +216,7 @@ def train_gates(
             write_json(out / "best.json", {"epoch": epoch + 1, **r, "split": select})
         return row
 
-    sched = Schedule(cfg.epochs, cfg.batch_size, cfg.lr, 0.0, cfg.seed, True, True)
+    sched = Schedule(cfg.epochs, cfg.batch_size, cfg.lr, 0.0, cfg.seed, True, True, cfg.bf16)
     fit(net, opt, train_set, info.norm, sched, out, step, validate,
         device=device, dist=ddp, resume=resume, progress=progress)  # fmt: skip
     metrics: dict[str, Any] = {}
@@ -201,6 +224,40 @@ def train_gates(
         metrics = report_run(out, cfg, select, report, progress=progress)
     ddp.close()
     return metrics
+
+
+class Steer:
+    """The factor on both lambdas that holds the training batches' MAC reduction to a goal
+    ramping linearly from 1 to ``target`` over the first ``ramp`` of training: after each
+    step ``log(scale) += gain * log(goal / reduction)`` (an integral controller; the gates
+    answer slowly, so the gain is small: a reduction 10 % off the goal moves the scale about
+    1.5x per epoch of 390 steps)."""
+
+    def __init__(self, target: float, ramp: float, scale: float = 1.0, gain: float = 0.01):
+        self.target, self.ramp, self.gain = target, ramp, gain
+        self.log_scale = math.log(scale)
+
+    def goal(self, frac: float) -> float:
+        """The reduction aimed at after the share ``frac`` of training."""
+        done = min(1.0, frac / self.ramp) if self.ramp > 0 else 1.0
+        return 1.0 + (self.target - 1.0) * done
+
+    def update(self, reduction: float, frac: float) -> float:
+        """Move the scale by the last batch's ``reduction``; the new scale."""
+        step = self.gain * math.log(self.goal(frac) / reduction)
+        self.log_scale = min(LOG_SCALE_MAX, max(-LOG_SCALE_MAX, self.log_scale + step))
+        return math.exp(self.log_scale)
+
+
+#: the steered scale stays within exp(+-10) of the lambdas given
+LOG_SCALE_MAX = 10.0
+
+
+def _last_scale(out: Path) -> float:
+    """The steered scale a resumed run had reached (1 for a new run): the last finished
+    epoch's ``train_lam_scale`` in ``history.jsonl``."""
+    rows = read_history(out)
+    return float(rows[-1].get("train_lam_scale", 1.0)) if rows else 1.0
 
 
 def _teacher(cfg: GateTrainConfig, device: torch.device) -> nn.Module | None:
