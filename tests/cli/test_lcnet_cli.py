@@ -19,6 +19,7 @@ from dyve._io import read_json
 from dyve.cli.main import main
 from dyve.eval.latency import num_threads
 from dyve.mechanisms.dyvedeep import native
+from dyve.mechanisms.lcnet import results as lc_results
 from dyve.mechanisms.lcnet import train as lc_train
 
 REQUIRED = ("top1", "baseline_top1", "macs_per_sample", "cost_reduction", "split")
@@ -197,6 +198,7 @@ def test_target_reduction_steers_in_bf16_and_resumes_its_scale(
     assert dtypes == {torch.bfloat16}  # the forward ran under bf16 autocast
     config = read_json(straight / "config.json")["config"]
     assert (config["target_reduction"], config["bf16"]) == (2.0, True)
+    assert lc_results._label(config)[1] == "lam_L=0.05, lam_C=0.002 (none) steered to 2.0x"
     rows = [json.loads(line) for line in (straight / "history.jsonl").read_text().splitlines()]
     assert all(r["train_reduction"] >= 1.0 for r in rows)
     assert rows[-1]["train_lam_scale"] != 1.0  # steered

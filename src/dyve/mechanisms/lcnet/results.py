@@ -36,6 +36,8 @@ def _label(cfg: dict[str, Any]) -> tuple[str, str]:
         f"lam_C={cfg['lam_c']}" if cfg["channel"] else "",
     ]
     setting = ", ".join(x for x in lams if x) + f" ({cfg['weighting']})"
+    if cfg.get("target_reduction"):  # runs before the option have no key
+        setting += f" steered to {cfg['target_reduction']}x"
     if cfg.get("distill", 0.0) > 0:  # runs before the option have no key
         kind = DISTILLED if kind == "LC-Net" else kind + " + distillation"
         setting += f", distill {cfg['distill']} (T={cfg['temperature']})"
