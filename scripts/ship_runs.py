@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from functools import partial
 from pathlib import Path
 
+from dyve._io import atomic_save
 from dyve.dynamic import load, save
 
 #: shipped folder -> (source run, files copied as they are)
@@ -62,7 +64,8 @@ def main() -> None:
         if not files:  # a frozen zoo backbone: keep only what the mechanism trained
             save(load(source), dest, backbone_weights=False)
         for f in files + tuple(p for p in PROVENANCE if (source / p).is_file()):
-            shutil.copyfile(source / f, dest / f)
+            # temp file + rename: an interrupted copy never leaves a torn shipped file
+            atomic_save(dest / f, partial(shutil.copyfile, source / f))
         size = sum(p.stat().st_size for p in dest.iterdir()) / 1e6
         print(f"{dest}: {size:.2f} MB from {source}")
 
