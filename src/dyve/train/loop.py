@@ -167,7 +167,7 @@ def fit(
     warmup = int(sched.warmup_epochs * steps_per_epoch)
     for g in opt.param_groups:
         g.setdefault("lr_scale", 1.0)
-    history = read_history(out)[:start]
+    history = _read_history(out)[:start]
     for epoch in range(start, sched.epochs):
         model.train()
         t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
@@ -243,7 +243,7 @@ def _save_torch(obj: dict[str, Any], path: str) -> None:
     torch.save(obj, path)
 
 
-def read_history(out: Path) -> list[dict[str, Any]]:
+def _read_history(out: Path) -> list[dict[str, Any]]:
     path = out / "history.jsonl"
     if not path.exists():
         return []

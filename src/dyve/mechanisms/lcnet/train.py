@@ -12,11 +12,14 @@ KL(softmax(dense / T) || softmax(logits / T))``: the dense pretrained backbone (
 the same batch) is the teacher, so the fine-tuning keeps what the backbone knew instead
 of refitting the train labels in a few epochs (dyve's option, not the paper's).
 
-With ``target_reduction`` = R (dyve's option) the sparsity weights are steered instead of
-ramped: the MAC reduction the training batches' decisions stand for is held to a goal that
-ramps linearly from 1 to R over the first ``ramp`` of training, by scaling both lambdas
-with a factor that integrates the log of goal / reduction after every step (:class:`Steer`).
-One run then lands at a cost chosen in advance, instead of a lambda sweep around it.
+With ``target_reduction`` = R (dyve's option) the sparsity loss is steered instead of
+ramped: each batch's MAC reduction (what its decisions stand for) is held to a goal that
+ramps linearly from 1 to R over the first ``ramp`` of training. The lambdas apply in full
+to a batch whose reduction is short of the goal, not at all to one that has reached it,
+and in proportion within a narrow band below it (:func:`steer`). A gate pushed to zero
+gets no gradient again, so whatever closed stays closed: the pressure must not run ahead
+of the goal, and a controller that integrates the error (tried first) overshoots. One run
+then lands at a cost chosen in advance, instead of a lambda sweep around it.
 
 After every epoch the net is evaluated on the *select* split (``auto``: val when the
 backbone held it out, else test-a). The kept checkpoint is the most accurate epoch once
@@ -47,7 +50,7 @@ from dyve.eval.measure import Measurement, measure
 from dyve.eval.splits import choose_splits, heldout
 from dyve.mechanisms.lcnet.mechanism import ConvNetAIG, LCNet
 from dyve.models import create, model_info
-from dyve.train.loop import Schedule, fit, read_history, start, write_config
+from dyve.train.loop import Schedule, fit, start, write_config
 
 METHODS = ("lcnet", "aig")
 #: keys added to the config after runs were made, with the value those runs had
@@ -175,9 +178,6 @@ def train_gates(
     opt = torch.optim.SGD(_params(net, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     write_config(out, config, resume, ddp)
     teacher = _teacher(cfg, device)
-    steer = (
-        Steer(cfg.target_reduction, cfg.ramp, _last_scale(out)) if cfg.target_reduction else None
-    )
 
     def step(
         m: nn.Module, x: torch.Tensor, y: torch.Tensor, frac: float
@@ -194,9 +194,9 @@ def train_gates(
             logs["kd"] = kd.item()
         w = min(1.0, frac / cfg.ramp) if cfg.ramp > 0 else 1.0
         if isinstance(mech, LCNet):
-            if steer is not None:
+            if cfg.target_reduction:
                 reduction = mech.training_reduction(float(net.static_macs))
-                w = steer.update(reduction, frac)
+                w = steer(reduction, goal(cfg.target_reduction, cfg.ramp, frac))
                 logs.update(reduction=reduction, lam_scale=w)
             reg = mech.regularizer(w * cfg.lam_l, w * cfg.lam_c, cfg.weighting)
         else:
@@ -226,38 +226,21 @@ def train_gates(
     return metrics
 
 
-class Steer:
-    """The factor on both lambdas that holds the training batches' MAC reduction to a goal
-    ramping linearly from 1 to ``target`` over the first ``ramp`` of training: after each
-    step ``log(scale) += gain * log(goal / reduction)`` (an integral controller; the gates
-    answer slowly, so the gain is small: a reduction 10 % off the goal moves the scale about
-    1.5x per epoch of 390 steps)."""
-
-    def __init__(self, target: float, ramp: float, scale: float = 1.0, gain: float = 0.01):
-        self.target, self.ramp, self.gain = target, ramp, gain
-        self.log_scale = math.log(scale)
-
-    def goal(self, frac: float) -> float:
-        """The reduction aimed at after the share ``frac`` of training."""
-        done = min(1.0, frac / self.ramp) if self.ramp > 0 else 1.0
-        return 1.0 + (self.target - 1.0) * done
-
-    def update(self, reduction: float, frac: float) -> float:
-        """Move the scale by the last batch's ``reduction``; the new scale."""
-        step = self.gain * math.log(self.goal(frac) / reduction)
-        self.log_scale = min(LOG_SCALE_MAX, max(-LOG_SCALE_MAX, self.log_scale + step))
-        return math.exp(self.log_scale)
+def goal(target: float, ramp: float, frac: float) -> float:
+    """The MAC reduction a steered run aims at after the share ``frac`` of training: from 1
+    linearly to ``target`` over the first ``ramp``."""
+    done = min(1.0, frac / ramp) if ramp > 0 else 1.0
+    return 1.0 + (target - 1.0) * done
 
 
-#: the steered scale stays within exp(+-10) of the lambdas given
-LOG_SCALE_MAX = 10.0
+#: the band below the goal (in log reduction) over which the steered weight goes 1 -> 0
+STEER_BAND = 0.02
 
 
-def _last_scale(out: Path) -> float:
-    """The steered scale a resumed run had reached (1 for a new run): the last finished
-    epoch's ``train_lam_scale`` in ``history.jsonl``."""
-    rows = read_history(out)
-    return float(rows[-1].get("train_lam_scale", 1.0)) if rows else 1.0
+def steer(reduction: float, goal: float) -> float:
+    """The weight on both lambdas for a batch of ``reduction``: 1 when it is short of
+    ``goal`` by ``STEER_BAND`` (in log) or more, 0 once it reaches it, linear between."""
+    return min(1.0, max(0.0, math.log(goal / reduction) / STEER_BAND))
 
 
 def _teacher(cfg: GateTrainConfig, device: torch.device) -> nn.Module | None:
