@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -137,11 +138,39 @@ def test_train_command_reproduces_the_config() -> None:
         nesterov=False,
         augment=False,
         channels_last=False,
+        bf16=True,
         warmup_epochs=0.5,
         limit_train=1000,
     )
     argv = shlex.split(train_command(cfg, out="runs/x y"))
+    assert "--bf16" in argv
     assert argv[:2] == ["dyve", "train"]
     args = build_parser().parse_args(argv[1:])
     assert train_config(args) == cfg
     assert str(args.out) == "runs/x y"
+
+
+def test_bf16_trains_under_autocast_and_older_runs_still_resume(
+    tmp_path: Path, prepared, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    prepared("cifar10-jpeg")
+    dtypes: set[torch.dtype] = set()
+    real_ce = trainer.F.cross_entropy
+
+    def ce(logits, y):  # type: ignore[no-untyped-def]
+        dtypes.add(logits.dtype)
+        return real_ce(logits, y)
+
+    monkeypatch.setattr(trainer.F, "cross_entropy", ce)
+    cfg = TrainConfig("caffe_cifar10", epochs=1, batch_size=64, limit_train=128, threads=1)
+    train(replace(cfg, bf16=True), tmp_path / "bf16", progress=False)
+    assert dtypes == {torch.bfloat16}
+    # a run saved before the option existed (no "bf16" key) resumes as a float32 run
+    old = tmp_path / "old"
+    train(cfg, old, progress=False)
+    saved = json.loads((old / "config.json").read_text())
+    del saved["config"]["bf16"]
+    (old / "config.json").write_text(json.dumps(saved))
+    train(cfg, old, resume=True, progress=False)  # finished: nothing more to train
+    with pytest.raises(DyveError, match="different config"):
+        train(replace(cfg, bf16=True), old, resume=True, progress=False)

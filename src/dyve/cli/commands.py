@@ -269,6 +269,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--no-nesterov", action="store_true")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format")
+    p.add_argument(
+        "--bf16", action="store_true", help="train under bfloat16 autocast (CPUs with AMX: ~2x)"
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -288,6 +291,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         weight_decay=args.weight_decay,
         nesterov=not args.no_nesterov,
         channels_last=not args.no_channels_last,
+        bf16=args.bf16,
         warmup_epochs=args.warmup_epochs,
         augment=not args.no_augment,
         seed=args.seed,

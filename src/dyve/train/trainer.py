@@ -33,6 +33,9 @@ from dyve.models import create, model_info
 from dyve.models.weights import save_weights
 from dyve.train.loop import Schedule, fit, start, write_config
 
+#: keys added to the config after runs were made, with the value those runs had
+ADDED = {"bf16": False}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -54,6 +57,8 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     channels_last: bool = True
+    #: train under bfloat16 autocast (:class:`dyve.train.loop.Schedule`)
+    bf16: bool = False
     device: str = "auto"
     threads: int | None = None
     #: Use only the first N training images (smoke tests); None = the whole train split.
@@ -97,7 +102,9 @@ def train(
         >>> train(cfg, Path("runs/smoke"))  # doctest: +SKIP
     """
     config = asdict(cfg)
-    device, ddp = start(out, config, resume, cfg.threads, cfg.device, cfg.batch_size, cfg.seed)
+    device, ddp = start(
+        out, config, resume, cfg.threads, cfg.device, cfg.batch_size, cfg.seed, ADDED
+    )
 
     init = cfg.init
     model = create(cfg.model, pretrained=True if init == "shipped" else (init or False))
@@ -140,6 +147,7 @@ def train(
         cfg.seed,
         cfg.augment,
         cfg.channels_last,
+        cfg.bf16,
     )
     fit(
         model,
@@ -205,8 +213,8 @@ def train_command(cfg: TrainConfig, out: str = "RUN_DIR") -> str:
         if f.name == "model" or value == getattr(default, f.name):
             continue
         flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):  # the CLI only has switches that turn a default off
-            argv.append(f"--no-{f.name.replace('_', '-')}")
+        if isinstance(value, bool):  # a switch: --bf16 turns on, the others turn a default off
+            argv.append(flag if value else f"--no-{f.name.replace('_', '-')}")
         else:
             argv += [flag, str(value)]
     return shlex.join(argv)
