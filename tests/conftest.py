@@ -82,3 +82,18 @@ def skip_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     net = dyve.equip(create("resnet20_cifar", pretrained=True), BlockSkip(threshold=0.6))
     dyve.dynamic.save(net, out)
     return out
+
+
+@pytest.fixture
+def logit_dtypes(monkeypatch: pytest.MonkeyPatch) -> set[torch.dtype]:
+    """The dtypes of the logits every ``F.cross_entropy`` call sees from now on (a trainer
+    under bf16 autocast hands it bfloat16 logits)."""
+    seen: set[torch.dtype] = set()
+    real = torch.nn.functional.cross_entropy
+
+    def recording(logits: torch.Tensor, *args, **kwargs) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        seen.add(logits.dtype)
+        return real(logits, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", recording)
+    return seen
