@@ -16,6 +16,7 @@ from dyve.cli import (
     report_cmd,
     sweep_cmd,
 )
+from dyve.cli.trainer_args import add_bf16
 
 if TYPE_CHECKING:
     from dyve.train.trainer import TrainConfig
@@ -269,9 +270,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--no-nesterov", action="store_true")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format")
-    p.add_argument(
-        "--bf16", action="store_true", help="train under bfloat16 autocast (CPUs with AMX: ~2x)"
-    )
+    add_bf16(p)
     p.set_defaults(func=cmd_train)
 
 

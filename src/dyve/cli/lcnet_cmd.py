@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dyve.cli.trainer_args import add_results, add_run_options, config_from
+from dyve.cli.trainer_args import add_bf16, add_results, add_run_options, config_from
 
 
 def add(sub: Any) -> None:
@@ -63,9 +63,7 @@ def add(sub: Any) -> None:
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--select-split", default=d.select_split, help="auto: val or test-a")
     t.add_argument("--report-split", default=d.report_split, help="auto: test or test-b")
-    t.add_argument(
-        "--bf16", action="store_true", help="train under bfloat16 autocast (CPUs with AMX: ~1.7x)"
-    )
+    add_bf16(t)
     add_run_options(t, d.device)
     t.set_defaults(func=cmd_train)
 

@@ -29,6 +29,16 @@ def add_run_options(t: argparse.ArgumentParser, device: str = "auto") -> None:
     t.add_argument("--no-progress", action="store_true")
 
 
+def add_bf16(t: argparse.ArgumentParser) -> None:
+    """``--bf16`` of the training commands (:class:`dyve.train.loop.Schedule`)."""
+    t.add_argument(
+        "--bf16",
+        action="store_true",
+        help="train under bfloat16 autocast; weights, gradients and optimiser stay float32 "
+        "(fast on CPUs with AMX and on GPUs; benchmarks/train_step.py)",
+    )
+
+
 def add_results(psub: Any, page: str, module: str) -> None:
     """The ``results`` sub-command: ``module.write_results(runs, out)`` writes a results
     page from run directories (the module is imported when the command runs)."""

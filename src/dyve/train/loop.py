@@ -3,13 +3,13 @@
 A trainer builds its model, optimiser and loss (``step``) and calls :func:`fit`, which runs
 the epochs: SGD-style cosine learning rate (each parameter group's ``lr_scale`` multiplies
 it), optionally bfloat16 autocast (``Schedule.bf16``: the weights, gradients and optimiser
-stay float32; on CPUs with AMX about 1.7x faster), crop/flip batches seeded from
-``(seed, epoch)`` (so no RNG state has to be saved), a progress bar, ``validate`` after
-each epoch, and an atomic ``checkpoint.pt`` (model, optimiser, epoch; read back with
-``weights_only=True``) plus ``history.jsonl``. With ``resume`` it continues after the last
-finished epoch, so a killed run loses at most the epoch in progress. Under ``torchrun``
-(:mod:`dyve.train.dist`) the model is wrapped in DDP, each process takes its rows of each
-batch, and only rank 0 writes.
+stay float32; on CPUs with AMX 1.5-1.9x faster, ``benchmarks/train_step.py``), crop/flip
+batches seeded from ``(seed, epoch)`` (so no RNG state has to be saved), a progress bar,
+``validate`` after each epoch, and an atomic ``checkpoint.pt`` (model, optimiser, epoch;
+read back with ``weights_only=True``) plus ``history.jsonl``. With ``resume`` it continues
+after the last finished epoch, so a killed run loses at most the epoch in progress. Under
+``torchrun`` (:mod:`dyve.train.dist`) the model is wrapped in DDP, each process takes its
+rows of each batch, and only rank 0 writes.
 """
 
 from __future__ import annotations

@@ -147,11 +147,12 @@ class LCNet(BlockGates, NativeRunner):
         fixed = static_macs - sum(float(p.block.macs) for p in self.plans)
         blocks = 0.0
         for gate in self.gates:
-            slot, p = cast(LCGate, gate).slot, cast(LCGate, gate).plan
-            runs = 1.0 if slot.s_l is None else (slot.s_l > 0).float()
-            kept = 1.0 if slot.s_c is None else (slot.s_c > 0).float().mean(1)
-            macs = runs * ((p.block.macs - p.gated_macs) + p.gated_macs * kept)
-            blocks += float(torch.as_tensor(macs).mean())
+            g = cast(LCGate, gate)
+            kept = g.run_macs()  # each sample's kept channels (training is emulated)
+            macs = torch.tensor(float(g.plan.block.macs)) if kept is None else kept
+            if g.slot.s_l is not None:
+                macs = macs * (g.slot.s_l > 0).cpu()
+            blocks += float(macs.mean())
         return static_macs / (fixed + blocks)
 
     def _weights(self, weighting: str) -> tuple[list[float], list[float]]:

@@ -192,7 +192,7 @@ def train_gates(
             kd = _distillation(logits, dense, cfg.temperature)
             task = (1 - cfg.distill) * ce + cfg.distill * kd
             logs["kd"] = kd.item()
-        w = min(1.0, frac / cfg.ramp) if cfg.ramp > 0 else 1.0
+        w = ramped(cfg.ramp, frac)
         if isinstance(mech, LCNet):
             if cfg.target_reduction:
                 reduction = mech.training_reduction(float(net.static_macs))
@@ -226,11 +226,16 @@ def train_gates(
     return metrics
 
 
+def ramped(ramp: float, frac: float) -> float:
+    """How far the ramp over the first ``ramp`` of training is after the share ``frac``:
+    0 -> 1 linearly, then 1."""
+    return min(1.0, frac / ramp) if ramp > 0 else 1.0
+
+
 def goal(target: float, ramp: float, frac: float) -> float:
     """The MAC reduction a steered run aims at after the share ``frac`` of training: from 1
     linearly to ``target`` over the first ``ramp``."""
-    done = min(1.0, frac / ramp) if ramp > 0 else 1.0
-    return 1.0 + (target - 1.0) * done
+    return 1.0 + (target - 1.0) * ramped(ramp, frac)
 
 
 #: the band below the goal (in log reduction) over which the steered weight goes 1 -> 0
