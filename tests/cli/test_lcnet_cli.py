@@ -228,3 +228,33 @@ def test_target_reduction_is_refused_where_it_cannot_steer(tmp_path: Path) -> No
     bad = ("--target-reduction", "3", "--lam-l", "0", "--lam-c", "0")
     assert _cli("lcnet", "train", "--out", out, *bad)[0] == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_init_starts_from_an_earlier_runs_network(
+    prepared: Callable[[str], object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepared("cifar10-jpeg")
+    small = (*SMALL[:3], "1", *SMALL[4:])
+    first = tmp_path / "first"
+    assert _cli("lcnet", "train", "--out", str(first), *small, "--lam-l", "0.5")[0] == 0
+    kept = load_file(first / "dynamic.safetensors")
+    started: dict[str, torch.Tensor] = {}
+
+    def stop(model, *a, **k):  # type: ignore[no-untyped-def]
+        started.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        raise RuntimeError("stopped before the first step")
+
+    monkeypatch.setattr(lc_train, "fit", stop)
+    args = ("lcnet", "train", *small, "--init", str(first))
+    with pytest.raises(RuntimeError, match="stopped"):
+        _cli(*args, "--out", str(tmp_path / "next"))
+    assert started.keys() == kept.keys()
+    assert all(torch.equal(started[k], kept[k]) for k in kept)  # backbone and gates
+    fresh = lc_train.build(lc_train.GateTrainConfig(model="resnet20_cifar")).state_dict()
+    assert not all(torch.equal(fresh[k], kept[k]) for k in kept)  # the first run trained
+    config = read_json(tmp_path / "next" / "config.json")["config"]
+    assert config["init"] == str(first)
+    assert lc_results._label(config)[1].endswith(", started from `first`")  # on the page
+    # a run whose gates differ is refused, before anything is written
+    assert _cli(*args, "--no-channel", "--out", str(tmp_path / "other"))[0] == 2
+    assert not (tmp_path / "other").exists()

@@ -55,6 +55,12 @@ def add(sub: Any) -> None:
         help="LC-Net: steer lam-l and lam-c so that training holds this MAC reduction "
         "(reached over --ramp; default: off, the lambdas as given)",
     )
+    t.add_argument(
+        "--init",
+        default=d.init,
+        help="start from this earlier LC-Net/AIG run's network (backbone and gates) "
+        "with a fresh schedule; it must have the same model and gates",
+    )
     t.add_argument("--epochs", type=int, default=d.epochs)
     t.add_argument("--batch-size", type=int, default=d.batch_size)
     t.add_argument("--lr", type=float, default=d.lr, help="backbone learning rate (cosine)")

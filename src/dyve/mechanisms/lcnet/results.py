@@ -41,6 +41,8 @@ def _label(cfg: dict[str, Any]) -> tuple[str, str]:
     if cfg.get("distill", 0.0) > 0:  # runs before the option have no key
         kind = DISTILLED if kind == "LC-Net" else kind + " + distillation"
         setting += f", distill {cfg['distill']} (T={cfg['temperature']})"
+    if cfg.get("init"):  # runs before the option have no key
+        setting += f", started from `{Path(cfg['init']).name}`"
     return kind, setting
 
 

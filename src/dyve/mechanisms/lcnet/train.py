@@ -21,6 +21,11 @@ gets no gradient again, so whatever closed stays closed: the pressure must not r
 of the goal, and a controller that integrates the error (tried first) overshoots. One run
 then lands at a cost chosen in advance, instead of a lambda sweep around it.
 
+With ``init`` (dyve's option) training starts from an earlier run's network, gates and
+backbone, instead of the backbone with open gates: a run can go on with a fresh schedule
+from where another ended (with ``ramp`` 0, a steered run holds its goal from the start).
+The teacher stays the dense backbone.
+
 After every epoch the net is evaluated on the *select* split (``auto``: val when the
 backbone held it out, else test-a). The kept checkpoint is the most accurate epoch once
 the ramp is over (ties: the cheaper), saved as a dynamic network (``dynamic.json`` +
@@ -42,7 +47,7 @@ from torch import nn
 from dyve import data as dyve_data
 from dyve._io import read_json, write_json
 from dyve.cost import CONVENTION
-from dyve.dynamic import DynamicNet, equip, load, save
+from dyve.dynamic import DynamicNet, describe, equip, load, save
 from dyve.errors import DyveError
 from dyve.eval.evaluate import evaluate
 from dyve.eval.latency import num_threads
@@ -54,7 +59,13 @@ from dyve.train.loop import Schedule, fit, start, write_config
 
 METHODS = ("lcnet", "aig")
 #: keys added to the config after runs were made, with the value those runs had
-ADDED = {"distill": 0.0, "temperature": 4.0, "target_reduction": None, "bf16": False}
+ADDED = {
+    "distill": 0.0,
+    "temperature": 4.0,
+    "target_reduction": None,
+    "bf16": False,
+    "init": None,
+}
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,8 @@ class GateTrainConfig:
     device: str = "auto"
     #: train under bfloat16 autocast (:class:`dyve.train.loop.Schedule`)
     bf16: bool = False
+    #: start from this earlier run's network (backbone and gates) instead of open gates
+    init: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -116,7 +129,8 @@ class GateTrainConfig:
 
 
 def build(cfg: GateTrainConfig) -> DynamicNet:
-    """The backbone with the gates attached and switched on (training state)."""
+    """The backbone with the gates attached and switched on (training state); with
+    ``init``, holding that run's tensors (backbone and gates) instead of open gates."""
     backbone = create(cfg.model, pretrained=True)
     if cfg.method == "lcnet":
         mech: LCNet | ConvNetAIG = LCNet(
@@ -124,7 +138,17 @@ def build(cfg: GateTrainConfig) -> DynamicNet:
         )
     else:
         mech = ConvNetAIG(threshold=0.5)
-    return equip(backbone, mech, backend="emulated")
+    net = equip(backbone, mech, backend="emulated")
+    if cfg.init:
+        src = load(cfg.init)
+        held, wanted = describe(src), describe(net)
+        if (held["backbone"], held["mechanisms"]) != (wanted["backbone"], wanted["mechanisms"]):
+            raise DyveError(
+                f"--init {cfg.init}: holds {held['backbone']} with {held['mechanisms']}, "
+                f"not this run's {wanted['backbone']} with {wanted['mechanisms']}"
+            )
+        net.load_state_dict(src.state_dict())
+    return net
 
 
 def _split(cfg: GateTrainConfig, split: str) -> dyve_data.ImageSet:
