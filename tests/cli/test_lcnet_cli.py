@@ -258,3 +258,22 @@ def test_init_starts_from_an_earlier_runs_network(
     # a run whose gates differ is refused, before anything is written
     assert _cli(*args, "--no-channel", "--out", str(tmp_path / "other"))[0] == 2
     assert not (tmp_path / "other").exists()
+    # a continuation that crashed resumes from its checkpoint, without the earlier run
+    monkeypatch.undo()
+    real = lc_train.measure
+    calls = {"n": 0}
+
+    def crashing(*a, **k):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:  # validation of epoch 2, before its checkpoint
+            raise RuntimeError("simulated crash")
+        return real(*a, **k)
+
+    monkeypatch.setattr(lc_train, "measure", crashing)
+    go_on = (*args[:5], "2", *args[6:], "--out", str(tmp_path / "go_on"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _cli(*go_on)
+    shutil.rmtree(first)
+    monkeypatch.setattr(lc_train, "measure", real)
+    assert _cli(*go_on, "--resume")[0] == 0
+    assert (tmp_path / "go_on" / "metrics.json").is_file()

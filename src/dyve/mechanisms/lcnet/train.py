@@ -128,9 +128,11 @@ class GateTrainConfig:
                 raise DyveError("target_reduction steers lam_l and lam_c: set one > 0")
 
 
-def build(cfg: GateTrainConfig) -> DynamicNet:
+def build(cfg: GateTrainConfig, *, init: bool = True) -> DynamicNet:
     """The backbone with the gates attached and switched on (training state); with
-    ``init``, holding that run's tensors (backbone and gates) instead of open gates."""
+    ``cfg.init`` (and ``init``), holding that run's tensors (backbone and gates) instead of
+    open gates. A resumed run passes ``init=False``: its checkpoint holds every tensor, so
+    it does not need the earlier run's files any more."""
     backbone = create(cfg.model, pretrained=True)
     if cfg.method == "lcnet":
         mech: LCNet | ConvNetAIG = LCNet(
@@ -139,7 +141,7 @@ def build(cfg: GateTrainConfig) -> DynamicNet:
     else:
         mech = ConvNetAIG(threshold=0.5)
     net = equip(backbone, mech, backend="emulated")
-    if cfg.init:
+    if cfg.init and init:
         src = load(cfg.init)
         held, wanted = describe(src), describe(net)
         if (held["backbone"], held["mechanisms"]) != (wanted["backbone"], wanted["mechanisms"]):
@@ -190,7 +192,7 @@ def train_gates(
     device, ddp = start(
         out, config, resume, cfg.threads, cfg.device, cfg.batch_size, cfg.seed, ADDED
     )
-    net = build(cfg)  # first: an unknown or non-residual model fails with its own message
+    net = build(cfg, init=not resume)  # first: an unknown or non-residual model fails here
     select, report = choose_splits(cfg.select_split, cfg.report_split, heldout(cfg.model))
     mech = net.mechanisms[0]
     info = model_info(net.backbone)
