@@ -34,7 +34,7 @@ train lcnet_r315_kd05_e22 --lam-l 0.16 --lam-c 0.008 --distill 0.5 --target-redu
 # low learning rate (0.002; at 0.01 the drifting features closed gates to 5.3x in the first
 # epoch), gates at the backbone's learning rate, the goal held from the start (--ramp 0)
 # and twice the lambdas (at 0.16 / 0.008 and full weight the cost fell to 2.98x in four
-# epochs); about 80 minutes
+# epochs); 80-100 minutes
 train lcnet_r315_kd05_e22_c26 --init "$RUNS/lcnet_r315_kd05_e22" --lam-l 0.32 --lam-c 0.016 \
   --distill 0.5 --target-reduction 3.15 --ramp 0 --gate-lr-scale 1 --lr 0.002 --bf16 --epochs 26
 # side by side, one thread each: the ablations, and a control without the sparsity loss

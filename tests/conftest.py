@@ -97,3 +97,25 @@ def logit_dtypes(monkeypatch: pytest.MonkeyPatch) -> set[torch.dtype]:
 
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", recording)
     return seen
+
+
+@pytest.fixture
+def crash_second_call(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """``crash_second_call(module, name)``: from now on the second call of ``module.name``
+    raises ``RuntimeError("simulated crash")`` (a trainer's validation of epoch 2, before
+    its checkpoint); returns the real function, to put back before resuming."""
+
+    def patch(module: object, name: str):  # type: ignore[no-untyped-def]
+        real = getattr(module, name)
+        calls = {"n": 0}
+
+        def crashing(*a, **k):  # type: ignore[no-untyped-def]
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise RuntimeError("simulated crash")
+            return real(*a, **k)
+
+        monkeypatch.setattr(module, name, crashing)
+        return real
+
+    return patch

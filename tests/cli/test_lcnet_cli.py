@@ -35,20 +35,14 @@ def _cli(*argv: str) -> tuple[int, str]:
 
 
 def test_train_crash_resume_bench_and_page(
-    prepared: Callable[[str], object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prepared: Callable[[str], object],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    crash_second_call: Callable[[object, str], Callable[..., object]],
 ) -> None:
     prepared("cifar10-jpeg")
     run = tmp_path / "lc"
-    real = lc_train.measure
-    calls = {"n": 0}
-
-    def crashing(*a, **k):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 2:  # validation of epoch 2, before its checkpoint
-            raise RuntimeError("simulated crash")
-        return real(*a, **k)
-
-    monkeypatch.setattr(lc_train, "measure", crashing)
+    real = crash_second_call(lc_train, "measure")  # validation of epoch 2 crashes
     args = ("lcnet", "train", "--out", str(run), *SMALL, "--lam-l", "0.5", "--lam-c", "0.05")
     with pytest.raises(RuntimeError, match="simulated crash"):
         _cli(*args)
@@ -231,7 +225,10 @@ def test_target_reduction_is_refused_where_it_cannot_steer(tmp_path: Path) -> No
 
 
 def test_init_starts_from_an_earlier_runs_network(
-    prepared: Callable[[str], object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prepared: Callable[[str], object],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    crash_second_call: Callable[[object, str], Callable[..., object]],
 ) -> None:
     prepared("cifar10-jpeg")
     small = (*SMALL[:3], "1", *SMALL[4:])
@@ -260,16 +257,7 @@ def test_init_starts_from_an_earlier_runs_network(
     assert not (tmp_path / "other").exists()
     # a continuation that crashed resumes from its checkpoint, without the earlier run
     monkeypatch.undo()
-    real = lc_train.measure
-    calls = {"n": 0}
-
-    def crashing(*a, **k):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 2:  # validation of epoch 2, before its checkpoint
-            raise RuntimeError("simulated crash")
-        return real(*a, **k)
-
-    monkeypatch.setattr(lc_train, "measure", crashing)
+    real = crash_second_call(lc_train, "measure")  # validation of epoch 2 crashes
     go_on = (*args[:5], "2", *args[6:], "--out", str(tmp_path / "go_on"))
     with pytest.raises(RuntimeError, match="simulated crash"):
         _cli(*go_on)

@@ -33,20 +33,13 @@ def test_config_rejects_bad_values() -> None:
         TrainConfig.from_dict({"model": "caffe_cifar10", "epohcs": 3})
 
 
-def test_train_crash_resume_and_outputs(tmp_path: Path, prepared, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_train_crash_resume_and_outputs(  # type: ignore[no-untyped-def]
+    tmp_path: Path, prepared, monkeypatch, crash_second_call
+) -> None:
     prepared("cifar10-jpeg")
     cfg = TrainConfig("caffe_cifar10", epochs=2, batch_size=64, lr=0.01, limit_train=256, threads=1)
     out = tmp_path / "run"
-    real_evaluate = trainer.evaluate
-    calls = {"n": 0}
-
-    def crashing_evaluate(*a, **k):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 2:  # end of epoch 2, before its checkpoint
-            raise RuntimeError("simulated crash")
-        return real_evaluate(*a, **k)
-
-    monkeypatch.setattr(trainer, "evaluate", crashing_evaluate)
+    real_evaluate = crash_second_call(trainer, "evaluate")  # end of epoch 2 crashes
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg, out, progress=False)
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
