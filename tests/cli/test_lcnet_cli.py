@@ -96,6 +96,30 @@ def test_train_crash_resume_bench_and_page(
         assert "The skipped work's share" in text
     assert (tmp_path / "lcnet" / "curve.png").stat().st_size > 1000
 
+    # a static network beside the runs: refused on other images, then compared with the
+    # runs of about its cost (the files of a real `dyve eval`, relabelled to the runs' images)
+    ev = tmp_path / "r20"
+    eval_args = ("eval", "--model", "resnet20_cifar", "--data", "sample", "--no-progress")
+    assert _cli(*eval_args, "--out", str(ev))[0] == 0
+    assert _cli("lcnet", "results", str(run), "--static", str(ev), "--out", str(page))[0] == 2
+    far = tmp_path / "far"
+    shutil.copytree(ev, far)
+    e = read_json(ev / "metrics.json") | {k: m[k] for k in ("dataset", "split", "n")}
+    for where, scale in ((ev, 1.0), (far, 2.0)):
+        where.joinpath("metrics.json").write_text(
+            json.dumps(e | {"macs_per_sample": scale * m["macs_per_sample"]})
+        )
+    rc, _ = _cli("lcnet", "results", str(run), "--static", str(ev), str(far), "--out", str(page))
+    assert rc == 0
+    static = [line for line in page.read_text().splitlines() if line.startswith("Static")]
+    gap = m["top1"] - e["top1"]
+    assert len(static) == 2
+    assert static[0].endswith(
+        f"runs within 5% of its cost: `lc` {m['top1']:.2f} % at "
+        f"{m['macs_per_sample'] / 1e6:.1f} M ({gap:+.2f} pp)."
+    )
+    assert static[1].endswith("runs within 5% of its cost: none.")
+
 
 def test_bad_settings_exit_2(tmp_path: Path) -> None:
     assert _cli("lcnet", "train", "--out", str(tmp_path / "x"), "--ramp", "2")[0] == 2

@@ -73,7 +73,7 @@ def add(sub: Any) -> None:
     add_run_options(t, d.device)
     t.set_defaults(func=cmd_train)
 
-    add_results(psub, "docs/results/lcnet.md", "dyve.mechanisms.lcnet.results")
+    add_results(psub, "docs/results/lcnet.md", "dyve.mechanisms.lcnet.results", static=True)
 
 
 def config(args: argparse.Namespace) -> Any:

@@ -39,20 +39,32 @@ def add_bf16(t: argparse.ArgumentParser) -> None:
     )
 
 
-def add_results(psub: Any, page: str, module: str) -> None:
+def add_results(psub: Any, page: str, module: str, *, static: bool = False) -> None:
     """The ``results`` sub-command: ``module.write_results(runs, out)`` writes a results
-    page from run directories (the module is imported when the command runs)."""
+    page from run directories (the module is imported when the command runs). With
+    ``static``, ``--static`` passes ``dyve eval`` runs of static networks as ``static=``."""
 
     def cmd_results(args: argparse.Namespace) -> int:
         import importlib
 
-        importlib.import_module(module).write_results(args.runs, args.out)
+        extra = {"static": args.static} if static else {}
+        importlib.import_module(module).write_results(args.runs, args.out, **extra)
         print(f"wrote {args.out}")
         return 0
 
     r = psub.add_parser("results", help=f"write {page} from run directories")
     r.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     r.add_argument("--out", required=True, type=Path, help="Markdown file to write")
+    if static:
+        r.add_argument(
+            "--static",
+            nargs="+",
+            type=Path,
+            default=[],
+            metavar="EVAL_RUN",
+            help="`dyve eval` runs of static networks on the same split, shown beside the "
+            "runs as references of their cost",
+        )
     r.set_defaults(func=cmd_results)
 
 

@@ -3,6 +3,8 @@
 Everything on the page is read from the runs' ``config.json``, ``metrics.json``,
 ``best.json`` and (when ``dyve bench`` ran) ``bench.json``; the plot is written beside the
 page. The issue's targets are checked against the LC-Net runs and stated as met or missed.
+Static networks evaluated on the same images (``dyve eval`` runs) are shown as references
+of their cost: what a smaller network trained the plain way reaches there.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from dyve._io import atomic_save, atomic_write, read_json
 from dyve.bench import eager_caveat, eager_speedup
+from dyve.errors import DyveError
 
 CONTROL = "control (no sparsity loss)"
 DISTILLED = "LC-Net + distillation"
@@ -20,6 +23,8 @@ DISTILLED = "LC-Net + distillation"
 LCNET = ("LC-Net", DISTILLED)
 #: >= 3x fewer MACs at <= 0.5 pp top-1 loss; measured batch-1 speedup >= 0.7 x the reduction
 TARGET_REDUCTION, TARGET_LOSS, TARGET_EFFICIENCY = 3.0, 0.5, 0.7
+#: a static network is compared with the LC-Net runs within this fraction of its cost
+NEAR = 0.05
 
 
 def _label(cfg: dict[str, Any]) -> tuple[str, str]:
@@ -60,6 +65,46 @@ def _load(run: Path) -> dict[str, Any]:
     }
 
 
+def _load_static(run: Path, m0: dict[str, Any]) -> dict[str, Any]:
+    """A ``dyve eval`` run's metrics and weights, refused unless on the runs' images."""
+    m = read_json(run / "metrics.json")
+    if "model" not in m:
+        raise DyveError(f"{run}: not a `dyve eval` run (its metrics.json names no model)")
+    where = [m.get(k) for k in ("dataset", "split", "n")]
+    if where != [m0[k] for k in ("dataset", "split", "n")]:
+        raise DyveError(
+            f"{run}: evaluated on {m.get('dataset')} {m.get('split')} ({m.get('n')} images); "
+            f"the runs on {m0['dataset']} {m0['split']} ({m0['n']} images)"
+        )
+    return {**m, "weights": read_json(run / "config.json")["weights"]}
+
+
+def _static(refs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
+    """One line per static network: its point, and the LC-Net runs of about its cost."""
+    base = rows[0]["m"]["baseline_macs_per_sample"]
+    lc = [r for r in rows if r["kind"] in LCNET]
+    out = []
+    for s in refs:
+        line = (
+            f"Static `{s['model']}` (`dyve eval`, {s['weights']} weights; the README's zoo "
+            f"table says how they were trained): {s['top1']:.2f} % at "
+            f"{s['macs_per_sample'] / 1e6:.1f} M MACs, {base / s['macs_per_sample']:.2f}x "
+            "fewer than the dense backbone"
+        )
+        near = [r["m"] | {"run": r["run"]} for r in lc
+                if abs(r["m"]["macs_per_sample"] / s["macs_per_sample"] - 1) <= NEAR]  # fmt: skip
+        line += f"; LC-Net runs within {NEAR:.0%} of its cost: " + (
+            ", ".join(
+                f"`{m['run']}` {m['top1']:.2f} % at {m['macs_per_sample'] / 1e6:.1f} M "
+                f"({m['top1'] - s['top1']:+.2f} pp)"
+                for m in sorted(near, key=lambda m: m["macs_per_sample"])
+            )
+            or "none"
+        )
+        out += [line + ".", ""]
+    return out
+
+
 def _epochs(rows: list[dict[str, Any]]) -> str:
     """How long the runs trained: the usual count, and the runs that trained longer or less."""
     counts = [r["cfg"]["epochs"] for r in rows]
@@ -72,7 +117,7 @@ def _x(v: float | None) -> str:
     return f"{v:.2f}x" if v is not None else "-"
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+def _plot(rows: list[dict[str, Any]], refs: list[dict[str, Any]], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -98,6 +143,10 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
             label=kind,
             ms=6,
         )
+    for i, s in enumerate(refs):
+        xy = (s["macs_per_sample"] / 1e6, s["top1"])
+        ax.plot(*xy, "ks", mfc="none", ms=7, label=None if i else "static network")
+        ax.annotate(s["model"], xy, xytext=(5, -9), textcoords="offset points", fontsize=6)
     m = rows[0]["m"]
     ax.plot(
         m["baseline_macs_per_sample"] / 1e6, m["baseline_top1"], "k*", ms=11, label="dense backbone"
@@ -119,15 +168,17 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
-def write_results(runs: list[Path], out: Path) -> Path:
-    """Write the page ``out`` (Markdown) and its plot ``out``'s stem + ``/curve.png``."""
+def write_results(runs: list[Path], out: Path, static: list[Path] | None = None) -> Path:
+    """Write the page ``out`` (Markdown) and its plot ``out``'s stem + ``/curve.png``;
+    ``static`` are ``dyve eval`` runs of static networks on the same images."""
     rows = [_load(r) for r in runs]
     if not rows:
         raise ValueError("no runs given")
+    m0 = rows[0]["m"]
+    refs = [_load_static(s, m0) for s in static or []]
     figs = out.with_suffix("")
     figs.mkdir(parents=True, exist_ok=True)
-    _plot(rows, figs / "curve.png")
-    m0 = rows[0]["m"]
+    _plot(rows, refs, figs / "curve.png")
     lines = [
         "# LC-Net: learned layer and channel skipping (Xia et al.)",
         "",
@@ -167,6 +218,7 @@ def write_results(runs: list[Path], out: Path) -> Path:
         f"Dense {rows[0]['cfg']['model']}: {m0['baseline_top1']:.2f} % at "
         f"{m0['baseline_macs_per_sample'] / 1e6:.1f} M MACs on {m0['split']}.",
         "",
+        *_static(refs, rows),
     ]
     for c in (r for r in rows if r["kind"] == CONTROL):
         lines += [
