@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from safetensors.torch import load_file
 
 import dyve.dynamic
 from dyve._io import read_json
-from dyve.cli.main import main
+from dyve.cli import lcnet_cmd
+from dyve.cli.main import build_parser, main
 from dyve.eval.latency import num_threads
 from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.lcnet import results as lc_results
@@ -124,6 +126,22 @@ def test_train_crash_resume_bench_and_page(
 def test_bad_settings_exit_2(tmp_path: Path) -> None:
     assert _cli("lcnet", "train", "--out", str(tmp_path / "x"), "--ramp", "2")[0] == 2
     assert _cli("lcnet", "train", "--out", str(tmp_path / "x"), "--lam-l", "-1")[0] == 2
+    assert (
+        _cli("lcnet", "train", "--out", str(tmp_path / "x"), "--method", "aig", "--reopen")[0] == 2
+    )  # AIG's gates are not ReLU1
+    assert not (tmp_path / "x").exists()
+
+
+def test_reopen_reaches_every_gate_and_the_page() -> None:
+    args = build_parser().parse_args(["lcnet", "train", "--out", "x", "--reopen"])
+    cfg = lcnet_cmd.config(args)
+    assert cfg.reopen
+    net = lc_train.build(replace(cfg, model="resnet20_cifar"))
+    assert all(g.reopen for g in net.mechanisms[0].gates)  # type: ignore[attr-defined]
+    plain = lc_train.build(replace(cfg, model="resnet20_cifar", reopen=False))
+    assert not any(g.reopen for g in plain.mechanisms[0].gates)  # type: ignore[attr-defined]
+    assert lc_results._label(asdict(cfg))[1].endswith(", gates reopen")
+    assert lc_train.ADDED["reopen"] is False  # runs made before the option resume as before
 
 
 def test_distillation_from_the_dense_backbone(

@@ -61,6 +61,12 @@ def add(sub: Any) -> None:
         help="start from this earlier LC-Net/AIG run's network (backbone and gates) "
         "with a fresh schedule; it must have the same model and gates",
     )
+    t.add_argument(
+        "--reopen",
+        action="store_true",
+        help="LC-Net: closed gates still get the task loss's gradient in training "
+        "(straight-through at ReLU1's zero), so a gate closed by drift can open again",
+    )
     t.add_argument("--epochs", type=int, default=d.epochs)
     t.add_argument("--batch-size", type=int, default=d.batch_size)
     t.add_argument("--lr", type=float, default=d.lr, help="backbone learning rate (cosine)")

@@ -17,6 +17,13 @@ With an empty slot every tap calls its module untouched, so a network whose gate
 is the backbone bit for bit. The unit calls a block either on its whole batch or on the
 rows where the gate said run (:mod:`dyve.dynamic.runtime`); :meth:`Slot.rows` picks the
 scales of the rows a call holds.
+
+``slot.reopen`` (training only, set by a gate whose closed scales pass a gradient) gives a
+closed channel (``s_C = 0``) the gradient it would have at ``0+``: the ReLU after the
+scaled batch norm passes none at an exact zero, so the ``slice="in"`` tap adds
+``(s_C - s_C.detach()) * relu(y)`` for the closed channels, ``y`` being the unscaled batch
+norm output. That term is 0 in the forward pass (values unchanged) and its gradient is
+the one-sided derivative of ``relu(s_C * y)``.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ class Slot:
         """Forget the last call (taps then run their modules untouched)."""
         self.s_l: torch.Tensor | None = None  # [N]
         self.s_c: torch.Tensor | None = None  # [N, C]
+        self.reopen = False  # training: closed channels get their one-sided gradient
+        self.unscaled: torch.Tensor | None = None  # what s_C multiplied (with reopen)
         self.run: torch.Tensor | None = None  # [N] bool, None = every row runs
         self.idx: torch.Tensor | None = None  # channels computed (fast back-end); None = all
 
@@ -87,11 +96,17 @@ class Tap(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         slot = self.slot
+        n = x.shape[0]
+        if self.slice == "in" and slot.unscaled is not None and slot.s_c is not None:
+            s = slot.rows(slot.s_c, n)
+            closed = (s - s.detach()) * (s.detach() == 0)  # 0, with the gradient
+            x = x + _scale(F.relu(slot.unscaled), closed)
         idx = slot.idx if self.slice is not None and not self.training else None
         y: torch.Tensor = self.module(x) if idx is None else self._sliced(x, idx)
-        n = x.shape[0]
         if self.scale == "c" and slot.s_c is not None:
             s = slot.rows(slot.s_c, n)
+            if slot.reopen and self.training:
+                slot.unscaled = y.detach()
             y = _scale(y, s if idx is None else s.index_select(1, idx))
         elif self.scale == "l" and slot.s_l is not None:
             y = _scale(y, slot.rows(slot.s_l, n))

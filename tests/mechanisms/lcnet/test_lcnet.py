@@ -175,6 +175,38 @@ def test_regularizer_is_the_papers_sum_and_macs_weighting_keeps_its_total_at_ini
         mech.regularizer(0.1, 0.1, "flops")  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("closed", ["l", "c"])
+def test_reopen_gives_a_closed_gate_a_gradient_and_changes_no_value(closed: str) -> None:
+    """The first block's L-Net (or all its C-Net channels) closed (bias -1, weights 0):
+    with ReLU1 the task loss leaves it without gradient for good; with ``reopen`` it gets
+    about the loss's derivative at scale 0+ (a finite difference), and the forward values
+    stay the same. For C-Net that takes the ``slice="in"`` tap's term: the ReLU after the
+    scaled batch norm passes no gradient at an exact zero. Exact zeros elsewhere (ReLU
+    outputs on the shortcut) make it an estimate, not the derivative itself."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+
+    def run(reopen: bool, bias: float) -> tuple[torch.Tensor, float, float]:
+        net = equip(create("resnet20_cifar", pretrained=True), LCNet(eps=0.0))
+        net = net.double().train()
+        gate = net.mechanisms[0].gates[0]  # type: ignore[attr-defined]
+        gate.reopen = reopen
+        getattr(gate, closed).bias.data.fill_(bias)
+        y = net(x)
+        loss = y.square().sum()
+        loss.backward()
+        return y.detach(), getattr(gate, closed).bias.grad.sum().item(), loss.item()
+
+    y0, g0, _ = run(False, -1.0)
+    y1, g1, at0 = run(True, -1.0)
+    assert torch.equal(y0, y1)  # the same scales: exact zeros either way
+    assert g0 == 0.0
+    delta = 1e-6
+    slope = (run(True, delta)[2] - at0) / delta  # the gate just open
+    assert g1 == pytest.approx(slope, rel=0.1)
+    assert abs(slope) > 1.0
+
+
 def test_aig_gates_are_hard_and_pass_gradients_in_training() -> None:
     net = equip(_r20(), ConvNetAIG(threshold=0.5, open_bias=0.0)).train()
     torch.manual_seed(0)

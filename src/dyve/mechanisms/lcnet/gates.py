@@ -21,9 +21,15 @@ from dyve.mechanisms.lcnet.blocks import BlockPlan
 from dyve.mechanisms.lcnet.single import SingleSample
 
 
-def relu1(z: torch.Tensor) -> torch.Tensor:
-    """ReLU1 = clamp(z, 0, 1): exact zeros (skip) and exact ones (keep as is)."""
-    return z.clamp(0.0, 1.0)
+def relu1(z: torch.Tensor, reopen: bool = False) -> torch.Tensor:
+    """ReLU1 = clamp(z, 0, 1): exact zeros (skip) and exact ones (keep as is).
+
+    With ``reopen`` (training only, dyve's option) the values are the same but the
+    gradient also passes where ``z <= 0`` (straight-through at the zero): a closed gate
+    still learns what opening it would do to the loss, so one closed by drift can open.
+    """
+    s = z.clamp(0.0, 1.0)
+    return s + (z - z.detach()) * (z <= 0) if reopen else s
 
 
 def _affine(p: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
@@ -89,6 +95,8 @@ class LCGate(nn.Module):
         self.k, self.first = k, first
         #: knob: None = off (the backbone); else skip where a scale is <= eps
         self.eps: float | None = None
+        #: training: closed gates still get a gradient (:func:`relu1`); set by the trainer
+        self.reopen = False
         self.l = _linear(p.c_in, 1, bias, std) if layer and source is None else None
         self.c = _linear(p.c_in, p.c_mid, bias, std) if self.channel and source is None else None
         self._source = [source] if source is not None else []  # not a child: owned by `first`
@@ -122,10 +130,11 @@ class LCGate(nn.Module):
         is skipped) and the global predictor (one linear for every block anyway)."""
         slot, eps = self.slot, float(self.eps or 0.0)
         zl, zc = self._pre(x.mean((2, 3)))
-        s_l = relu1(zl[:, 0]) if zl is not None else None
-        s_c = relu1(zc) if zc is not None else None
+        reopen = self.reopen and self.training
+        s_l = relu1(zl[:, 0], reopen) if zl is not None else None
+        s_c = relu1(zc, reopen) if zc is not None else None
         if self.training:
-            slot.s_l, slot.s_c = s_l, s_c
+            slot.s_l, slot.s_c, slot.reopen = s_l, s_c, reopen
             # what the sparsity loss sees: clipped at 0 only, so that an output pushed
             # above 1 (where ReLU1 passes no gradient) is still pulled back
             self.penalised = (

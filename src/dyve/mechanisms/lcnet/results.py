@@ -48,6 +48,8 @@ def _label(cfg: dict[str, Any]) -> tuple[str, str]:
         setting += f", distill {cfg['distill']} (T={cfg['temperature']})"
     if cfg.get("init"):  # runs before the option have no key
         setting += f", started from `{Path(cfg['init']).name}`"
+    if cfg.get("reopen"):  # runs before the option have no key
+        setting += ", gates reopen"
     return kind, setting
 
 

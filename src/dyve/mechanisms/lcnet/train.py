@@ -53,6 +53,7 @@ from dyve.eval.evaluate import evaluate
 from dyve.eval.latency import num_threads
 from dyve.eval.measure import Measurement, measure
 from dyve.eval.splits import choose_splits, heldout
+from dyve.mechanisms.lcnet.blocks import set_all
 from dyve.mechanisms.lcnet.mechanism import ConvNetAIG, LCNet
 from dyve.models import create, model_info
 from dyve.train.loop import Schedule, fit, start, write_config
@@ -65,6 +66,7 @@ ADDED = {
     "target_reduction": None,
     "bf16": False,
     "init": None,
+    "reopen": False,
 }
 
 
@@ -109,6 +111,8 @@ class GateTrainConfig:
     bf16: bool = False
     #: start from this earlier run's network (backbone and gates) instead of open gates
     init: str | None = None
+    #: LC-Net: closed gates still get the task loss's gradient, so they can open again
+    reopen: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -126,6 +130,8 @@ class GateTrainConfig:
                 raise DyveError("target_reduction is for LC-Net and must be > 1")
             if not self.lam_l + self.lam_c > 0:
                 raise DyveError("target_reduction steers lam_l and lam_c: set one > 0")
+        if self.reopen and self.method != "lcnet":
+            raise DyveError("reopen is for LC-Net's ReLU1 gates")
 
 
 def build(cfg: GateTrainConfig, *, init: bool = True) -> DynamicNet:
@@ -150,6 +156,8 @@ def build(cfg: GateTrainConfig, *, init: bool = True) -> DynamicNet:
                 f"not this run's {wanted['backbone']} with {wanted['mechanisms']}"
             )
         net.load_state_dict(src.state_dict())
+    if cfg.reopen:  # LC-Net only (checked in the config)
+        set_all(mech.gates, "reopen", True)
     return net
 
 
