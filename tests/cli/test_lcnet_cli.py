@@ -140,7 +140,7 @@ def test_reopen_reaches_every_gate_and_the_page() -> None:
     assert all(g.reopen for g in net.mechanisms[0].gates)  # type: ignore[attr-defined]
     plain = lc_train.build(replace(cfg, model="resnet20_cifar", reopen=False))
     assert not any(g.reopen for g in plain.mechanisms[0].gates)  # type: ignore[attr-defined]
-    assert lc_results._label(asdict(cfg))[1].endswith(", gates reopen")
+    assert lc_results._label(asdict(cfg))[1].endswith(", channels reopen")
     assert lc_train.ADDED["reopen"] is False  # runs made before the option resume as before
 
 

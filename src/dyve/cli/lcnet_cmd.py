@@ -64,8 +64,8 @@ def add(sub: Any) -> None:
     t.add_argument(
         "--reopen",
         action="store_true",
-        help="LC-Net: closed gates still get the task loss's gradient in training "
-        "(straight-through at ReLU1's zero), so a gate closed by drift can open again",
+        help="LC-Net: closed channels still get the task loss's gradient in training "
+        "(straight-through at ReLU1's zero), so a channel closed by drift can open again",
     )
     t.add_argument("--epochs", type=int, default=d.epochs)
     t.add_argument("--batch-size", type=int, default=d.batch_size)

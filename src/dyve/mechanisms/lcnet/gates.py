@@ -24,9 +24,10 @@ from dyve.mechanisms.lcnet.single import SingleSample
 def relu1(z: torch.Tensor, reopen: bool = False) -> torch.Tensor:
     """ReLU1 = clamp(z, 0, 1): exact zeros (skip) and exact ones (keep as is).
 
-    With ``reopen`` (training only, dyve's option) the values are the same but the
-    gradient also passes where ``z <= 0`` (straight-through at the zero): a closed gate
-    still learns what opening it would do to the loss, so one closed by drift can open.
+    With ``reopen`` (training only, dyve's option; C-Net's channels) the values are the
+    same but the gradient also passes where ``z <= 0`` (straight-through at the zero): a
+    closed channel still learns what opening it would do to the loss, so one closed by
+    drift can open again.
     """
     s = z.clamp(0.0, 1.0)
     return s + (z - z.detach()) * (z <= 0) if reopen else s
@@ -95,7 +96,9 @@ class LCGate(nn.Module):
         self.k, self.first = k, first
         #: knob: None = off (the backbone); else skip where a scale is <= eps
         self.eps: float | None = None
-        #: training: closed gates still get a gradient (:func:`relu1`); set by the trainer
+        #: training: closed channels still get a gradient (:func:`relu1`); set by the
+        #: trainer. Not closed blocks: a branch left out for epochs is stale, and opening
+        #: it on a first-order hint blew the loss up (NaN in 6 steps; NOTES, session 28).
         self.reopen = False
         self.l = _linear(p.c_in, 1, bias, std) if layer and source is None else None
         self.c = _linear(p.c_in, p.c_mid, bias, std) if self.channel and source is None else None
@@ -131,7 +134,7 @@ class LCGate(nn.Module):
         slot, eps = self.slot, float(self.eps or 0.0)
         zl, zc = self._pre(x.mean((2, 3)))
         reopen = self.reopen and self.training
-        s_l = relu1(zl[:, 0], reopen) if zl is not None else None
+        s_l = relu1(zl[:, 0]) if zl is not None else None  # closed blocks stay closed
         s_c = relu1(zc, reopen) if zc is not None else None
         if self.training:
             slot.s_l, slot.s_c, slot.reopen = s_l, s_c, reopen

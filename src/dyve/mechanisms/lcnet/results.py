@@ -49,7 +49,7 @@ def _label(cfg: dict[str, Any]) -> tuple[str, str]:
     if cfg.get("init"):  # runs before the option have no key
         setting += f", started from `{Path(cfg['init']).name}`"
     if cfg.get("reopen"):  # runs before the option have no key
-        setting += ", gates reopen"
+        setting += ", channels reopen"
     return kind, setting
 
 

@@ -111,7 +111,7 @@ class GateTrainConfig:
     bf16: bool = False
     #: start from this earlier run's network (backbone and gates) instead of open gates
     init: str | None = None
-    #: LC-Net: closed gates still get the task loss's gradient, so they can open again
+    #: LC-Net: closed channels still get the task loss's gradient, so they can open again
     reopen: bool = False
 
     def __post_init__(self) -> None:
@@ -131,7 +131,7 @@ class GateTrainConfig:
             if not self.lam_l + self.lam_c > 0:
                 raise DyveError("target_reduction steers lam_l and lam_c: set one > 0")
         if self.reopen and self.method != "lcnet":
-            raise DyveError("reopen is for LC-Net's ReLU1 gates")
+            raise DyveError("reopen is for LC-Net's ReLU1 channel gates")
 
 
 def build(cfg: GateTrainConfig, *, init: bool = True) -> DynamicNet:
