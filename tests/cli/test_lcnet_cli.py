@@ -19,6 +19,7 @@ import dyve.dynamic
 from dyve._io import read_json
 from dyve.cli import lcnet_cmd
 from dyve.cli.main import build_parser, main
+from dyve.errors import DyveError
 from dyve.eval.latency import num_threads
 from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.lcnet import results as lc_results
@@ -130,6 +131,38 @@ def test_bad_settings_exit_2(tmp_path: Path) -> None:
         _cli("lcnet", "train", "--out", str(tmp_path / "x"), "--method", "aig", "--reopen")[0] == 2
     )  # AIG's gates are not ReLU1
     assert not (tmp_path / "x").exists()
+
+
+def test_min_reduction_keeps_the_most_accurate_epoch_at_that_cost(
+    prepared: Callable[[str], object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cap = 100.0  # MACs: --min-reduction R on a net of 100 * R MACs
+    epochs = [
+        {"top1": 91.0, "macs_per_sample": 120.0},  # most accurate, too expensive
+        {"top1": 89.0, "macs_per_sample": 99.0},
+        {"top1": 89.0, "macs_per_sample": 95.0},  # as accurate and cheaper: kept
+        {"top1": 88.0, "macs_per_sample": 90.0},
+    ]
+    assert max(epochs, key=lambda r: lc_train.rank(r, cap)) is epochs[2]
+    assert max(epochs, key=lambda r: lc_train.rank(r, None)) is epochs[0]  # no cap: as before
+    over = [epochs[0], {"top1": 80.0, "macs_per_sample": 110.0}]
+    assert max(over, key=lambda r: lc_train.rank(r, cap)) is over[1]  # none within: cheapest
+    args = build_parser().parse_args(["lcnet", "train", "--out", "x", "--min-reduction", "3"])
+    cfg = lcnet_cmd.config(args)
+    assert cfg.min_reduction == 3.0
+    assert lc_results._label(asdict(cfg))[1].endswith(", kept at >= 3.0x")
+    with pytest.raises(DyveError, match="min_reduction"):
+        replace(cfg, min_reduction=0.5)
+    # a run ranks its epochs with the cap its option stands for
+    prepared("cifar10-jpeg")
+    caps: list[float | None] = []
+    real = lc_train.rank
+    monkeypatch.setattr(lc_train, "rank", lambda r, c: caps.append(c) or real(r, c))
+    run = tmp_path / "capped"
+    assert _cli("lcnet", "train", "--out", str(run), *SMALL, "--min-reduction", "4")[0] == 0
+    static = read_json(run / "metrics.json")["baseline_macs_per_sample"]
+    assert caps
+    assert caps == [pytest.approx(static / 4)] * len(caps)
 
 
 def test_reopen_reaches_every_gate_and_the_page() -> None:

@@ -67,6 +67,13 @@ def add(sub: Any) -> None:
         help="LC-Net: closed channels still get the task loss's gradient in training "
         "(straight-through at ReLU1's zero), so a channel closed by drift can open again",
     )
+    t.add_argument(
+        "--min-reduction",
+        type=float,
+        default=d.min_reduction,
+        help="keep the most accurate epoch of at least this MAC reduction on the select "
+        "split (default: the most accurate epoch; if none reaches it: the cheapest)",
+    )
     t.add_argument("--epochs", type=int, default=d.epochs)
     t.add_argument("--batch-size", type=int, default=d.batch_size)
     t.add_argument("--lr", type=float, default=d.lr, help="backbone learning rate (cosine)")

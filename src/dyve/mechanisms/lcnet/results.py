@@ -50,6 +50,8 @@ def _label(cfg: dict[str, Any]) -> tuple[str, str]:
         setting += f", started from `{Path(cfg['init']).name}`"
     if cfg.get("reopen"):  # runs before the option have no key
         setting += ", channels reopen"
+    if cfg.get("min_reduction"):  # runs before the option have no key
+        setting += f", kept at >= {cfg['min_reduction']}x"
     return kind, setting
 
 

@@ -28,7 +28,8 @@ The teacher stays the dense backbone.
 
 After every epoch the net is evaluated on the *select* split (``auto``: val when the
 backbone held it out, else test-a). The kept checkpoint is the most accurate epoch once
-the ramp is over (ties: the cheaper), saved as a dynamic network (``dynamic.json`` +
+the ramp is over (ties: the cheaper; with ``min_reduction``, among the epochs of at least
+that MAC reduction, see :func:`rank`), saved as a dynamic network (``dynamic.json`` +
 ``dynamic.safetensors``, loadable by ``dyve bench``); it is then run once on the report
 split (test-b) with the fast back-end at batch 1, so ``metrics.json`` holds executed costs.
 """
@@ -67,6 +68,7 @@ ADDED = {
     "bf16": False,
     "init": None,
     "reopen": False,
+    "min_reduction": None,
 }
 
 
@@ -113,6 +115,9 @@ class GateTrainConfig:
     init: str | None = None
     #: LC-Net: closed channels still get the task loss's gradient, so they can open again
     reopen: bool = False
+    #: keep the most accurate epoch of at least this MAC reduction on the select split
+    #: (None: the most accurate epoch; if none reaches it, the cheapest)
+    min_reduction: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -130,6 +135,8 @@ class GateTrainConfig:
                 raise DyveError("target_reduction is for LC-Net and must be > 1")
             if not self.lam_l + self.lam_c > 0:
                 raise DyveError("target_reduction steers lam_l and lam_c: set one > 0")
+        if self.min_reduction is not None and not self.min_reduction >= 1:
+            raise DyveError("min_reduction must be >= 1")
         if self.reopen and self.method != "lcnet":
             raise DyveError("reopen is for LC-Net's ReLU1 channel gates")
 
@@ -242,10 +249,8 @@ def train_gates(
         done = (epoch + 1) / cfg.epochs >= cfg.ramp - 1e-9
         row = {f"select_{k}": v for k, v in r.items() if k != "ran_fraction"}
         best = _best(out)
-        if done and (
-            best is None
-            or (r["top1"], -r["macs_per_sample"]) > (best["top1"], -best["macs_per_sample"])
-        ):
+        cap = net.static_macs / cfg.min_reduction if cfg.min_reduction else None
+        if done and (best is None or rank(r, cap) > rank(best, cap)):
             save(net, out)
             write_json(out / "best.json", {"epoch": epoch + 1, **r, "split": select})
         return row
@@ -309,6 +314,15 @@ def _open(mech: Any) -> dict[str, float]:
     if s_c:
         out["channel_open"] = float(torch.stack([(v > 0).float().mean() for v in s_c]).mean())
     return out
+
+
+def rank(r: dict[str, Any], cap: float | None) -> tuple[bool, float, float]:
+    """How an epoch's select-split result ranks for the kept checkpoint (higher is better):
+    within ``cap`` MACs (or with no cap) the more accurate, then the cheaper; beyond the
+    cap, below any epoch within it, the cheaper first."""
+    if cap is None or r["macs_per_sample"] <= cap:
+        return True, r["top1"], -r["macs_per_sample"]
+    return False, -r["macs_per_sample"], r["top1"]
 
 
 def _best(out: Path) -> dict[str, Any] | None:
