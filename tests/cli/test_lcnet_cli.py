@@ -174,6 +174,8 @@ def test_reopen_reaches_every_gate_and_the_page() -> None:
     plain = lc_train.build(replace(cfg, model="resnet20_cifar", reopen=False))
     assert not any(g.reopen for g in plain.mechanisms[0].gates)  # type: ignore[attr-defined]
     assert lc_results._label(asdict(cfg))[1].endswith(", channels reopen")
+    slow = asdict(replace(cfg, gate_lr_scale=0.1, reopen=False))
+    assert lc_results._label(slow)[1].endswith(", gate lr x0.1")
     assert lc_train.ADDED["reopen"] is False  # runs made before the option resume as before
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from dyve._io import atomic_save, atomic_write, read_json
 from dyve.bench import eager_caveat, eager_speedup
 from dyve.errors import DyveError
+from dyve.mechanisms.lcnet.train import GateTrainConfig
 
 CONTROL = "control (no sparsity loss)"
 DISTILLED = "LC-Net + distillation"
@@ -48,6 +49,8 @@ def _label(cfg: dict[str, Any]) -> tuple[str, str]:
         setting += f", distill {cfg['distill']} (T={cfg['temperature']})"
     if cfg.get("init"):  # runs before the option have no key
         setting += f", started from `{Path(cfg['init']).name}`"
+    if cfg["gate_lr_scale"] != GateTrainConfig.gate_lr_scale:
+        setting += f", gate lr x{cfg['gate_lr_scale']}"
     if cfg.get("reopen"):  # runs before the option have no key
         setting += ", channels reopen"
     if cfg.get("min_reduction"):  # runs before the option have no key
