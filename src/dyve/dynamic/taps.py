@@ -97,16 +97,17 @@ class Tap(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         slot = self.slot
         n = x.shape[0]
-        if self.slice == "in" and slot.unscaled is not None and slot.s_c is not None:
-            s = slot.rows(slot.s_c, n)
-            closed = (s - s.detach()) * (s.detach() == 0)  # 0, with the gradient
-            x = x + _scale(F.relu(slot.unscaled), closed)
+        if self.slice == "in" and slot.unscaled is not None:
+            unscaled, slot.unscaled = slot.unscaled, None  # used once, then released
+            if slot.s_c is not None:
+                s = slot.rows(slot.s_c, n)
+                closed = (s - s.detach()) * (s.detach() == 0)  # 0, with the gradient
+                x = x + _scale(F.relu(unscaled), closed)
         idx = slot.idx if self.slice is not None and not self.training else None
         y: torch.Tensor = self.module(x) if idx is None else self._sliced(x, idx)
         if self.scale == "c" and slot.s_c is not None:
             s = slot.rows(slot.s_c, n)
-            if slot.reopen and self.training:
-                slot.unscaled = y.detach()
+            slot.unscaled = y.detach() if slot.reopen and self.training else None
             y = _scale(y, s if idx is None else s.index_select(1, idx))
         elif self.scale == "l" and slot.s_l is not None:
             y = _scale(y, slot.rows(slot.s_l, n))

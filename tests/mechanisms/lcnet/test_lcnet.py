@@ -194,6 +194,8 @@ def test_reopen_gives_closed_channels_a_gradient_and_changes_no_value(closed: st
         gate.reopen = reopen
         getattr(gate, closed).bias.data.fill_(bias)
         y = net(x)
+        # the next conv used the unscaled map it needed, and no slot holds on to one
+        assert all(s.unscaled is None for s in net.mechanisms[0].slots)  # type: ignore[attr-defined]
         loss = y.square().sum()
         loss.backward()
         return y.detach(), getattr(gate, closed).bias.grad.sum().item(), loss.item()
