@@ -46,6 +46,14 @@ for reopen in "" --reopen; do
     --gate-lr-scale 0.1 --lr 0.002 --bf16 --epochs 14 --threads 1 $reopen &
 done
 wait
+# and the plain one (_g01) once more, side by side on one thread each: the same cycle again
+# (14 epochs from 0.002), and 12 epochs from half that rate; 85-95 minutes (a third try,
+# --distill 0.9, closed channels to 31x fewer MACs in its first epoch and was dropped)
+G01=(--init "$RUNS/lcnet_r315_kd05_e22_c26_g01" --lam-l 0.32 --lam-c 0.016 --distill 0.5
+  --target-reduction 3.15 --ramp 0 --gate-lr-scale 0.1 --bf16 --threads 1)
+train lcnet_r315_kd05_e22_c26_g01_g01 "${G01[@]}" --lr 0.002 --epochs 14 &
+train lcnet_r315_kd05_e22_c26_g01_lr001 "${G01[@]}" --lr 0.001 --epochs 12 &
+wait
 # side by side, one thread each: the ablations, and a control without the sparsity loss
 # (what the few epochs of fine-tuning alone do to accuracy)
 COMMON=(--model resnet56_cifar --epochs 3 --weighting macs --threads 1)
