@@ -1,13 +1,13 @@
 """Copy the runs `dyve demo` shows into the package (`src/dyve/_assets/runs/`).
 
-Made by these commands (on 2 cores, about 45 minutes in all; see `scripts/*_results.sh`):
+Made by these commands (on 2 cores; see `scripts/*_results.sh`): LC-Net's chain of
+continuations takes 4-6 hours, the others about 45 minutes in all:
 
     COST=time bash scripts/dyvedeep_results.sh  # docs/results/dyvedeep-time/resnet56_cifar
     dyve exits fit --model resnet56_cifar --convs -1 --out runs/adaptive/exits_resnet56_conv
     dyve select fit --models caffe_cifar10,resnet20_cifar,resnet56_cifar \
         --out runs/adaptive/select_caffe_r20_r56
-    dyve lcnet train --out runs/lcnet/lcnet_l04_c002_kd05 --model resnet56_cifar --epochs 3 \
-        --weighting macs --lam-l 0.04 --lam-c 0.002 --distill 0.5
+    bash scripts/lcnet_results.sh  # LC-Net at about 3x: its weights kept beside the page
     dyve d2nn train --arch hierarchical --out runs/d2nn/hierarchical/all_pre --route all --epochs 4
     dyve d2nn train --arch hierarchical --out runs/d2nn/hierarchical/all_lam0.1 --route learned \
         --lam 0.1 --epochs 3 --init runs/d2nn/hierarchical/all_pre
@@ -39,7 +39,7 @@ RUNS = {
         ("selection.json", "policies.safetensors"),
     ),
     "lcnet_resnet56": (
-        "runs/lcnet/lcnet_l04_c002_kd05",
+        "docs/results/lcnet/runs/lcnet_r315_kd05_e22_c26_g01",
         ("dynamic.json", "dynamic.safetensors"),
     ),
     "d2nn_hierarchical": (

@@ -66,6 +66,19 @@ def test_measurement_is_the_shared_measure(report, skip_run: Path, sample) -> No
     assert r.reduction > 1.0  # the threshold really skips blocks on these images
 
 
+def test_lcnet_is_measured_one_sample_at_a_time(sample) -> None:
+    """LC-Net's fast back-end computes the union of a batch's kept channels, so a batch
+    costs its samples more than they cost alone; a report measures it at batch 1, and each
+    sample's MACs are what it executes alone (as the latency column times it)."""
+    s = load_run(runs_dir() / "lcnet_resnet56")
+    col = collect([s], sample, repeats=0, progress=False, log=lambda m: None)
+    alone = measure(s.model, sample, s.norm, batch_size=1)
+    batched = measure(s.model, sample, s.norm)
+    assert batched.macs_mean > alone.macs_mean  # the union: what the rule is for
+    assert torch.equal(col.results[0].m.cost.macs, alone.cost.macs)
+    assert col.results[0].m.top1 == batched.top1
+
+
 def test_dense_rows_cost_their_static_macs_and_time_against_the_faster_eager(report) -> None:
     """A dense row is timed as given; the reference is the faster of that and its tuned
     copy (channels_last, BN folded), so its speedup is at most 1."""

@@ -46,13 +46,17 @@ class Measurement:
         return float(self.cost.scalar_ops.mean())
 
 
+#: images per measured batch (by default)
+BATCH = 256
+
+
 @torch.no_grad()
 def measure(
     net: DynamicNet,
     data: ImageSet,
     norm: Normalization,
     *,
-    batch_size: int = 256,
+    batch_size: int = BATCH,
     progress: bool = False,
     desc: str = "measure",
     per_sample: bool = False,

@@ -52,6 +52,10 @@ class Mechanism(ABC):
     #: False when executing costs extra work the emulation does not count (DyVEDeep's
     #: kernels recompute check terms), so the contract asserts executed >= simulated.
     fast_cost_exact: ClassVar[bool] = True
+    #: True when a sample's executed cost in a batch is its cost alone; False when the fast
+    #: back-end runs more for a batch (LC-Net's per-block path computes the union of the
+    #: batch's kept channels), so reports measure such a network one sample at a time.
+    batch_cost_exact: ClassVar[bool] = True
     #: Knobs the fast back-end does not apply because they cannot pay there and do not
     #: change outputs (DyVEDeep's lossless ``spet_exact``): fast runs them as off.
     fast_ignores: ClassVar[tuple[str, ...]] = ()

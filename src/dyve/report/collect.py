@@ -27,7 +27,7 @@ from dyve.dynamic.frozen import frozen_while
 from dyve.dynamic.net import DynamicNet
 from dyve.errors import DyveError
 from dyve.eval.latency import Timing, cycling, interleaved, machine, num_threads
-from dyve.eval.measure import Measurement, measure
+from dyve.eval.measure import BATCH, Measurement, measure
 from dyve.graph.fold import tuned_eager, tuned_input
 from dyve.report.subjects import Subject
 
@@ -88,6 +88,15 @@ class Collection:
     latency_repeats: int
 
 
+def measure_batch(model: Any) -> int:
+    """The batch size a subject is measured at: 1 where the fast back-end runs more for a
+    batch than for its samples alone (``batch_cost_exact``; LC-Net computes the union of the
+    batch's kept channels), so that each sample's cost is what it executes alone, as timed."""
+    mechs = getattr(model, "mechanisms", ())
+    alone = getattr(model, "backend", None) == "fast" and any(not m.batch_cost_exact for m in mechs)
+    return 1 if alone else BATCH
+
+
 def collect(
     subjects: list[Subject],
     data: ImageSet,
@@ -108,6 +117,7 @@ def collect(
             cast(DynamicNet, s.model),  # a Selection has the same run() and trace
             data,
             s.norm,
+            batch_size=measure_batch(s.model),
             per_sample=True,
             progress=progress,
             desc=s.label,

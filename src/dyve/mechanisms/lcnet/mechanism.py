@@ -74,6 +74,7 @@ class LCNet(BlockGates, NativeRunner):
     knob_names = ("eps",)
     #: the fast back-end computes the union of a batch's kept channels (batch 1: exact)
     fast_cost_exact = False
+    batch_cost_exact = False
 
     def taps(self) -> Taps:
         return Taps(layer=self.config.layer, channel=self.config.channel)
