@@ -24,6 +24,7 @@ from dyve.eval.latency import num_threads
 from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.lcnet import results as lc_results
 from dyve.mechanisms.lcnet import train as lc_train
+from dyve.mechanisms.lcnet.train import GateTrainConfig
 
 REQUIRED = ("top1", "baseline_top1", "macs_per_sample", "cost_reduction", "split")
 SMALL = ("--model", "resnet20_cifar", "--epochs", "2", "--batch-size", "32",
@@ -64,6 +65,8 @@ def test_train_crash_resume_bench_and_page(
         48,
         "executed",
     )
+    worse, better = m["paired"]["worse"], m["paired"]["better"]  # the same images, paired
+    assert math.isclose(100 * (worse - better) / 48, m["baseline_top1"] - m["top1"])
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2]
     # resumed, not restarted: the run equals one that never crashed (losses, the kept
@@ -91,6 +94,7 @@ def test_train_crash_resume_bench_and_page(
     assert rc == 0
     text = page.read_text()
     assert "| lc | LC-Net |" in text
+    assert lc_results._interval(m) in text
     assert "| aig | ConvNet-AIG |" in text
     assert "## Targets" in text
     assert "The gated networks were called checked" in text  # benched without --frozen
@@ -122,6 +126,27 @@ def test_train_crash_resume_bench_and_page(
         f"{m['macs_per_sample'] / 1e6:.1f} M ({gap:+.2f} pp)."
     )
     assert static[1].endswith("runs within 5% of its cost: none.")
+
+
+def test_the_page_gives_a_loss_its_paired_interval() -> None:
+    def row(worse: int, better: int, paired: bool = True) -> dict[str, object]:
+        m = {"n": 5000, "baseline_top1": 90.0, "top1": 90.0 - (worse - better) / 50,
+             "cost_reduction": 3.02, "macs_per_sample": 41e6}  # fmt: skip
+        if paired:
+            m["paired"] = {"worse": worse, "better": better}
+        return {"run": "r", "kind": "LC-Net", "m": m, "bench": None}
+
+    # 0.94 pp from 453 disagreements: se = sqrt((0.0906 - 0.0094^2) / 5000) = 0.4255 pp
+    lo, hi = lc_results._bounds(row(250, 203)["m"])  # type: ignore[misc, arg-type]
+    assert math.isclose(lo, 0.94 - 1.959964 * 0.42548, abs_tol=1e-3)
+    assert math.isclose(hi, 0.94 + 1.959964 * 0.42548, abs_tol=1e-3)
+    assert lc_results._interval(row(250, 203, False)["m"]) == "-"  # type: ignore[arg-type]
+    near, far = (" ".join(lc_results._targets([row(*c)])) for c in ((250, 203), (200, 100)))
+    assert "missed" in near
+    assert "`r`, loses 0.94 pp; its paired 95% interval on these 5000 images is +0.11 to " in near
+    assert "inside it: these images do not rule out" in near
+    assert "below it: the true loss exceeds the target" in far
+    assert "interval" not in " ".join(lc_results._targets([row(250, 203, False)]))
 
 
 def test_bad_settings_exit_2(tmp_path: Path) -> None:
@@ -189,12 +214,12 @@ def test_distillation_from_the_dense_backbone(
     assert read_json(run / "config.json")["config"]["distill"] == 0.5
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert all(h["train_kd"] > 0 for h in history)  # logged, and the student is not the teacher
-    # the loss itself: zero against identical logits, t^2 * KL otherwise
+    # the loss itself: zero against the student's own soft targets, t^2 * KL otherwise
     z = torch.randn(5, 10)
-    assert lc_train._distillation(z, z, 4.0).abs() < 1e-6
+    assert lc_train._distillation(z, (z / 4).softmax(1), 4.0).abs() < 1e-6
     t = torch.randn(5, 10)
     kl = (t.softmax(1) * (t.log_softmax(1) - z.log_softmax(1))).sum(1).mean()
-    assert torch.allclose(lc_train._distillation(z, t, 1.0), kl, atol=1e-6)
+    assert torch.allclose(lc_train._distillation(z, t.softmax(1), 1.0), kl, atol=1e-6)
     for bad in ("1.5", "-0.1"):
         rc, _ = _cli("lcnet", "train", "--out", str(tmp_path / "bad"), *SMALL, "--distill", bad)
         assert rc == 2
@@ -222,6 +247,42 @@ def test_distillation_from_the_dense_backbone(
     assert "except `kd_elsewhere`, called checked" in text
     if native.available():  # `kd` was timed with this build, `kd_elsewhere` says another
         assert f"{native.build()} (`kd`); dyvedeep-0123456789abcdef (`kd_elsewhere`)" in text
+
+
+def test_a_teacher_of_several_networks_and_mirror_images(
+    prepared: Callable[[str], object], tmp_path: Path
+) -> None:
+    # the soft targets: each network's softmax(z / t), averaged over networks and mirrors
+    torch.manual_seed(0)
+    a, b = (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 10)) for _ in "ab")
+    x = torch.randn(3, 3, 4, 4)
+    p = [torch.softmax(n(v) / 2.0, 1) for n in (a, b) for v in (x, x.flip(3))]
+    assert torch.allclose(lc_train.Teacher([a], 2.0, False)(x), p[0])
+    assert torch.allclose(lc_train.Teacher([a, b], 2.0, True)(x), sum(p) / 4)
+    assert not torch.allclose(p[0], p[1])  # the mirror image is another view
+    # the config names the networks; the default is the dense backbone
+    cfg = GateTrainConfig(model="resnet20_cifar", distill=0.5)
+    assert len(lc_train._teacher(cfg, torch.device("cpu")).nets) == 1  # type: ignore[union-attr]
+    two = replace(cfg, teacher="resnet20_cifar, resnet56_cifar", teacher_flip=True)
+    teacher = lc_train._teacher(two, torch.device("cpu"))
+    assert teacher is not None
+    assert len(teacher.nets) == 2
+    assert teacher.flip
+    sizes = [sum(q.numel() for q in n.parameters()) for n in teacher.nets]
+    assert sizes[1] > 2 * sizes[0]  # resnet56 after resnet20, in the order named
+    with pytest.raises(DyveError, match="set distill"):
+        GateTrainConfig(teacher="resnet56_cifar")
+    # end to end: the run records it, the page says it, and a bad name writes nothing
+    prepared("cifar10-jpeg")
+    run = tmp_path / "kd_ens"
+    args = ("lcnet", "train", *SMALL, "--lam-l", "0.5", "--distill", "0.5")
+    assert _cli(*args, "--out", str(run), "--teacher", "resnet20_cifar", "--teacher-flip")[0] == 0
+    assert read_json(run / "config.json")["config"]["teacher"] == "resnet20_cifar"
+    _, setting = lc_results._label(read_json(run / "config.json")["config"])
+    assert setting.endswith("distill 0.5 (T=4.0) from resnet20_cifar with mirrors")
+    assert _cli(*args, "--out", str(tmp_path / "x"), "--teacher", "resnet21_cifar")[0] == 2
+    assert not (tmp_path / "x").exists()
+    assert lc_train.ADDED["teacher"] is None  # runs made before the option resume as before
 
 
 def test_runs_saved_before_a_config_key_existed_still_resume(tmp_path: Path) -> None:

@@ -49,6 +49,17 @@ def add(sub: Any) -> None:
         "--temperature", type=float, default=d.temperature, help="distillation temperature"
     )
     t.add_argument(
+        "--teacher",
+        default=d.teacher,
+        help="distil from these shipped networks, comma-separated, their soft targets "
+        "averaged (default: the dense backbone)",
+    )
+    t.add_argument(
+        "--teacher-flip",
+        action="store_true",
+        help="average the teacher over each image and its mirror image",
+    )
+    t.add_argument(
         "--target-reduction",
         type=float,
         default=d.target_reduction,

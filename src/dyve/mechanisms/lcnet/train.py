@@ -8,9 +8,13 @@ resume, data-parallel under ``torchrun``). Loss: cross-entropy plus LC-Net's spa
 ramps linearly from 0 over the first ``ramp`` of training so blocks do not collapse early.
 The gates train ``gate_lr_scale`` times faster than the backbone, without weight decay.
 With ``distill`` = a > 0 the cross-entropy becomes ``(1 - a) * CE + a * T^2 *
-KL(softmax(dense / T) || softmax(logits / T))``: the dense pretrained backbone (frozen,
-the same batch) is the teacher, so the fine-tuning keeps what the backbone knew instead
-of refitting the train labels in a few epochs (dyve's option, not the paper's).
+KL(p || softmax(logits / T))``, where ``p = softmax(dense / T)`` on the same batch: the
+dense pretrained backbone (frozen) is the teacher, so the fine-tuning keeps what the
+backbone knew instead of refitting the train labels in a few epochs (dyve's option, not
+the paper's). ``teacher`` names other shipped networks to teach instead (their ``p``
+averaged), and ``teacher_flip`` averages each over the batch and its mirror image: a
+teacher more accurate than the backbone, at the price of its forward passes in training
+only (the trained network is unchanged in size and cost).
 
 With ``target_reduction`` = R (dyve's option) the sparsity loss is steered instead of
 ramped: each batch's MAC reduction (what its decisions stand for) is held to a goal that
@@ -24,7 +28,7 @@ then lands at a cost chosen in advance, instead of a lambda sweep around it.
 With ``init`` (dyve's option) training starts from an earlier run's network, gates and
 backbone, instead of the backbone with open gates: a run can go on with a fresh schedule
 from where another ended (with ``ramp`` 0, a steered run holds its goal from the start).
-The teacher stays the dense backbone.
+The teacher is the one this run's config names, not the earlier run's.
 
 After every epoch the net is evaluated on the *select* split (``auto``: val when the
 backbone held it out, else test-a). The kept checkpoint is the most accurate epoch once
@@ -53,6 +57,7 @@ from dyve.errors import DyveError
 from dyve.eval.evaluate import evaluate
 from dyve.eval.latency import num_threads
 from dyve.eval.measure import Measurement, measure
+from dyve.eval.paired import PairedLoss
 from dyve.eval.splits import choose_splits, heldout
 from dyve.mechanisms.lcnet.blocks import set_all
 from dyve.mechanisms.lcnet.mechanism import ConvNetAIG, LCNet
@@ -69,6 +74,8 @@ ADDED = {
     "init": None,
     "reopen": False,
     "min_reduction": None,
+    "teacher": None,
+    "teacher_flip": False,
 }
 
 
@@ -94,6 +101,10 @@ class GateTrainConfig:
     #: weight of the distillation loss from the dense backbone (0: cross-entropy alone)
     distill: float = 0.0
     temperature: float = 4.0
+    #: distil from these shipped networks (comma-separated; None: the dense backbone)
+    teacher: str | None = None
+    #: average the teacher over each image and its mirror image
+    teacher_flip: bool = False
     #: LC-Net: steer the lambdas to this MAC reduction (None: lambdas ramped as given)
     target_reduction: float | None = None
     epochs: int = 4
@@ -130,6 +141,8 @@ class GateTrainConfig:
             raise DyveError("ramp must be in [0, 1] and target in (0, 1]")
         if not 0 <= self.distill <= 1 or not self.temperature > 0:
             raise DyveError("distill must be in [0, 1] and temperature > 0")
+        if (self.teacher or self.teacher_flip) and not self.distill > 0:
+            raise DyveError("teacher and teacher_flip choose the distillation teacher: set distill")
         if self.target_reduction is not None:
             if self.method != "lcnet" or not self.target_reduction > 1:
                 raise DyveError("target_reduction is for LC-Net and must be > 1")
@@ -208,6 +221,7 @@ def train_gates(
         out, config, resume, cfg.threads, cfg.device, cfg.batch_size, cfg.seed, ADDED
     )
     net = build(cfg, init=not resume)  # first: an unknown or non-residual model fails here
+    teacher = _teacher(cfg, device)  # and a teacher that is not there, before any file
     select, report = choose_splits(cfg.select_split, cfg.report_split, heldout(cfg.model))
     mech = net.mechanisms[0]
     info = model_info(net.backbone)
@@ -218,7 +232,6 @@ def train_gates(
     net.to(device)
     opt = torch.optim.SGD(_params(net, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     write_config(out, config, resume, ddp)
-    teacher = _teacher(cfg, device)
 
     def step(
         m: nn.Module, x: torch.Tensor, y: torch.Tensor, frac: float
@@ -228,9 +241,7 @@ def train_gates(
         logs = {"ce": ce.item()}
         task = ce
         if teacher is not None:
-            with torch.no_grad():
-                dense = teacher(x)
-            kd = _distillation(logits, dense, cfg.temperature)
+            kd = _distillation(logits, teacher(x), cfg.temperature)
             task = (1 - cfg.distill) * ce + cfg.distill * kd
             logs["kd"] = kd.item()
         w = ramped(cfg.ramp, frac)
@@ -287,20 +298,44 @@ def steer(reduction: float, goal: float) -> float:
     return min(1.0, max(0.0, math.log(goal / reduction) / STEER_BAND))
 
 
-def _teacher(cfg: GateTrainConfig, device: torch.device) -> nn.Module | None:
-    """The frozen dense backbone whose outputs the student matches (``distill`` > 0)."""
+class Teacher:
+    """Soft targets at temperature ``t``: ``softmax(z / t)`` of each frozen network's logits
+    ``z``, averaged over the networks (and, with ``flip``, over the batch and its mirror)."""
+
+    def __init__(self, nets: list[nn.Module], t: float, flip: bool) -> None:
+        self.nets, self.t, self.flip = nets, t, flip
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        views = [x, x.flip(3)] if self.flip else [x]
+        probs = [F.softmax(net(v).float() / self.t, 1) for net in self.nets for v in views]
+        return torch.stack(probs).mean(0)
+
+
+def _teacher(cfg: GateTrainConfig, device: torch.device) -> Teacher | None:
+    """The frozen teacher of a distilled run (``distill`` > 0): the dense backbone, or the
+    shipped networks ``teacher`` names. An unknown name, one without weights or one that
+    reads its input otherwise than the backbone fails here, before the first step."""
     if cfg.distill == 0:
         return None
-    dense = create(cfg.model, pretrained=True).to(device).eval()
-    dense.requires_grad_(False)
-    return dense
+    names = [n.strip() for n in cfg.teacher.split(",")] if cfg.teacher else [cfg.model]
+    info = model_info(create(cfg.model))
+    nets = []
+    for name in names:
+        net = create(name, pretrained=True).to(device).eval()
+        theirs = model_info(net)
+        if (theirs.input_size, theirs.norm) != (info.input_size, info.norm):
+            raise DyveError(f"teacher {name} does not read {cfg.model}'s input (size, norm)")
+        net.requires_grad_(False)
+        nets.append(net)
+    return Teacher(nets, cfg.temperature, cfg.teacher_flip)
 
 
-def _distillation(logits: torch.Tensor, target: torch.Tensor, t: float) -> torch.Tensor:
-    """Hinton et al.'s soft-target loss: ``t^2 * KL(softmax(target / t) || softmax(logits / t))``
-    over the batch (the ``t^2`` keeps its gradients on the cross-entropy's scale)."""
-    soft = F.softmax(target.detach() / t, 1)
-    return F.kl_div(F.log_softmax(logits / t, 1), soft, reduction="batchmean") * t * t
+def _distillation(logits: torch.Tensor, soft: torch.Tensor, t: float) -> torch.Tensor:
+    """Hinton et al.'s soft-target loss: ``t^2 * KL(soft || softmax(logits / t))`` over the
+    batch, ``soft`` being the teacher's probabilities at temperature ``t`` (the ``t^2``
+    keeps its gradients on the cross-entropy's scale)."""
+    return F.kl_div(F.log_softmax(logits / t, 1), soft.detach(), reduction="batchmean") * t * t
 
 
 def _open(mech: Any) -> dict[str, float]:
@@ -341,15 +376,19 @@ def report_run(
     ds = _split(cfg, report)
     base = create(cfg.model, pretrained=True)
     norm = model_info(base).norm
-    base_top1 = evaluate(base, ds, norm).top1
+    dense = evaluate(base, ds, norm)
     net.backend = "emulated"
     emu = _summary(net, measure(net, ds, norm))
     net.backend = "fast"
     with num_threads(1):  # batch 1: executed per-sample cost of each decision
-        fast = _summary(net, measure(net, ds, norm, batch_size=1, progress=progress))
+        ran = measure(net, ds, norm, batch_size=1, progress=progress)
+    fast = _summary(net, ran)
+    paired = PairedLoss.of(dense.predictions == ds.labels, ran.predictions == ds.labels)
     metrics = {
         "top1": fast["top1"],
-        "baseline_top1": base_top1,
+        "baseline_top1": dense.top1,
+        # the images on which the two differ in correctness: the loss's sampling error
+        "paired": {"worse": paired.worse, "better": paired.better},
         "baseline": f"{cfg.model} (shipped weights, dense)",
         "macs_per_sample": fast["macs_per_sample"],
         "baseline_macs_per_sample": net.static_macs,
