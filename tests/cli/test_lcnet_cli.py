@@ -67,6 +67,13 @@ def test_train_crash_resume_bench_and_page(
     )
     worse, better = m["paired"]["worse"], m["paired"]["better"]  # the same images, paired
     assert math.isclose(100 * (worse - better) / 48, m["baseline_top1"] - m["top1"])
+    # resuming the finished run reports it again (here: a run reported before the paired
+    # counts existed), the trained files untouched
+    trained = {f: (run / f).read_bytes() for f in ("history.jsonl", "dynamic.safetensors")}
+    (run / "metrics.json").write_text(json.dumps({k: v for k, v in m.items() if k != "paired"}))
+    assert _cli(*args, "--resume")[0] == 0
+    assert read_json(run / "metrics.json") == m
+    assert all((run / f).read_bytes() == b for f, b in trained.items())
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2]
     # resumed, not restarted: the run equals one that never crashed (losses, the kept
