@@ -153,6 +153,11 @@ def test_the_page_gives_a_loss_its_paired_interval() -> None:
     assert "`r`, loses 0.94 pp; its paired 95% interval on these 5000 images is +0.11 to " in near
     assert "inside it: these images do not rule out" in near
     assert "below it: the true loss exceeds the target" in far
+    assert "best of" not in near
+    worse = row(260, 203) | {"run": "w"}  # a second run at the cost, less accurate
+    both = " ".join(lc_results._targets([worse, row(250, 203)]))
+    assert "`r`, loses 0.94 pp" in both
+    assert "It is the best of 2 such runs on these same images" in both
     assert "interval" not in " ".join(lc_results._targets([row(250, 203, False)]))
 
 

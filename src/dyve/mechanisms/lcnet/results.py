@@ -337,6 +337,12 @@ def _targets(rows: list[dict[str, Any]]) -> list[str]:
                     if bounds[0] <= TARGET_LOSS
                     else "below it: the true loss exceeds the target beyond the sampling error."
                 )
+                + (
+                    f" It is the best of {len(cheap)} such runs on these same images, so its "
+                    "loss and interval read optimistic."
+                    if len(cheap) > 1
+                    else ""
+                )
             )
     else:
         red = best["m"]["cost_reduction"]
