@@ -61,7 +61,7 @@ train lcnet_r315_kd05_e22_c26_g01_lr001 "${G01[@]}" --lr 0.001 --epochs 12 &
 wait
 # and _g01 once more with a better teacher: the backbone, ResNet-20 and the quarter-width
 # VGG-16, each averaged over the image and its mirror (91.44 % on test-a against the
-# backbone's 90.06 %, `python benchmarks/teachers.py`), alone on 2 threads (about 290 s
+# backbone's 90.06 %, `python benchmarks/teachers.py`), alone on 2 threads (250-300 s
 # per epoch)
 train lcnet_r315_kd05_e22_c26_g01_ens "${G01[@]}" --lr 0.002 --epochs 14 --threads 2 \
   --teacher resnet56_cifar,resnet20_cifar,vgg16_bn_cifar_w025 --teacher-flip

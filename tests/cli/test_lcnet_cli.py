@@ -262,7 +262,7 @@ def test_distillation_from_the_dense_backbone(
 
 
 def test_a_teacher_of_several_networks_and_mirror_images(
-    prepared: Callable[[str], object], tmp_path: Path
+    prepared: Callable[[str], object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the soft targets: each network's softmax(z / t), averaged over networks and mirrors
     torch.manual_seed(0)
@@ -284,6 +284,17 @@ def test_a_teacher_of_several_networks_and_mirror_images(
     assert sizes[1] > 2 * sizes[0]  # resnet56 after resnet20, in the order named
     with pytest.raises(DyveError, match="set distill"):
         GateTrainConfig(teacher="resnet56_cifar")
+    real = lc_train.model_info  # a teacher that reads its input otherwise is refused
+
+    def other_norm(net: torch.nn.Module) -> object:
+        info = real(net)
+        return replace(info, norm=replace(info.norm, std=(1.0, 1.0, 1.0)))
+
+    with monkeypatch.context() as mp:
+        deep_other = lambda n: other_norm(n) if len(n.layer3) > 3 else real(n)  # noqa: E731
+        mp.setattr(lc_train, "model_info", deep_other)
+        with pytest.raises(DyveError, match="teacher resnet56_cifar does not read"):
+            lc_train._teacher(replace(cfg, teacher="resnet56_cifar"), torch.device("cpu"))
     # end to end: the run records it, the page says it, and a bad name writes nothing
     prepared("cifar10-jpeg")
     run = tmp_path / "kd_ens"
