@@ -61,7 +61,7 @@ from dyve.eval.paired import PairedLoss
 from dyve.eval.splits import choose_splits, heldout
 from dyve.mechanisms.lcnet.blocks import set_all
 from dyve.mechanisms.lcnet.mechanism import ConvNetAIG, LCNet
-from dyve.models import create, model_info
+from dyve.models import ModelInfo, create, model_info
 from dyve.train.loop import Schedule, fit, start, write_config
 
 METHODS = ("lcnet", "aig")
@@ -221,10 +221,10 @@ def train_gates(
         out, config, resume, cfg.threads, cfg.device, cfg.batch_size, cfg.seed, ADDED
     )
     net = build(cfg, init=not resume)  # first: an unknown or non-residual model fails here
-    teacher = _teacher(cfg, device)  # and a teacher that is not there, before any file
+    info = model_info(net.backbone)
+    teacher = _teacher(cfg, info, device)  # and a teacher that is not there, before any file
     select, report = choose_splits(cfg.select_split, cfg.report_split, heldout(cfg.model))
     mech = net.mechanisms[0]
-    info = model_info(net.backbone)
     train_set = dyve_data.load_images(
         cfg.data, "train", limit=cfg.limit_train, shape=info.input_size
     )
@@ -312,14 +312,14 @@ class Teacher:
         return torch.stack(probs).mean(0)
 
 
-def _teacher(cfg: GateTrainConfig, device: torch.device) -> Teacher | None:
+def _teacher(cfg: GateTrainConfig, info: ModelInfo, device: torch.device) -> Teacher | None:
     """The frozen teacher of a distilled run (``distill`` > 0): the dense backbone, or the
     shipped networks ``teacher`` names. An unknown name, one without weights or one that
-    reads its input otherwise than the backbone fails here, before the first step."""
+    reads its input otherwise than the backbone (``info``) fails here, before the first
+    step."""
     if cfg.distill == 0:
         return None
     names = [n.strip() for n in cfg.teacher.split(",")] if cfg.teacher else [cfg.model]
-    info = model_info(create(cfg.model))
     nets = []
     for name in names:
         net = create(name, pretrained=True).to(device).eval()
