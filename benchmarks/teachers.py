@@ -13,8 +13,8 @@ import itertools
 import torch
 
 from dyve import data
-from dyve.mechanisms.lcnet.train import Teacher
 from dyve.models import create, model_info, shipped_models
+from dyve.train.distill import Teacher
 
 ap = argparse.ArgumentParser(description=__doc__)
 ap.add_argument("--data", default="cifar10-jpeg")

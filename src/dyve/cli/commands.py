@@ -16,7 +16,7 @@ from dyve.cli import (
     report_cmd,
     sweep_cmd,
 )
-from dyve.cli.trainer_args import add_bf16
+from dyve.cli.trainer_args import add_bf16, add_distill
 
 if TYPE_CHECKING:
     from dyve.train.trainer import TrainConfig
@@ -271,6 +271,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--no-nesterov", action="store_true")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format")
     add_bf16(p)
+    add_distill(p, "the shipped --model")
     p.set_defaults(func=cmd_train)
 
 
@@ -291,6 +292,10 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         nesterov=not args.no_nesterov,
         channels_last=not args.no_channels_last,
         bf16=args.bf16,
+        distill=args.distill,
+        temperature=args.temperature,
+        teacher=args.teacher,
+        teacher_flip=args.teacher_flip,
         warmup_epochs=args.warmup_epochs,
         augment=not args.no_augment,
         seed=args.seed,

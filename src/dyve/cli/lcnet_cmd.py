@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dyve.cli.trainer_args import add_bf16, add_results, add_run_options, config_from
+from dyve.cli.trainer_args import (
+    add_bf16,
+    add_distill,
+    add_results,
+    add_run_options,
+    config_from,
+)
 
 
 def add(sub: Any) -> None:
@@ -39,26 +45,7 @@ def add(sub: Any) -> None:
     t.add_argument("--target", type=float, default=d.target, help="AIG: target execution rate")
     t.add_argument("--aig-weight", type=float, default=d.aig_weight, help="AIG: loss weight")
     t.add_argument("--ramp", type=float, default=d.ramp, help="share of training to ramp lambda")
-    t.add_argument(
-        "--distill",
-        type=float,
-        default=d.distill,
-        help="weight in [0, 1] of distillation from the dense backbone (default 0: off)",
-    )
-    t.add_argument(
-        "--temperature", type=float, default=d.temperature, help="distillation temperature"
-    )
-    t.add_argument(
-        "--teacher",
-        default=d.teacher,
-        help="distil from these shipped networks, comma-separated, their soft targets "
-        "averaged (default: the dense backbone)",
-    )
-    t.add_argument(
-        "--teacher-flip",
-        action="store_true",
-        help="average the teacher over each image and its mirror image",
-    )
+    add_distill(t, "the dense backbone")
     t.add_argument(
         "--target-reduction",
         type=float,

@@ -39,6 +39,33 @@ def add_bf16(t: argparse.ArgumentParser) -> None:
     )
 
 
+def add_distill(t: argparse.ArgumentParser, default_teacher: str) -> None:
+    """``--distill``, ``--temperature``, ``--teacher``, ``--teacher-flip`` of the training
+    commands (:mod:`dyve.train.distill`); ``default_teacher`` says who teaches by default."""
+    from dyve.train.distill import DISTILL_ADDED as d
+
+    t.add_argument(
+        "--distill",
+        type=float,
+        default=d["distill"],
+        help=f"weight in [0, 1] of distillation from {default_teacher} (default 0: off)",
+    )
+    t.add_argument(
+        "--temperature", type=float, default=d["temperature"], help="distillation temperature"
+    )
+    t.add_argument(
+        "--teacher",
+        default=d["teacher"],
+        help="distil from these shipped networks, comma-separated, their soft targets "
+        f"averaged (default: {default_teacher})",
+    )
+    t.add_argument(
+        "--teacher-flip",
+        action="store_true",
+        help="average the teacher over each image and its mirror image",
+    )
+
+
 def add_results(psub: Any, page: str, module: str, *, static: bool = False) -> None:
     """The ``results`` sub-command: ``module.write_results(runs, out)`` writes a results
     page from run directories (the module is imported when the command runs). With

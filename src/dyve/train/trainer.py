@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from dyve import data as dyve_data
 from dyve._io import file_digest, write_json
@@ -31,10 +30,11 @@ from dyve.errors import DyveError
 from dyve.eval.evaluate import evaluate
 from dyve.models import create, model_info
 from dyve.models.weights import save_weights
+from dyve.train.distill import DISTILL_ADDED, build_teacher, check_settings, task_loss
 from dyve.train.loop import Schedule, fit, start, write_config
 
 #: keys added to the config after runs were made, with the value those runs had
-ADDED = {"bf16": False}
+ADDED = {"bf16": False, **DISTILL_ADDED}
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,13 @@ class TrainConfig:
     channels_last: bool = True
     #: train under bfloat16 autocast (:class:`dyve.train.loop.Schedule`)
     bf16: bool = False
+    #: weight in [0, 1] of distillation (:mod:`dyve.train.distill`; 0: cross-entropy alone)
+    distill: float = 0.0
+    temperature: float = 4.0
+    #: distil from these shipped networks (comma-separated; None: the shipped ``model``)
+    teacher: str | None = None
+    #: average the teacher over each image and its mirror image
+    teacher_flip: bool = False
     device: str = "auto"
     threads: int | None = None
     #: Use only the first N training images (smoke tests); None = the whole train split.
@@ -75,6 +82,7 @@ class TrainConfig:
             raise DyveError(f"threads must be >= 1, got {self.threads}")
         if self.limit_train is not None and self.limit_train < 1:
             raise DyveError(f"limit_train must be >= 1, got {self.limit_train}")
+        check_settings(self)
         if self.data == "sample":
             raise DyveError(
                 "the embedded sample holds test images; train on a dataset's train split"
@@ -109,6 +117,7 @@ def train(
     init = cfg.init
     model = create(cfg.model, pretrained=True if init == "shipped" else (init or False))
     info = model_info(model)
+    teacher = build_teacher(cfg, info, device)  # before any file: a bad name writes nothing
     mem = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=mem)  # type: ignore[call-overload]
     train_set = dyve_data.load_images(
@@ -134,7 +143,8 @@ def train(
         m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, frac: float
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         logits = m(x)
-        return F.cross_entropy(logits, y), logits, {}
+        loss, logs = task_loss(cfg, teacher, logits, x, y)
+        return loss, logits, logs
 
     def validate(m: torch.nn.Module, epoch: int) -> dict[str, Any]:
         return {"val_top1": evaluate(m, val_set, info.norm, device=device).top1}

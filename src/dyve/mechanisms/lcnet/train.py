@@ -7,14 +7,12 @@ resume, data-parallel under ``torchrun``). Loss: cross-entropy plus LC-Net's spa
 ``lam_l * sum|s_L| + lam_c * sum ||s_C||_1`` (or AIG's target-rate loss), whose weight
 ramps linearly from 0 over the first ``ramp`` of training so blocks do not collapse early.
 The gates train ``gate_lr_scale`` times faster than the backbone, without weight decay.
-With ``distill`` = a > 0 the cross-entropy becomes ``(1 - a) * CE + a * T^2 *
-KL(p || softmax(logits / T))``, where ``p = softmax(dense / T)`` on the same batch: the
-dense pretrained backbone (frozen) is the teacher, so the fine-tuning keeps what the
-backbone knew instead of refitting the train labels in a few epochs (dyve's option, not
-the paper's). ``teacher`` names other shipped networks to teach instead (their ``p``
-averaged), and ``teacher_flip`` averages each over the batch and its mirror image: a
-teacher more accurate than the backbone, at the price of its forward passes in training
-only (the trained network is unchanged in size and cost).
+With ``distill`` = a > 0 the cross-entropy is mixed with distillation
+(:mod:`dyve.train.distill`, dyve's option, not the paper's): by default the dense
+pretrained backbone (frozen) is the teacher, so the fine-tuning keeps what the backbone
+knew instead of refitting the train labels in a few epochs; ``teacher`` and
+``teacher_flip`` choose a more accurate one, paid for in training only (the trained
+network is unchanged in size and cost).
 
 With ``target_reduction`` = R (dyve's option) the sparsity loss is steered instead of
 ramped: each batch's MAC reduction (what its decisions stand for) is held to a goal that
@@ -46,7 +44,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dyve import data as dyve_data
@@ -61,21 +58,19 @@ from dyve.eval.paired import PairedLoss
 from dyve.eval.splits import choose_splits, heldout
 from dyve.mechanisms.lcnet.blocks import set_all
 from dyve.mechanisms.lcnet.mechanism import ConvNetAIG, LCNet
-from dyve.models import ModelInfo, create, model_info
+from dyve.models import create, model_info
+from dyve.train.distill import DISTILL_ADDED, build_teacher, check_settings, task_loss
 from dyve.train.loop import Schedule, fit, start, write_config
 
 METHODS = ("lcnet", "aig")
 #: keys added to the config after runs were made, with the value those runs had
 ADDED = {
-    "distill": 0.0,
-    "temperature": 4.0,
+    **DISTILL_ADDED,
     "target_reduction": None,
     "bf16": False,
     "init": None,
     "reopen": False,
     "min_reduction": None,
-    "teacher": None,
-    "teacher_flip": False,
 }
 
 
@@ -139,10 +134,7 @@ class GateTrainConfig:
             raise DyveError("lam_l, lam_c, aig_weight and gate_lr_scale must be >= 0")
         if not 0 <= self.ramp <= 1 or not 0 < self.target <= 1:
             raise DyveError("ramp must be in [0, 1] and target in (0, 1]")
-        if not 0 <= self.distill <= 1 or not self.temperature > 0:
-            raise DyveError("distill must be in [0, 1] and temperature > 0")
-        if (self.teacher or self.teacher_flip) and not self.distill > 0:
-            raise DyveError("teacher and teacher_flip choose the distillation teacher: set distill")
+        check_settings(self)
         if self.target_reduction is not None:
             if self.method != "lcnet" or not self.target_reduction > 1:
                 raise DyveError("target_reduction is for LC-Net and must be > 1")
@@ -222,7 +214,7 @@ def train_gates(
     )
     net = build(cfg, init=not resume)  # first: an unknown or non-residual model fails here
     info = model_info(net.backbone)
-    teacher = _teacher(cfg, info, device)  # and a teacher that is not there, before any file
+    teacher = build_teacher(cfg, info, device)  # and a teacher not there, before any file
     select, report = choose_splits(cfg.select_split, cfg.report_split, heldout(cfg.model))
     mech = net.mechanisms[0]
     train_set = dyve_data.load_images(
@@ -237,13 +229,7 @@ def train_gates(
         m: nn.Module, x: torch.Tensor, y: torch.Tensor, frac: float
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         logits = m(x)
-        ce = F.cross_entropy(logits, y)
-        logs = {"ce": ce.item()}
-        task = ce
-        if teacher is not None:
-            kd = _distillation(logits, teacher(x), cfg.temperature)
-            task = (1 - cfg.distill) * ce + cfg.distill * kd
-            logs["kd"] = kd.item()
+        task, logs = task_loss(cfg, teacher, logits, x, y)
         w = ramped(cfg.ramp, frac)
         if isinstance(mech, LCNet):
             if cfg.target_reduction:
@@ -296,46 +282,6 @@ def steer(reduction: float, goal: float) -> float:
     """The weight on both lambdas for a batch of ``reduction``: 1 when it is short of
     ``goal`` by ``STEER_BAND`` (in log) or more, 0 once it reaches it, linear between."""
     return min(1.0, max(0.0, math.log(goal / reduction) / STEER_BAND))
-
-
-class Teacher:
-    """Soft targets at temperature ``t``: ``softmax(z / t)`` of each frozen network's logits
-    ``z``, averaged over the networks (and, with ``flip``, over the batch and its mirror)."""
-
-    def __init__(self, nets: list[nn.Module], t: float, flip: bool) -> None:
-        self.nets, self.t, self.flip = nets, t, flip
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        views = [x, x.flip(3)] if self.flip else [x]
-        probs = [F.softmax(net(v).float() / self.t, 1) for net in self.nets for v in views]
-        return torch.stack(probs).mean(0)
-
-
-def _teacher(cfg: GateTrainConfig, info: ModelInfo, device: torch.device) -> Teacher | None:
-    """The frozen teacher of a distilled run (``distill`` > 0): the dense backbone, or the
-    shipped networks ``teacher`` names. An unknown name, one without weights or one that
-    reads its input otherwise than the backbone (``info``) fails here, before the first
-    step."""
-    if cfg.distill == 0:
-        return None
-    names = [n.strip() for n in cfg.teacher.split(",")] if cfg.teacher else [cfg.model]
-    nets = []
-    for name in names:
-        net = create(name, pretrained=True).to(device).eval()
-        theirs = model_info(net)
-        if (theirs.input_size, theirs.norm) != (info.input_size, info.norm):
-            raise DyveError(f"teacher {name} does not read {cfg.model}'s input (size, norm)")
-        net.requires_grad_(False)
-        nets.append(net)
-    return Teacher(nets, cfg.temperature, cfg.teacher_flip)
-
-
-def _distillation(logits: torch.Tensor, soft: torch.Tensor, t: float) -> torch.Tensor:
-    """Hinton et al.'s soft-target loss: ``t^2 * KL(soft || softmax(logits / t))`` over the
-    batch, ``soft`` being the teacher's probabilities at temperature ``t`` (the ``t^2``
-    keeps its gradients on the cross-entropy's scale)."""
-    return F.kl_div(F.log_softmax(logits / t, 1), soft.detach(), reduction="batchmean") * t * t
 
 
 def _open(mech: Any) -> dict[str, float]:
