@@ -4,7 +4,8 @@ Everything on the page is read from the runs' ``config.json``, ``metrics.json``,
 ``best.json`` and (when ``dyve bench`` ran) ``bench.json``; the plot is written beside the
 page. The issue's targets are checked against the LC-Net runs and stated as met or missed.
 Static networks evaluated on the same images (``dyve eval`` runs) are shown as references
-of their cost: what a smaller network trained the plain way reaches there. A run's loss
+of their cost, with the shipped weights or trained with the runs' recipe
+(:mod:`dyve.mechanisms.lcnet.static`). A run's loss
 comes with its paired 95 % interval (:mod:`dyve.eval.paired`) where its metrics hold the
 paired counts: on 5,000 images a 0.5 pp target is about one standard error wide.
 """
@@ -17,8 +18,8 @@ from typing import Any
 
 from dyve._io import atomic_save, atomic_write, read_json
 from dyve.bench import eager_caveat, eager_speedup
-from dyve.errors import DyveError
 from dyve.eval.paired import PairedLoss
+from dyve.mechanisms.lcnet.static import load_static, static_lines
 from dyve.mechanisms.lcnet.train import GateTrainConfig
 
 CONTROL = "control (no sparsity loss)"
@@ -27,8 +28,6 @@ DISTILLED = "LC-Net + distillation"
 LCNET = ("LC-Net", DISTILLED)
 #: >= 3x fewer MACs at <= 0.5 pp top-1 loss; measured batch-1 speedup >= 0.7 x the reduction
 TARGET_REDUCTION, TARGET_LOSS, TARGET_EFFICIENCY = 3.0, 0.5, 0.7
-#: a static network is compared with the LC-Net runs within this fraction of its cost
-NEAR = 0.05
 #: the two-sided level of a loss's interval on the page
 LEVEL = 0.95
 
@@ -80,46 +79,6 @@ def _load(run: Path) -> dict[str, Any]:
     }
 
 
-def _load_static(run: Path, m0: dict[str, Any]) -> dict[str, Any]:
-    """A ``dyve eval`` run's metrics and weights, refused unless on the runs' images."""
-    m = read_json(run / "metrics.json")
-    if "model" not in m:
-        raise DyveError(f"{run}: not a `dyve eval` run (its metrics.json names no model)")
-    where = [m.get(k) for k in ("dataset", "split", "n")]
-    if where != [m0[k] for k in ("dataset", "split", "n")]:
-        raise DyveError(
-            f"{run}: evaluated on {m.get('dataset')} {m.get('split')} ({m.get('n')} images); "
-            f"the runs on {m0['dataset']} {m0['split']} ({m0['n']} images)"
-        )
-    return {**m, "weights": read_json(run / "config.json")["weights"]}
-
-
-def _static(refs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
-    """One line per static network: its point, and the LC-Net runs of about its cost."""
-    base = rows[0]["m"]["baseline_macs_per_sample"]
-    lc = [r for r in rows if r["kind"] in LCNET]
-    out = []
-    for s in refs:
-        line = (
-            f"Static `{s['model']}` (`dyve eval`, {s['weights']} weights; the README's zoo "
-            f"table says how they were trained): {s['top1']:.2f} % at "
-            f"{s['macs_per_sample'] / 1e6:.1f} M MACs, {base / s['macs_per_sample']:.2f}x "
-            "fewer than the dense backbone"
-        )
-        near = [r["m"] | {"run": r["run"]} for r in lc
-                if abs(r["m"]["macs_per_sample"] / s["macs_per_sample"] - 1) <= NEAR]  # fmt: skip
-        line += f"; LC-Net runs within {NEAR:.0%} of its cost: " + (
-            ", ".join(
-                f"`{m['run']}` {m['top1']:.2f} % at {m['macs_per_sample'] / 1e6:.1f} M "
-                f"({m['top1'] - s['top1']:+.2f} pp)"
-                for m in sorted(near, key=lambda m: m["macs_per_sample"])
-            )
-            or "none"
-        )
-        out += [line + ".", ""]
-    return out
-
-
 def _epochs(rows: list[dict[str, Any]]) -> str:
     """How long the runs trained: the usual count, and the runs that trained longer or less."""
     counts = [r["cfg"]["epochs"] for r in rows]
@@ -158,10 +117,15 @@ def _plot(rows: list[dict[str, Any]], refs: list[dict[str, Any]], path: Path) ->
             label=kind,
             ms=6,
         )
-    for i, s in enumerate(refs):
+    labelled = set()
+    for s in refs:  # shipped weights: named; same-recipe controls: one marker for all
         xy = (s["macs_per_sample"] / 1e6, s["top1"])
-        ax.plot(*xy, "ks", mfc="none", ms=7, label=None if i else "static network")
-        ax.annotate(s["model"], xy, xytext=(5, -9), textcoords="offset points", fontsize=6)
+        label = "static, trained as the runs" if s["trained"] else "static network"
+        ax.plot(*xy, "kD" if s["trained"] else "ks", mfc="none", ms=6,
+                label=None if label in labelled else label)  # fmt: skip
+        labelled.add(label)
+        if not s["trained"]:
+            ax.annotate(s["model"], xy, xytext=(5, -9), textcoords="offset points", fontsize=6)
     m = rows[0]["m"]
     ax.plot(
         m["baseline_macs_per_sample"] / 1e6, m["baseline_top1"], "k*", ms=11, label="dense backbone"
@@ -190,7 +154,7 @@ def write_results(runs: list[Path], out: Path, static: list[Path] | None = None)
     if not rows:
         raise ValueError("no runs given")
     m0 = rows[0]["m"]
-    refs = [_load_static(s, m0) for s in static or []]
+    refs = [load_static(s, m0) for s in static or []]
     figs = out.with_suffix("")
     figs.mkdir(parents=True, exist_ok=True)
     _plot(rows, refs, figs / "curve.png")
@@ -236,7 +200,7 @@ def write_results(runs: list[Path], out: Path, static: list[Path] | None = None)
         f"Dense {rows[0]['cfg']['model']}: {m0['baseline_top1']:.2f} % at "
         f"{m0['baseline_macs_per_sample'] / 1e6:.1f} M MACs on {m0['split']}.",
         "",
-        *_static(refs, rows),
+        *static_lines(refs, rows, LCNET),
     ]
     for c in (r for r in rows if r["kind"] == CONTROL):
         lines += [

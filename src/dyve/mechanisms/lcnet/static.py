@@ -1,0 +1,141 @@
+"""Static networks beside the LC-Net runs on their results page (``dyve lcnet results
+--static``): ``dyve eval`` runs on the same images, as references of their cost.
+
+A reference with the shipped weights says what a smaller network trained the plain way
+reaches at about a run's cost. A reference whose weights come from ``dyve train`` (its
+``model.json`` kept beside it) is a *same-recipe control*: the static network trained with
+the LC-Net runs' recipe (distillation, schedule), so a run is set against the control of
+its cost that trained as many epochs from the shipped weights. Epochs count along the
+``init`` chains of both: an LC-Net run started from another run (``--init``) adds that
+run's epochs, a control started from another control's ``model.safetensors`` likewise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dyve._io import read_json
+from dyve.errors import DyveError
+
+#: a static network is compared with the LC-Net runs within this fraction of its cost
+NEAR = 0.05
+#: the ``dyve train`` metadata a same-recipe control keeps beside its ``dyve eval`` files
+TRAINED = "model.json"
+
+
+def load_static(run: Path, m0: dict[str, Any]) -> dict[str, Any]:
+    """A ``dyve eval`` run's metrics, weights and (for a control) training config, refused
+    unless it scored the runs' images (``m0``: a run's metrics)."""
+    m = read_json(run / "metrics.json")
+    if "model" not in m:
+        raise DyveError(f"{run}: not a `dyve eval` run (its metrics.json names no model)")
+    where = [m.get(k) for k in ("dataset", "split", "n")]
+    if where != [m0[k] for k in ("dataset", "split", "n")]:
+        raise DyveError(
+            f"{run}: evaluated on {m.get('dataset')} {m.get('split')} ({m.get('n')} images); "
+            f"the runs on {m0['dataset']} {m0['split']} ({m0['n']} images)"
+        )
+    trained = read_json(run / TRAINED)["config"] if (run / TRAINED).is_file() else None
+    return {
+        **m,
+        "name": run.name,
+        "weights": read_json(run / "config.json")["weights"],
+        "trained": trained,
+    }
+
+
+def chain_epochs(name: str, steps: dict[str, tuple[int, str | None]]) -> int | None:
+    """Epochs trained from the shipped weights by ``name``: its own and, along ``steps``
+    (name -> (epochs, the name it started from, or None for the shipped weights)), those
+    of every run it started from; None when the chain leaves ``steps``."""
+    total, seen = 0, set()
+    at: str | None = name
+    while at is not None:
+        if at not in steps or at in seen:
+            return None
+        seen.add(at)
+        epochs, at = steps[at]
+        total += epochs
+    return total
+
+
+def _control_steps(refs: list[dict[str, Any]]) -> dict[str, tuple[int, str | None]]:
+    """The controls' chain: a control's ``init`` is ``shipped`` or another's weights file."""
+    steps: dict[str, tuple[int, str | None]] = {}
+    for s in refs:
+        if s["trained"]:
+            init = s["trained"]["init"]
+            steps[s["name"]] = (
+                s["trained"]["epochs"],
+                None if init == "shipped" else Path(init).parent.name,
+            )
+    return steps
+
+
+def _run_steps(rows: list[dict[str, Any]]) -> dict[str, tuple[int, str | None]]:
+    """The LC-Net runs' chain: a run's ``init`` is another run's directory."""
+    return {
+        r["run"]: (
+            r["cfg"]["epochs"],
+            Path(r["cfg"]["init"]).name if r["cfg"].get("init") else None,
+        )
+        for r in rows
+    }
+
+
+def _recipe(t: dict[str, Any], epochs: int | None) -> str:
+    """How a control was trained, in a few words."""
+    teacher = (t.get("teacher") or t["model"]).replace(",", " + ")
+    how = (
+        f"distill {t['distill']} (T={t['temperature']}) from {teacher}, "
+        if t.get("distill")
+        else ""
+    )
+    start = "the shipped weights" if t["init"] == "shipped" else f"`{Path(t['init']).parent.name}`"
+    total = f"; {epochs} epochs from the shipped weights in all" if epochs is not None else ""
+    own = f"{t['epochs']} epochs from lr {t['lr']}, started from {start}"
+    return f"`dyve train` weights: {how}{own}{total}"
+
+
+def static_lines(
+    refs: list[dict[str, Any]], rows: list[dict[str, Any]], kinds: tuple[str, ...]
+) -> list[str]:
+    """One paragraph per static network: its point, and the LC-Net runs (``kinds``) of about
+    its cost; for a same-recipe control, those that trained as many epochs."""
+    base = rows[0]["m"]["baseline_macs_per_sample"]
+    runs = _run_steps(rows)
+    controls = _control_steps(refs)
+    out = []
+    for s in refs:
+        epochs = chain_epochs(s["name"], controls) if s["trained"] else None
+        near = [
+            r["m"] | {"run": r["run"]}
+            for r in rows
+            if r["kind"] in kinds
+            and abs(r["m"]["macs_per_sample"] / s["macs_per_sample"] - 1) <= NEAR
+        ]
+        if s["trained"]:
+            what = f"trained with the runs' recipe (`{s['name']}`, {_recipe(s['trained'], epochs)})"
+            near = [
+                m for m in near if epochs is not None and chain_epochs(m["run"], runs) == epochs
+            ]
+            which = f"LC-Net runs within {NEAR:.0%} of its cost that trained as many epochs"
+        else:
+            what = f"{s['weights']} weights; the README's zoo table says how they were trained"
+            which = f"LC-Net runs within {NEAR:.0%} of its cost"
+        line = (
+            f"Static `{s['model']}` (`dyve eval`, {what}): {s['top1']:.2f} % at "
+            f"{s['macs_per_sample'] / 1e6:.1f} M MACs, {base / s['macs_per_sample']:.2f}x "
+            f"fewer than the dense backbone; {which}: "
+        )
+        line += (
+            ", ".join(
+                f"`{m['run']}` {m['top1']:.2f} % at {m['macs_per_sample'] / 1e6:.1f} M "
+                f"({m['top1'] - s['top1']:+.2f} pp)"
+                for m in sorted(near, key=lambda m: m["macs_per_sample"])
+            )
+            or "none"
+        )
+        out += [line + ".", ""]
+    return out

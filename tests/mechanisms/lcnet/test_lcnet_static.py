@@ -1,0 +1,92 @@
+"""Static references on the LC-Net page: epochs along init chains, and a same-recipe
+control set against the runs of its cost that trained as many epochs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dyve.errors import DyveError
+from dyve.mechanisms.lcnet.static import chain_epochs, load_static, static_lines
+
+WHERE = {"dataset": "cifar10-jpeg", "split": "test-b", "n": 5000}
+
+
+def test_epochs_add_up_along_the_init_chain() -> None:
+    steps = {"a": (22, None), "b": (26, "a"), "c": (14, "b"), "d": (3, "gone"), "e": (1, "e")}
+    assert [chain_epochs(n, steps) for n in "abc"] == [22, 48, 62]
+    assert chain_epochs("d", steps) is None  # started from a run that is not on the page
+    assert chain_epochs("e", steps) is None  # a loop is no chain
+    assert chain_epochs("x", steps) is None
+
+
+def _static(tmp: Path, name: str, top1: float, trained: dict[str, Any] | None) -> Path:
+    d = tmp / name
+    d.mkdir()
+    (d / "metrics.json").write_text(
+        json.dumps(WHERE | {"model": "resnet20_cifar", "top1": top1, "macs_per_sample": 40.6e6})
+    )
+    weights = "shipped" if trained is None else f"runs/c/{name}/model.safetensors"
+    (d / "config.json").write_text(json.dumps({"weights": weights}))
+    if trained is not None:
+        (d / "model.json").write_text(json.dumps({"config": trained}))
+    return d
+
+
+def _run(name: str, top1: float, epochs: int, init: str | None, macs: float = 41e6) -> dict:  # type: ignore[type-arg]
+    cfg = {"epochs": epochs, "init": f"runs/lcnet/{init}" if init else None}
+    m = WHERE | {"top1": top1, "macs_per_sample": macs, "baseline_macs_per_sample": 125.5e6}
+    return {"run": name, "kind": "LC-Net", "cfg": cfg, "m": m}
+
+
+def test_a_control_is_set_against_the_runs_that_trained_as_long(tmp_path: Path) -> None:
+    kd = {
+        "model": "resnet20_cifar",
+        "distill": 0.5,
+        "temperature": 4.0,
+        "teacher": "resnet56_cifar",
+    }
+    dirs = [
+        _static(tmp_path, "shipped", 88.68, None),
+        _static(tmp_path, "k22", 89.0, kd | {"epochs": 22, "lr": 0.01, "init": "shipped"}),
+        _static(
+            tmp_path,
+            "k48",
+            89.5,
+            kd | {"epochs": 26, "lr": 0.002, "init": "runs/c/k22/model.safetensors"},
+        ),
+    ]
+    rows = [
+        _run("r22", 88.84, 22, None),
+        _run("r48", 89.44, 26, "r22"),
+        _run("r62", 89.74, 14, "r48"),
+        _run("far48", 80.0, 26, "r22", macs=60e6),  # as many epochs, another cost
+    ]
+    refs = [load_static(d, rows[0]["m"]) for d in dirs]
+    shipped, k22, k48 = (line for line in static_lines(refs, rows, ("LC-Net",)) if line)
+    assert shipped.startswith("Static `resnet20_cifar` (`dyve eval`, shipped weights;")
+    assert shipped.endswith(  # every run of about its cost
+        "of its cost: `r22` 88.84 % at 41.0 M (+0.16 pp), `r48` 89.44 % at 41.0 M (+0.76 pp), "
+        "`r62` 89.74 % at 41.0 M (+1.06 pp)."
+    )
+    assert (
+        "distill 0.5 (T=4.0) from resnet56_cifar, 22 epochs from lr 0.01, started from the shipped"
+        in k22
+    )
+    assert k22.endswith("trained as many epochs: `r22` 88.84 % at 41.0 M (-0.16 pp).")
+    assert "started from `k22`; 48 epochs from the shipped weights in all" in k48
+    assert k48.endswith("trained as many epochs: `r48` 89.44 % at 41.0 M (-0.06 pp).")
+    # the chain broken (its start not on the page): no epoch count, so no run to match
+    alone = [r for r in refs if r["name"] != "k22"]
+    k48_alone = [line for line in static_lines(alone, rows, ("LC-Net",)) if line][1]
+    assert "in all" not in k48_alone
+    assert k48_alone.endswith("trained as many epochs: none.")
+
+
+def test_a_static_run_on_other_images_is_refused(tmp_path: Path) -> None:
+    d = _static(tmp_path, "s", 88.0, None)
+    with pytest.raises(DyveError, match="evaluated on cifar10-jpeg test-b"):
+        load_static(d, WHERE | {"split": "test"})
