@@ -146,3 +146,22 @@ def test_init_must_hold_the_same_graph(tmp_path: Path) -> None:
     graph = d2_train.build(cfg)
     assert all(torch.equal(a, b) for a, b in zip(
         graph.state_dict().values(), net.backbone.state_dict().values(), strict=True))  # fmt: skip
+
+
+def test_bf16_trains_under_autocast_and_older_runs_still_resume(
+    prepared: Callable[[str], object], tmp_path: Path, logit_dtypes: set[torch.dtype]
+) -> None:
+    prepared("cifar10-jpeg")
+    run = tmp_path / "bf16"
+    m = _train(run, "--bf16")
+    assert read_json(run / "config.json")["config"]["bf16"] is True
+    assert torch.bfloat16 in logit_dtypes  # the routed step's heads ran under autocast
+    assert 0 <= m["points"][0]["test_top1"] <= 100
+    # a run saved before the option existed (no "bf16" key) resumes as a float32 run
+    old = tmp_path / "old"
+    _train(old)
+    saved = read_json(old / "config.json")
+    del saved["config"]["bf16"]
+    (old / "config.json").write_text(json.dumps(saved))
+    assert _cli("d2nn", "train", "--out", str(old), *SMALL, "--resume")[0] == 0
+    assert _cli("d2nn", "train", "--out", str(old), *SMALL, "--bf16", "--resume")[0] == 2

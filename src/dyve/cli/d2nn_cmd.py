@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dyve.cli.trainer_args import add_results, add_run_options, config_from
+from dyve.cli.trainer_args import add_bf16, add_results, add_run_options, config_from
 
 
 def add(sub: Any) -> None:
@@ -52,6 +52,7 @@ def add(sub: Any) -> None:
     )
     t.add_argument("--static", default=None, help='route static: the path to train ("q=low")')
     t.add_argument("--seed", type=int, default=d.seed)
+    add_bf16(t)
     add_run_options(t)
     t.set_defaults(func=cmd_train)
 

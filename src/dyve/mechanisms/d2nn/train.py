@@ -54,6 +54,8 @@ from dyve.train.loop import Schedule, fit, start, write_config
 
 ROUTES = ("learned", "random", "all", "static")
 BIASES = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)
+#: keys added to the config after runs were made, with the value those runs had
+ADDED = {"bf16": False}
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ class D2NNTrainConfig:
     #: route ``static``: the path trained ("q=low"; default: the graph's static actions)
     static: str | None = None
     seed: int = 0
+    #: train under bfloat16 autocast (:class:`dyve.train.loop.Schedule`)
+    bf16: bool = False
     #: first images of train / of val and test only (quick checks)
     limit_train: int | None = None
     limit_eval: int | None = None
@@ -154,7 +158,7 @@ def train(
     """Train, then measure on val and test; ``metrics.json`` (see module docstring)."""
     out = Path(out)
     config = asdict(cfg)
-    dev, ddp = start(out, config, resume, threads, device, cfg.batch_size, cfg.seed)
+    dev, ddp = start(out, config, resume, threads, device, cfg.batch_size, cfg.seed, ADDED)
     graph = build(cfg).to(dev)
     norm = model_info(graph).norm
     train_set = task_data(cfg, "train")
@@ -212,7 +216,7 @@ def train(
         r = score(_dynamic(model, cfg), select, norm, cfg)
         return {f"val_{k}": v for k, v in r.items()}
 
-    sched = Schedule(cfg.epochs, cfg.batch_size, cfg.lr, seed=cfg.seed)
+    sched = Schedule(cfg.epochs, cfg.batch_size, cfg.lr, seed=cfg.seed, bf16=cfg.bf16)
     history = fit(
         graph,
         opt,
