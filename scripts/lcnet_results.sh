@@ -92,6 +92,8 @@ STATIC="${RUNS%/}-static/resnet20_cifar"
   --split test-b --out "$STATIC" --no-progress
 mkdir -p docs/results/lcnet/static/resnet20_cifar
 cp "$STATIC"/{config,metrics}.json docs/results/lcnet/static/resnet20_cifar/
+# the same-recipe control: the static ResNet-20 trained like the 3x chain (its own script)
+RUNS="$RUNS" bash scripts/lcnet_controls.sh
 # the page from the kept small files: every run it has shown, also those whose weights are
 # no longer in RUNS (each keeps the bench it was timed with; the page names machines and
 # kernel builds when they differ)

@@ -92,10 +92,9 @@ def _recipe(t: dict[str, Any], epochs: int | None) -> str:
         if t.get("distill")
         else ""
     )
-    start = "the shipped weights" if t["init"] == "shipped" else f"`{Path(t['init']).parent.name}`"
-    total = f"; {epochs} epochs from the shipped weights in all" if epochs is not None else ""
-    own = f"{t['epochs']} epochs from lr {t['lr']}, started from {start}"
-    return f"`dyve train` weights: {how}{own}{total}"
+    start = "its shipped weights" if t["init"] == "shipped" else f"`{Path(t['init']).parent.name}`"
+    total = f", {epochs} epochs from the shipped weights in all" if epochs is not None else ""
+    return f"`dyve train` from {start}: {how}{t['epochs']} epochs from lr {t['lr']}{total}"
 
 
 def static_lines(
@@ -116,16 +115,21 @@ def static_lines(
             and abs(r["m"]["macs_per_sample"] / s["macs_per_sample"] - 1) <= NEAR
         ]
         if s["trained"]:
-            what = f"trained with the runs' recipe (`{s['name']}`, {_recipe(s['trained'], epochs)})"
+            head = f"Same-recipe control `{s['name']}`: static `{s['model']}`"
+            what = f"{_recipe(s['trained'], epochs)}; scored by `dyve eval`"
             near = [
                 m for m in near if epochs is not None and chain_epochs(m["run"], runs) == epochs
             ]
             which = f"LC-Net runs within {NEAR:.0%} of its cost that trained as many epochs"
         else:
-            what = f"{s['weights']} weights; the README's zoo table says how they were trained"
+            head = f"Static `{s['model']}`"
+            what = (
+                f"`dyve eval`, {s['weights']} weights; "
+                "the README's zoo table says how they were trained"
+            )
             which = f"LC-Net runs within {NEAR:.0%} of its cost"
         line = (
-            f"Static `{s['model']}` (`dyve eval`, {what}): {s['top1']:.2f} % at "
+            f"{head} ({what}): {s['top1']:.2f} % at "
             f"{s['macs_per_sample'] / 1e6:.1f} M MACs, {base / s['macs_per_sample']:.2f}x "
             f"fewer than the dense backbone; {which}: "
         )
