@@ -66,7 +66,10 @@ def test_a_control_is_set_against_the_runs_that_trained_as_long(tmp_path: Path) 
         _run("far48", 80.0, 26, "r22", macs=60e6),  # as many epochs, another cost
     ]
     refs = [load_static(d, rows[0]["m"]) for d in dirs]
-    shipped, k22, k48 = (line for line in static_lines(refs, rows, ("LC-Net",)) if line)
+    shipped, k22, k48, paired = (line for line in static_lines(refs, rows, ("LC-Net",)) if line)
+    assert "benchmarks/paired_control.py" in paired  # said once, after the controls
+    shipped_only = [line for line in static_lines(refs[:1], rows, ("LC-Net",)) if line]
+    assert len(shipped_only) == 1
     assert shipped.startswith("Static `resnet20_cifar` (`dyve eval`, shipped weights;")
     assert shipped.endswith(  # every run of about its cost
         "of its cost: `r22` 88.84 % at 41.0 M (+0.16 pp), `r48` 89.44 % at 41.0 M (+0.76 pp), "

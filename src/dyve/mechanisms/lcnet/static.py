@@ -142,4 +142,11 @@ def static_lines(
             or "none"
         )
         out += [line + ".", ""]
+    if any(s["trained"] for s in refs):
+        out += [
+            "A control's difference from a run is given unpaired here; `python "
+            "benchmarks/paired_control.py RUN... --model MODEL --weights FILE` counts the "
+            "images on which they differ and gives it its paired 95% interval.",
+            "",
+        ]
     return out
