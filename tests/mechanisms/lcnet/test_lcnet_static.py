@@ -92,7 +92,18 @@ def test_a_control_is_set_against_the_runs_that_trained_as_long(tmp_path: Path) 
     assert k48_alone.endswith("trained as many epochs: none.")
 
 
-def test_a_static_run_on_other_images_is_refused(tmp_path: Path) -> None:
+def test_a_static_run_on_other_images_or_with_other_metadata_is_refused(tmp_path: Path) -> None:
     d = _static(tmp_path, "s", 88.0, None)
     with pytest.raises(DyveError, match="evaluated on cifar10-jpeg test-b"):
         load_static(d, WHERE | {"split": "test"})
+    (d / "model.json").write_text(json.dumps({"model": "resnet20_cifar"}))
+    with pytest.raises(DyveError, match="not the metadata of `dyve train` weights"):
+        load_static(d, WHERE)
+
+
+def test_a_control_trained_from_scratch_matches_no_run(tmp_path: Path) -> None:
+    cfg = {"model": "resnet20_cifar", "distill": 0.0, "epochs": 22, "lr": 0.1, "init": None}
+    refs = [load_static(_static(tmp_path, "scratch", 85.0, cfg), WHERE)]
+    line = static_lines(refs, [_run("r22", 88.84, 22, None)], ("LC-Net",))[0]
+    assert "(`dyve train` from random initialisation: 22 epochs from lr 0.1; scored" in line
+    assert line.endswith("trained as many epochs: none.")

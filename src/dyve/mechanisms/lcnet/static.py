@@ -36,7 +36,9 @@ def load_static(run: Path, m0: dict[str, Any]) -> dict[str, Any]:
             f"{run}: evaluated on {m.get('dataset')} {m.get('split')} ({m.get('n')} images); "
             f"the runs on {m0['dataset']} {m0['split']} ({m0['n']} images)"
         )
-    trained = read_json(run / TRAINED)["config"] if (run / TRAINED).is_file() else None
+    trained = read_json(run / TRAINED).get("config") if (run / TRAINED).is_file() else None
+    if (run / TRAINED).is_file() and not isinstance(trained, dict):
+        raise DyveError(f"{run / TRAINED}: not the metadata of `dyve train` weights (no config)")
     return {
         **m,
         "name": run.name,
@@ -64,8 +66,8 @@ def _control_steps(refs: list[dict[str, Any]]) -> dict[str, tuple[int, str | Non
     """The controls' chain: a control's ``init`` is ``shipped`` or another's weights file."""
     steps: dict[str, tuple[int, str | None]] = {}
     for s in refs:
-        if s["trained"]:
-            init = s["trained"]["init"]
+        init = s["trained"] and s["trained"]["init"]
+        if init:  # not from random initialisation: its epochs count from the shipped weights
             steps[s["name"]] = (
                 s["trained"]["epochs"],
                 None if init == "shipped" else Path(init).parent.name,
@@ -92,7 +94,14 @@ def _recipe(t: dict[str, Any], epochs: int | None) -> str:
         if t.get("distill")
         else ""
     )
-    start = "its shipped weights" if t["init"] == "shipped" else f"`{Path(t['init']).parent.name}`"
+    init = t["init"]
+    start = (
+        "its shipped weights"
+        if init == "shipped"
+        else f"`{Path(init).parent.name}`"
+        if init
+        else "random initialisation"
+    )
     total = f", {epochs} epochs from the shipped weights in all" if epochs is not None else ""
     return f"`dyve train` from {start}: {how}{t['epochs']} epochs from lr {t['lr']}{total}"
 
