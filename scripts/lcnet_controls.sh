@@ -5,8 +5,8 @@
 # weights, distilled from the dense ResNet-56 (0.5, T = 4), weight decay 1e-4, bfloat16
 # autocast; 22 epochs from lr 0.01, then 26 and 14 more from 0.002, each a fresh cosine
 # schedule. `dyve train` keeps each cycle's last epoch (the LC-Net runs keep their best on
-# test-a). Each cycle is then scored on test-b, the LC-Net runs' report split. About 80 s
-# per epoch on 2 cores (85 minutes in all); rerun to resume.
+# test-a). Each cycle is then scored on test-b, the LC-Net runs' report split. 60-90 s per
+# epoch alone on 2 cores (about 80 minutes in all); rerun to resume.
 set -euo pipefail
 RUNS=${RUNS:-runs/lcnet}
 CONTROL="${RUNS%/}-control"

@@ -59,17 +59,17 @@ def test_a_teacher_of_several_networks_and_mirror_images() -> None:
     assert torch.allclose(Teacher([a], 2.0, False)(x), p[0])
     assert torch.allclose(Teacher([a, b], 2.0, True)(x), sum(p) / 4)
     assert not torch.allclose(p[0], p[1])  # the mirror image is another view
-    # the config names the networks; the default is the shipped network of the config's model
+    # the config names the networks; the default is the shipped student
     cfg = TrainConfig("resnet20_cifar", distill=0.5)
     info, cpu = model_info(create("resnet20_cifar")), torch.device("cpu")
-    assert build_teacher(replace(cfg, distill=0.0), info, cpu) is None
-    alone = build_teacher(cfg, info, cpu)
+    assert build_teacher(replace(cfg, distill=0.0), cfg.model, info, cpu) is None
+    alone = build_teacher(cfg, cfg.model, info, cpu)
     assert alone is not None
     shipped = create("resnet20_cifar", pretrained=True)
     pairs = zip(alone.nets[0].parameters(), shipped.parameters(), strict=True)
     assert all(torch.equal(p, q) for p, q in pairs)
     two = replace(cfg, teacher="resnet20_cifar, resnet56_cifar", teacher_flip=True)
-    teacher = build_teacher(two, info, cpu)
+    teacher = build_teacher(two, cfg.model, info, cpu)
     assert teacher is not None
     assert len(teacher.nets) == 2
     assert teacher.flip
@@ -79,7 +79,7 @@ def test_a_teacher_of_several_networks_and_mirror_images() -> None:
     # a teacher that reads its input otherwise than the student is refused
     other = replace(info, norm=replace(info.norm, std=(1.0, 1.0, 1.0)))
     with pytest.raises(DyveError, match="teacher resnet56_cifar does not read"):
-        build_teacher(replace(cfg, teacher="resnet56_cifar"), other, cpu)
+        build_teacher(replace(cfg, teacher="resnet56_cifar"), cfg.model, other, cpu)
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ def add_bf16(t: argparse.ArgumentParser) -> None:
 def add_distill(t: argparse.ArgumentParser, default_teacher: str) -> None:
     """``--distill``, ``--temperature``, ``--teacher``, ``--teacher-flip`` of the training
     commands (:mod:`dyve.train.distill`); ``default_teacher`` says who teaches by default."""
-    from dyve.train.distill import DISTILL_ADDED as d
+    from dyve.train.distill import DISTILL_ADDED as d  # the settings' defaults
 
     t.add_argument(
         "--distill",

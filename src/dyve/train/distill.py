@@ -11,7 +11,7 @@ trained with the same recipe and compared.
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -21,31 +21,28 @@ from dyve.errors import DyveError
 from dyve.models import ModelInfo, create, model_info
 
 
-class Distilled(Protocol):
-    """The settings of a config that can distil (dataclass fields of the same names)."""
+@dataclass(frozen=True, kw_only=True)
+class DistillSettings:
+    """The distillation settings a training config inherits (its dataclass fields, keyword
+    only), checked when the config is made."""
 
-    @property
-    def model(self) -> str: ...
-    @property
-    def distill(self) -> float: ...
-    @property
-    def temperature(self) -> float: ...
-    @property
-    def teacher(self) -> str | None: ...
-    @property
-    def teacher_flip(self) -> bool: ...
+    #: weight in [0, 1] of distillation (0: cross-entropy alone)
+    distill: float = 0.0
+    temperature: float = 4.0
+    #: distil from these shipped networks (comma-separated; None: the trainer's default)
+    teacher: str | None = None
+    #: average the teacher over each image and its mirror image
+    teacher_flip: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.distill <= 1 or not self.temperature > 0:
+            raise DyveError("distill must be in [0, 1] and temperature > 0")
+        if (self.teacher or self.teacher_flip) and not self.distill > 0:
+            raise DyveError("teacher and teacher_flip choose the distillation teacher: set distill")
 
 
 #: the distillation keys of a config, with the value of a run made before they existed
-DISTILL_ADDED = {"distill": 0.0, "temperature": 4.0, "teacher": None, "teacher_flip": False}
-
-
-def check_settings(cfg: Distilled) -> None:
-    """Refuse settings no run can use (a config's ``__post_init__`` calls this)."""
-    if not 0 <= cfg.distill <= 1 or not cfg.temperature > 0:
-        raise DyveError("distill must be in [0, 1] and temperature > 0")
-    if (cfg.teacher or cfg.teacher_flip) and not cfg.distill > 0:
-        raise DyveError("teacher and teacher_flip choose the distillation teacher: set distill")
+DISTILL_ADDED = {f.name: f.default for f in fields(DistillSettings)}
 
 
 class Teacher:
@@ -62,20 +59,22 @@ class Teacher:
         return torch.stack(probs).mean(0)
 
 
-def build_teacher(cfg: Distilled, info: ModelInfo, device: torch.device) -> Teacher | None:
+def build_teacher(
+    cfg: DistillSettings, student: str, info: ModelInfo, device: torch.device
+) -> Teacher | None:
     """The frozen teacher of a distilled run (``distill`` > 0; else None): the shipped
-    ``cfg.model``, or the shipped networks ``cfg.teacher`` names. An unknown name, one
-    without weights or one that reads its input otherwise than the student (``info``)
-    fails here, so a trainer calls this before it writes any file."""
+    weights of the ``student`` model, or the shipped networks ``cfg.teacher`` names. An
+    unknown name, one without weights or one that reads its input otherwise than the
+    student (``info``) fails here, so a trainer calls this before it writes any file."""
     if cfg.distill == 0:
         return None
-    names = [n.strip() for n in cfg.teacher.split(",")] if cfg.teacher else [cfg.model]
+    names = [n.strip() for n in cfg.teacher.split(",")] if cfg.teacher else [student]
     nets = []
     for name in names:
         net = create(name, pretrained=True).to(device).eval()
         theirs = model_info(net)
         if (theirs.input_size, theirs.norm) != (info.input_size, info.norm):
-            raise DyveError(f"teacher {name} does not read {cfg.model}'s input (size, norm)")
+            raise DyveError(f"teacher {name} does not read {student}'s input (size, norm)")
         net.requires_grad_(False)
         nets.append(net)
     return Teacher(nets, cfg.temperature, cfg.teacher_flip)
@@ -89,7 +88,7 @@ def distillation(logits: torch.Tensor, soft: torch.Tensor, t: float) -> torch.Te
 
 
 def task_loss(
-    cfg: Distilled,
+    cfg: DistillSettings,
     teach: Teacher | None,
     logits: torch.Tensor,
     x: torch.Tensor,

@@ -30,7 +30,7 @@ from dyve.errors import DyveError
 from dyve.eval.evaluate import evaluate
 from dyve.models import create, model_info
 from dyve.models.weights import save_weights
-from dyve.train.distill import DISTILL_ADDED, build_teacher, check_settings, task_loss
+from dyve.train.distill import DISTILL_ADDED, DistillSettings, build_teacher, task_loss
 from dyve.train.loop import Schedule, fit, start, write_config
 
 #: keys added to the config after runs were made, with the value those runs had
@@ -38,8 +38,9 @@ ADDED = {"bf16": False, **DISTILL_ADDED}
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run (dumped to ``config.json``)."""
+class TrainConfig(DistillSettings):
+    """Everything that defines a training run (dumped to ``config.json``); the
+    distillation settings come from :class:`~dyve.train.distill.DistillSettings`."""
 
     model: str
     data: str = "cifar10-jpeg"
@@ -59,13 +60,6 @@ class TrainConfig:
     channels_last: bool = True
     #: train under bfloat16 autocast (:class:`dyve.train.loop.Schedule`)
     bf16: bool = False
-    #: weight in [0, 1] of distillation (:mod:`dyve.train.distill`; 0: cross-entropy alone)
-    distill: float = 0.0
-    temperature: float = 4.0
-    #: distil from these shipped networks (comma-separated; None: the shipped ``model``)
-    teacher: str | None = None
-    #: average the teacher over each image and its mirror image
-    teacher_flip: bool = False
     device: str = "auto"
     threads: int | None = None
     #: Use only the first N training images (smoke tests); None = the whole train split.
@@ -82,7 +76,7 @@ class TrainConfig:
             raise DyveError(f"threads must be >= 1, got {self.threads}")
         if self.limit_train is not None and self.limit_train < 1:
             raise DyveError(f"limit_train must be >= 1, got {self.limit_train}")
-        check_settings(self)
+        super().__post_init__()
         if self.data == "sample":
             raise DyveError(
                 "the embedded sample holds test images; train on a dataset's train split"
@@ -117,7 +111,7 @@ def train(
     init = cfg.init
     model = create(cfg.model, pretrained=True if init == "shipped" else (init or False))
     info = model_info(model)
-    teacher = build_teacher(cfg, info, device)  # before any file: a bad name writes nothing
+    teacher = build_teacher(cfg, cfg.model, info, device)  # before any file is written
     mem = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=mem)  # type: ignore[call-overload]
     train_set = dyve_data.load_images(

@@ -36,8 +36,9 @@ def load_static(run: Path, m0: dict[str, Any]) -> dict[str, Any]:
             f"{run}: evaluated on {m.get('dataset')} {m.get('split')} ({m.get('n')} images); "
             f"the runs on {m0['dataset']} {m0['split']} ({m0['n']} images)"
         )
-    trained = read_json(run / TRAINED).get("config") if (run / TRAINED).is_file() else None
-    if (run / TRAINED).is_file() and not isinstance(trained, dict):
+    has = (run / TRAINED).is_file()
+    trained = read_json(run / TRAINED).get("config") if has else None
+    if has and not isinstance(trained, dict):
         raise DyveError(f"{run / TRAINED}: not the metadata of `dyve train` weights (no config)")
     return {
         **m,

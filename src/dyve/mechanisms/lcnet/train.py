@@ -59,7 +59,7 @@ from dyve.eval.splits import choose_splits, heldout
 from dyve.mechanisms.lcnet.blocks import set_all
 from dyve.mechanisms.lcnet.mechanism import ConvNetAIG, LCNet
 from dyve.models import create, model_info
-from dyve.train.distill import DISTILL_ADDED, build_teacher, check_settings, task_loss
+from dyve.train.distill import DISTILL_ADDED, DistillSettings, build_teacher, task_loss
 from dyve.train.loop import Schedule, fit, start, write_config
 
 METHODS = ("lcnet", "aig")
@@ -75,8 +75,10 @@ ADDED = {
 
 
 @dataclass(frozen=True)
-class GateTrainConfig:
-    """Everything that defines a gate-training run (``config.json``)."""
+class GateTrainConfig(DistillSettings):
+    """Everything that defines a gate-training run (``config.json``); the distillation
+    settings (default teacher: the dense backbone) come from
+    :class:`~dyve.train.distill.DistillSettings`."""
 
     model: str = "resnet56_cifar"
     method: str = "lcnet"
@@ -93,13 +95,6 @@ class GateTrainConfig:
     target: float = 0.6
     aig_weight: float = 2.0
     ramp: float = 0.5
-    #: weight of the distillation loss from the dense backbone (0: cross-entropy alone)
-    distill: float = 0.0
-    temperature: float = 4.0
-    #: distil from these shipped networks (comma-separated; None: the dense backbone)
-    teacher: str | None = None
-    #: average the teacher over each image and its mirror image
-    teacher_flip: bool = False
     #: LC-Net: steer the lambdas to this MAC reduction (None: lambdas ramped as given)
     target_reduction: float | None = None
     epochs: int = 4
@@ -134,7 +129,7 @@ class GateTrainConfig:
             raise DyveError("lam_l, lam_c, aig_weight and gate_lr_scale must be >= 0")
         if not 0 <= self.ramp <= 1 or not 0 < self.target <= 1:
             raise DyveError("ramp must be in [0, 1] and target in (0, 1]")
-        check_settings(self)
+        super().__post_init__()
         if self.target_reduction is not None:
             if self.method != "lcnet" or not self.target_reduction > 1:
                 raise DyveError("target_reduction is for LC-Net and must be > 1")
@@ -214,7 +209,7 @@ def train_gates(
     )
     net = build(cfg, init=not resume)  # first: an unknown or non-residual model fails here
     info = model_info(net.backbone)
-    teacher = build_teacher(cfg, info, device)  # and a teacher not there, before any file
+    teacher = build_teacher(cfg, cfg.model, info, device)  # a missing teacher: before files
     select, report = choose_splits(cfg.select_split, cfg.report_split, heldout(cfg.model))
     mech = net.mechanisms[0]
     train_set = dyve_data.load_images(
