@@ -10,8 +10,8 @@ COMMON=(--model resnet56_cifar --epochs 3 --weighting macs --threads 2)
 train() {  # train NAME ARGS...
   local out="$RUNS/$1"; shift
   if [[ -f "$out/metrics.json" ]]; then  # finished: kept; reported again (--resume) if it
-    # was reported before the paired counts against the dense network (session 30)
-    grep -q '"paired"' "$out/metrics.json" ||
+    # was reported before its per-image correctness was kept (correct.npy, session 32)
+    [[ -f "$out/correct.npy" ]] ||
       dyve lcnet train --out "$out" "${COMMON[@]}" "$@" --resume --no-progress
     return 0
   fi
@@ -80,6 +80,7 @@ for r in "$RUNS"/*/; do  # the runs' small files beside the page (weights stay i
   keep="docs/results/lcnet/runs/$(basename "$r")"
   mkdir -p "$keep"
   cp "$r"/{config,metrics,best,bench}.json "$r"/history.jsonl "$keep"/
+  if [[ -f "$r/correct.npy" ]]; then cp "$r/correct.npy" "$keep"/; fi
 done
 # the weights of the three runs at the issue's cost (3.7 MB each), so they can be rebenched
 for r in lcnet_r315_kd05_e22 lcnet_r315_kd05_e22_c26 lcnet_r315_kd05_e22_c26_g01; do
@@ -88,10 +89,10 @@ done
 # the static network of about the issue's cost (ResNet-20: 3.09x fewer MACs than ResNet-56)
 # on the same images, its small files beside the page
 STATIC="${RUNS%/}-static/resnet20_cifar"
-[[ -f "$STATIC/metrics.json" ]] || dyve eval --model resnet20_cifar --data cifar10-jpeg \
+[[ -f "$STATIC/correct.npy" ]] || dyve eval --model resnet20_cifar --data cifar10-jpeg \
   --split test-b --out "$STATIC" --no-progress
 mkdir -p docs/results/lcnet/static/resnet20_cifar
-cp "$STATIC"/{config,metrics}.json docs/results/lcnet/static/resnet20_cifar/
+cp "$STATIC"/{config,metrics}.json "$STATIC/correct.npy" docs/results/lcnet/static/resnet20_cifar/
 # the same-recipe control: the static ResNet-20 trained like the 3x chain (its own script)
 RUNS="$RUNS" bash scripts/lcnet_controls.sh
 # the page from the kept small files: every run it has shown, also those whose weights are

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -67,6 +68,9 @@ def test_train_crash_resume_bench_and_page(
     )
     worse, better = m["paired"]["worse"], m["paired"]["better"]  # the same images, paired
     assert math.isclose(100 * (worse - better) / 48, m["baseline_top1"] - m["top1"])
+    correct = np.load(run / "correct.npy")  # kept for paired comparisons with other runs
+    assert correct.shape == (48,)
+    assert math.isclose(100 * correct.mean(), m["top1"])
     # resuming the finished run reports it again (here: a run reported before the paired
     # counts existed), the trained files untouched
     trained = {f: (run / f).read_bytes() for f in ("history.jsonl", "dynamic.safetensors")}
@@ -116,6 +120,7 @@ def test_train_crash_resume_bench_and_page(
     eval_args = ("eval", "--model", "resnet20_cifar", "--data", "sample", "--no-progress")
     assert _cli(*eval_args, "--out", str(ev))[0] == 0
     assert _cli("lcnet", "results", str(run), "--static", str(ev), "--out", str(page))[0] == 2
+    (ev / "correct.npy").unlink()  # its 1,000 sample images are not the run's: unpaired
     far = tmp_path / "far"
     shutil.copytree(ev, far)
     e = read_json(ev / "metrics.json") | {k: m[k] for k in ("dataset", "split", "n")}
@@ -130,7 +135,7 @@ def test_train_crash_resume_bench_and_page(
     assert len(static) == 2
     assert static[0].endswith(
         f"runs within 5% of its cost: `lc` {m['top1']:.2f} % at "
-        f"{m['macs_per_sample'] / 1e6:.1f} M ({gap:+.2f} pp)."
+        f"{m['macs_per_sample'] / 1e6:.1f} M ({gap:+.2f} pp, unpaired)."
     )
     assert static[1].endswith("runs within 5% of its cost: none.")
 

@@ -140,7 +140,11 @@ def test_eval_run_on_the_embedded_sample(tmp_path: Path) -> None:
     assert saved["cost_mode"] == "executed"
     assert 80 < saved["top1"] <= saved["top5"]
     assert json.loads((tmp_path / "config.json").read_text())["weights"] == "shipped"
-    assert np.load(tmp_path / "predictions.npy").shape == (1000,)
+    predictions = np.load(tmp_path / "predictions.npy")
+    assert predictions.shape == (1000,)
+    correct = np.load(tmp_path / "correct.npy")  # for paired comparisons with other runs
+    assert correct.dtype == bool
+    assert 100 * correct.mean() == pytest.approx(saved["top1"])
 
 
 def test_compare_against_reference() -> None:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from dyve.eval.paired import (
+    CORRECT,
     PairedLoss,
     check_confidence,
     choose,
     family_confidence,
     paired_loss,
+    paired_runs,
     rule_note,
+    save_predictions,
 )
 
 
@@ -30,6 +35,33 @@ def test_counts_loss_and_bound() -> None:
     assert pl.margin_pp(0.95) > pl.margin_pp(0.9) > 0
     assert pl.margin_pp(None) == 0.0
     assert pl.bound_pp(None) == pl.loss_pp
+
+
+def test_the_two_sided_interval_holds_each_tail_at_half_the_rest() -> None:
+    p = PairedLoss(5000, 184, 137)
+    lo, hi = p.interval_pp(0.95)
+    assert (lo + hi) / 2 == pytest.approx(p.loss_pp)
+    assert hi == pytest.approx(p.bound_pp(0.975))  # 1.96 standard errors, not 1.645
+    assert (lo, hi) == pytest.approx((0.24, 1.64), abs=0.005)  # the LC-Net page's _g01
+
+
+def test_runs_compare_paired_from_their_files(tmp_path: Path) -> None:
+    labels = np.array([0, 1, 2, 3, 4, 5, 6, 7])
+    ref, run, old = tmp_path / "ref", tmp_path / "run", tmp_path / "old"
+    save_predictions(ref, np.array([0, 1, 2, 3, 9, 9, 6, 7]), labels)
+    save_predictions(run, np.array([0, 9, 9, 3, 4, 9, 6, 7]), labels)
+    assert np.load(run / "predictions.npy").tolist() == [0, 9, 9, 3, 4, 9, 6, 7]
+    assert np.load(run / CORRECT).tolist() == [1, 0, 0, 1, 1, 0, 1, 1]
+    assert paired_runs(ref, run) == PairedLoss(8, 2, 1)
+    assert paired_runs(run, ref) == PairedLoss(8, 1, 2)
+    old.mkdir()  # a run from before the files
+    assert paired_runs(ref, old) is None
+    assert paired_runs(old, ref) is None
+    save_predictions(old, np.zeros(5, int), np.zeros(5, int))
+    with pytest.raises(ValueError, match="has 8 images"):
+        paired_runs(ref, old)
+    with pytest.raises(ValueError, match="predictions for"):
+        save_predictions(old, np.zeros(4, int), np.zeros(5, int))
 
 
 def test_no_disagreement_has_no_margin() -> None:

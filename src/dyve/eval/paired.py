@@ -16,11 +16,19 @@ for it.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+
+from dyve._io import save_npy
+
+#: a run's per-image correctness on its split (bool ``.npy``, dataset order), written beside
+#: its ``predictions.npy``: two runs on the same images compare paired from their files alone
+CORRECT = "correct.npy"
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,36 @@ class PairedLoss:
     def bound_pp(self, confidence: float | None) -> float:
         """The loss's one-sided upper confidence bound, in pp."""
         return self.loss_pp + self.margin_pp(confidence)
+
+    def interval_pp(self, level: float) -> tuple[float, float]:
+        """The loss's two-sided ``level`` confidence interval, in pp."""
+        half = self.margin_pp(1 - (1 - level) / 2)
+        return self.loss_pp - half, self.loss_pp + half
+
+
+def save_predictions(
+    run: str | os.PathLike[str], predictions: np.ndarray, labels: np.ndarray
+) -> None:
+    """Write a run's ``predictions.npy`` (each sample's top-1 class) and :data:`CORRECT`."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if predictions.shape != labels.shape:
+        raise ValueError(f"{predictions.shape} predictions for {labels.shape} labels")
+    save_npy(Path(run) / "predictions.npy", predictions)
+    save_npy(Path(run) / CORRECT, predictions == labels)
+
+
+def paired_runs(
+    reference: str | os.PathLike[str], run: str | os.PathLike[str]
+) -> PairedLoss | None:
+    """``run``'s paired loss against ``reference``, two run directories scored on the same
+    images, from their :data:`CORRECT` files; None when either has none (older runs)."""
+    files = [Path(reference) / CORRECT, Path(run) / CORRECT]
+    if not all(f.is_file() for f in files):
+        return None
+    ref, ok = (np.load(f) for f in files)
+    if len(ref) != len(ok):
+        raise ValueError(f"{files[0]} has {len(ref)} images, {files[1]} {len(ok)}")
+    return PairedLoss.of(ref, ok)
 
 
 def paired_loss(reference: np.ndarray, predictions: np.ndarray, labels: np.ndarray) -> PairedLoss:

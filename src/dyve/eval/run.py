@@ -2,7 +2,8 @@
 
 ``RUN_DIR/config.json`` holds the resolved settings, ``RUN_DIR/metrics.json`` the results
 (model, dataset, split, n, top1, top5 in percent, macs_per_sample, macs_static,
-cost_mode, the cost convention) and ``RUN_DIR/predictions.npy`` each sample's top-1 class.
+cost_mode, the cost convention), ``RUN_DIR/predictions.npy`` each sample's top-1 class and
+``RUN_DIR/correct.npy`` whether it is right (:func:`dyve.eval.paired.save_predictions`).
 
 Under ``torchrun`` the split is sharded: each process measures every N-th image, the
 measurements are merged (:func:`dyve.eval.measure.measure_sharded`) and rank 0 writes the
@@ -16,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from dyve import data as dyve_data
-from dyve._io import save_npy, write_json
+from dyve._io import write_json
 from dyve.cost import CONVENTION, static_cost
 from dyve.dynamic.net import DynamicNet
 from dyve.eval.measure import measure_sharded
+from dyve.eval.paired import save_predictions
 from dyve.models import create, model_info
 from dyve.train.dist import init
 
@@ -82,7 +84,7 @@ def eval_run(
     }
     if out is not None:
         write_json(out / "config.json", config)
-        save_npy(out / "predictions.npy", m.predictions)
+        save_predictions(out, m.predictions, images.labels)
         write_json(out / "metrics.json", metrics)
     ddp.close()
     return metrics

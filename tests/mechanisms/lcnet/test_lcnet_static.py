@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from dyve.errors import DyveError
+from dyve.eval.paired import PairedLoss
 from dyve.mechanisms.lcnet.static import chain_epochs, load_static, static_lines
 
 WHERE = {"dataset": "cifar10-jpeg", "split": "test-b", "n": 5000}
@@ -23,11 +25,13 @@ def test_epochs_add_up_along_the_init_chain() -> None:
     assert chain_epochs("x", steps) is None
 
 
-def _static(tmp: Path, name: str, top1: float, trained: dict[str, Any] | None) -> Path:
+def _static(
+    tmp: Path, name: str, top1: float, trained: dict[str, Any] | None, macs: float = 40.6e6
+) -> Path:
     d = tmp / name
     d.mkdir()
     (d / "metrics.json").write_text(
-        json.dumps(WHERE | {"model": "resnet20_cifar", "top1": top1, "macs_per_sample": 40.6e6})
+        json.dumps(WHERE | {"model": "resnet20_cifar", "top1": top1, "macs_per_sample": macs})
     )
     weights = "shipped" if trained is None else f"runs/c/{name}/model.safetensors"
     (d / "config.json").write_text(json.dumps({"weights": weights}))
@@ -39,7 +43,7 @@ def _static(tmp: Path, name: str, top1: float, trained: dict[str, Any] | None) -
 def _run(name: str, top1: float, epochs: int, init: str | None, macs: float = 41e6) -> dict:  # type: ignore[type-arg]
     cfg = {"epochs": epochs, "init": f"runs/lcnet/{init}" if init else None}
     m = WHERE | {"top1": top1, "macs_per_sample": macs, "baseline_macs_per_sample": 125.5e6}
-    return {"run": name, "kind": "LC-Net", "cfg": cfg, "m": m}
+    return {"run": name, "dir": Path("/nowhere") / name, "kind": "LC-Net", "cfg": cfg, "m": m}
 
 
 def test_a_control_is_set_against_the_runs_that_trained_as_long(tmp_path: Path) -> None:
@@ -67,24 +71,28 @@ def test_a_control_is_set_against_the_runs_that_trained_as_long(tmp_path: Path) 
     ]
     refs = [load_static(d, rows[0]["m"]) for d in dirs]
     shipped, k22, k48, paired = (line for line in static_lines(refs, rows, ("LC-Net",)) if line)
-    assert "benchmarks/paired_control.py" in paired  # said once, after the controls
+    assert paired.endswith(
+        "*unpaired*: a run reported before those files were kept (re-report "
+        "it with `--resume`, or rerun `dyve eval`)."
+    )  # said once, at the end
     shipped_only = [line for line in static_lines(refs[:1], rows, ("LC-Net",)) if line]
-    assert len(shipped_only) == 1
+    assert shipped_only == [shipped, paired]  # the note follows any differences
     assert shipped.startswith("Static `resnet20_cifar` (`dyve eval`, shipped weights;")
     assert shipped.endswith(  # every run of about its cost
-        "of its cost: `r22` 88.84 % at 41.0 M (+0.16 pp), `r48` 89.44 % at 41.0 M (+0.76 pp), "
-        "`r62` 89.74 % at 41.0 M (+1.06 pp)."
+        "of its cost: `r22` 88.84 % at 41.0 M (+0.16 pp, unpaired), "
+        "`r48` 89.44 % at 41.0 M (+0.76 pp, unpaired), "
+        "`r62` 89.74 % at 41.0 M (+1.06 pp, unpaired)."
     )
     assert k22.startswith(
         "Same-recipe control `k22`: static `resnet20_cifar` (`dyve train` from its shipped "
         "weights: distill 0.5 (T=4.0) from resnet56_cifar, 22 epochs from lr 0.01, 22 epochs"
     )
-    assert k22.endswith("trained as many epochs: `r22` 88.84 % at 41.0 M (-0.16 pp).")
+    assert k22.endswith("trained as many epochs: `r22` 88.84 % at 41.0 M (-0.16 pp, unpaired).")
     assert (
         "from `k22`: distill 0.5 (T=4.0) from resnet56_cifar, 26 epochs from lr 0.002, "
         "48 epochs from the shipped weights in all" in k48
     )
-    assert k48.endswith("trained as many epochs: `r48` 89.44 % at 41.0 M (-0.06 pp).")
+    assert k48.endswith("trained as many epochs: `r48` 89.44 % at 41.0 M (-0.06 pp, unpaired).")
     # the chain broken (its start not on the page): no epoch count, so no run to match
     alone = [r for r in refs if r["name"] != "k22"]
     k48_alone = [line for line in static_lines(alone, rows, ("LC-Net",)) if line][1]
@@ -107,3 +115,52 @@ def test_a_control_trained_from_scratch_matches_no_run(tmp_path: Path) -> None:
     line = static_lines(refs, [_run("r22", 88.84, 22, None)], ("LC-Net",))[0]
     assert "(`dyve train` from random initialisation: 22 epochs from lr 0.1; scored" in line
     assert line.endswith("trained as many epochs: none.")
+
+
+KD = {"model": "resnet56_cifar", "distill": 0.5, "temperature": 4.0, "teacher": None}
+
+
+def test_a_control_of_the_backbones_cost_meets_the_runs_of_any_cost(tmp_path: Path) -> None:
+    cfg = KD | {"epochs": 22, "lr": 0.01, "init": "shipped"}
+    refs = [load_static(_static(tmp_path, "r56", 91.0, cfg, macs=125.5e6), WHERE)]
+    rows = [
+        _run("r22", 88.84, 22, None),
+        _run("cheap22", 87.0, 22, None, macs=30e6),
+        _run("r48", 89.44, 26, "r22"),  # trained longer: not this control's match
+    ]
+    line = static_lines(refs, rows, ("LC-Net",))[0]
+    assert "distill 0.5 (T=4.0) from resnet56_cifar, 22 epochs from lr 0.01" in line
+    assert "91.00 % at 125.5 M MACs, the dense backbone's cost; LC-Net runs of" in line
+    assert line.endswith(
+        "any cost that trained as many epochs, set against the backbone trained as they were: "
+        "`cheap22` 87.00 % at 30.0 M (-4.00 pp, unpaired), `r22` 88.84 % at 41.0 M "
+        "(-2.16 pp, unpaired)."
+    )
+
+
+def _correct(d: Path, right: np.ndarray) -> None:
+    np.save(d / "correct.npy", right)
+
+
+def test_a_difference_is_paired_when_both_runs_kept_their_correctness(tmp_path: Path) -> None:
+    # the static network right on the first 4,450 images; the run loses 184 of them and
+    # wins 137 others: 4,403 right, -0.94 pp
+    ref = np.arange(5000) < 4450
+    run = ref.copy()
+    run[:184], run[4450 : 4450 + 137] = False, True
+    static = _static(tmp_path, "s", 89.0, None)
+    _correct(static, ref)
+    row = _run("r", 88.06, 22, None) | {"dir": tmp_path / "r"}
+    row["dir"].mkdir()
+    _correct(row["dir"], run)
+    lo, hi = PairedLoss(5000, 184, 137).interval_pp(0.95)
+    line, _, note, _ = static_lines([load_static(static, WHERE)], [row], ("LC-Net",))
+    assert line.endswith(
+        f"`r` 88.06 % at 41.0 M (-0.94 pp, 95% interval {-hi:+.2f} to {-lo:+.2f})."
+    )
+    assert (-hi, -lo) == pytest.approx((-1.64, -0.24), abs=0.005)
+    assert note.endswith("the images on which the two differ (each run's `correct.npy`).")
+    # files that disagree with the metrics (another report's) are refused, not shown
+    _correct(row["dir"], ref)
+    with pytest.raises(DyveError, match=r"give \+0.00 pp, the metrics -0.94 pp"):
+        static_lines([load_static(static, WHERE)], [row], ("LC-Net",))

@@ -19,7 +19,7 @@ from typing import Any
 from dyve._io import atomic_save, atomic_write, read_json
 from dyve.bench import eager_caveat, eager_speedup
 from dyve.eval.paired import PairedLoss
-from dyve.mechanisms.lcnet.static import load_static, static_lines
+from dyve.mechanisms.lcnet.static import LEVEL, load_static, static_lines
 from dyve.mechanisms.lcnet.train import GateTrainConfig
 
 CONTROL = "control (no sparsity loss)"
@@ -28,8 +28,6 @@ DISTILLED = "LC-Net + distillation"
 LCNET = ("LC-Net", DISTILLED)
 #: >= 3x fewer MACs at <= 0.5 pp top-1 loss; measured batch-1 speedup >= 0.7 x the reduction
 TARGET_REDUCTION, TARGET_LOSS, TARGET_EFFICIENCY = 3.0, 0.5, 0.7
-#: the two-sided level of a loss's interval on the page
-LEVEL = 0.95
 
 
 def _label(cfg: dict[str, Any]) -> tuple[str, str]:
@@ -71,6 +69,7 @@ def _load(run: Path) -> dict[str, Any]:
     kind, setting = _label(cfg)
     return {
         "run": run.name,
+        "dir": run,
         "kind": kind,
         "setting": setting,
         "cfg": cfg,
@@ -268,9 +267,7 @@ def _bounds(m: dict[str, Any]) -> tuple[float, float] | None:
     against the dense baseline (None for runs reported before session 30: no counts)."""
     if "paired" not in m:
         return None
-    p = PairedLoss(m["n"], **m["paired"])
-    half = p.margin_pp(1 - (1 - LEVEL) / 2)
-    return p.loss_pp - half, p.loss_pp + half
+    return PairedLoss(m["n"], **m["paired"]).interval_pp(LEVEL)
 
 
 def _interval(m: dict[str, Any]) -> str:

@@ -8,6 +8,10 @@ the LC-Net runs' recipe (distillation, schedule), so a run is set against the co
 its cost that trained as many epochs from the shipped weights. Epochs count along the
 ``init`` chains of both: an LC-Net run started from another run (``--init``) adds that
 run's epochs, a control started from another control's ``model.safetensors`` likewise.
+A control of the backbone's own cost (the dense backbone trained as the runs were) is set
+against the runs of any cost that trained as many epochs: their loss against it. Each
+difference comes with its paired interval when both runs kept ``correct.npy``
+(:func:`dyve.eval.paired.paired_runs`).
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ from typing import Any
 
 from dyve._io import read_json
 from dyve.errors import DyveError
+from dyve.eval.paired import paired_runs
 
 #: a static network is compared with the LC-Net runs within this fraction of its cost
 NEAR = 0.05
 #: the ``dyve train`` metadata a same-recipe control keeps beside its ``dyve eval`` files
 TRAINED = "model.json"
+#: the two-sided level of the paired intervals on the page
+LEVEL = 0.95
 
 
 def load_static(run: Path, m0: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +50,7 @@ def load_static(run: Path, m0: dict[str, Any]) -> dict[str, Any]:
     return {
         **m,
         "name": run.name,
+        "dir": run,
         "weights": read_json(run / "config.json")["weights"],
         "trained": trained,
     }
@@ -107,22 +115,41 @@ def _recipe(t: dict[str, Any], epochs: int | None) -> str:
     return f"`dyve train` from {start}: {how}{t['epochs']} epochs from lr {t['lr']}{total}"
 
 
+def _difference(s: dict[str, Any], m: dict[str, Any]) -> tuple[str, bool]:
+    """A run's top-1 minus a static network's, with its paired interval when both kept
+    their per-image correctness; and whether it is paired."""
+    diff = m["top1"] - s["top1"]
+    p = paired_runs(s["dir"], m["dir"])
+    if p is None:
+        return f"{diff:+.2f} pp, unpaired", False
+    got = 100 * (p.better - p.worse) / p.n
+    if abs(got - diff) > 1e-3:
+        raise DyveError(
+            f"{m['dir']} against {s['dir']}: the correct.npy files give {got:+.2f} pp, "
+            f"the metrics {diff:+.2f} pp (a file from another report?)"
+        )
+    lo, hi = p.interval_pp(LEVEL)
+    return f"{diff:+.2f} pp, {LEVEL:.0%} interval {-hi:+.2f} to {-lo:+.2f}", True
+
+
 def static_lines(
     refs: list[dict[str, Any]], rows: list[dict[str, Any]], kinds: tuple[str, ...]
 ) -> list[str]:
     """One paragraph per static network: its point, and the LC-Net runs (``kinds``) of about
-    its cost; for a same-recipe control, those that trained as many epochs."""
+    its cost; for a same-recipe control, those that trained as many epochs, and for a
+    control of the backbone's cost, those of any cost (their loss against it)."""
     base = rows[0]["m"]["baseline_macs_per_sample"]
     runs = _run_steps(rows)
     controls = _control_steps(refs)
-    out = []
+    out, paired = [], []
     for s in refs:
         epochs = chain_epochs(s["name"], controls) if s["trained"] else None
+        backbone = s["trained"] and abs(s["macs_per_sample"] / base - 1) <= NEAR
         near = [
-            r["m"] | {"run": r["run"]}
+            r["m"] | {"run": r["run"], "dir": r["dir"]}
             for r in rows
             if r["kind"] in kinds
-            and abs(r["m"]["macs_per_sample"] / s["macs_per_sample"] - 1) <= NEAR
+            and (backbone or abs(r["m"]["macs_per_sample"] / s["macs_per_sample"] - 1) <= NEAR)
         ]
         if s["trained"]:
             head = f"Same-recipe control `{s['name']}`: static `{s['model']}`"
@@ -130,7 +157,12 @@ def static_lines(
             near = [
                 m for m in near if epochs is not None and chain_epochs(m["run"], runs) == epochs
             ]
-            which = f"LC-Net runs within {NEAR:.0%} of its cost that trained as many epochs"
+            which = (
+                "LC-Net runs of any cost that trained as many epochs, set against the "
+                "backbone trained as they were"
+                if backbone
+                else f"LC-Net runs within {NEAR:.0%} of its cost that trained as many epochs"
+            )
         else:
             head = f"Static `{s['model']}`"
             what = (
@@ -138,25 +170,34 @@ def static_lines(
                 "the README's zoo table says how they were trained"
             )
             which = f"LC-Net runs within {NEAR:.0%} of its cost"
+        cost = (
+            "the dense backbone's cost"
+            if backbone
+            else f"{base / s['macs_per_sample']:.2f}x fewer than the dense backbone"
+        )
         line = (
-            f"{head} ({what}): {s['top1']:.2f} % at "
-            f"{s['macs_per_sample'] / 1e6:.1f} M MACs, {base / s['macs_per_sample']:.2f}x "
-            f"fewer than the dense backbone; {which}: "
+            f"{head} ({what}): {s['top1']:.2f} % at {s['macs_per_sample'] / 1e6:.1f} M MACs, "
+            f"{cost}; {which}: "
         )
-        line += (
-            ", ".join(
-                f"`{m['run']}` {m['top1']:.2f} % at {m['macs_per_sample'] / 1e6:.1f} M "
-                f"({m['top1'] - s['top1']:+.2f} pp)"
-                for m in sorted(near, key=lambda m: m["macs_per_sample"])
+        parts = []
+        for m in sorted(near, key=lambda m: m["macs_per_sample"]):
+            diff, ok = _difference(s, m)
+            paired.append(ok)
+            parts.append(
+                f"`{m['run']}` {m['top1']:.2f} % at {m['macs_per_sample'] / 1e6:.1f} M ({diff})"
             )
-            or "none"
-        )
-        out += [line + ".", ""]
-    if any(s["trained"] for s in refs):
+        out += [line + (", ".join(parts) or "none") + ".", ""]
+    if paired:
         out += [
-            "A control's difference from a run is given unpaired here; `python "
-            "benchmarks/paired_control.py RUN... --model MODEL --weights FILE` counts the "
-            "images on which they differ and gives it its paired 95% interval.",
+            "A difference is the run's top-1 minus the static network's, with its paired "
+            f"{LEVEL:.0%} interval from the images on which the two differ (each run's "
+            "`correct.npy`)"
+            + (
+                "; *unpaired*: a run reported before those files were kept (re-report it "
+                "with `--resume`, or rerun `dyve eval`)."
+                if not all(paired)
+                else "."
+            ),
             "",
         ]
     return out

@@ -54,7 +54,7 @@ from dyve.errors import DyveError
 from dyve.eval.evaluate import evaluate
 from dyve.eval.latency import num_threads
 from dyve.eval.measure import Measurement, measure
-from dyve.eval.paired import PairedLoss
+from dyve.eval.paired import PairedLoss, save_predictions
 from dyve.eval.splits import choose_splits, heldout
 from dyve.mechanisms.lcnet.blocks import set_all
 from dyve.mechanisms.lcnet.mechanism import ConvNetAIG, LCNet
@@ -346,5 +346,6 @@ def report_run(
         "method": cfg.method,
         "dataset": cfg.data,
     }
+    save_predictions(out, ran.predictions, ds.labels)  # for paired comparisons of runs
     write_json(out / "metrics.json", metrics)
     return metrics
