@@ -1,13 +1,13 @@
 """The LC-Net results page (``dyve lcnet results``): curve, ablations, baseline, targets.
 
 Everything on the page is read from the runs' ``config.json``, ``metrics.json``,
-``best.json`` and (when ``dyve bench`` ran) ``bench.json``; the plot is written beside the
-page. The issue's targets are checked against the LC-Net runs and stated as met or missed.
-Static networks evaluated on the same images (``dyve eval`` runs) are shown as references
-of their cost, with the shipped weights or trained with the runs' recipe
-(:mod:`dyve.mechanisms.lcnet.static`). A run's loss
-comes with its paired 95 % interval (:mod:`dyve.eval.paired`) where its metrics hold the
-paired counts: on 5,000 images a 0.5 pp target is about one standard error wide.
+``best.json``, (when ``dyve bench`` ran) ``bench.json`` and (for paired differences from
+static networks) ``correct.npy``; the plot is written beside the page. The issue's targets
+are checked against the LC-Net runs and stated as met or missed. Static networks evaluated
+on the same images (``dyve eval`` runs) are shown as references of their cost, with the
+shipped weights or trained with the runs' recipe (:mod:`dyve.mechanisms.lcnet.static`). A
+run's loss comes with its paired 95 % interval (:mod:`dyve.eval.paired`) where its metrics
+hold the paired counts: on 5,000 images a 0.5 pp target is about one standard error wide.
 """
 
 from __future__ import annotations
@@ -169,8 +169,8 @@ def write_results(runs: list[Path], out: Path, static: list[Path] | None = None)
         "two). Top-1 and MACs are **executed**: the fast back-end at batch 1 (skipped blocks",
         "not called, skipped channels not computed); MACs per sample, FLOPs = 2 x MACs,",
         "predictor MACs included. The baseline is the dense shipped backbone on the same",
-        "images. Each run's small files (config, metrics, history, bench) are kept in",
-        f"`{figs.name}/runs/`.",
+        "images. Each run's small files (config, metrics, history, bench, `correct.npy`) are",
+        f"kept in `{figs.name}/runs/`.",
         "",
         "![curve](" + figs.name + "/curve.png)",
         "",
