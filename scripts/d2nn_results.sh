@@ -25,12 +25,11 @@ LAMS_FROZEN=${LAMS_FROZEN:-"0.01 0.02 0.05 0.1 0.2 0.5"}
 FROZEN=${FROZEN:-12}  # epochs of the frozen runs (controllers only)
 FROZEN_QLR=${FROZEN_QLR:-1}  # their learning rate, as a factor of --lr
 
+source "$(dirname "${BASH_SOURCE[0]}")/once.sh"
+
 train() {  # train ARCH NAME ARGS...
   local arch="$1" out="$RUNS/$1/$2"; shift 2
-  [[ -f "$out/metrics.json" ]] && return 0
-  local resume=()
-  [[ -f "$out/config.json" ]] && resume=(--resume)
-  dyve d2nn train --arch "$arch" --out "$out" --threads 1 --no-progress "$@" "${resume[@]}"
+  once "$out" dyve d2nn train --arch "$arch" --out "$out" --threads 1 --no-progress "$@"
 }
 
 queue() {  # queue ARCH...: every run of each architecture, in order

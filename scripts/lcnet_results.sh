@@ -7,17 +7,17 @@ set -euo pipefail
 RUNS=${RUNS:-runs/lcnet}
 COMMON=(--model resnet56_cifar --epochs 3 --weighting macs --threads 2)
 
+source "$(dirname "${BASH_SOURCE[0]}")/once.sh"
+
 train() {  # train NAME ARGS...
   local out="$RUNS/$1"; shift
-  if [[ -f "$out/metrics.json" ]]; then  # finished: kept; reported again (--resume) if it
-    # was reported before its per-image correctness was kept (correct.npy, session 32)
-    [[ -f "$out/correct.npy" ]] ||
-      dyve lcnet train --out "$out" "${COMMON[@]}" "$@" --resume --no-progress
-    return 0
+  local cmd=(dyve lcnet train --out "$out" "${COMMON[@]}" "$@")
+  # a finished run reported before its per-image correctness was kept (correct.npy,
+  # session 32) is reported again: resuming a finished run rewrites only its report
+  if [[ -f "$out/metrics.json" && ! -f "$out/correct.npy" ]]; then
+    "${cmd[@]}" --resume --no-progress
   fi
-  local resume=()
-  [[ -f "$out/config.json" ]] && resume=(--resume)
-  dyve lcnet train --out "$out" "${COMMON[@]}" "$@" "${resume[@]}"
+  once "$out" "${cmd[@]}"
 }
 
 train lcnet_l16_c008 --lam-l 0.16 --lam-c 0.008

@@ -7,13 +7,12 @@ runs=${1:-runs/zoo}
 aka=${AKAMASTER:-../shared/data/weights/akamaster-resnet-cifar10}
 origin_aka="akamaster/pytorch_resnet_cifar10 (BSD-2-Clause, Yerlan Idelbayev), fine-tuned on cifar10-jpeg"
 
-run() {  # run NAME ARGS...: start, or resume when a checkpoint exists, or skip when done
+source "$(dirname "${BASH_SOURCE[0]}")/once.sh"
+
+run() {  # run NAME ARGS...: start, resume, or keep when done
   local name=$1; shift
-  local out="$runs/$name"
-  if [ -f "$out/metrics.json" ]; then echo "== $name: done"; return; fi
-  if [ -f "$out/checkpoint.pt" ]; then set -- "$@" --resume; fi
   echo "== $name"
-  dyve train --out "$out" --no-progress "$@"
+  once "$runs/$name" dyve train --out "$runs/$name" --no-progress "$@"
 }
 
 run resnet56_cifar --model resnet56_cifar --init "$aka/resnet56-4bfd9763.th" --origin "$origin_aka" \
