@@ -28,8 +28,10 @@ queue() {  # queue DTYPE SEED: the three runs of one dtype and seed, in order
 
 for seed in 0 1; do
   queue float32 "$seed" &
+  pids=($!)
   queue bf16 "$seed" &
-  wait
+  pids+=($!)
+  wait_all "${pids[@]}"
 done
 python - "$RUNS" <<'EOF'
 import sys

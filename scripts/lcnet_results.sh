@@ -45,20 +45,24 @@ train lcnet_r315_kd05_e22_c26 --init "$RUNS/lcnet_r315_kd05_e22" --lam-l 0.32 --
 # and that run 14 more epochs, its gates at a tenth of the backbone's learning rate (at the
 # same rate its first epoch closed channels to 21x fewer MACs, for good), side by side on
 # one thread each: as is, and with closed channels reopening (--reopen); 90-100 minutes
+pids=()
 for reopen in "" --reopen; do
   train "lcnet_r315_kd05_e22_c26_g01${reopen:+_reopen}" --init "$RUNS/lcnet_r315_kd05_e22_c26" \
     --lam-l 0.32 --lam-c 0.016 --distill 0.5 --target-reduction 3.15 --ramp 0 \
     --gate-lr-scale 0.1 --lr 0.002 --bf16 --epochs 14 --threads 1 $reopen &
+  pids+=($!)
 done
-wait
+wait_all "${pids[@]}"
 # and the plain one (_g01) once more, side by side on one thread each: the same cycle again
 # (14 epochs from 0.002), and 12 epochs from half that rate; 85-95 minutes (a third try,
 # --distill 0.9, closed channels to 31x fewer MACs in its first epoch and was dropped)
 G01=(--init "$RUNS/lcnet_r315_kd05_e22_c26_g01" --lam-l 0.32 --lam-c 0.016 --distill 0.5
   --target-reduction 3.15 --ramp 0 --gate-lr-scale 0.1 --bf16 --threads 1)
 train lcnet_r315_kd05_e22_c26_g01_g01 "${G01[@]}" --lr 0.002 --epochs 14 &
+pids=($!)
 train lcnet_r315_kd05_e22_c26_g01_lr001 "${G01[@]}" --lr 0.001 --epochs 12 &
-wait
+pids+=($!)
+wait_all "${pids[@]}"
 # and _g01 once more with a better teacher: the backbone, ResNet-20 and the quarter-width
 # VGG-16, each averaged over the image and its mirror (91.44 % on test-a against the
 # backbone's 90.06 %, `python benchmarks/teachers.py`), alone on 2 threads (250-300 s
@@ -69,9 +73,12 @@ train lcnet_r315_kd05_e22_c26_g01_ens "${G01[@]}" --lr 0.002 --epochs 14 --threa
 # (what the few epochs of fine-tuning alone do to accuracy)
 COMMON=(--model resnet56_cifar --epochs 3 --weighting macs --threads 1)
 train lnet_l01 --no-channel --lam-l 0.01 &
+pids=($!)
 train cnet_c0005 --no-layer --lam-c 0.0005 &
+pids+=($!)
 train lcnet_l0_c0 --lam-l 0 --lam-c 0 &
-wait
+pids+=($!)
+wait_all "${pids[@]}"
 for r in "$RUNS"/*/; do
   [[ -f "$r/bench.json" ]] ||
     dyve bench "$r" --data cifar10-jpeg --split test-b --repeats 100 --frozen

@@ -8,3 +8,10 @@ once() {
   if [[ -f "$out/metrics.json" ]]; then return 0; fi
   if [[ -f "$out/config.json" ]]; then "$@" --resume; else "$@"; fi
 }
+
+# wait_all PID...: wait for each background job; under `set -e` the script stops when one
+# failed, which a bare `wait` hides (it returns 0 whatever its jobs returned).
+wait_all() {
+  local pid
+  for pid in "$@"; do wait "$pid"; done
+}

@@ -11,7 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/once.sh"
 
 run() {  # run NAME ARGS...: start, resume, or keep when done
   local name=$1; shift
-  echo "== $name"
+  if [[ -f "$runs/$name/metrics.json" ]]; then echo "== $name: done"; else echo "== $name"; fi
   once "$runs/$name" dyve train --out "$runs/$name" --no-progress "$@"
 }
 

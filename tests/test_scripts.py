@@ -1,5 +1,6 @@
-"""The shell scripts that produce the results pages: they parse, and the shared ``once``
-helper keeps a finished run, resumes an unfinished one and starts a new one."""
+"""The shell scripts that produce the results pages: they parse and find their shared
+helpers; ``once`` keeps a finished run, resumes an unfinished one and starts a new one;
+``wait_all`` stops the script when a background job failed."""
 
 from __future__ import annotations
 
@@ -32,3 +33,24 @@ def test_once_starts_resumes_and_keeps(tmp_path: Path) -> None:
     assert _once(out, log) == ["a b", "a b --resume"]
     (out / "metrics.json").write_text("{}")  # finished: kept, the command not called
     assert _once(out, log) == ["a b", "a b --resume"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_a_script_that_uses_the_helpers_sources_them(script: Path) -> None:
+    text = script.read_text()
+    if script.name == "once.sh" or ("once " not in text and "wait_all " not in text):
+        return
+    lines = [line for line in text.splitlines() if line.startswith("source ")]
+    assert lines, f"{script.name} calls once/wait_all without sourcing scripts/once.sh"
+    rel = lines[0].split("/", 1)[1].rstrip('"')  # source "$(dirname ...)/REL"
+    assert (script.parent / rel).resolve() == ROOT / "scripts" / "once.sh"
+
+
+def test_wait_all_stops_the_script_when_a_job_failed(tmp_path: Path) -> None:
+    body = f'source "{ROOT}/scripts/once.sh"; (exit 3) & a=$!; true & b=$!; wait_all $a $b; '
+    done = tmp_path / "after"
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", body + f'touch "{done}"'])
+    assert r.returncode == 3
+    assert not done.exists()
+    ok = subprocess.run(["bash", "-euo", "pipefail", "-c", body.replace("exit 3", "exit 0")])
+    assert ok.returncode == 0

@@ -120,7 +120,6 @@ def test_train_crash_resume_bench_and_page(
     eval_args = ("eval", "--model", "resnet20_cifar", "--data", "sample", "--no-progress")
     assert _cli(*eval_args, "--out", str(ev))[0] == 0
     assert _cli("lcnet", "results", str(run), "--static", str(ev), "--out", str(page))[0] == 2
-    (ev / "correct.npy").unlink()  # its 1,000 sample images are not the run's: unpaired
     far = tmp_path / "far"
     shutil.copytree(ev, far)
     e = read_json(ev / "metrics.json") | {k: m[k] for k in ("dataset", "split", "n")}
@@ -128,6 +127,9 @@ def test_train_crash_resume_bench_and_page(
         where.joinpath("metrics.json").write_text(
             json.dumps(e | {"macs_per_sample": scale * m["macs_per_sample"]})
         )
+    # its correct.npy still holds the 1,000 sample images: refused, not paired
+    assert _cli("lcnet", "results", str(run), "--static", str(ev), "--out", str(page))[0] == 2
+    (ev / "correct.npy").unlink()  # without it: shown unpaired
     rc, _ = _cli("lcnet", "results", str(run), "--static", str(ev), str(far), "--out", str(page))
     assert rc == 0
     static = [line for line in page.read_text().splitlines() if line.startswith("Static")]

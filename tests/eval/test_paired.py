@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from dyve.errors import DyveError
 from dyve.eval.paired import (
     CORRECT,
     PairedLoss,
@@ -45,11 +47,18 @@ def test_the_two_sided_interval_holds_each_tail_at_half_the_rest() -> None:
     assert (lo, hi) == pytest.approx((0.24, 1.64), abs=0.005)  # the LC-Net page's _g01
 
 
+def _run(d: Path, predictions: list[int], labels: list[int]) -> None:
+    """A run directory: its predictions, correctness and metrics (as `dyve eval` writes)."""
+    save_predictions(d, np.array(predictions), np.array(labels))
+    right = np.array(predictions) == np.array(labels)
+    (d / "metrics.json").write_text(json.dumps({"n": len(right), "top1": 100 * right.mean()}))
+
+
 def test_runs_compare_paired_from_their_files(tmp_path: Path) -> None:
-    labels = np.array([0, 1, 2, 3, 4, 5, 6, 7])
+    labels = [0, 1, 2, 3, 4, 5, 6, 7]
     ref, run, old = tmp_path / "ref", tmp_path / "run", tmp_path / "old"
-    save_predictions(ref, np.array([0, 1, 2, 3, 9, 9, 6, 7]), labels)
-    save_predictions(run, np.array([0, 9, 9, 3, 4, 9, 6, 7]), labels)
+    _run(ref, [0, 1, 2, 3, 9, 9, 6, 7], labels)
+    _run(run, [0, 9, 9, 3, 4, 9, 6, 7], labels)
     assert np.load(run / "predictions.npy").tolist() == [0, 9, 9, 3, 4, 9, 6, 7]
     assert np.load(run / CORRECT).tolist() == [1, 0, 0, 1, 1, 0, 1, 1]
     assert paired_runs(ref, run) == PairedLoss(8, 2, 1)
@@ -57,8 +66,12 @@ def test_runs_compare_paired_from_their_files(tmp_path: Path) -> None:
     old.mkdir()  # a run from before the files
     assert paired_runs(ref, old) is None
     assert paired_runs(old, ref) is None
-    save_predictions(old, np.zeros(5, int), np.zeros(5, int))
-    with pytest.raises(ValueError, match="has 8 images"):
+    _run(old, [0] * 5, [0] * 5)  # other images
+    with pytest.raises(DyveError, match=r"scored 8 images, .* 5"):
+        paired_runs(ref, old)
+    # a file that disagrees with its own run's metrics (left from another report)
+    (old / "metrics.json").write_text(json.dumps({"n": 5, "top1": 80.0}))
+    with pytest.raises(DyveError, match=r"old/correct.npy: 5 images at 100.00 %, its metrics"):
         paired_runs(ref, old)
     with pytest.raises(ValueError, match="predictions for"):
         save_predictions(old, np.zeros(4, int), np.zeros(5, int))

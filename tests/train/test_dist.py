@@ -173,9 +173,8 @@ def test_eval_shards_the_split_and_equals_one_process(tmp_path: Path) -> None:
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two == one
     assert one["n"] == 1000
-    p1 = np.load(tmp_path / "one" / "predictions.npy")
-    p2 = np.load(tmp_path / "two" / "predictions.npy")
-    assert np.array_equal(p1, p2)
+    for name in ("predictions.npy", "correct.npy"):
+        assert np.array_equal(np.load(tmp_path / "one" / name), np.load(tmp_path / "two" / name))
 
 
 def test_dyvedeep_calibration_shards_its_evaluations(tmp_path: Path, prepared) -> None:  # type: ignore[no-untyped-def]

@@ -24,11 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from dyve._io import save_npy
+from dyve._io import read_json, save_npy
+from dyve.errors import DyveError
 
 #: a run's per-image correctness on its split (bool ``.npy``, dataset order), written beside
 #: its ``predictions.npy``: two runs on the same images compare paired from their files alone
 CORRECT = "correct.npy"
+#: the two-sided level of the paired intervals on the results pages
+LEVEL = 0.95
 
 
 @dataclass(frozen=True)
@@ -85,17 +88,30 @@ def save_predictions(
     save_npy(Path(run) / CORRECT, predictions == labels)
 
 
+def _correct(run: Path) -> np.ndarray:
+    """A run's :data:`CORRECT`, refused unless it agrees with the run's ``metrics.json``
+    (``n`` and ``top1``): a file left from another report would pair the wrong images."""
+    correct = np.load(run / CORRECT)
+    m = read_json(run / "metrics.json")
+    if correct.shape != (m["n"],) or abs(100 * correct.mean() - m["top1"]) > 1e-3:
+        raise DyveError(
+            f"{run / CORRECT}: {correct.size} images at {100 * correct.mean():.2f} %, its "
+            f"metrics.json {m['n']} at {m['top1']:.2f} % (a file from another report?)"
+        )
+    return correct
+
+
 def paired_runs(
     reference: str | os.PathLike[str], run: str | os.PathLike[str]
 ) -> PairedLoss | None:
     """``run``'s paired loss against ``reference``, two run directories scored on the same
     images, from their :data:`CORRECT` files; None when either has none (older runs)."""
-    files = [Path(reference) / CORRECT, Path(run) / CORRECT]
-    if not all(f.is_file() for f in files):
+    runs = [Path(reference), Path(run)]
+    if not all((r / CORRECT).is_file() for r in runs):
         return None
-    ref, ok = (np.load(f) for f in files)
+    ref, ok = map(_correct, runs)
     if len(ref) != len(ok):
-        raise ValueError(f"{files[0]} has {len(ref)} images, {files[1]} {len(ok)}")
+        raise DyveError(f"{runs[0]} scored {len(ref)} images, {runs[1]} {len(ok)}")
     return PairedLoss.of(ref, ok)
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from dyve._io import atomic_save, atomic_write, read_json
 from dyve.bench import eager_caveat, eager_speedup
-from dyve.eval.paired import PairedLoss
-from dyve.mechanisms.lcnet.static import LEVEL, load_static, static_lines
+from dyve.eval.paired import LEVEL, PairedLoss
+from dyve.mechanisms.lcnet.static import load_static, static_lines
 from dyve.mechanisms.lcnet.train import GateTrainConfig
 
 CONTROL = "control (no sparsity loss)"
@@ -169,8 +169,8 @@ def write_results(runs: list[Path], out: Path, static: list[Path] | None = None)
         "two). Top-1 and MACs are **executed**: the fast back-end at batch 1 (skipped blocks",
         "not called, skipped channels not computed); MACs per sample, FLOPs = 2 x MACs,",
         "predictor MACs included. The baseline is the dense shipped backbone on the same",
-        "images. Each run's small files (config, metrics, history, bench, `correct.npy`) are",
-        f"kept in `{figs.name}/runs/`.",
+        "images. Each run's small files (config, metrics, history, bench and, if reported",
+        f"since session 32, `correct.npy`) are kept in `{figs.name}/runs/`.",
         "",
         "![curve](" + figs.name + "/curve.png)",
         "",
