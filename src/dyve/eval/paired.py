@@ -91,7 +91,7 @@ def save_predictions(
 def _correct(run: Path) -> np.ndarray:
     """A run's :data:`CORRECT`, refused unless it agrees with the run's ``metrics.json``
     (``n`` and ``top1``): a file left from another report would pair the wrong images."""
-    correct = np.load(run / CORRECT)
+    correct: np.ndarray = np.load(run / CORRECT)
     m = read_json(run / "metrics.json")
     if correct.shape != (m["n"],) or abs(100 * correct.mean() - m["top1"]) > 1e-3:
         raise DyveError(
