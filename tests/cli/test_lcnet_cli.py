@@ -24,6 +24,7 @@ from dyve.errors import DyveError
 from dyve.eval.latency import num_threads
 from dyve.mechanisms.dyvedeep import native
 from dyve.mechanisms.lcnet import results as lc_results
+from dyve.mechanisms.lcnet import targets as lc_targets
 from dyve.mechanisms.lcnet import train as lc_train
 from dyve.mechanisms.lcnet.train import GateTrainConfig
 
@@ -105,7 +106,7 @@ def test_train_crash_resume_bench_and_page(
     assert rc == 0
     text = page.read_text()
     assert "| lc | LC-Net |" in text
-    assert lc_results._interval(m) in text
+    assert lc_targets.interval(m) in text
     assert "| aig | ConvNet-AIG |" in text
     assert "## Targets" in text
     assert "The gated networks were called checked" in text  # benched without --frozen
@@ -151,21 +152,21 @@ def test_the_page_gives_a_loss_its_paired_interval() -> None:
         return {"run": "r", "kind": "LC-Net", "m": m, "bench": None}
 
     # 0.94 pp from 453 disagreements: se = sqrt((0.0906 - 0.0094^2) / 5000) = 0.4255 pp
-    lo, hi = lc_results._bounds(row(250, 203)["m"])  # type: ignore[misc, arg-type]
+    lo, hi = lc_targets.bounds(row(250, 203)["m"])  # type: ignore[misc, arg-type]
     assert math.isclose(lo, 0.94 - 1.959964 * 0.42548, abs_tol=1e-3)
     assert math.isclose(hi, 0.94 + 1.959964 * 0.42548, abs_tol=1e-3)
-    assert lc_results._interval(row(250, 203, False)["m"]) == "-"  # type: ignore[arg-type]
-    near, far = (" ".join(lc_results._targets([row(*c)])) for c in ((250, 203), (200, 100)))
+    assert lc_targets.interval(row(250, 203, False)["m"]) == "-"  # type: ignore[arg-type]
+    near, far = (" ".join(lc_targets.targets([row(*c)])) for c in ((250, 203), (200, 100)))
     assert "missed" in near
     assert "`r`, loses 0.94 pp; its paired 95% interval on these 5000 images is +0.11 to " in near
     assert "inside it: these images do not rule out" in near
     assert "below it: the true loss exceeds the target" in far
     assert "best of" not in near
     worse = row(260, 203) | {"run": "w"}  # a second run at the cost, less accurate
-    both = " ".join(lc_results._targets([worse, row(250, 203)]))
+    both = " ".join(lc_targets.targets([worse, row(250, 203)]))
     assert "`r`, loses 0.94 pp" in both
     assert "It is the best of 2 such runs on these same images" in both
-    assert "interval" not in " ".join(lc_results._targets([row(250, 203, False)]))
+    assert "interval" not in " ".join(lc_targets.targets([row(250, 203, False)]))
 
 
 def test_bad_settings_exit_2(tmp_path: Path) -> None:
