@@ -6,33 +6,40 @@
 # autocast; 22 epochs from lr 0.01, then 26 and 14 more from 0.002, each a fresh cosine
 # schedule. `dyve train` keeps each cycle's last epoch (the LC-Net runs keep their best on
 # test-a). Each cycle is then scored on test-b, the LC-Net runs' report split. 60-90 s per
-# epoch alone on 2 cores (about 80 minutes in all); rerun to resume.
+# epoch alone on 2 cores (about 80 minutes in all). Then the dense ResNet-56 itself the same
+# way, distilled from itself: the control of the backbone's cost (about 140 s per epoch
+# alone, 2.5 hours). Rerun to resume.
 set -euo pipefail
 RUNS=${RUNS:-runs/lcnet}
 CONTROL="${RUNS%/}-control"
 STATIC="${RUNS%/}-static"
-ORIGIN="dyve's shipped resnet20_cifar (akamaster/pytorch_resnet_cifar10, BSD-2-Clause), \
-fine-tuned on cifar10-jpeg with distillation from resnet56_cifar"
+source "$(dirname "${BASH_SOURCE[0]}")/once.sh"
 
-control() {  # control NAME INIT ARGS...: train (or resume, or keep), then score on test-b
-  local name=$1 init=$2; shift 2
+control() {  # control MODEL NAME INIT ARGS...: train (or resume, or keep), score on test-b
+  local model=$1 name=$2 init=$3; shift 3
   local out="$CONTROL/$name"
-  if [[ ! -f "$out/metrics.json" ]]; then
-    local resume=()
-    [[ -f "$out/config.json" ]] && resume=(--resume)
-    dyve train --out "$out" --model resnet20_cifar --init "$init" --origin "$ORIGIN" \
-      --weight-decay 1e-4 --distill 0.5 --teacher resnet56_cifar --bf16 --threads 2 \
-      --no-progress "$@" "${resume[@]}"
-  fi
-  [[ -f "$STATIC/$name/metrics.json" ]] ||
-    dyve eval --model resnet20_cifar --weights "$out/model.safetensors" --data cifar10-jpeg \
+  local origin="dyve's shipped $model (akamaster/pytorch_resnet_cifar10, BSD-2-Clause), \
+fine-tuned on cifar10-jpeg with distillation from resnet56_cifar"
+  once "$out" dyve train --out "$out" --model "$model" --init "$init" --origin "$origin" \
+    --weight-decay 1e-4 --distill 0.5 --teacher resnet56_cifar --bf16 --threads 2 \
+    --no-progress "$@"
+  [[ -f "$STATIC/$name/correct.npy" ]] ||
+    dyve eval --model "$model" --weights "$out/model.safetensors" --data cifar10-jpeg \
       --split test-b --out "$STATIC/$name" --no-progress
   mkdir -p "docs/results/lcnet/static/$name"
-  cp "$STATIC/$name"/{config,metrics}.json "$out/model.json" "docs/results/lcnet/static/$name/"
+  cp "$STATIC/$name"/{config,metrics}.json "$STATIC/$name/correct.npy" "$out/model.json" \
+    "docs/results/lcnet/static/$name/"
 }
 
-control resnet20_kd05_e22 shipped --epochs 22 --lr 0.01
-control resnet20_kd05_e22_c26 "$CONTROL/resnet20_kd05_e22/model.safetensors" \
+control resnet20_cifar resnet20_kd05_e22 shipped --epochs 22 --lr 0.01
+control resnet20_cifar resnet20_kd05_e22_c26 "$CONTROL/resnet20_kd05_e22/model.safetensors" \
   --epochs 26 --lr 0.002
-control resnet20_kd05_e22_c26_g01 "$CONTROL/resnet20_kd05_e22_c26/model.safetensors" \
-  --epochs 14 --lr 0.002
+control resnet20_cifar resnet20_kd05_e22_c26_g01 \
+  "$CONTROL/resnet20_kd05_e22_c26/model.safetensors" --epochs 14 --lr 0.002
+# The dense backbone trained the same way (distilled from itself), cycle by cycle: how much
+# of an LC-Net run's loss is extra training that the shipped ResNet-56 would also take.
+control resnet56_cifar resnet56_kd05_e22 shipped --epochs 22 --lr 0.01
+control resnet56_cifar resnet56_kd05_e22_c26 "$CONTROL/resnet56_kd05_e22/model.safetensors" \
+  --epochs 26 --lr 0.002
+control resnet56_cifar resnet56_kd05_e22_c26_g01 \
+  "$CONTROL/resnet56_kd05_e22_c26/model.safetensors" --epochs 14 --lr 0.002
