@@ -7,7 +7,7 @@
 # schedule. `dyve train` keeps each cycle's last epoch (the LC-Net runs keep their best on
 # test-a). Each cycle is then scored on test-b, the LC-Net runs' report split. 60-90 s per
 # epoch alone on 2 cores (about 80 minutes in all). Then the dense ResNet-56 itself the same
-# way, distilled from itself: the control of the backbone's cost (about 140 s per epoch
+# way, distilled from itself: the control of the backbone itself (about 140 s per epoch
 # alone, 2.5 hours). Rerun to resume.
 set -euo pipefail
 RUNS=${RUNS:-runs/lcnet}
