@@ -28,9 +28,9 @@ queue() {  # queue DTYPE SEED: the three runs of one dtype and seed, in order
 
 for seed in 0 1; do
   queue float32 "$seed" &
-  pids=($!)
+  pids=("$!")
   queue bf16 "$seed" &
-  pids+=($!)
+  pids+=("$!")
   wait_all "${pids[@]}"
 done
 python - "$RUNS" <<'EOF'

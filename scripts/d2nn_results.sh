@@ -80,14 +80,14 @@ two_levels() {  # hierarchical2: every-branch pre-training, its static graph, th
 # each queue a `{ ...; }` group, not an `&&` chain: bash ignores `set -e` inside a function
 # called from a chain, so a failed run would not stop its queue
 { queue highlow cascade; alone; every highlow cascade; } > "$RUNS.queue1.log" 2>&1 &
-pids=($!)
+pids=("$!")
 { queue chain hierarchical; every hierarchical; two_levels; } > "$RUNS.queue2.log" 2>&1 &
-pids+=($!)
+pids+=("$!")
 wait_all "${pids[@]}"
-{ frozen highlow all; frozen cascade all; frozen hierarchical2 all; } > "$RUNS.queue1.log" 2>&1 &
-pids=($!)
-{ frozen chain random; frozen hierarchical all; } > "$RUNS.queue2.log" 2>&1 &
-pids+=($!)
+{ frozen highlow all; frozen cascade all; frozen hierarchical2 all; } >> "$RUNS.queue1.log" 2>&1 &
+pids=("$!")
+{ frozen chain random; frozen hierarchical all; } >> "$RUNS.queue2.log" 2>&1 &
+pids+=("$!")
 wait_all "${pids[@]}"
 for r in "$RUNS"/*/lam0.05/ "$RUNS"/*/all_lam0.05/ "$RUNS"/*/frozen_lam0.05/ \
   "$RUNS"/*/frozen_lam0.2/ "$RUNS"/*/full/; do

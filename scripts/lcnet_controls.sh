@@ -23,7 +23,7 @@ fine-tuned on cifar10-jpeg with distillation from resnet56_cifar"
   once "$out" dyve train --out "$out" --model "$model" --init "$init" --origin "$origin" \
     --weight-decay 1e-4 --distill 0.5 --teacher resnet56_cifar --bf16 --threads 2 \
     --no-progress "$@"
-  [[ -f "$STATIC/$name/correct.npy" ]] ||
+  [[ -f "$STATIC/$name/metrics.json" && -f "$STATIC/$name/correct.npy" ]] ||
     dyve eval --model "$model" --weights "$out/model.safetensors" --data cifar10-jpeg \
       --split test-b --out "$STATIC/$name" --no-progress
   mkdir -p "docs/results/lcnet/static/$name"

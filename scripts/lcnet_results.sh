@@ -50,7 +50,7 @@ for reopen in "" --reopen; do
   train "lcnet_r315_kd05_e22_c26_g01${reopen:+_reopen}" --init "$RUNS/lcnet_r315_kd05_e22_c26" \
     --lam-l 0.32 --lam-c 0.016 --distill 0.5 --target-reduction 3.15 --ramp 0 \
     --gate-lr-scale 0.1 --lr 0.002 --bf16 --epochs 14 --threads 1 $reopen &
-  pids+=($!)
+  pids+=("$!")
 done
 wait_all "${pids[@]}"
 # and the plain one (_g01) once more, side by side on one thread each: the same cycle again
@@ -59,9 +59,9 @@ wait_all "${pids[@]}"
 G01=(--init "$RUNS/lcnet_r315_kd05_e22_c26_g01" --lam-l 0.32 --lam-c 0.016 --distill 0.5
   --target-reduction 3.15 --ramp 0 --gate-lr-scale 0.1 --bf16 --threads 1)
 train lcnet_r315_kd05_e22_c26_g01_g01 "${G01[@]}" --lr 0.002 --epochs 14 &
-pids=($!)
+pids=("$!")
 train lcnet_r315_kd05_e22_c26_g01_lr001 "${G01[@]}" --lr 0.001 --epochs 12 &
-pids+=($!)
+pids+=("$!")
 wait_all "${pids[@]}"
 # and _g01 once more with a better teacher: the backbone, ResNet-20 and the quarter-width
 # VGG-16, each averaged over the image and its mirror (91.44 % on test-a against the
@@ -73,11 +73,11 @@ train lcnet_r315_kd05_e22_c26_g01_ens "${G01[@]}" --lr 0.002 --epochs 14 --threa
 # (what the few epochs of fine-tuning alone do to accuracy)
 COMMON=(--model resnet56_cifar --epochs 3 --weighting macs --threads 1)
 train lnet_l01 --no-channel --lam-l 0.01 &
-pids=($!)
+pids=("$!")
 train cnet_c0005 --no-layer --lam-c 0.0005 &
-pids+=($!)
+pids+=("$!")
 train lcnet_l0_c0 --lam-l 0 --lam-c 0 &
-pids+=($!)
+pids+=("$!")
 wait_all "${pids[@]}"
 for r in "$RUNS"/*/; do
   [[ -f "$r/bench.json" ]] ||
@@ -96,11 +96,13 @@ done
 # the static network of about the cost (ResNet-20: 3.09x fewer MACs than ResNet-56)
 # on the same images, its small files beside the page
 STATIC="${RUNS%/}-static/resnet20_cifar"
-[[ -f "$STATIC/correct.npy" ]] || dyve eval --model resnet20_cifar --data cifar10-jpeg \
-  --split test-b --out "$STATIC" --no-progress
+[[ -f "$STATIC/metrics.json" && -f "$STATIC/correct.npy" ]] ||
+  dyve eval --model resnet20_cifar --data cifar10-jpeg --split test-b --out "$STATIC" \
+    --no-progress
 mkdir -p docs/results/lcnet/static/resnet20_cifar
 cp "$STATIC"/{config,metrics}.json "$STATIC/correct.npy" docs/results/lcnet/static/resnet20_cifar/
-# the same-recipe control: the static ResNet-20 trained like the 3x chain (its own script)
+# the same-recipe controls, trained like the 3x chain (their own script): the static
+# ResNet-20, then the dense ResNet-56 itself (up to 2.5 hours more for the cycles missing)
 RUNS="$RUNS" bash scripts/lcnet_controls.sh
 # the page from the kept small files: every run it has shown, also those whose weights are
 # no longer in RUNS (each keeps the bench it was timed with; the page names machines and

@@ -9,9 +9,11 @@ once() {
   if [[ -f "$out/config.json" ]]; then "$@" --resume; else "$@"; fi
 }
 
-# wait_all PID...: wait for each background job; under `set -e` the script stops when one
-# failed, which a bare `wait` hides (it returns 0 whatever its jobs returned).
+# wait_all PID...: wait for every background job, then fail if one failed (under `set -e`
+# the script stops), which a bare `wait` hides: it returns 0 whatever its jobs returned.
+# All are waited for first, so no job is left running after the script has stopped.
 wait_all() {
-  local pid
-  for pid in "$@"; do wait "$pid"; done
+  local pid rc=0
+  for pid in "$@"; do wait "$pid" || rc=$?; done
+  return "$rc"
 }

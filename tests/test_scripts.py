@@ -47,10 +47,14 @@ def test_a_script_that_uses_the_helpers_sources_them(script: Path) -> None:
 
 
 def test_wait_all_stops_the_script_when_a_job_failed(tmp_path: Path) -> None:
-    body = f'source "{ROOT}/scripts/once.sh"; (exit 3) & a=$!; true & b=$!; wait_all $a $b; '
-    done = tmp_path / "after"
-    r = subprocess.run(["bash", "-euo", "pipefail", "-c", body + f'touch "{done}"'])
+    slow, after = tmp_path / "slow", tmp_path / "after"
+    body = (
+        f'source "{ROOT}/scripts/once.sh"; (exit 3) & a=$!; (sleep 0.3; touch "{slow}") & '
+        f'b=$!; wait_all $a $b; touch "{after}"'
+    )
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", body])
     assert r.returncode == 3
-    assert not done.exists()
+    assert not after.exists()  # the script stopped
+    assert slow.exists()  # but only once every job had ended: none left running
     ok = subprocess.run(["bash", "-euo", "pipefail", "-c", body.replace("exit 3", "exit 0")])
     assert ok.returncode == 0

@@ -19,6 +19,7 @@ from dyve.eval.paired import (
     paired_runs,
     rule_note,
     save_predictions,
+    signed_pp,
 )
 
 
@@ -52,6 +53,14 @@ def _run(d: Path, predictions: list[int], labels: list[int]) -> None:
     save_predictions(d, np.array(predictions), np.array(labels))
     right = np.array(predictions) == np.array(labels)
     (d / "metrics.json").write_text(json.dumps({"n": len(right), "top1": 100 * right.mean()}))
+
+
+def test_a_value_that_rounds_to_zero_reads_plus_zero() -> None:
+    _, hi = PairedLoss(5000, 151, 187).interval_pp(0.95)
+    assert -0.005 < -hi < 0  # the run-minus-static interval's end as the page shows it
+    assert signed_pp(-hi) == "+0.00"
+    assert [signed_pp(x) for x in (-0.0, 0.004, -0.005001, 1.234, -1.236)] == [
+        "+0.00", "+0.00", "-0.01", "+1.23", "-1.24"]  # fmt: skip
 
 
 def test_runs_compare_paired_from_their_files(tmp_path: Path) -> None:

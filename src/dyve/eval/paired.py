@@ -77,6 +77,12 @@ class PairedLoss:
         return self.loss_pp - half, self.loss_pp + half
 
 
+def signed_pp(x: float) -> str:
+    """``x`` pp with its sign to two decimals, a value that rounds to zero as ``+0.00``
+    (never ``-0.00``)."""
+    return f"{round(x, 2) + 0.0:+.2f}"
+
+
 def save_predictions(
     run: str | os.PathLike[str], predictions: np.ndarray, labels: np.ndarray
 ) -> None:

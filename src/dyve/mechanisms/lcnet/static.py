@@ -21,7 +21,7 @@ from typing import Any
 
 from dyve._io import read_json
 from dyve.errors import DyveError
-from dyve.eval.paired import LEVEL, paired_runs
+from dyve.eval.paired import LEVEL, paired_runs, signed_pp
 
 #: a static network is compared with the LC-Net runs within this fraction of its cost
 NEAR = 0.05
@@ -119,9 +119,9 @@ def _difference(s: dict[str, Any], m: dict[str, Any]) -> tuple[str, bool]:
     diff = m["top1"] - s["top1"]
     p = paired_runs(s["dir"], m["dir"])  # each file checked against its metrics.json
     if p is None:
-        return f"{diff:+.2f} pp, unpaired", False
-    lo, hi = p.interval_pp(LEVEL)  # of the static network's lead; + 0.0: no "-0.00"
-    return f"{diff:+.2f} pp, {LEVEL:.0%} interval {-hi + 0.0:+.2f} to {-lo + 0.0:+.2f}", True
+        return f"{signed_pp(diff)} pp, unpaired", False
+    lo, hi = p.interval_pp(LEVEL)  # of the static network's lead over the run
+    return f"{signed_pp(diff)} pp, {LEVEL:.0%} interval {signed_pp(-hi)} to {signed_pp(-lo)}", True
 
 
 def static_lines(

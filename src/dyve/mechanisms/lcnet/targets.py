@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from dyve.bench import eager_speedup
-from dyve.eval.paired import LEVEL, PairedLoss
+from dyve.eval.paired import LEVEL, PairedLoss, signed_pp
 
 DISTILLED = "LC-Net + distillation"
 #: the kinds the LC-Net targets are checked on
@@ -30,7 +30,7 @@ def bounds(m: dict[str, Any]) -> tuple[float, float] | None:
 def interval(m: dict[str, Any]) -> str:
     """:func:`bounds` as the page writes it ("-" without counts)."""
     b = bounds(m)
-    return f"{b[0]:+.2f} to {b[1]:+.2f}" if b else "-"
+    return f"{signed_pp(b[0])} to {signed_pp(b[1])}" if b else "-"
 
 
 def targets(rows: list[dict[str, Any]]) -> list[str]:
