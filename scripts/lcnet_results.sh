@@ -93,16 +93,9 @@ done
 for r in lcnet_r315_kd05_e22 lcnet_r315_kd05_e22_c26 lcnet_r315_kd05_e22_c26_g01; do
   cp "$RUNS/$r"/dynamic.{json,safetensors} "docs/results/lcnet/runs/$r/"
 done
-# the static network of about the cost (ResNet-20: 3.09x fewer MACs than ResNet-56)
-# on the same images, its small files beside the page
-STATIC="${RUNS%/}-static/resnet20_cifar"
-[[ -f "$STATIC/metrics.json" && -f "$STATIC/correct.npy" ]] ||
-  dyve eval --model resnet20_cifar --data cifar10-jpeg --split test-b --out "$STATIC" \
-    --no-progress
-mkdir -p docs/results/lcnet/static/resnet20_cifar
-cp "$STATIC"/{config,metrics}.json "$STATIC/correct.npy" docs/results/lcnet/static/resnet20_cifar/
-# the same-recipe controls, trained like the 3x chain (their own script): the static
-# ResNet-20, then the dense ResNet-56 itself (up to 2.5 hours more for the cycles missing)
+# the static networks on the same images (shipped ResNet-20 and ResNet-56), and the
+# same-recipe controls trained like the 3x chain: the static ResNet-20, then the dense
+# ResNet-56 itself (up to 2.5 hours more for the cycles missing); their own script
 RUNS="$RUNS" bash scripts/lcnet_controls.sh
 # the page from the kept small files: every run it has shown, also those whose weights are
 # no longer in RUNS (each keeps the bench it was timed with; the page names machines and

@@ -183,3 +183,29 @@ def test_a_difference_is_paired_when_both_runs_kept_their_correctness(tmp_path: 
     row["dir"].joinpath("metrics.json").write_text(json.dumps(row["m"]))
     with pytest.raises(DyveError, match=r"r/correct.npy: 5000 images at 89.00 %, its metrics"):
         static_lines(refs, [row], ("LC-Net",))
+
+
+def test_the_shipped_backbone_meets_its_same_recipe_controls(tmp_path: Path) -> None:
+    # the shipped ResNet-56 right on the first 4,534 images; its control loses 22 of them
+    # and wins 18 others: -0.08 pp, paired
+    ref = np.arange(5000) < 4534
+    ctl = ref.copy()
+    ctl[:22], ctl[4534 : 4534 + 18] = False, True
+    cfg = KD | {"epochs": 22, "lr": 0.01, "init": "shipped"}
+    dirs = [
+        _static(tmp_path, "resnet56_cifar", 90.68, None, macs=125.5e6, model="resnet56_cifar"),
+        _static(tmp_path, "k22", 90.60, cfg, macs=125.5e6, model="resnet56_cifar"),
+        _static(tmp_path, "r20k22", 89.30, cfg | {"model": "resnet20_cifar"}),
+    ]
+    for d, right in zip(dirs, (ref, ctl), strict=False):  # the ResNet-20's unused
+        _correct(d, right)
+    refs = [load_static(d, WHERE) for d in dirs]
+    lo, hi = PairedLoss(5000, 22, 18).interval_pp(0.95)
+    line = static_lines(refs, [_run("r22", 88.84, 22, None)], ("LC-Net",))[0]
+    assert line == (
+        "Static `resnet56_cifar` (`dyve eval`, shipped weights: the dense backbone): 90.68 % "
+        "at 125.5 M MACs, the dense backbone's cost; the same-recipe controls of the backbone, "
+        "set against it: "  # not the ResNet-20 control (another model), nor any LC-Net run
+        f"`k22` 90.60 % at 125.5 M (-0.08 pp, 95% interval {-hi:+.2f} to {-lo:+.2f})."
+    )
+    assert (-hi, -lo) == pytest.approx((-0.33, 0.17), abs=0.005)

@@ -121,7 +121,10 @@ def _plot(rows: list[dict[str, Any]], refs: list[dict[str, Any]], path: Path) ->
             ms=6,
         )
     labelled = set()
+    backbone = rows[0]["cfg"]["model"]
     for s in refs:  # shipped weights: named; same-recipe controls: one marker for all
+        if not s["trained"] and s["model"] == backbone:
+            continue  # the dense backbone: its own marker below
         xy = (s["macs_per_sample"] / 1e6, s["top1"])
         label = "static, trained as the runs" if s["trained"] else "static network"
         ax.plot(*xy, "kD" if s["trained"] else "ks", mfc="none", ms=6,

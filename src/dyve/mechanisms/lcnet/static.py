@@ -9,9 +9,10 @@ its cost that trained as many epochs from the shipped weights. Epochs count alon
 ``init`` chains of both: an LC-Net run started from another run (``--init``) adds that
 run's epochs, a control started from another control's ``model.safetensors`` likewise.
 A control of the backbone itself (the dense backbone trained as the runs were) is set
-against the runs of any cost that trained as many epochs: their loss against it. Each
-difference comes with its paired interval when both runs kept ``correct.npy``
-(:func:`dyve.eval.paired.paired_runs`).
+against the runs of any cost that trained as many epochs: their loss against it; and the
+backbone with its shipped weights, when given, against those controls: what the recipe
+alone does to the backbone. Each difference comes with its paired interval when both runs
+kept ``correct.npy`` (:func:`dyve.eval.paired.paired_runs`).
 """
 
 from __future__ import annotations
@@ -129,14 +130,15 @@ def static_lines(
 ) -> list[str]:
     """One paragraph per static network: its point, and the LC-Net runs (``kinds``) of about
     its cost; for a same-recipe control, those that trained as many epochs, and for a
-    control of the backbone itself, those of any cost (their loss against it)."""
+    control of the backbone itself, those of any cost (their loss against it); for the
+    backbone with its shipped weights, its same-recipe controls."""
     base = rows[0]["m"]["baseline_macs_per_sample"]
     runs = _run_steps(rows)
     controls = _control_steps(refs)
     out, paired = [], []
     for s in refs:
         epochs = chain_epochs(s["name"], controls) if s["trained"] else None
-        backbone = s["trained"] and s["model"] == rows[0]["cfg"]["model"]
+        backbone = s["model"] == rows[0]["cfg"]["model"]
         near = [
             r["m"] | {"run": r["run"], "dir": r["dir"]}
             for r in rows
@@ -155,6 +157,13 @@ def static_lines(
                 if backbone
                 else f"LC-Net runs within {NEAR:.0%} of its cost that trained as many epochs"
             )
+        elif backbone:  # the backbone as the runs' baseline saw it, against its controls
+            head = f"Static `{s['model']}`"
+            what = f"`dyve eval`, {s['weights']} weights: the dense backbone"
+            near = [
+                c | {"run": c["name"]} for c in refs if c["trained"] and c["model"] == s["model"]
+            ]
+            which = "the same-recipe controls of the backbone, set against it"
         else:
             head = f"Static `{s['model']}`"
             what = (
@@ -181,7 +190,8 @@ def static_lines(
         out += [line + (", ".join(parts) or "none") + ".", ""]
     if paired:
         out += [
-            "A difference is the run's top-1 minus the static network's, with its paired "
+            "A difference is the top-1 of the run (or control) named minus the static "
+            "network's, with its paired "
             f"{LEVEL:.0%} interval from the images on which the two differ (each run's "
             "`correct.npy`)"
             + (
