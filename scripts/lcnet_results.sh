@@ -12,9 +12,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/once.sh"
 train() {  # train NAME ARGS...
   local out="$RUNS/$1"; shift
   local cmd=(dyve lcnet train --out "$out" "${COMMON[@]}" "$@")
-  # a finished run reported before its per-image correctness was kept (correct.npy,
-  # session 32) is reported again: resuming a finished run rewrites only its report
-  if [[ -f "$out/metrics.json" && ! -f "$out/correct.npy" ]]; then
+  # a finished run reported before its per-image correctness (correct.npy, session 32) or
+  # the spread of its per-image cost (macs_p95, session 33) was kept is reported again:
+  # resuming a finished run rewrites only its report
+  if [[ -f "$out/metrics.json" ]] &&
+    ! { [[ -f "$out/correct.npy" ]] && grep -q '"macs_p95"' "$out/metrics.json"; }; then
     "${cmd[@]}" --resume --no-progress
   fi
   once "$out" "${cmd[@]}"

@@ -61,6 +61,9 @@ def test_train_crash_resume_bench_and_page(
     assert "metrics.json" in text
     m = read_json(run / "metrics.json")
     assert set(REQUIRED) <= set(m)
+    spread = [m[k] for k in lc_train.SPREAD]  # each image's executed MACs: min, p50, p95, max
+    assert spread == sorted(spread)
+    assert spread[0] <= m["macs_per_sample"] <= spread[-1]
     assert (m["split"], m["select_split"], m["n"], m["cost_mode"]) == (
         "test-b",
         "test-a",
@@ -109,16 +112,21 @@ def test_train_crash_resume_bench_and_page(
     assert lc_targets.interval(m) in text
     assert "| aig | ConvNet-AIG |" in text
     assert "## Targets" in text
+    ran = m["ran_fraction"].values()
+    blocks = [sum(f == 1 for f in ran), sum(f == 0 for f in ran), sum(0 < f < 1 for f in ran)]
+    cost = " | ".join(f"{v / 1e6:.1f}" for v in spread)
+    assert f"| lc | LC-Net | {' | '.join(map(str, blocks))} | {cost} | " in text  # adaptivity
     assert "The gated networks were called checked" in text  # benched without --frozen
     if native.available():  # the LC-Net run was also timed against its dense native program
         assert "runtime's share" in text
         assert "The skipped work's share" in text
     assert (tmp_path / "lcnet" / "curve.png").stat().st_size > 1000
 
-    # a static network beside the runs: refused on other images, then compared with the
-    # runs of about its cost (the files of a real `dyve eval`, relabelled to the runs' images)
-    ev = tmp_path / "r20"
-    eval_args = ("eval", "--model", "resnet20_cifar", "--data", "sample", "--no-progress")
+    # a static network beside the runs (not the backbone): refused on other images, then
+    # compared with the runs of about its cost (the files of a real `dyve eval`, relabelled
+    # to the runs' images)
+    ev = tmp_path / "r56"
+    eval_args = ("eval", "--model", "resnet56_cifar", "--data", "sample", "--no-progress")
     assert _cli(*eval_args, "--out", str(ev))[0] == 0
     assert _cli("lcnet", "results", str(run), "--static", str(ev), "--out", str(page))[0] == 2
     far = tmp_path / "far"

@@ -8,7 +8,7 @@ are checked against the LC-Net runs and stated as met or missed
 (``dyve eval`` runs) are shown as references of their cost, with the shipped weights or
 trained with the runs' recipe (:mod:`dyve.mechanisms.lcnet.static`). A run's loss comes
 with its paired 95 % interval (:mod:`dyve.eval.paired`) where its metrics hold the paired
-counts.
+counts. How input-adaptive each run is: :mod:`dyve.mechanisms.lcnet.adaptivity`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 from dyve._io import atomic_save, atomic_write, read_json
 from dyve.bench import eager_caveat, eager_speedup
 from dyve.eval.paired import LEVEL
+from dyve.mechanisms.lcnet.adaptivity import adaptivity_lines
 from dyve.mechanisms.lcnet.static import load_static, static_lines
 from dyve.mechanisms.lcnet.targets import (
     DISTILLED,
@@ -188,7 +189,8 @@ def write_results(runs: list[Path], out: Path, static: list[Path] | None = None)
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
         "| ---: |",
     ]
-    for r in sorted(rows, key=lambda r: (r["kind"], -r["m"]["macs_per_sample"])):
+    rows.sort(key=lambda r: (r["kind"], -r["m"]["macs_per_sample"]))  # the tables' order
+    for r in rows:
         m, b = r["m"], r["bench"]
         ran = m["ran_fraction"]
         s1, n1 = _speedups(b, "b1")
@@ -216,6 +218,7 @@ def write_results(runs: list[Path], out: Path, static: list[Path] | None = None)
             "",
         ]
     lines += targets(rows)
+    lines += adaptivity_lines(rows)
     lines += _where_time_goes(rows)
     benches = [r["bench"] for r in rows if r["bench"]]
     if benches:

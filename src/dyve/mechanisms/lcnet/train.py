@@ -306,6 +306,10 @@ def _best(out: Path) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 
 
+#: the statistics of each image's executed MACs that a run's report keeps
+SPREAD = ("macs_min", "macs_p50", "macs_p95", "macs_max")
+
+
 def report_run(
     out: Path, cfg: GateTrainConfig, select: str, report: str, *, progress: bool = True
 ) -> dict[str, Any]:
@@ -332,6 +336,8 @@ def report_run(
         "paired": {"worse": paired.worse, "better": paired.better},
         "baseline": f"{cfg.model} (shipped weights, dense)",
         "macs_per_sample": fast["macs_per_sample"],
+        # how far the executed cost spreads over the images (the page's adaptivity section)
+        **{k: v for k, v in ran.cost.summary().items() if k in SPREAD},
         "baseline_macs_per_sample": net.static_macs,
         "cost_reduction": fast["cost_reduction"],
         "cost_mode": fast["cost_mode"],

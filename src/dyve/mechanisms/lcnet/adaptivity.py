@@ -1,0 +1,102 @@
+"""How input-adaptive the LC-Net page's runs are: which blocks each image runs, and how far
+each image's executed cost spreads.
+
+A learned gate may end up deciding the same for every image, which makes it a static
+pruning learned with gates; the page says so from the runs' own files instead of assuming
+adaptivity. Blocks come from ``ran_fraction`` in ``metrics.json`` (the share of the report
+split's images that ran each block); the cost spread from the executed batch-1 trace's
+per-image MACs (``macs_min``, ``macs_p50``, ``macs_p95``, ``macs_max``, which runs
+reported before session 33 lack).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dyve.mechanisms.lcnet.train import SPREAD
+
+#: a block run by fewer than this share of the images, or skipped by fewer, counts as
+#: decided the same for (nearly) every image
+SAME = 0.01
+
+
+def _blocks(ran: dict[str, float]) -> tuple[int, int, int]:
+    """Blocks every image ran, none ran, and some ran and others skipped."""
+    always = sum(f == 1 for f in ran.values())
+    never = sum(f == 0 for f in ran.values())
+    return always, never, len(ran) - always - never
+
+
+def _varied(ran: dict[str, float]) -> int:
+    """Blocks that at least ``SAME`` of the images run and at least ``SAME`` skip."""
+    return sum(SAME <= f <= 1 - SAME for f in ran.values())
+
+
+def _row(r: dict[str, Any]) -> str:
+    m = r["m"]
+    always, never, some = _blocks(m["ran_fraction"])
+    spread = [m.get(k) for k in SPREAD]
+    if None in spread:
+        cost = "- | - | - | - | -"
+    else:
+        lo, hi = spread[0], spread[-1]
+        cost = " | ".join(f"{v / 1e6:.1f}" for v in spread) + f" | {hi / lo:.2f}x"
+    return f"| {r['run']} | {r['kind']} | {always} | {never} | {some} | {cost} |"
+
+
+def _finding(rows: list[dict[str, Any]]) -> list[str]:
+    """What the blocks say, computed: how many runs with L-Net's gates decide any block per
+    image, against the baseline's gates."""
+    lnet = [  # trained to skip blocks (the control without sparsity loss is not)
+        r
+        for r in rows
+        if r["cfg"]["method"] != "aig" and r["cfg"]["layer"] and r["cfg"]["lam_l"] > 0
+    ]
+    aig = [r for r in rows if r["cfg"]["method"] == "aig"]
+    out = []
+    if lnet:
+        fixed = [r for r in lnet if not _varied(r["m"]["ran_fraction"])]
+        share = f"{SAME:.0%}"
+        out.append(
+            f"- Runs with L-Net's block gates: in {len(fixed)} of {len(lnet)}, every block "
+            f"runs for fewer than {share} of the images or is skipped by fewer than {share}"
+            + (
+                ": L-Net's decisions are the same for (nearly) every image, a learned static "
+                "choice of blocks; any cost that varies per image comes from C-Net's channels."
+                if len(fixed) == len(lnet)
+                else "."
+            )
+        )
+    for r in aig:
+        ran = r["m"]["ran_fraction"]
+        out.append(
+            f"- ConvNet-AIG (`{r['run']}`): {_varied(ran)} of its {len(ran)} blocks are run "
+            f"by between {SAME:.0%} and {1 - SAME:.0%} of the images."
+        )
+    return out
+
+
+def adaptivity_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The page's section on how input-adaptive each run is (``rows`` in the table's order)."""
+    some = [r for r in rows if all(k in r["m"] for k in SPREAD)]
+    out = [
+        "",
+        "## How input-adaptive the runs are",
+        "",
+        "Per run, the residual blocks that every image of the report split runs, that none "
+        "runs, and that some run and others skip (`ran_fraction` in `metrics.json`); and the "
+        "spread of each image's executed MACs at batch 1 (M)"
+        + (
+            "; `-`: reported before the spread was kept (re-report with `--resume`)."
+            if len(some) < len(rows)
+            else "."
+        ),
+        "",
+        "| run | method | blocks always run | never run | run per image | MACs min | p50 | p95 "
+        "| max | max / min |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *(_row(r) for r in rows),
+        "",
+        *_finding(rows),
+    ]
+    return out
