@@ -1,7 +1,8 @@
 """Probe (session 33): LC-Net trained with every batch norm's scale and shift frozen, so
 that the sparsity loss on the gates' scales cannot be paid by shrinking the residual
-stream instead of closing blocks (in the 3x chain the stem's batch-norm scale fell from
-0.73 to 0.06 and the open blocks' s_L to 0.02-0.06: `benchmarks/lcnet_gates.py`).
+stream instead of closing blocks (in `lcnet_r315_kd05_e22_c26_g01` the stem's batch-norm
+scale fell from 0.73 to 0.06 and ten of the eleven open blocks' s_L to 0.02-0.06:
+`benchmarks/lcnet_gates.py`).
 
 Not a `dyve lcnet train` option: it patches the trainer's parameter groups, and it did
 not make L-Net's decisions input-dependent (NOTES, session 33). Otherwise the settings of

@@ -34,10 +34,11 @@ net = load(args.run).eval()
 z: dict[str, list[torch.Tensor]] = defaultdict(list)
 for name, unit in net.backbone.named_modules():
     gate = unit.gates["lcnet"] if isinstance(unit, Unit) and "lcnet" in unit.gates else None
-    if isinstance(gate, LCGate) and gate.l is not None:
-        # the gate reads the block's input: pool it and apply L-Net's linear map
+    if isinstance(gate, LCGate) and gate.layer:
+        # the gate reads the block's input: L-Net's pre-activation of it, pooled (per-block
+        # or global predictor alike)
         def hook(_m, inp, gate=gate, name=name):  # type: ignore[no-untyped-def]
-            z[name].append(gate.l(inp[0].mean((2, 3)))[:, 0])
+            z[name].append(gate._pre(inp[0].mean((2, 3)))[0][:, 0])
 
         unit.register_forward_pre_hook(hook)
 ds = data.load(args.data, args.split).subset(slice(0, args.images))

@@ -37,6 +37,7 @@ fine-tuned on cifar10-jpeg with distillation from resnet56_cifar"
     --weight-decay 1e-4 --distill 0.5 --teacher resnet56_cifar --bf16 --threads 2 \
     --no-progress "$@"
   static "$model" "$name" --weights "$out/model.safetensors"
+  cp "$out/model.json" "$STATIC/$name/"  # a control wherever its eval is read from
   cp "$out/model.json" "$PAGE/$name/"
 }
 

@@ -27,12 +27,11 @@ def test_blocks_and_spread_per_run_and_what_they_say() -> None:
     lines = adaptivity_lines(rows)
     assert "| fixed | LC-Net | 2 | 1 | 1 | 20.0 | 40.0 | 45.0 | 50.0 | 2.50x |" in lines
     assert "| old | LC-Net | 2 | 2 | 0 | - | - | - | - | - |" in lines
-    assert any(line.endswith("(re-report with `--resume`).") for line in lines)
+    assert any(line.endswith("is re-reported with `--resume`).") for line in lines)
     assert (
         "- Runs with L-Net's block gates: in 2 of 2, every block runs for fewer than 1% of "
         "the images or is skipped by fewer than 1%: L-Net's decisions are the same for "
-        "(nearly) every image, a learned static choice of blocks; any cost that varies per "
-        "image comes from C-Net's channels." in lines
+        "(nearly) every image, a learned static choice of blocks." in lines
     )
     assert (
         "- ConvNet-AIG (`aig`): 2 of its 4 blocks are run by between 1% and 99% of the images."
@@ -43,7 +42,19 @@ def test_blocks_and_spread_per_run_and_what_they_say() -> None:
     said = [line for line in adaptivity_lines(rows) if line.startswith("- Runs with")]
     assert said == [
         "- Runs with L-Net's block gates: in 1 of 2, every block runs for fewer than 1% of "
-        "the images or is skipped by fewer than 1%."
+        "the images or is skipped by fewer than 1%; blocks decided per image in `old`."
     ]
     # all spreads kept: no note on re-reporting
     assert not any("re-report" in line for line in adaptivity_lines([rows[0]]))
+
+
+def test_an_image_that_ran_nothing_and_a_run_without_blocks_break_nothing() -> None:
+    free = _row("free", [0.0, 0.0], **(SPREAD | {"macs_min": 0.0}))
+    empty = _row("empty", [])  # no gated block: not counted among L-Net's runs
+    lines = adaptivity_lines([free, empty])
+    assert "| free | LC-Net | 0 | 2 | 0 | 0.0 | 40.0 | 45.0 | 50.0 | - |" in lines
+    assert [line for line in lines if line.startswith("- Runs with")] == [
+        "- Runs with L-Net's block gates: in 1 of 1, every block runs for fewer than 1% of "
+        "the images or is skipped by fewer than 1%: L-Net's decisions are the same for "
+        "(nearly) every image, a learned static choice of blocks."
+    ]

@@ -209,3 +209,14 @@ def test_the_shipped_backbone_meets_its_same_recipe_controls(tmp_path: Path) -> 
         f"`k22` 90.60 % at 125.5 M (-0.08 pp, 95% interval {-hi:+.2f} to {-lo:+.2f})."
     )
     assert (-hi, -lo) == pytest.approx((-0.33, 0.17), abs=0.005)
+    # without controls: none to set against it
+    alone = static_lines(refs[:1], [_run("r22", 88.84, 22, None)], ("LC-Net",))[0]
+    assert alone.endswith("the same-recipe controls of the backbone, set against it: none.")
+    # the backbone with other weights (no `dyve train` metadata) is a plain reference
+    other = _static(tmp_path, "other", 90.0, None, macs=125.5e6, model="resnet56_cifar")
+    other.joinpath("config.json").write_text(json.dumps({"weights": "runs/x/w.safetensors"}))
+    plain = static_lines([load_static(other, WHERE)], [_run("r22", 88.84, 22, None)], ("LC-Net",))
+    assert plain[0].startswith(
+        "Static `resnet56_cifar` (`dyve eval`, runs/x/w.safetensors weights; the README's"
+    )
+    assert plain[0].endswith("the dense backbone's cost; LC-Net runs within 5% of its cost: none.")

@@ -40,31 +40,37 @@ def _row(r: dict[str, Any]) -> str:
         cost = "- | - | - | - | -"
     else:
         lo, hi = spread[0], spread[-1]
-        cost = " | ".join(f"{v / 1e6:.1f}" for v in spread) + f" | {hi / lo:.2f}x"
+        ratio = f"{hi / lo:.2f}x" if lo > 0 else "-"  # an image that ran nothing: no ratio
+        cost = " | ".join(f"{v / 1e6:.1f}" for v in spread) + f" | {ratio}"
     return f"| {r['run']} | {r['kind']} | {always} | {never} | {some} | {cost} |"
 
 
 def _finding(rows: list[dict[str, Any]]) -> list[str]:
-    """What the blocks say, computed: how many runs with L-Net's gates decide any block per
-    image, against the baseline's gates."""
+    """What the blocks say, computed: how many runs with L-Net's gates decide every block
+    the same for (nearly) every image, and how many blocks the baseline's gates decide
+    per image."""
     lnet = [  # trained to skip blocks (the control without sparsity loss is not)
         r
         for r in rows
-        if r["cfg"]["method"] != "aig" and r["cfg"]["layer"] and r["cfg"]["lam_l"] > 0
+        if r["cfg"]["method"] != "aig"
+        and r["cfg"]["layer"]
+        and r["cfg"]["lam_l"] > 0
+        and r["m"]["ran_fraction"]
     ]
-    aig = [r for r in rows if r["cfg"]["method"] == "aig"]
+    aig = [r for r in rows if r["cfg"]["method"] == "aig" and r["m"]["ran_fraction"]]
     out = []
     if lnet:
-        fixed = [r for r in lnet if not _varied(r["m"]["ran_fraction"])]
+        varied = [f"`{r['run']}`" for r in lnet if _varied(r["m"]["ran_fraction"])]
         share = f"{SAME:.0%}"
         out.append(
-            f"- Runs with L-Net's block gates: in {len(fixed)} of {len(lnet)}, every block "
-            f"runs for fewer than {share} of the images or is skipped by fewer than {share}"
+            f"- Runs with L-Net's block gates: in {len(lnet) - len(varied)} of {len(lnet)}, "
+            f"every block runs for fewer than {share} of the images or is skipped by fewer "
+            f"than {share}"
             + (
-                ": L-Net's decisions are the same for (nearly) every image, a learned static "
-                "choice of blocks; any cost that varies per image comes from C-Net's channels."
-                if len(fixed) == len(lnet)
-                else "."
+                f"; blocks decided per image in {', '.join(varied)}."
+                if varied
+                else ": L-Net's decisions are the same for (nearly) every image, a learned "
+                "static choice of blocks."
             )
         )
     for r in aig:
@@ -87,7 +93,8 @@ def adaptivity_lines(rows: list[dict[str, Any]]) -> list[str]:
         "runs, and that some run and others skip (`ran_fraction` in `metrics.json`); and the "
         "spread of each image's executed MACs at batch 1 (M)"
         + (
-            "; `-`: reported before the spread was kept (re-report with `--resume`)."
+            "; `-`: reported before the spread was kept (a run whose weights are kept is "
+            "re-reported with `--resume`)."
             if len(some) < len(rows)
             else "."
         ),

@@ -21,7 +21,7 @@ from dyve._io import atomic_save, atomic_write, read_json
 from dyve.bench import eager_caveat, eager_speedup
 from dyve.eval.paired import LEVEL
 from dyve.mechanisms.lcnet.adaptivity import adaptivity_lines
-from dyve.mechanisms.lcnet.static import load_static, static_lines
+from dyve.mechanisms.lcnet.static import load_static, shipped_backbone, static_lines
 from dyve.mechanisms.lcnet.targets import (
     DISTILLED,
     LCNET,
@@ -122,9 +122,8 @@ def _plot(rows: list[dict[str, Any]], refs: list[dict[str, Any]], path: Path) ->
             ms=6,
         )
     labelled = set()
-    backbone = rows[0]["cfg"]["model"]
     for s in refs:  # shipped weights: named; same-recipe controls: one marker for all
-        if not s["trained"] and s["model"] == backbone:
+        if shipped_backbone(s, rows[0]["cfg"]["model"]):
             continue  # the dense backbone: its own marker below
         xy = (s["macs_per_sample"] / 1e6, s["top1"])
         label = "static, trained as the runs" if s["trained"] else "static network"
@@ -189,8 +188,8 @@ def write_results(runs: list[Path], out: Path, static: list[Path] | None = None)
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
         "| ---: |",
     ]
-    rows.sort(key=lambda r: (r["kind"], -r["m"]["macs_per_sample"]))  # the tables' order
-    for r in rows:
+    ordered = sorted(rows, key=lambda r: (r["kind"], -r["m"]["macs_per_sample"]))
+    for r in ordered:
         m, b = r["m"], r["bench"]
         ran = m["ran_fraction"]
         s1, n1 = _speedups(b, "b1")
@@ -218,7 +217,7 @@ def write_results(runs: list[Path], out: Path, static: list[Path] | None = None)
             "",
         ]
     lines += targets(rows)
-    lines += adaptivity_lines(rows)
+    lines += adaptivity_lines(ordered)
     lines += _where_time_goes(rows)
     benches = [r["bench"] for r in rows if r["bench"]]
     if benches:

@@ -115,14 +115,20 @@ def _recipe(t: dict[str, Any], epochs: int | None) -> str:
 
 
 def _difference(s: dict[str, Any], m: dict[str, Any]) -> tuple[str, bool]:
-    """A run's top-1 minus a static network's, with its paired interval when both kept
-    their per-image correctness; and whether it is paired."""
+    """A run's (or a control's) top-1 minus a static network's, with its paired interval
+    when both kept their per-image correctness; and whether it is paired."""
     diff = m["top1"] - s["top1"]
     p = paired_runs(s["dir"], m["dir"])  # each file checked against its metrics.json
     if p is None:
         return f"{signed_pp(diff)} pp, unpaired", False
     lo, hi = p.interval_pp(LEVEL)  # of the static network's lead over the run
     return f"{signed_pp(diff)} pp, {LEVEL:.0%} interval {signed_pp(-hi)} to {signed_pp(-lo)}", True
+
+
+def shipped_backbone(s: dict[str, Any], model: str) -> bool:
+    """Whether static reference ``s`` is the backbone ``model`` with its shipped weights:
+    the runs' own baseline, set against its same-recipe controls, not against the runs."""
+    return not s["trained"] and s["weights"] == "shipped" and s["model"] == model
 
 
 def static_lines(
@@ -135,16 +141,19 @@ def static_lines(
     base = rows[0]["m"]["baseline_macs_per_sample"]
     runs = _run_steps(rows)
     controls = _control_steps(refs)
+    model = rows[0]["cfg"]["model"]
     out, paired = [], []
     for s in refs:
         epochs = chain_epochs(s["name"], controls) if s["trained"] else None
-        backbone = s["model"] == rows[0]["cfg"]["model"]
+        same = s["model"] == model
+        backbone = s["trained"] and same  # a control of the backbone itself
         near = [
             r["m"] | {"run": r["run"], "dir": r["dir"]}
             for r in rows
             if r["kind"] in kinds
             and (backbone or abs(r["m"]["macs_per_sample"] / s["macs_per_sample"] - 1) <= NEAR)
         ]
+        head = f"Static `{s['model']}`"
         if s["trained"]:
             head = f"Same-recipe control `{s['name']}`: static `{s['model']}`"
             what = f"{_recipe(s['trained'], epochs)}; scored by `dyve eval`"
@@ -157,15 +166,11 @@ def static_lines(
                 if backbone
                 else f"LC-Net runs within {NEAR:.0%} of its cost that trained as many epochs"
             )
-        elif backbone:  # the backbone as the runs' baseline saw it, against its controls
-            head = f"Static `{s['model']}`"
-            what = f"`dyve eval`, {s['weights']} weights: the dense backbone"
-            near = [
-                c | {"run": c["name"]} for c in refs if c["trained"] and c["model"] == s["model"]
-            ]
+        elif shipped_backbone(s, model):  # the runs' baseline, against its controls
+            what = "`dyve eval`, shipped weights: the dense backbone"
+            near = [c | {"run": c["name"]} for c in refs if c["trained"] and c["model"] == model]
             which = "the same-recipe controls of the backbone, set against it"
         else:
-            head = f"Static `{s['model']}`"
             what = (
                 f"`dyve eval`, {s['weights']} weights; "
                 "the README's zoo table says how they were trained"
@@ -173,7 +178,7 @@ def static_lines(
             which = f"LC-Net runs within {NEAR:.0%} of its cost"
         cost = (
             "the dense backbone's cost"
-            if backbone
+            if same
             else f"{base / s['macs_per_sample']:.2f}x fewer than the dense backbone"
         )
         line = (
