@@ -413,3 +413,13 @@ def test_init_starts_from_an_earlier_runs_network(
     monkeypatch.setattr(lc_train, "measure", real)
     assert _cli(*go_on, "--resume")[0] == 0
     assert (tmp_path / "go_on" / "metrics.json").is_file()
+
+
+def test_the_committed_page_is_what_its_command_writes(tmp_path: Path) -> None:
+    # docs/results/lcnet.md from the small files kept beside it, as scripts/lcnet_results.sh
+    # writes it: every figure on the page comes from those files
+    docs = Path(__file__).parents[2] / "docs" / "results"
+    runs = sorted(p for p in (docs / "lcnet" / "runs").iterdir() if p.is_dir())
+    static = sorted(p for p in (docs / "lcnet" / "static").iterdir() if p.is_dir())
+    page = lc_results.write_results(runs, tmp_path / "lcnet.md", static)
+    assert page.read_text() == (docs / "lcnet.md").read_text()
