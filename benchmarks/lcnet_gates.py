@@ -16,9 +16,9 @@ from collections import defaultdict
 import torch
 
 from dyve import data
-from dyve.data.loader import batches
 from dyve.dynamic import load
 from dyve.dynamic.unit import Unit
+from dyve.eval.measure import measure
 from dyve.mechanisms.lcnet.gates import LCGate
 from dyve.models import create, model_info
 
@@ -43,9 +43,7 @@ for name, unit in net.backbone.named_modules():
         unit.register_forward_pre_hook(hook)
 ds = data.load(args.data, args.split).subset(slice(0, args.images))
 norm = model_info(net.backbone).norm
-with torch.no_grad():
-    for x, _ in batches(ds, 250, norm):
-        net.run(x)
+measure(net, ds, norm)  # the shared pass over the images; the hooks collect z
 print(f"{args.run}: L-Net pre-activation z over {len(ds)} images of {args.split}")
 print("| block | mean z | std | min | max | images open (%) | abs(mean) / std |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -10,7 +10,7 @@
 #   schedule. `dyve train` keeps each cycle's last epoch (the LC-Net runs keep their best
 #   on test-a). 60-90 s per epoch alone on 2 cores (about 80 minutes in all). Then the
 #   dense ResNet-56 the same way, distilled from itself: the control of the backbone
-#   itself (about 140-150 s per epoch alone, 2.5 hours).
+#   itself (120-155 s per epoch alone, 2-2.5 hours).
 # Rerun to resume.
 set -euo pipefail
 RUNS=${RUNS:-runs/lcnet}
