@@ -1,7 +1,7 @@
 """Probe (session 34): LC-Net's predictors reading their pooled input *standardised*
 (per-channel mean and variance: the batch's in training, running ones at inference,
 folded into the linear's weight and bias there, so every inference path sees a plain
-linear of the same cost). A reparametrisation of the paper's predictor, not a new
+linear of the same MACs). A reparametrisation of the paper's predictor, not a new
 function class: it asks whether L-Net's decisions come out input-independent (NOTES,
 session 33) because the raw pooled input barely varies between images next to its mean.
 
@@ -14,9 +14,14 @@ parameter groups (the predictors' weight matrices get their own learning-rate sc
 
 `--which`: standardise L-Net's predictors only (`l`) or C-Net's too (`lc`, default).
 `--from RUN`: start from a kept LC-Net run (`--init`), converted exactly (the same
-outputs at inference) with statistics measured on 10,000 training images; without it,
-`lcnet_l04_c002`'s settings from the backbone. ARGS go to `dyve lcnet train` (later
-ones win). Rerun to resume.
+outputs at inference, checked) with statistics measured on 10,000 training images.
+Either way the run starts from `lcnet_l04_c002`'s settings; ARGS go to
+`dyve lcnet train` after them (later ones win), so with `--from` pass the source run's
+own settings. Rerun to resume.
+
+The networks it saves load only with this patch (their predictors hold `w_raw` and
+running statistics), and the folded weight and bias are recomputed on every call, so
+time them with care: the MACs are LC-Net's, the Python overhead is not.
 """
 
 import argparse
@@ -138,7 +143,7 @@ argv = ["lcnet", "train", "--out", opts.out, "--model", "resnet56_cifar", "--epo
         "--weighting", "macs", "--threads", "2", "--lam-l", "0.04", "--lam-c", "0.002",
         "--no-progress"]  # fmt: skip
 if opts.run:
-    init = Path(opts.out + "_init")
+    init = Path(opts.out.rstrip("/") + "_init")
     if not (init / "dynamic.json").is_file():
         convert(opts.run, init)
     argv += ["--init", str(init)]
