@@ -73,7 +73,7 @@ train lcnet_r315_kd05_e22_c26_g01_ens "${G01[@]}" --lr 0.002 --epochs 14 --threa
   --teacher resnet56_cifar,resnet20_cifar,vgg16_bn_cifar_w025 --teacher-flip
 # the long schedule the 3x chain's restarts stand in for: the chain's first cycle
 # (`lcnet_r315_kd05_e22`) for 100 epochs in one cosine cycle, keeping the most accurate
-# epoch of at least 3.0x on test-a (about 4.6 hours alone on 2 cores; begun in session 34,
+# epoch of at least 3.0x on test-a (about 5 hours alone on 2 cores; begun in session 34,
 # and carried between sessions in docs/results/lcnet/inflight/ until it finishes: copy
 # that folder into $RUNS to resume it)
 if [[ ! -d "$RUNS/lcnet_r315_kd05_e100" && -d docs/results/lcnet/inflight/lcnet_r315_kd05_e100 ]]; then
