@@ -26,6 +26,7 @@ time them with care: the MACs are LC-Net's, the Python overhead is not.
 
 import argparse
 import sys
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ import dyve.mechanisms.lcnet.train as lcnet_train
 from dyve import data as dyve_data
 from dyve.cli.main import main
 from dyve.dynamic import DynamicNet, load, save
+from dyve.dynamic.unit import Unit
+from dyve.eval.measure import measure
 from dyve.models import create, model_info
 
 plain_linear, trained_groups = gates._linear, lcnet_train._params
@@ -96,21 +99,20 @@ def convert(run: str, dest: Path) -> None:
     raw = load(run).eval()
     gates._linear = patched
     info = model_info(raw.backbone)
-    pooled: dict[str, list[torch.Tensor]] = {}
-    decide = gates.LCGate.decide
-    names = {id(m): n for n, m in raw.named_modules()}
+    pooled: dict[str, list[torch.Tensor]] = defaultdict(list)
+    hooks = []
+    for unit_name, unit in raw.named_modules():
+        gate = unit.gates["lcnet"] if isinstance(unit, Unit) and "lcnet" in unit.gates else None
+        if isinstance(gate, gates.LCGate):  # the gate reads its block's input, pooled
 
-    def record(self: gates.LCGate, x: torch.Tensor) -> torch.Tensor | None:
-        pooled.setdefault(names[id(self)], []).append(x.mean((2, 3)).double())
-        return decide(self, x)
+            def hook(_m, inp, name=f"{unit_name}.gates.lcnet"):  # type: ignore[no-untyped-def]
+                pooled[name].append(inp[0].mean((2, 3)).double())
 
-    gates.LCGate.decide = record  # type: ignore[method-assign]
+            hooks.append(unit.register_forward_pre_hook(hook))
     train = dyve_data.load_images("cifar10-jpeg", "train", shape=info.input_size)
-    with torch.no_grad():
-        for x, _ in dyve_data.batches(train, 500, info.norm, indices=range(10_000)):
-            raw(x)
-        probe = x
-    gates.LCGate.decide = decide  # type: ignore[method-assign]
+    measure(raw, train.subset(slice(0, 10_000)), info.norm)  # the hooks collect the inputs
+    for h in hooks:
+        h.remove()
     net = load(run, create(str(raw.backbone_id), pretrained=True), weights=False)
     held, sd = raw.state_dict(), net.state_dict()
     sd.update({k: v for k, v in held.items() if k in sd})
@@ -121,11 +123,13 @@ def convert(run: str, dest: Path) -> None:
             x = torch.cat(xs)
             mu, var = x.mean(0), x.var(0, unbiased=False)
             w, b = held[f"{name}.{head}.weight"].double(), held[f"{name}.{head}.bias"].double()
-            sd[f"{name}.{head}.w_raw"] = (w * (var + 1e-5).sqrt()).float()
+            eps = net.get_submodule(f"{name}.{head}.norm").eps
+            sd[f"{name}.{head}.w_raw"] = (w * (var + eps).sqrt()).float()
             sd[f"{name}.{head}.b_raw"] = (b + w @ mu).float()
             sd[f"{name}.{head}.norm.running_mean"] = mu.float()
             sd[f"{name}.{head}.norm.running_var"] = var.float()
     net.load_state_dict(sd)
+    probe, _ = next(dyve_data.batches(train, 500, info.norm))
     with torch.no_grad():  # the conversion changes no output
         torch.testing.assert_close(net.eval()(probe), raw(probe), rtol=1e-4, atol=1e-4)
     save(net, dest)
