@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from dyve.errors import ChecksumError, DataError
+from dyve.errors import ChecksumError, DataError, DyveError
 
 
 def _umask_mode() -> int:
@@ -77,6 +77,46 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise DataError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
+
+
+def check_out(
+    out: Path, made_by: dict[str, Any] | None = None, record: str = "config.json"
+) -> None:
+    """Refuse, before any work, an ``--out`` whose files the command would clobber: a file
+    that is not a folder, or a folder holding another run (``config.json``, which every
+    run writes, or ``record``, the file this command describes its run in).
+
+    The run is this command's own, and may be written again (a re-score), only when its
+    ``record`` holds every item of ``made_by``; without ``made_by`` every run is another.
+    """
+    if out.exists() and not out.is_dir():
+        raise DyveError(f"--out {out} is a file, not a folder")
+    path = out / record
+    if path.is_file():
+        saved = read_json(path)
+        if (
+            made_by is not None
+            and isinstance(saved, dict)
+            and all(saved.get(k) == v for k, v in jsonable(made_by).items())
+        ):
+            return
+    elif not (out / "config.json").is_file():
+        return
+    raise DyveError(f"{out} already holds another run; pick a new --out (or delete that folder)")
+
+
+def read_run(run: Path, command: str, key: str) -> tuple[Any, Any]:
+    """A run's ``config.json`` and ``metrics.json`` as written, refusing with one line a
+    folder that ``command`` did not make: ``key`` is in neither its config (the ``config``
+    section where there is one) nor its metrics."""
+    for name in ("config.json", "metrics.json"):
+        if not (run / name).is_file():
+            raise DyveError(f"{run}: no {name}; not a finished run of `{command}`")
+    cfg, m = read_json(run / "config.json"), read_json(run / "metrics.json")
+    inner = cfg.get("config", cfg) if isinstance(cfg, dict) else {}
+    if not (isinstance(m, dict) and isinstance(inner, dict) and (key in inner or key in m)):
+        raise DyveError(f"{run}: not a run of `{command}`")
+    return cfg, m
 
 
 def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:

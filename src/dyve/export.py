@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dyve._io import read_json, write_json
+from dyve._io import check_out, read_json, write_json
 from dyve.dynamic.frozen import Freezable
 from dyve.errors import DyveError
 
@@ -195,6 +195,7 @@ def export(
         raise DyveError(f"{run_dir}: no dynamic.json or selection.json to export")
     if out.resolve() == run_dir.resolve():
         raise DyveError("--out must be a new folder, not the run itself")
+    check_out(out, {"source": str(run_dir)}, record="export.json")  # may be exported again
     out.mkdir(parents=True, exist_ok=True)
     for f in files:
         shutil.copyfile(run_dir / f, out / f)

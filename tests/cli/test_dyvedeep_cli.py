@@ -155,6 +155,10 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys) -> None:
     assert rc == 2
     assert "unknown knobs" in capsys.readouterr().err
     base = ["dyvedeep", "calibrate", "--model", "caffe_cifar10", "--data", "cifar10-jpeg"]
+    assert main([*base, "--out", str(tmp_path), "--knobs", ",,"]) == 2
+    assert "names no knob" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path), "--sdss-stride", "0"]) == 2
+    assert "sdss_stride must be >= 2, got 0" in capsys.readouterr().err
     rc = main([*base, "--out", str(tmp_path), "--confidence", "1.5"])
     assert rc == 2
     assert "confidence must be in [0.5, 1)" in capsys.readouterr().err
@@ -166,7 +170,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys) -> None:
     assert "invalid choice: 'cheapest'" in capsys.readouterr().err
     rc = main(["dyvedeep", "results", str(tmp_path / "missing"), "--out", str(tmp_path / "r.md")])
     assert rc == 2
-    assert "no metrics.json" in capsys.readouterr().err
+    assert "no config.json; not a finished run" in capsys.readouterr().err
 
 
 @pytest.mark.slow

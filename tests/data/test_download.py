@@ -48,3 +48,17 @@ def test_download_failure_names_the_way_out(
     monkeypatch.setattr(cifar10, "URL", (tmp_path / "missing.tar.gz").as_uri())
     with pytest.raises(DataError, match="pass --source"):
         download(tmp_path / "dl")
+
+
+def test_a_source_without_the_archive_says_why_it_downloads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dyve import data
+
+    wrong = tmp_path / "afile.txt"
+    wrong.write_text("not the archive")
+    with pytest.raises(AssertionError, match="tried to download"):  # the guard's refusal
+        data.prepare("cifar10", source=wrong, root=tmp_path / "d")
+    err = capsys.readouterr().err
+    assert f"could not find {cifar10.ARCHIVE}" in err
+    assert "downloading it instead" in err

@@ -84,11 +84,13 @@ def _add_demo(sub: Any) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo."""
+    from dyve._io import check_out
     from dyve.demo import run_demo
     from dyve.errors import DyveError
 
     if args.repeats < 1:
         raise DyveError(f"--repeats must be >= 1, got {args.repeats}")
+    check_out(args.out)
     run_demo(
         args.out,
         repeats=args.repeats,

@@ -63,7 +63,12 @@ def add(sub: Any) -> None:
         help="what the search saves: scalar ops (default), or the sites' time measured in "
         "the native kernels on this machine (1 thread)",
     )
-    c.add_argument("--checkpoint", type=float, default=0.25, help="SPET check after this share")
+    c.add_argument(
+        "--checkpoint",
+        type=float,
+        default=0.25,
+        help="SPET check after this share of a filter's terms (< 1) or this many terms",
+    )
     c.add_argument("--sdss-stride", type=int, default=2)
     c.add_argument("--sfma-statistic", choices=("variance", "range"), default="variance")
     c.add_argument("--first-layer", action="store_true", help="apply the knobs to layer 1 too")
@@ -89,6 +94,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from dyve.mechanisms.dyvedeep.job import JobConfig, run_job
 
     knobs = tuple(k.strip() for k in args.knobs.split(",") if k.strip())
+    if not knobs:
+        raise DyveError(f"--knobs {args.knobs!r} names no knob")
     for name in ("batch_size", "profile_images"):
         if getattr(args, name) < 1:
             raise DyveError(f"--{name.replace('_', '-')} must be >= 1")

@@ -47,6 +47,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.check_images < 1:
         raise DyveError(f"--check-images must be >= 1, got {args.check_images}")
+    if not args.tol >= 0 or (args.min_macs is not None and not args.min_macs >= 0):
+        raise DyveError("--tol and --min-macs must be >= 0")
     subject = load_run(args.run_dir)
     images = data.load_images(
         args.data, args.split, args.data_dir, limit=args.check_images, shape=subject.input_shape

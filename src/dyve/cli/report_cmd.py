@@ -54,6 +54,7 @@ def add(sub: Any) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     """Load the runs, measure and time them, write the report."""
     from dyve import data
+    from dyve._io import check_out
     from dyve.errors import DyveError
     from dyve.report import collect, load_run, with_dense, write
 
@@ -61,6 +62,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise DyveError("--repeats must be >= 0 and --latency-images >= 1")
     if args.limit is not None and args.limit < 1:
         raise DyveError(f"--limit must be >= 1, got {args.limit}")
+    check_out(args.out)  # a report folder may be written again, a run's folder may not
     if args.labels is not None:
         labels = [x.strip() for x in args.labels.split(",")]
         if len(labels) != len(args.run_dirs) or not all(labels):

@@ -66,7 +66,7 @@ def add(sub: Any) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run the sweep, write the run directory and print the table."""
     from dyve import data as dyve_data
-    from dyve._io import write_json
+    from dyve._io import check_out, write_json
     from dyve.cost import CONVENTION
     from dyve.dynamic import equip, save
     from dyve.eval.latency import machine
@@ -76,6 +76,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from dyve.version import __version__
 
     _check_numbers(args)
+    weights = str(args.weights) if args.weights else "shipped"
+    # the same knob of the same network on the same data may be swept again
+    check_out(
+        args.out,
+        {"model": args.model, "weights": weights, "mechanism": args.mechanism, "knob": args.knob},
+    )
     mech = build_mechanism(MECHANISMS.get(args.mechanism), args.set)
     values = parse_values(args.values)
     backbone = create(args.model, pretrained=args.weights if args.weights else True)
@@ -102,7 +108,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     config = {
         "command": _command_line(args),
         "model": args.model,
-        "weights": str(args.weights) if args.weights else "shipped",
+        "weights": weights,
         "mechanism": args.mechanism,
         "mechanism_config": mech.config_dict(),
         "knob": args.knob,

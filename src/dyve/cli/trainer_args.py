@@ -74,6 +74,10 @@ def add_results(psub: Any, page: str, module: str, *, static: bool = False) -> N
     def cmd_results(args: argparse.Namespace) -> int:
         import importlib
 
+        from dyve.errors import DyveError
+
+        if args.out.is_dir():
+            raise DyveError(f"--out {args.out} is a folder; name the Markdown file to write")
         extra = {"static": args.static} if static else {}
         importlib.import_module(module).write_results(args.runs, args.out, **extra)
         print(f"wrote {args.out}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 import tarfile
 import urllib.request
 from pathlib import Path
@@ -171,7 +172,8 @@ def download(dest_dir: Path) -> Path:
 def _prepare_python(dirs: list[Path], out: Path, verify: bool) -> None:
     try:
         path = find_file(dirs, (ARCHIVE, "cifar-10-batches-py"))
-    except DataError:
+    except DataError as exc:  # say why it downloads: a wrong --source lands here too
+        print(f"{exc}; downloading it instead", file=sys.stderr)
         path = download(out.parent / "downloads")
     arrays = read_python_archive(path, verify)
     save_parts(out, {k: (x, y, None) for k, (x, y) in arrays.items()}, {"archive": str(path)})

@@ -12,6 +12,7 @@ policies are fitted on val) and ``test`` the 10,000 test images (reported, never
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -183,6 +184,11 @@ def load(
     part, sel = spec.splits[split]
     if sel is None:
         raise DataError(f"{name}: split {split!r} is not available. {spec.notes.get(split, '')}")
+    if not is_prepared(name, root):  # say so: a mistyped --data-dir lands here too
+        print(
+            f"{name}: not prepared in {cache_path(name, root)}; preparing it now (once)",
+            file=sys.stderr,
+        )
     folder = prepare(name, source, root)
     meta = read_json(folder / "meta.json")
     if not isinstance(meta.get("parts"), dict) or part not in meta["parts"]:

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from dyve import data as dyve_data
-from dyve._io import write_json
+from dyve._io import check_out, write_json
 from dyve.cost import CONVENTION, static_cost
 from dyve.dynamic.net import DynamicNet
+from dyve.errors import DyveError
 from dyve.eval.measure import measure_sharded
 from dyve.eval.paired import save_predictions
 from dyve.models import create, model_info
@@ -51,6 +52,10 @@ def eval_run(
         "batch_size": batch_size,
         "data_dir": str(dyve_data.data_dir(data_root)),
     }
+    if batch_size < 1:
+        raise DyveError(f"--batch-size must be >= 1, got {batch_size}")
+    if out is not None:  # the same network on the same images may be scored again
+        check_out(out, {k: config[k] for k in ("model", "weights", "dataset", "split")})
     ddp = init()
     net = create(model, pretrained=weights if weights else True)
     info = model_info(net)

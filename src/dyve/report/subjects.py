@@ -125,7 +125,7 @@ def load_run(run_dir: str | Path, label: str | None = None) -> Subject:
     else:
         raise DyveError(
             f"{run_dir}: neither dynamic.json (a saved dynamic network) nor selection.json "
-            "(a network-selection run); a report needs one of them"
+            "(a network-selection run); this command needs one of them"
         )
     subject.label = label or run_dir.name
     subject.run_dir = run_dir

@@ -81,7 +81,16 @@ def check_run_dir(
     if resume:
         if not (out / "config.json").exists():
             raise DyveError(f"{out}: no run to resume (config.json missing)")
-        saved = {**(defaults or {}), **read_json(out / "config.json")["config"]}
+        held = read_json(out / "config.json")
+        saved = {**(defaults or {}), **held.get("config", {})}
+        only = sorted(set(saved) ^ set(config))
+        if only:  # not a setting changed: settings one of them lacks (another kind of run)
+            made = held.get("command", "another command")
+            names = ", ".join(only[:5]) + (", ..." if len(only) > 5 else "")
+            raise DyveError(
+                f"{out} holds a run made by `{made}`, with settings that only one of the two "
+                f"has ({names}); pick a new --out"
+            )
         if saved != config:
             diff = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
             raise DyveError(f"--resume with a different config: {diff}")
@@ -109,8 +118,29 @@ def start(
     return dev, ddp
 
 
-def write_config(out: Path, config: dict[str, Any], resume: bool, ddp: Dist) -> None:
-    """``config.json`` (the config and the command line), written by rank 0 of a new run."""
+def check_counts(**counts: int | None) -> None:
+    """Refuse a setting that counts something and must be >= 1 (None: not set), naming it
+    as its command-line option."""
+    for name, n in counts.items():
+        if n is not None and n < 1:
+            raise DyveError(f"--{name.replace('_', '-')} must be >= 1, got {n}")
+
+
+def check_batch(train_images: int, batch_size: int) -> None:
+    """Refuse a training set too small for one batch (the loop drops the last short one)."""
+    if train_images < batch_size:
+        raise DyveError(
+            f"{train_images} training images make no batch of {batch_size}; lower --batch-size"
+        )
+
+
+def write_config(
+    out: Path, config: dict[str, Any], resume: bool, ddp: Dist, train_images: int, batch_size: int
+) -> None:
+    """``config.json`` (the config and the command line), written by rank 0 of a new run,
+    once the settings are known to work: a run that cannot start leaves no folder behind
+    that a corrected command would have to ``--resume``."""
+    check_batch(train_images, batch_size)
     if ddp.main and not resume:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {"config": config, "command": command_line()})
@@ -148,11 +178,7 @@ def fit(
     """
     from tqdm import tqdm
 
-    if len(train_set) < sched.batch_size:
-        raise DyveError(
-            f"{len(train_set)} training images make no batch of {sched.batch_size}; "
-            "lower --batch-size"
-        )
+    check_batch(len(train_set), sched.batch_size)
     mem = torch.channels_last if sched.channels_last else torch.contiguous_format
     ckpt_path = out / "checkpoint.pt"
     start = 0

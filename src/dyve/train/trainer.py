@@ -31,7 +31,7 @@ from dyve.eval.evaluate import evaluate
 from dyve.models import create, model_info
 from dyve.models.weights import save_weights
 from dyve.train.distill import DISTILL_ADDED, DistillSettings, build_teacher, task_loss
-from dyve.train.loop import Schedule, fit, start, write_config
+from dyve.train.loop import Schedule, check_counts, fit, start, write_config
 
 #: keys added to the config after runs were made, with the value those runs had
 ADDED = {"bf16": False, **DISTILL_ADDED}
@@ -66,16 +66,18 @@ class TrainConfig(DistillSettings):
     limit_train: int | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise DyveError("epochs, batch_size and lr must be positive")
+        check_counts(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            threads=self.threads,
+            limit_train=self.limit_train,
+        )
+        if not self.lr > 0:
+            raise DyveError(f"--lr must be > 0, got {self.lr}")
         if self.weight_decay < 0 or self.momentum < 0 or self.warmup_epochs < 0:
             raise DyveError("weight_decay, momentum and warmup_epochs must be >= 0")
         if self.nesterov and self.momentum == 0:
             raise DyveError("Nesterov momentum needs momentum > 0 (or pass --no-nesterov)")
-        if self.threads is not None and self.threads < 1:
-            raise DyveError(f"threads must be >= 1, got {self.threads}")
-        if self.limit_train is not None and self.limit_train < 1:
-            raise DyveError(f"limit_train must be >= 1, got {self.limit_train}")
         super().__post_init__()
         if self.data == "sample":
             raise DyveError(
@@ -131,7 +133,9 @@ def train(
         momentum=cfg.momentum,
         nesterov=cfg.nesterov,
     )
-    write_config(out, config, resume, ddp)  # once everything the run needs exists
+    write_config(
+        out, config, resume, ddp, len(train_set), cfg.batch_size
+    )  # once everything the run needs exists
 
     def step(
         m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, frac: float

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from dyve import data as dyve_data
-from dyve._io import read_json, write_json
+from dyve._io import check_out, read_json, write_json
 from dyve.errors import DyveError
 from dyve.eval.evaluate import evaluate
 from dyve.mechanisms.adaptive.job import (
@@ -74,6 +74,8 @@ class EvalConfig:
             raise DyveError("a threshold needs a policy (max_prob or entropy)")
         if self.latency_images < 0 or (self.limit is not None and self.limit < 1):
             raise DyveError("latency_images must be >= 0 and limit >= 1")
+        if self.batch_size < 1:
+            raise DyveError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -96,6 +98,8 @@ def evaluate_run(cfg: EvalConfig, out: Path, *, progress: bool = True) -> dict[s
         raise DyveError(f"{run}: not a fitted exits or select run (no config.json/metrics.json)")
     if out.resolve() == run.resolve():
         raise DyveError("--out must be a new directory, not the fitted run")
+    setting = ("run", "lam", "policy", "threshold", "limit")  # may be evaluated again
+    check_out(out, {k: v for k, v in asdict(cfg).items() if k in setting})
     fitted = read_json(run / "config.json")
     source = read_json(run / "metrics.json")
     if source.get("method") not in ("early_exit", "network_selection") or "models" not in fitted:

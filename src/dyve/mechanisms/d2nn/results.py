@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dyve._io import atomic_save, atomic_write, read_json
+from dyve._io import atomic_save, atomic_write, read_json, read_run
 from dyve.bench import eager_caveat, eager_speedup
 
 TARGET = 2.0  # at equal accuracy, >= 2x lower mean cost than the static graph ...
@@ -57,11 +57,12 @@ def cost_at(front: Sequence[Point], metric: float) -> tuple[float, bool] | None:
 
 
 def _load(run: Path) -> dict[str, Any]:
+    cfg, m = read_run(run, "dyve d2nn train", "arch")
     bench = read_json(run / "bench.json") if (run / "bench.json").is_file() else None
     return {
         "run": run.name,
-        "cfg": read_json(run / "config.json")["config"],
-        "m": read_json(run / "metrics.json"),
+        "cfg": cfg["config"],
+        "m": m,
         "bench": bench,
     }
 

@@ -50,7 +50,7 @@ from dyve.mechanisms.d2nn.mechanism import D2NN, EpsGreedy
 from dyve.mechanisms.d2nn.module import D2Graph
 from dyve.mechanisms.d2nn.qlearn import bag_f1, final_reward, q_loss, q_targets, task_loss
 from dyve.models import create, model_info
-from dyve.train.loop import Schedule, fit, start, write_config
+from dyve.train.loop import Schedule, check_counts, fit, start, write_config
 
 ROUTES = ("learned", "random", "all", "static")
 BIASES = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)
@@ -93,6 +93,15 @@ class D2NNTrainConfig:
     limit_eval: int | None = None
 
     def __post_init__(self) -> None:
+        check_counts(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            bag=self.bag,
+            limit_train=self.limit_train,
+            limit_eval=self.limit_eval,
+        )
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
         if self.arch not in ARCHS:
             raise ValueError(f"--arch must be one of {ARCHS}, got {self.arch!r}")
         if self.route not in ROUTES:
@@ -142,6 +151,8 @@ def task_data(cfg: D2NNTrainConfig, split: str) -> dyve_data.ImageSet:
         ds = ds.subset(slice(0, limit))
     if cfg.arch != "cascade":
         return ds
+    if not 0 <= cfg.positive < len(ds.classes):
+        raise DyveError(f"--positive must name a class, 0 to {len(ds.classes) - 1}")
     y = (ds.labels == cfg.positive).astype(np.int64)
     return replace(ds, labels=y, classes=("rest", ds.classes[cfg.positive]))
 
@@ -162,7 +173,7 @@ def train(
     graph = build(cfg).to(dev)
     norm = model_info(graph).norm
     train_set = task_data(cfg, "train")
-    write_config(out, config, resume, ddp)
+    write_config(out, config, resume, ddp, len(train_set), cfg.batch_size)
     ctrl = list(graph.controllers.parameters())
     ctrl_ids = {id(p) for p in ctrl}
     rest = [p for p in graph.parameters() if id(p) not in ctrl_ids]

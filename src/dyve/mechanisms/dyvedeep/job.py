@@ -63,6 +63,18 @@ class JobConfig:
     ablations: bool = True
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
+    def __post_init__(self) -> None:
+        self.mechanism()  # the knobs' settings are checked where they are defined
+
+    def mechanism(self) -> DyVEDeep:
+        """The mechanism with this run's settings, every knob off."""
+        return DyVEDeep(
+            checkpoint=self.checkpoint,
+            sdss_stride=self.sdss_stride,
+            sfma_statistic=self.sfma_statistic,
+            first_layer=self.first_layer,
+        )
+
 
 def run_job(
     cfg: JobConfig,
@@ -86,13 +98,12 @@ def run_job(
     test = load_images(
         cfg.data, cfg.test_split, cfg.data_dir, limit=cfg.test_limit, shape=info.input_size
     )
-    mech = DyVEDeep(
-        checkpoint=cfg.checkpoint,
-        sdss_stride=cfg.sdss_stride,
-        sfma_statistic=cfg.sfma_statistic,
-        first_layer=cfg.first_layer,
+    net = equip(
+        backbone,
+        cfg.mechanism(),
+        example_inputs=torch.zeros(1, *info.input_size),
+        backend="emulated",
     )
-    net = equip(backbone, mech, example_inputs=torch.zeros(1, *info.input_size), backend="emulated")
     config = {**asdict(cfg), "command": command, "dyve_version": __version__}
     _check_resume(out / "config.json", config)
     meta = shipped_meta(cfg.model) if not cfg.weights else {}

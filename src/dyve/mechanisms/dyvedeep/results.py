@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dyve._io import atomic_write, read_json
-from dyve.errors import DyveError
+from dyve._io import atomic_write, read_run
 from dyve.eval.paired import rule_note
 from dyve.mechanisms.dyvedeep.job import OPS_CONVENTION
 from dyve.mechanisms.dyvedeep.search import MIN_PROGRAM_SAVING
@@ -36,9 +35,8 @@ def write_results(
     """Write the Markdown page ``out`` from the run directories ``runs``."""
     rows: list[tuple[dict[str, Any], dict[str, Any], Path]] = []
     for r in map(Path, runs):
-        if not (r / "metrics.json").exists():
-            raise DyveError(f"{r}: no metrics.json (has `dyve dyvedeep calibrate` finished?)")
-        rows.append((read_json(r / "metrics.json"), read_json(r / "config.json"), r))
+        cfg, m = read_run(r, "dyve dyvedeep calibrate", "ops_saved_fraction")
+        rows.append((m, cfg, r))
     out = Path(out)
     lines = [
         "# DyVEDeep results",

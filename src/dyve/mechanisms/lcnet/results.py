@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dyve._io import atomic_save, atomic_write, read_json
+from dyve._io import atomic_save, atomic_write, read_json, read_run
 from dyve.bench import eager_caveat, eager_speedup
 from dyve.eval.paired import LEVEL
 from dyve.mechanisms.lcnet.adaptivity import adaptivity_lines
@@ -69,7 +69,8 @@ def _label(cfg: dict[str, Any]) -> tuple[str, str]:
 
 
 def _load(run: Path) -> dict[str, Any]:
-    cfg = read_json(run / "config.json")["config"]
+    raw, m = read_run(run, "dyve lcnet train", "method")
+    cfg = raw["config"]
     bench = read_json(run / "bench.json") if (run / "bench.json").is_file() else None
     kind, setting = _label(cfg)
     return {
@@ -78,7 +79,7 @@ def _load(run: Path) -> dict[str, Any]:
         "kind": kind,
         "setting": setting,
         "cfg": cfg,
-        "m": read_json(run / "metrics.json"),
+        "m": m,
         "bench": bench,
     }
 

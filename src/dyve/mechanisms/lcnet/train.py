@@ -57,10 +57,10 @@ from dyve.eval.measure import Measurement, measure
 from dyve.eval.paired import PairedLoss, save_predictions
 from dyve.eval.splits import choose_splits, heldout
 from dyve.mechanisms.lcnet.blocks import set_all
-from dyve.mechanisms.lcnet.mechanism import ConvNetAIG, LCNet
+from dyve.mechanisms.lcnet.mechanism import ConvNetAIG, LCNet, LCNetConfig
 from dyve.models import create, model_info
 from dyve.train.distill import DISTILL_ADDED, DistillSettings, build_teacher, task_loss
-from dyve.train.loop import Schedule, fit, start, write_config
+from dyve.train.loop import Schedule, check_counts, fit, start, write_config
 
 METHODS = ("lcnet", "aig")
 #: keys added to the config after runs were made, with the value those runs had
@@ -123,8 +123,15 @@ class GateTrainConfig(DistillSettings):
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise DyveError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise DyveError("epochs, batch_size and lr must be positive")
+        check_counts(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            threads=self.threads,
+            limit_train=self.limit_train,
+            limit_eval=self.limit_eval,
+        )
+        if not self.lr > 0:
+            raise DyveError(f"--lr must be > 0, got {self.lr}")
         if min(self.lam_l, self.lam_c, self.aig_weight, self.gate_lr_scale) < 0:
             raise DyveError("lam_l, lam_c, aig_weight and gate_lr_scale must be >= 0")
         if not 0 <= self.ramp <= 1 or not 0 < self.target <= 1:
@@ -137,6 +144,11 @@ class GateTrainConfig(DistillSettings):
                 raise DyveError("target_reduction steers lam_l and lam_c: set one > 0")
         if self.min_reduction is not None and not self.min_reduction >= 1:
             raise DyveError("min_reduction must be >= 1")
+        if self.method == "lcnet":  # the gates' settings are checked where they are defined
+            try:
+                LCNetConfig(layer=self.layer, channel=self.channel, predictor=self.predictor)
+            except ValueError as exc:
+                raise DyveError(str(exc)) from None
         if self.reopen and self.method != "lcnet":
             raise DyveError("reopen is for LC-Net's ReLU1 channel gates")
 
@@ -218,7 +230,7 @@ def train_gates(
     select_set = _split(cfg, select)
     net.to(device)
     opt = torch.optim.SGD(_params(net, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    write_config(out, config, resume, ddp)
+    write_config(out, config, resume, ddp, len(train_set), cfg.batch_size)
 
     def step(
         m: nn.Module, x: torch.Tensor, y: torch.Tensor, frac: float
