@@ -355,3 +355,5 @@ def test_select_evaluate_and_its_errors(
         assert rc != 0, argv
         assert message in capsys.readouterr().err, argv
     assert not (tmp_path / "x").exists(), "a refused evaluation leaves no run directory"
+    assert _cli(*sel_run, *new, "--split", "test-a", "--lam", "0.123")[0] == 2  # after it
+    assert "warning: test-a is the split the policies were fitted on" in capsys.readouterr().err

@@ -190,3 +190,14 @@ def test_loading_an_unprepared_dataset_says_so(
     assert f"not prepared in {tmp_path}" in capsys.readouterr().err
     data.load("cifar10-exact", "test", tmp_path)  # prepared now: quiet
     assert capsys.readouterr().err == ""
+
+
+def test_options_that_exclude_each_other_are_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = ("--out", str(tmp_path / "r"))
+    err = _err(capsys, "exits", "fit", "--model", "resnet20_cifar", "--exits", "layer1",
+               "--every", "2", *out)  # fmt: skip
+    assert "give --exits or --every, not both" in err
+    assert "--data-dir is for --full" in _err(capsys, "demo", "--data-dir", str(tmp_path), *out)
+    assert not (tmp_path / "r").exists()

@@ -157,6 +157,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys) -> None:
     base = ["dyvedeep", "calibrate", "--model", "caffe_cifar10", "--data", "cifar10-jpeg"]
     assert main([*base, "--out", str(tmp_path), "--knobs", ",,"]) == 2
     assert "names no knob" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path), "--split", "test", "--confidence", "2"]) == 2
+    assert "warning: calibrating and testing on test" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path), "--sdss-stride", "0"]) == 2
     assert "sdss_stride must be >= 2, got 0" in capsys.readouterr().err
     rc = main([*base, "--out", str(tmp_path), "--confidence", "1.5"])

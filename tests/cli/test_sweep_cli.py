@@ -90,7 +90,7 @@ def test_sweep_writes_every_file(run_dir: tuple[Path, str]) -> None:
 
     config = json.loads((out / "config.json").read_text())
     assert config["command"].startswith("dyve sweep --model resnet20_cifar")
-    assert "--values 0.4,0.7,1.0,1.5" in config["command"]
+    assert "--values=0.4,0.7,1.0,1.5" in config["command"]
     assert config["values"] == [0.4, 0.7, 1.0, 1.5]
     assert config["knob_key"] == "block_skip.threshold"
     assert config["mechanism_config"]["threshold"] == 0.05

@@ -201,6 +201,8 @@ def cmd_exits(args: argparse.Namespace) -> int:
     from dyve.mechanisms.adaptive.exits_job import run_exits
 
     exits = tuple(p.strip() for p in args.exits.split(",")) if args.exits else None
+    if exits and args.every:
+        raise DyveError("give --exits or --every, not both")
     cfg = _config(
         args, (args.model,), exits=exits, every=args.every, pool=args.pool, convs=args.convs
     )

@@ -90,6 +90,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise DyveError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.data_dir is not None and not args.full:
+        raise DyveError("--data-dir is for --full; the demo runs on the embedded images")
     check_out(args.out)
     run_demo(
         args.out,

@@ -96,6 +96,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     knobs = tuple(k.strip() for k in args.knobs.split(",") if k.strip())
     if not knobs:
         raise DyveError(f"--knobs {args.knobs!r} names no knob")
+    if args.split == args.test_split:
+        print(
+            f"dyve: warning: calibrating and testing on {args.split} tests the thresholds on "
+            "the images that chose them; calibrate on val (the default)",
+            file=sys.stderr,
+        )
     for name in ("batch_size", "profile_images"):
         if getattr(args, name) < 1:
             raise DyveError(f"--{name.replace('_', '-')} must be >= 1")

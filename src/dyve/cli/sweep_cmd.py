@@ -43,7 +43,10 @@ def add(sub: Any) -> None:
     )
     p.add_argument("--knob", required=True, help="knob to sweep, e.g. threshold")
     p.add_argument(
-        "--values", required=True, help='comma-separated values, e.g. 0.2,0.5,1 or [],["layer1.0"]'
+        "--values",
+        required=True,
+        help='comma-separated values, e.g. 0.2,0.5,1 or [],["layer1.0"]; a list that starts '
+        "with a minus sign takes an equals sign: --values=-1,0",
     )
     p.add_argument("--data", required=True, help="dataset id, folder:PATH, or 'sample' (embedded)")
     p.add_argument("--split", default="val", help="split (default: val; never tune on test)")
@@ -274,7 +277,7 @@ def _command_line(args: argparse.Namespace) -> str:
     argv += ["--mechanism", args.mechanism]
     for item in args.set:
         argv += ["--set", item]
-    argv += ["--knob", args.knob, "--values", args.values, "--data", args.data]
+    argv += ["--knob", args.knob, f"--values={args.values}", "--data", args.data]
     if args.data != "sample":
         argv += ["--split", args.split]
     argv += ["--out", str(args.out), "--backend", args.backend]

@@ -18,6 +18,7 @@ run's eval split. Choose a setting on the fit split, never on the split you repo
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -112,6 +113,12 @@ def evaluate_run(cfg: EvalConfig, out: Path, *, progress: bool = True) -> dict[s
         batch_size=cfg.batch_size,
     )
     split = cfg.split or source["split"]
+    if split == source.get("fit_split"):
+        print(
+            f"dyve: warning: {split} is the split the policies were fitted on; its figures "
+            f"are not held out (the run's eval split is {source['split']})",
+            file=sys.stderr,
+        )
     system = _load(run, cfg, str(source.get("baseline", "")))
     ds = load_split(job, split)
     out.mkdir(parents=True, exist_ok=True)
