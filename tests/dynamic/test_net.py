@@ -161,7 +161,7 @@ def test_save_load_refuses_bad_files(tmp_path: Path, backbone: nn.Module) -> Non
     save(net, tmp_path / "ok")
     assert load(tmp_path / "ok").knobs() == net.knobs()
 
-    with pytest.raises(DyveError, match="not found"):
+    with pytest.raises(DyveError, match="no saved dynamic network"):
         load(tmp_path / "missing")
 
     def variant(name: str, mutate: Any) -> Path:

@@ -90,6 +90,11 @@ def load(
     if not weights and backbone is None:
         raise DyveError("load(weights=False) needs the backbone whose weights to keep")
     where = folder / DESCRIPTION
+    if not where.is_file():
+        raise DyveError(
+            f"{folder}: no saved dynamic network ({DESCRIPTION} is missing): not a folder that "
+            "holds one, or a training run that has not kept its network yet"
+        )
     desc = _read_description(where)
     shipped = desc.get("backbone_weights") == SHIPPED
     try:
