@@ -73,12 +73,7 @@ train lcnet_r315_kd05_e22_c26_g01_ens "${G01[@]}" --lr 0.002 --epochs 14 --threa
   --teacher resnet56_cifar,resnet20_cifar,vgg16_bn_cifar_w025 --teacher-flip
 # the long schedule the 3x chain's restarts stand in for: the chain's first cycle
 # (`lcnet_r315_kd05_e22`) for 100 epochs in one cosine cycle, keeping the most accurate
-# epoch of at least 3.0x on test-a (about 5 hours alone on 2 cores; begun in session 34,
-# and carried between sessions in docs/results/lcnet/inflight/ until it finishes: copy
-# that folder into $RUNS to resume it)
-if [[ ! -d "$RUNS/lcnet_r315_kd05_e100" && -d docs/results/lcnet/inflight/lcnet_r315_kd05_e100 ]]; then
-  mkdir -p "$RUNS" && cp -r docs/results/lcnet/inflight/lcnet_r315_kd05_e100 "$RUNS"/
-fi
+# epoch of at least 3.0x on test-a (about 5 hours alone on 2 cores; sessions 34-36)
 train lcnet_r315_kd05_e100 --lam-l 0.16 --lam-c 0.008 --distill 0.5 --target-reduction 3.15 \
   --min-reduction 3.0 --bf16 --epochs 100
 # side by side, one thread each: the ablations, and a control without the sparsity loss
@@ -101,8 +96,9 @@ for r in "$RUNS"/*/; do  # the runs' small files beside the page (weights stay i
   cp "$r"/{config,metrics,best,bench}.json "$r"/history.jsonl "$keep"/
   if [[ -f "$r/correct.npy" ]]; then cp "$r/correct.npy" "$keep"/; fi
 done
-# the weights of the three runs at the issue's cost (3.7 MB each), so they can be rebenched
-for r in lcnet_r315_kd05_e22 lcnet_r315_kd05_e22_c26 lcnet_r315_kd05_e22_c26_g01; do
+# the weights of the runs at the issue's cost (3.7 MB each), so they can be rebenched
+for r in lcnet_r315_kd05_e22 lcnet_r315_kd05_e22_c26 lcnet_r315_kd05_e22_c26_g01 \
+  lcnet_r315_kd05_e100; do
   cp "$RUNS/$r"/dynamic.{json,safetensors} "docs/results/lcnet/runs/$r/"
 done
 # the static networks on the same images (shipped ResNet-20 and ResNet-56), and the
