@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -182,6 +183,32 @@ def test_the_page_gives_a_loss_its_paired_interval() -> None:
     assert "`r`, loses 0.94 pp" in both
     assert "It is the best of 2 such runs on these same images" in both
     assert "interval" not in " ".join(lc_targets.targets([row(250, 203, False)]))
+
+
+def test_the_page_names_the_run_chosen_on_the_selection_split() -> None:
+    """Among several runs at the cost, the one most accurate on the selection split is
+    named with its loss on the report split, a choice that did not read those images."""
+
+    def row(run: str, worse: int, select_top1: float, select_red: float = 3.02) -> dict[str, Any]:
+        m = {"n": 5000, "baseline_top1": 90.0, "top1": 90.0 - (worse - 200) / 50,
+             "cost_reduction": 3.02, "macs_per_sample": 41e6, "split": "test-b",
+             "select_split": "test-a", "paired": {"worse": worse, "better": 200},
+             "select": {"top1": select_top1, "cost_reduction": select_red}}  # fmt: skip
+        return {"run": run, "kind": "LC-Net", "m": m, "bench": None}
+
+    lucky, steady = row("lucky", 230, 88.9), row("steady", 240, 89.4)
+    text = "\n".join(lc_targets.targets([lucky, steady]))
+    assert "`lucky`, loses 0.60 pp" in text  # the best here, and read optimistic
+    assert "best of 2 such runs" in text
+    assert "on `test-a`, where the runs kept their epochs: 89.40 %), `steady` loses 0.80 pp" in text
+    # a run under the cost on the selection split is not a candidate, however accurate there
+    cheap_there = row("cheap_there", 240, 99.0, select_red=2.9)
+    text = "\n".join(lc_targets.targets([lucky, cheap_there]))
+    assert "Chosen without reading these images" not in text
+    assert "It is also the most accurate such run on `test-a`" in text
+    # runs chosen on the report split itself name no blind choice
+    same = [r | {"m": r["m"] | {"select_split": "test-b"}} for r in (lucky, steady)]
+    assert "test-a" not in "\n".join(lc_targets.targets(same))
 
 
 def test_bad_settings_exit_2(tmp_path: Path) -> None:
