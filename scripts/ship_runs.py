@@ -39,7 +39,7 @@ RUNS = {
         ("selection.json", "policies.safetensors"),
     ),
     "lcnet_resnet56": (
-        "docs/results/lcnet/runs/lcnet_r315_kd05_e22_c26_g01",
+        "docs/results/lcnet/runs/lcnet_r315_kd05_e100",
         ("dynamic.json", "dynamic.safetensors"),
     ),
     "d2nn_hierarchical": (
