@@ -7,6 +7,8 @@ each image's median; batch 1 on one thread, batch 64 on two), and write one tabl
 
     python benchmarks/export_speed.py [--repeats 40] [--work runs/export]
 
+An export (and its bench) in ``--work`` is reused only while its recorded digests
+(``export.json``'s ``sha256``) equal the shipped files': a run shipped anew is exported anew.
 About 10 minutes on 2 cores (compilation included).
 """
 
@@ -19,7 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dyve._io import file_digest
 from dyve.demo import runs_dir
+from dyve.export import MODEL_FILES
 
 RUNS = (
     "early_exit_resnet56",
@@ -28,6 +32,17 @@ RUNS = (
     "d2nn_hierarchical",
     "dyvedeep_resnet56",
 )
+
+
+def shipped_digests(run: Path) -> dict[str, str]:
+    """sha256 of each model file of the run in ``run``, as ``dyve export`` records them."""
+    return {f: file_digest(run / f) for f in MODEL_FILES if (run / f).is_file()}
+
+
+def _current(out: Path, run: Path) -> bool:
+    """True when ``out`` holds an export of ``run``'s present files."""
+    f = out / "export.json"
+    return f.is_file() and json.loads(f.read_text()).get("sha256") == shipped_digests(run)
 
 
 def _dyve(*args: str) -> None:
@@ -43,7 +58,8 @@ def main() -> None:
     rows = []
     for name in RUNS:
         out = args.work / name
-        if not (out / "export.json").is_file():
+        if not _current(out, runs_dir() / name):  # none yet, or of files since replaced
+            shutil.rmtree(out, ignore_errors=True)
             _dyve("export", str(runs_dir() / name), "--out", str(out))
         if not (out / "bench.json").is_file():
             _dyve("bench", str(out), "--repeats", str(args.repeats))
@@ -107,7 +123,13 @@ def page(rows: list[tuple[str, dict, dict]]) -> str:  # type: ignore[type-arg]
         "Every export was checked against its eager model before it was written "
         "(`export.json`: largest relative logit difference, and equal per-sample executed "
         "costs, i.e. the same decisions, at batch 1 and batch 16). Each run's `export.json` "
-        "and `bench.json` are kept in `export/`.",
+        "and `bench.json` are kept in `export/`; the sha256 of the model files it exported "
+        "(first 12 hex digits; a test checks they are the shipped files'): "
+        + "; ".join(
+            f"{name} " + ", ".join(f"`{f}` {h[:12]}" for f, h in exp["sha256"].items())
+            for name, _, exp in rows
+        )
+        + ".",
         "",
         "Reading: a model that runs as native programs (DyVEDeep, LC-Net, early exit with "
         "its heads and decisions, a selection's networks, D2NN's graph with its controllers; "

@@ -11,10 +11,11 @@ import torch
 
 import dyve
 from dyve import data
+from dyve._io import file_digest
 from dyve.cli.main import main
 from dyve.demo import runs_dir
 from dyve.errors import DyveError
-from dyve.export import export, load, segments
+from dyve.export import MODEL_FILES, export, load, segments
 from dyve.mechanisms.dyvedeep import native
 from dyve.models import create
 from dyve.report import load_run
@@ -48,6 +49,8 @@ def test_exported_equals_eager_and_is_benched(
     desc = export(skip_run, tmp_path / "exp", images, min_macs=1e6)
     assert desc["check"]["same_costs"]
     assert desc["check"]["max_rel_diff"] <= 1e-4
+    assert desc["sha256"] == {f: file_digest(skip_run / f) for f in desc["files"]}
+    assert set(desc["files"]) == {"dynamic.json", "dynamic.safetensors"}
     # every block of resnet20 (1.2-4.7 M MACs) compiles; the stem and the classifier not
     assert desc["compiled"] == [n for n in desc["segments"] if n.endswith(".module")]
     assert len(desc["compiled"]) == 9
@@ -113,3 +116,20 @@ def test_a_model_that_runs_natively_is_exported_frozen_not_compiled(
     assert mech.program_unsupported is None
     assert mech._program is not None
     assert mech._program.frozen
+
+
+def test_the_export_page_shows_the_shipped_runs() -> None:
+    """docs/results/export.md benches exports of the runs `dyve demo` ships: each kept
+    export.json's digests are the shipped model files' (a run shipped anew and not
+    re-exported fails here), and the page names them."""
+    root = Path(__file__).resolve().parents[1] / "docs" / "results"
+    page = (root / "export.md").read_text()
+    kept = sorted((root / "export").iterdir())
+    assert {p.name for p in kept} == {p.name for p in runs_dir().iterdir() if p.is_dir()}
+    for folder in kept:
+        exp = json.loads((folder / "export.json").read_text())
+        shipped = runs_dir() / folder.name
+        assert exp["sha256"] == {f: file_digest(shipped / f) for f in exp["files"]}, folder.name
+        assert exp["files"] == [f for f in MODEL_FILES if (shipped / f).is_file()]
+        for h in exp["sha256"].values():
+            assert f" {h[:12]}" in page

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dyve._io import check_out, read_json, write_json
+from dyve._io import check_out, file_digest, read_json, write_json
 from dyve.dynamic.frozen import Freezable
 from dyve.errors import DyveError
 
@@ -210,6 +210,9 @@ def export(
         "format": FORMAT,
         "source": str(run_dir),
         "files": files,
+        # what was exported, by content: a page built from this export can be checked
+        # against the run it claims to show (a path alone names a folder whose files change)
+        "sha256": {f: file_digest(out / f) for f in files},
         "compiler": "torch.compile (inductor)",
         "options": OPTIONS,
         "torch": torch.__version__,
