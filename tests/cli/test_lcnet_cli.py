@@ -31,6 +31,7 @@ from dyve.mechanisms.lcnet import targets as lc_targets
 from dyve.mechanisms.lcnet import train as lc_train
 from dyve.mechanisms.lcnet.train import GateTrainConfig
 from dyve.models import model_info
+from dyve.train.loop import Schedule
 
 REQUIRED = ("top1", "baseline_top1", "macs_per_sample", "cost_reduction", "split")
 SMALL = ("--model", "resnet20_cifar", "--epochs", "2", "--batch-size", "32",
@@ -250,6 +251,27 @@ def test_min_reduction_keeps_the_most_accurate_epoch_at_that_cost(
     static = read_json(run / "metrics.json")["baseline_macs_per_sample"]
     assert caps
     assert caps == [pytest.approx(static / 4)] * len(caps)
+
+
+def test_warmup_reaches_the_schedule_and_the_page(
+    prepared: Callable[[str], object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = build_parser().parse_args(["lcnet", "train", "--out", "x", "--warmup-epochs", "1"])
+    cfg = lcnet_cmd.config(args)
+    assert cfg.warmup_epochs == 1.0
+    assert ", lr 0.01 after 1 warm-up epochs" in lc_results._label(asdict(cfg))[1]
+    assert "warm-up" not in lc_results._label(asdict(replace(cfg, warmup_epochs=0.0)))[1]
+    with pytest.raises(DyveError, match="--warmup-epochs must be >= 0 and below --epochs"):
+        replace(cfg, warmup_epochs=cfg.epochs)
+    prepared("cifar10-jpeg")
+    scheds: list[Schedule] = []
+    real = lc_train.fit
+    monkeypatch.setattr(lc_train, "fit", lambda *a, **k: scheds.append(a[4]) or real(*a, **k))
+    run = tmp_path / "warm"
+    assert _cli("lcnet", "train", "--out", str(run), *SMALL, "--warmup-epochs", "1")[0] == 0
+    assert [s.warmup_epochs for s in scheds] == [1.0]
+    first = json.loads((run / "history.jsonl").read_text().splitlines()[0])
+    assert first["lr_end"] == pytest.approx(0.01)  # the warm-up's last step reaches --lr
 
 
 def test_reopen_reaches_every_gate_and_the_page() -> None:

@@ -75,6 +75,13 @@ def add(sub: Any) -> None:
     t.add_argument("--epochs", type=int, default=d.epochs)
     t.add_argument("--batch-size", type=int, default=d.batch_size)
     t.add_argument("--lr", type=float, default=d.lr, help="backbone learning rate (cosine)")
+    t.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=d.warmup_epochs,
+        help="linear learning-rate warm-up before the cosine (a restart from --init at a "
+        "high --lr without one can close most channels at once)",
+    )
     t.add_argument("--gate-lr-scale", type=float, default=d.gate_lr_scale)
     t.add_argument("--weight-decay", type=float, default=d.weight_decay)
     t.add_argument("--seed", type=int, default=d.seed)

@@ -71,6 +71,7 @@ ADDED = {
     "init": None,
     "reopen": False,
     "min_reduction": None,
+    "warmup_epochs": 0.0,
 }
 
 
@@ -100,6 +101,9 @@ class GateTrainConfig(DistillSettings):
     epochs: int = 4
     batch_size: int = 128
     lr: float = 0.01
+    #: linear warm-up of the learning rate before the cosine: a restart from a settled run
+    #: (``init``) at a high rate without it can close most channels in its first epoch
+    warmup_epochs: float = 0.0
     gate_lr_scale: float = 10.0
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -132,6 +136,10 @@ class GateTrainConfig(DistillSettings):
         )
         if not self.lr > 0:
             raise DyveError(f"--lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise DyveError(
+                f"--warmup-epochs must be >= 0 and below --epochs, got {self.warmup_epochs}"
+            )
         if min(self.lam_l, self.lam_c, self.aig_weight, self.gate_lr_scale) < 0:
             raise DyveError("lam_l, lam_c, aig_weight and gate_lr_scale must be >= 0")
         if not 0 <= self.ramp <= 1 or not 0 < self.target <= 1:
@@ -259,7 +267,9 @@ def train_gates(
             write_json(out / "best.json", {"epoch": epoch + 1, **r, "split": select})
         return row
 
-    sched = Schedule(cfg.epochs, cfg.batch_size, cfg.lr, 0.0, cfg.seed, True, True, cfg.bf16)
+    sched = Schedule(
+        cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_epochs, cfg.seed, True, True, cfg.bf16
+    )
     fit(net, opt, train_set, info.norm, sched, out, step, validate,
         device=device, dist=ddp, resume=resume, progress=progress)  # fmt: skip
     metrics: dict[str, Any] = {}
