@@ -21,9 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dyve._io import file_digest
 from dyve.demo import runs_dir
-from dyve.export import MODEL_FILES
+from dyve.export import model_digests
 
 RUNS = (
     "early_exit_resnet56",
@@ -34,15 +33,10 @@ RUNS = (
 )
 
 
-def shipped_digests(run: Path) -> dict[str, str]:
-    """sha256 of each model file of the run in ``run``, as ``dyve export`` records them."""
-    return {f: file_digest(run / f) for f in MODEL_FILES if (run / f).is_file()}
-
-
 def _current(out: Path, run: Path) -> bool:
     """True when ``out`` holds an export of ``run``'s present files."""
     f = out / "export.json"
-    return f.is_file() and json.loads(f.read_text()).get("sha256") == shipped_digests(run)
+    return f.is_file() and json.loads(f.read_text()).get("sha256") == model_digests(run)
 
 
 def _dyve(*args: str) -> None:
@@ -59,7 +53,8 @@ def main() -> None:
     for name in RUNS:
         out = args.work / name
         if not _current(out, runs_dir() / name):  # none yet, or of files since replaced
-            shutil.rmtree(out, ignore_errors=True)
+            if (out / "export.json").is_file():  # an earlier export (of another checkout too)
+                shutil.rmtree(out)
             _dyve("export", str(runs_dir() / name), "--out", str(out))
         if not (out / "bench.json").is_file():
             _dyve("bench", str(out), "--repeats", str(args.repeats))

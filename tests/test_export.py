@@ -3,6 +3,7 @@ times it, and a departing model is refused."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,11 +12,10 @@ import torch
 
 import dyve
 from dyve import data
-from dyve._io import file_digest
 from dyve.cli.main import main
 from dyve.demo import runs_dir
 from dyve.errors import DyveError
-from dyve.export import MODEL_FILES, export, load, segments
+from dyve.export import export, load, model_digests, segments
 from dyve.mechanisms.dyvedeep import native
 from dyve.models import create
 from dyve.report import load_run
@@ -49,7 +49,8 @@ def test_exported_equals_eager_and_is_benched(
     desc = export(skip_run, tmp_path / "exp", images, min_macs=1e6)
     assert desc["check"]["same_costs"]
     assert desc["check"]["max_rel_diff"] <= 1e-4
-    assert desc["sha256"] == {f: file_digest(skip_run / f) for f in desc["files"]}
+    weights = hashlib.sha256((skip_run / "dynamic.safetensors").read_bytes()).hexdigest()
+    assert desc["sha256"] == {**model_digests(skip_run), "dynamic.safetensors": weights}
     assert set(desc["files"]) == {"dynamic.json", "dynamic.safetensors"}
     # every block of resnet20 (1.2-4.7 M MACs) compiles; the stem and the classifier not
     assert desc["compiled"] == [n for n in desc["segments"] if n.endswith(".module")]
@@ -69,6 +70,9 @@ def test_exported_equals_eager_and_is_benched(
     assert bench["b1"]["exported_ms"] > 0
     assert bench["b1"]["exported_vs_dynamic"] > 0
     assert "vs the eager dynamic network" in capsys.readouterr().out
+    # exported again: the timing of the earlier export does not stay beside the new one
+    assert export(skip_run, tmp_path / "exp", images, min_macs=1e6)["sha256"] == desc["sha256"]
+    assert not (tmp_path / "exp" / "bench.json").exists()
 
 
 def test_segment_macs_add_up_and_small_segments_stay_eager(
@@ -129,7 +133,7 @@ def test_the_export_page_shows_the_shipped_runs() -> None:
     for folder in kept:
         exp = json.loads((folder / "export.json").read_text())
         shipped = runs_dir() / folder.name
-        assert exp["sha256"] == {f: file_digest(shipped / f) for f in exp["files"]}, folder.name
-        assert exp["files"] == [f for f in MODEL_FILES if (shipped / f).is_file()]
+        assert exp["sha256"] == model_digests(shipped), folder.name
+        assert exp["files"] == list(exp["sha256"])
         for h in exp["sha256"].values():
             assert f" {h[:12]}" in page

@@ -131,6 +131,13 @@ def compile_segments(model: nn.Module, names: list[str] | None = None) -> list[s
     return [n for n, _ in found]
 
 
+def model_digests(folder: Path) -> dict[str, str]:
+    """sha256 of each model file in ``folder`` (those :func:`export` copies): what
+    identifies an exported network, where a folder's path does not. Backbone weights that
+    a run loads by name from the zoo are not among them."""
+    return {f: file_digest(folder / f) for f in MODEL_FILES if (folder / f).is_file()}
+
+
 def load(folder: str | Path) -> nn.Module:
     """The exported model in ``folder`` (written by :func:`export`), segments compiled."""
     from dyve.report.subjects import load_run
@@ -197,6 +204,8 @@ def export(
         raise DyveError("--out must be a new folder, not the run itself")
     check_out(out, {"source": str(run_dir)}, record="export.json")  # may be exported again
     out.mkdir(parents=True, exist_ok=True)
+    for f in (*MODEL_FILES, "bench.json"):  # an earlier export's files and its timing
+        (out / f).unlink(missing_ok=True)
     for f in files:
         shutil.copyfile(run_dir / f, out / f)
     eager = load_run(out).model.eval()
@@ -210,9 +219,9 @@ def export(
         "format": FORMAT,
         "source": str(run_dir),
         "files": files,
-        # what was exported, by content: a page built from this export can be checked
-        # against the run it claims to show (a path alone names a folder whose files change)
-        "sha256": {f: file_digest(out / f) for f in files},
+        # the run's model files by content: a page built from this export can be checked
+        # against the run it claims to show (a path names a folder whose files change)
+        "sha256": model_digests(out),
         "compiler": "torch.compile (inductor)",
         "options": OPTIONS,
         "torch": torch.__version__,
