@@ -259,7 +259,8 @@ def test_warmup_reaches_the_schedule_and_the_page(
     args = build_parser().parse_args(["lcnet", "train", "--out", "x", "--warmup-epochs", "1"])
     cfg = lcnet_cmd.config(args)
     assert cfg.warmup_epochs == 1.0
-    assert ", lr 0.01 after 1 warm-up epochs" in lc_results._label(asdict(cfg))[1]
+    assert ", 1-epoch lr warm-up" in lc_results._label(asdict(cfg))[1]
+    assert lc_train.ADDED["warmup_epochs"] == 0.0  # what runs made before the option had
     assert "warm-up" not in lc_results._label(asdict(replace(cfg, warmup_epochs=0.0)))[1]
     with pytest.raises(DyveError, match="--warmup-epochs must be >= 0 and below --epochs"):
         replace(cfg, warmup_epochs=cfg.epochs)

@@ -62,7 +62,7 @@ def _label(cfg: dict[str, Any]) -> tuple[str, str]:
     if cfg["gate_lr_scale"] != GateTrainConfig.gate_lr_scale:
         setting += f", gate lr x{cfg['gate_lr_scale']}"
     if cfg.get("warmup_epochs"):  # runs before the option have no key
-        setting += f", lr {cfg['lr']:g} after {cfg['warmup_epochs']:g} warm-up epochs"
+        setting += f", {cfg['warmup_epochs']:g}-epoch lr warm-up"
     if cfg.get("reopen"):  # runs before the option have no key
         setting += ", channels reopen"
     if cfg.get("min_reduction"):  # runs before the option have no key
