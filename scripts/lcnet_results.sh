@@ -81,6 +81,8 @@ train lcnet_r315_kd05_e100 --lam-l 0.16 --lam-c 0.008 --distill 0.5 --target-red
 train lcnet_r315_kd05_e100_g01 --init "$RUNS/lcnet_r315_kd05_e100" --lam-l 0.32 --lam-c 0.016 \
   --distill 0.5 --target-reduction 3.15 --ramp 0 --gate-lr-scale 0.1 --lr 0.002 --bf16 \
   --epochs 14
+# (a longer cycle from the long run at 0.005, with --warmup-epochs 3 or without, collapsed:
+# most channels closed for good, in epoch 11 or 1; left out, NOTES session 38)
 # side by side, one thread each: the ablations, and a control without the sparsity loss
 # (what the few epochs of fine-tuning alone do to accuracy)
 COMMON=(--model resnet56_cifar --epochs 3 --weighting macs --threads 1)
