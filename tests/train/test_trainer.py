@@ -7,13 +7,17 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
+from dyve.data import ImageSet, Normalization
 from dyve.errors import DyveError
 from dyve.train import trainer
-from dyve.train.loop import cosine_lr
+from dyve.train.dist import Dist
+from dyve.train.loop import Schedule, cosine_lr, fit
 from dyve.train.trainer import TrainConfig, train
 
 
@@ -159,3 +163,24 @@ def test_bf16_trains_under_autocast_and_older_runs_still_resume(
     train(cfg, old, resume=True, progress=False)  # finished: nothing more to train
     with pytest.raises(DyveError, match="different config"):
         train(replace(cfg, bf16=True), old, resume=True, progress=False)
+
+
+def test_the_history_keeps_the_epoch_mean_of_the_step_logs(tmp_path: Path) -> None:
+    """A step's logs vary from batch to batch (an LC-Net's open share, its steered
+    pressure); the history keeps their mean over the epoch's images, not the last batch's."""
+    images = np.zeros((12, 4, 4, 3), dtype=np.uint8)
+    labels = np.arange(12, dtype=np.int64) % 2
+    train_set = ImageSet(images, labels, ("a", "b"), "toy", "train")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    values = iter([1.0, 2.0, 6.0, 10.0, 20.0, 60.0])  # 3 batches of 4 per epoch
+
+    def step(m, x, y, frac):  # type: ignore[no-untyped-def]
+        logits = m(x.float())
+        return nn.functional.cross_entropy(logits, y), logits, {"open": next(values)}
+
+    sched = Schedule(2, 4, 0.1, augment=False, channels_last=False)
+    history = fit(model, opt, train_set, Normalization((0.5,) * 3, (0.25,) * 3), sched,
+                  tmp_path, step, lambda m, e: {}, device=torch.device("cpu"), dist=Dist(),
+                  progress=False)  # fmt: skip
+    assert [r["train_open"] for r in history] == [pytest.approx(3.0), pytest.approx(30.0)]

@@ -6,7 +6,8 @@ it), optionally bfloat16 autocast (``Schedule.bf16``: the weights, gradients and
 stay float32; on CPUs with AMX 1.5-1.9x faster, ``benchmarks/train_step.py``), crop/flip
 batches seeded from ``(seed, epoch)`` (so no RNG state has to be saved), a progress bar,
 ``validate`` after each epoch, and an atomic ``checkpoint.pt`` (model, optimiser, epoch;
-read back with ``weights_only=True``) plus ``history.jsonl``. With ``resume`` it continues
+read back with ``weights_only=True``) plus ``history.jsonl`` (per epoch: the means of the
+loss, top-1 and step logs over its images, then ``validate``'s row). With ``resume`` it continues
 after the last finished epoch, so a killed run loses at most the epoch in progress. Under
 ``torchrun`` (:mod:`dyve.train.dist`) the model is wrapped in DDP, each process takes its
 rows of each batch, and only rank 0 writes.
@@ -34,7 +35,8 @@ from dyve.errors import DyveError
 from dyve.train.dist import Dist
 from dyve.train.dist import init as init_dist
 
-#: ``step(model, x, y, progress) -> (loss, logits, logs)``; ``progress`` in [0, 1).
+#: ``step(model, x, y, progress) -> (loss, logits, logs)``; ``progress`` in [0, 1); ``logs``:
+#: floats of this batch, which the history keeps as ``train_<name>``, their epoch mean.
 Step = Callable[
     [nn.Module, torch.Tensor, torch.Tensor, float],
     tuple[torch.Tensor, torch.Tensor, dict[str, float]],
@@ -214,6 +216,7 @@ def fit(
         )
         lr = sched.lr
         logs: dict[str, float] = {}
+        log_sums: dict[str, float] = {}  # the step's logs over the epoch's images
         for i, (x, y) in enumerate(bar):
             done = epoch * steps_per_epoch + i
             lr = cosine_lr(done, total, warmup, sched.lr)
@@ -236,6 +239,8 @@ def fit(
             loss_sum += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
+            for k, v in logs.items():
+                log_sums[k] = log_sums.get(k, 0.0) + v * len(y)
             if i % 20 == 0:
                 bar.set_postfix(
                     loss=f"{loss_sum / seen:.3f}",
@@ -250,7 +255,8 @@ def fit(
                 "train_top1": 100.0 * correct / max(seen, 1),  # rank 0's rows
                 "processes": dist.world,
                 "images_per_process": seen,
-                **{f"train_{k}": v for k, v in logs.items()},
+                # the epoch's mean, as train_loss (histories before session 38: last batch)
+                **{f"train_{k}": v / max(seen, 1) for k, v in log_sums.items()},
                 **validate(model, epoch),
                 "lr_end": lr,
                 "seconds": round(time.time() - t0, 1),
