@@ -9,6 +9,7 @@ each image's median; batch 1 on one thread, batch 64 on two), and write one tabl
 
 An export (and its bench) in ``--work`` is reused only while its recorded digests
 (``export.json``'s ``sha256``) equal the shipped files': a run shipped anew is exported anew.
+
 About 10 minutes on 2 cores (compilation included).
 """
 

@@ -79,8 +79,8 @@ def add(sub: Any) -> None:
         "--warmup-epochs",
         type=float,
         default=d.warmup_epochs,
-        help="linear learning-rate warm-up before the cosine (a restart from --init at a "
-        "high --lr without one can close most channels at once)",
+        help="linear learning-rate warm-up before the cosine, so that a restart from "
+        "--init does not jump to its --lr",
     )
     t.add_argument("--gate-lr-scale", type=float, default=d.gate_lr_scale)
     t.add_argument("--weight-decay", type=float, default=d.weight_decay)

@@ -7,10 +7,10 @@ stay float32; on CPUs with AMX 1.5-1.9x faster, ``benchmarks/train_step.py``), c
 batches seeded from ``(seed, epoch)`` (so no RNG state has to be saved), a progress bar,
 ``validate`` after each epoch, and an atomic ``checkpoint.pt`` (model, optimiser, epoch;
 read back with ``weights_only=True``) plus ``history.jsonl`` (per epoch: the means of the
-loss, top-1 and step logs over its images, then ``validate``'s row). With ``resume`` it continues
-after the last finished epoch, so a killed run loses at most the epoch in progress. Under
-``torchrun`` (:mod:`dyve.train.dist`) the model is wrapped in DDP, each process takes its
-rows of each batch, and only rank 0 writes.
+loss, top-1 and step logs over its images, then ``validate``'s row). With ``resume`` it
+continues after the last finished epoch, so a killed run loses at most the epoch in
+progress. Under ``torchrun`` (:mod:`dyve.train.dist`) the model is wrapped in DDP, each
+process takes its rows of each batch, and only rank 0 writes.
 """
 
 from __future__ import annotations

@@ -101,8 +101,8 @@ class GateTrainConfig(DistillSettings):
     epochs: int = 4
     batch_size: int = 128
     lr: float = 0.01
-    #: linear warm-up of the learning rate before the cosine: a restart from a settled run
-    #: (``init``) at a high rate without it can close most channels in its first epoch
+    #: linear warm-up of the learning rate before the cosine, so that a restart from a
+    #: settled run (``init``) does not jump to its rate (NOTES, session 38)
     warmup_epochs: float = 0.0
     gate_lr_scale: float = 10.0
     momentum: float = 0.9
