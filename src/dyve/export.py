@@ -204,7 +204,9 @@ def export(
         raise DyveError("--out must be a new folder, not the run itself")
     check_out(out, {"source": str(run_dir)}, record="export.json")  # may be exported again
     out.mkdir(parents=True, exist_ok=True)
-    for f in (*MODEL_FILES, "bench.json"):  # an earlier export's files and its timing
+    # an earlier export's record first, then its files and timing: a crash before the new
+    # export.json is written leaves a folder that claims no export (load refuses it)
+    for f in ("export.json", *MODEL_FILES, "bench.json"):
         (out / f).unlink(missing_ok=True)
     for f in files:
         shutil.copyfile(run_dir / f, out / f)
