@@ -8,7 +8,8 @@ each image's median; batch 1 on one thread, batch 64 on two), and write one tabl
     python benchmarks/export_speed.py [--repeats 40] [--work runs/export]
 
 An export (and its bench) in ``--work`` is reused only while its recorded digests
-(``export.json``'s ``sha256``) equal the shipped files': a run shipped anew is exported anew.
+(``export.json``'s ``sha256`` and ``zoo_sha256``) equal those of the shipped files and of
+the zoo weights they load: a run or a zoo model shipped anew is exported anew.
 
 About 10 minutes on 2 cores (compilation included).
 """
@@ -23,7 +24,7 @@ import sys
 from pathlib import Path
 
 from dyve.demo import runs_dir
-from dyve.export import model_digests
+from dyve.export import model_digests, zoo_digests
 
 RUNS = (
     "early_exit_resnet56",
@@ -35,9 +36,12 @@ RUNS = (
 
 
 def _current(out: Path, run: Path) -> bool:
-    """True when ``out`` holds an export of ``run``'s present files."""
+    """True when ``out`` holds an export of ``run``'s present files and zoo weights."""
     f = out / "export.json"
-    return f.is_file() and json.loads(f.read_text()).get("sha256") == model_digests(run)
+    if not f.is_file():
+        return False
+    exp = json.loads(f.read_text())
+    return exp.get("sha256") == model_digests(run) and exp.get("zoo_sha256") == zoo_digests(run)
 
 
 def _dyve(*args: str) -> None:
@@ -120,9 +124,14 @@ def page(rows: list[tuple[str, dict, dict]]) -> str:  # type: ignore[type-arg]
         "(`export.json`: largest relative logit difference, and equal per-sample executed "
         "costs, i.e. the same decisions, at batch 1 and batch 16). Each run's `export.json` "
         "and `bench.json` are kept in `export/`; the sha256 of the model files it exported "
-        "(first 12 hex digits; a test checks they are the shipped files'): "
+        "and of the zoo weights those load by name (first 12 hex digits; a test checks they "
+        "are the shipped files'): "
         + "; ".join(
-            f"{name} " + ", ".join(f"`{f}` {h[:12]}" for f, h in exp["sha256"].items())
+            f"{name} "
+            + ", ".join(
+                [f"`{f}` {h[:12]}" for f, h in exp["sha256"].items()]
+                + [f"zoo `{m}` {h[:12]}" for m, h in exp["zoo_sha256"].items()]
+            )
             for name, _, exp in rows
         )
         + ".",

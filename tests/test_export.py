@@ -15,9 +15,10 @@ from dyve import data
 from dyve.cli.main import main
 from dyve.demo import runs_dir
 from dyve.errors import DyveError
-from dyve.export import export, load, model_digests, segments
+from dyve.export import export, load, model_digests, segments, zoo_digests
 from dyve.mechanisms.dyvedeep import native
 from dyve.models import create
+from dyve.models.weights import shipped_path
 from dyve.report import load_run
 
 
@@ -52,6 +53,7 @@ def test_exported_equals_eager_and_is_benched(
     weights = hashlib.sha256((skip_run / "dynamic.safetensors").read_bytes()).hexdigest()
     assert desc["sha256"] == {**model_digests(skip_run), "dynamic.safetensors": weights}
     assert set(desc["files"]) == {"dynamic.json", "dynamic.safetensors"}
+    assert desc["zoo_sha256"] == {}  # its files hold every tensor
     # every block of resnet20 (1.2-4.7 M MACs) compiles; the stem and the classifier not
     assert desc["compiled"] == [n for n in desc["segments"] if n.endswith(".module")]
     assert len(desc["compiled"]) == 9
@@ -73,6 +75,30 @@ def test_exported_equals_eager_and_is_benched(
     # exported again: the timing of the earlier export does not stay beside the new one
     assert export(skip_run, tmp_path / "exp", images, min_macs=1e6)["sha256"] == desc["sha256"]
     assert not (tmp_path / "exp" / "bench.json").exists()
+
+
+def _sha(path: Path | None) -> str:
+    assert path is not None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_zoo_digests_name_the_shipped_weights_a_run_loads_by_name(tmp_path: Path) -> None:
+    """A backbone saved without its tensors and a selection's networks load the zoo's
+    shipped weights: those are hashed; a run holding every tensor loads none."""
+    early = runs_dir() / "early_exit_resnet56"
+    assert zoo_digests(early) == {"resnet56_cifar": _sha(shipped_path("resnet56_cifar"))}
+    names = ["caffe_cifar10", "resnet20_cifar", "resnet56_cifar"]
+    assert zoo_digests(runs_dir() / "select_caffe_r20_r56") == {
+        n: _sha(shipped_path(n)) for n in names
+    }
+    assert zoo_digests(runs_dir() / "lcnet_resnet56") == {}
+    # a description naming weights dyve does not ship is refused, not hashed as nothing
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    desc = json.loads((early / "dynamic.json").read_text())
+    (fake / "dynamic.json").write_text(json.dumps({**desc, "backbone": "resnet32_cifar"}))
+    with pytest.raises(DyveError, match="resnet32_cifar"):
+        zoo_digests(fake)
 
 
 def test_segment_macs_add_up_and_small_segments_stay_eager(
@@ -124,8 +150,8 @@ def test_a_model_that_runs_natively_is_exported_frozen_not_compiled(
 
 def test_the_export_page_shows_the_shipped_runs() -> None:
     """docs/results/export.md benches exports of the runs `dyve demo` ships: each kept
-    export.json's digests are the shipped model files' (a run shipped anew and not
-    re-exported fails here), and the page names them."""
+    export.json's digests are the shipped model files' and the zoo weights' they load (a
+    run or zoo model shipped anew and not re-exported fails here), and the page names them."""
     root = Path(__file__).resolve().parents[1] / "docs" / "results"
     page = (root / "export.md").read_text()
     kept = sorted((root / "export").iterdir())
@@ -134,6 +160,7 @@ def test_the_export_page_shows_the_shipped_runs() -> None:
         exp = json.loads((folder / "export.json").read_text())
         shipped = runs_dir() / folder.name
         assert exp["sha256"] == model_digests(shipped), folder.name
+        assert exp["zoo_sha256"] == zoo_digests(shipped), folder.name
         assert exp["files"] == list(exp["sha256"])
-        for h in exp["sha256"].values():
+        for h in [*exp["sha256"].values(), *exp["zoo_sha256"].values()]:
             assert f" {h[:12]}" in page

@@ -134,8 +134,33 @@ def compile_segments(model: nn.Module, names: list[str] | None = None) -> list[s
 def model_digests(folder: Path) -> dict[str, str]:
     """sha256 of each model file in ``folder`` (those :func:`export` copies): what
     identifies an exported network, where a folder's path does not. Backbone weights that
-    a run loads by name from the zoo are not among them."""
+    a run loads by name from the zoo are in :func:`zoo_digests`."""
     return {f: file_digest(folder / f) for f in MODEL_FILES if (folder / f).is_file()}
+
+
+def zoo_digests(folder: Path) -> dict[str, str]:
+    """sha256 of the shipped zoo weights that the model in ``folder`` loads by name, by
+    model: a dynamic network saved without its backbone's tensors (exit heads, DyVEDeep's
+    knobs), every network of a selection. With :func:`model_digests`, all the weights an
+    export runs: shipping new zoo weights changes what such a run computes, not its files."""
+    from dyve.dynamic.save import DESCRIPTION, SHIPPED
+    from dyve.models.weights import shipped_path
+
+    names: list[str] = []
+    if (folder / "selection.json").is_file():
+        desc = read_json(folder / "selection.json")
+        names = list(desc.get("networks", [])) if isinstance(desc, dict) else []
+    elif (folder / DESCRIPTION).is_file():
+        desc = read_json(folder / DESCRIPTION)
+        if isinstance(desc, dict) and desc.get("backbone_weights") == SHIPPED:
+            names = [str(desc["backbone"])]
+    digests = {}
+    for name in names:
+        path = shipped_path(name)
+        if path is None:
+            raise DyveError(f"{folder}: loads the shipped weights of {name}, which dyve lacks")
+        digests[name] = file_digest(path)
+    return digests
 
 
 def load(folder: str | Path) -> nn.Module:
@@ -224,6 +249,8 @@ def export(
         # the run's model files by content: a page built from this export can be checked
         # against the run it claims to show (a path names a folder whose files change)
         "sha256": model_digests(out),
+        # and the zoo weights it loads by name (none when its files hold every tensor)
+        "zoo_sha256": zoo_digests(out),
         "compiler": "torch.compile (inductor)",
         "options": OPTIONS,
         "torch": torch.__version__,
