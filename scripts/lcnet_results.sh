@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# LC-Net on ResNet-56: the lambda curve, the ablations and the ConvNet-AIG baseline,
-# then docs/results/lcnet.md. Each run resumes where it stopped (rerun after a crash);
-# a finished run (metrics.json present) is kept. About 11 minutes per run on 2 cores.
+# LC-Net on ResNet-56: the lambda curve, the ablations and the baselines (ConvNet-AIG,
+# SkipNet-style), then docs/results/lcnet.md. Each run resumes where it stopped (rerun
+# after a crash); a finished run (metrics.json present) is kept. About 11 minutes per run
+# on 2 cores.
 # Benchmarks run after all training, alone (timings need an idle machine).
 set -euo pipefail
 RUNS=${RUNS:-runs/lcnet}
@@ -91,6 +92,13 @@ pids=("$!")
 train cnet_c0005 --no-layer --lam-c 0.0005 &
 pids+=("$!")
 train lcnet_l0_c0 --lam-l 0 --lam-c 0 &
+pids+=("$!")
+wait_all "${pids[@]}"
+# the SkipNet-style baseline (ConvNet-AIG's gate trained by policy gradient, the reward's
+# cost weight --alpha), side by side on one thread each
+train skipnet_a2 --method skipnet --alpha 2 &
+pids=("$!")
+train skipnet_a5 --method skipnet --alpha 5 &
 pids+=("$!")
 wait_all "${pids[@]}"
 for r in "$RUNS"/*/; do

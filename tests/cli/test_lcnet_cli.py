@@ -110,16 +110,26 @@ def test_train_crash_resume_bench_and_page(
     aig = tmp_path / "aig"
     assert _cli("lcnet", "train", "--out", str(aig), *SMALL, "--method", "aig")[0] == 0
     assert read_json(aig / "metrics.json")["method"] == "aig"
+    skip = tmp_path / "skipnet"
+    rc, _ = _cli(
+        "lcnet", "train", "--out", str(skip), *SMALL, "--method", "skipnet", "--alpha", "3"
+    )
+    assert rc == 0
+    assert read_json(skip / "config.json")["config"]["alpha"] == 3.0
+    assert "train_executed" in (skip / "history.jsonl").read_text()  # the draws' MAC share
+    assert dyve.dynamic.load(skip).mechanisms[0].name == "skipnet"
 
     rc, _ = _cli("bench", str(run), "--repeats", "2", "--no-compile")
     assert rc == 0
     page = tmp_path / "lcnet.md"
-    rc, _ = _cli("lcnet", "results", str(run), str(aig), "--out", str(page))
+    rc, _ = _cli("lcnet", "results", str(run), str(aig), str(skip), "--out", str(page))
     assert rc == 0
     text = page.read_text()
     assert "| lc | LC-Net |" in text
     assert lc_targets.interval(m) in text
     assert "| aig | ConvNet-AIG |" in text
+    assert "| skipnet | SkipNet-style | alpha 3.0 |" in text
+    assert "LC-Net's curve above SkipNet-style's (`skipnet`)" in text
     assert "## Targets" in text
     ran = m["ran_fraction"].values()
     blocks = [sum(f == 1 for f in ran), sum(f == 0 for f in ran), sum(0 < f < 1 for f in ran)]
@@ -215,6 +225,7 @@ def test_the_page_names_the_run_chosen_on_the_selection_split() -> None:
 def test_bad_settings_exit_2(tmp_path: Path) -> None:
     assert _cli("lcnet", "train", "--out", str(tmp_path / "x"), "--ramp", "2")[0] == 2
     assert _cli("lcnet", "train", "--out", str(tmp_path / "x"), "--lam-l", "-1")[0] == 2
+    assert _cli("lcnet", "train", "--out", str(tmp_path / "x"), "--alpha", "-1")[0] == 2
     assert (
         _cli("lcnet", "train", "--out", str(tmp_path / "x"), "--method", "aig", "--reopen")[0] == 2
     )  # AIG's gates are not ReLU1

@@ -1,4 +1,5 @@
-"""``dyve lcnet train`` (LC-Net or the ConvNet-AIG baseline) and ``dyve lcnet results``."""
+"""``dyve lcnet train`` (LC-Net, or the ConvNet-AIG or SkipNet-style baseline) and ``dyve
+lcnet results``."""
 
 from __future__ import annotations
 
@@ -44,6 +45,12 @@ def add(sub: Any) -> None:
     )
     t.add_argument("--target", type=float, default=d.target, help="AIG: target execution rate")
     t.add_argument("--aig-weight", type=float, default=d.aig_weight, help="AIG: loss weight")
+    t.add_argument(
+        "--alpha",
+        type=float,
+        default=d.alpha,
+        help="skipnet: weight of the share of the blocks' MACs run, in the gates' reward",
+    )
     t.add_argument("--ramp", type=float, default=d.ramp, help="share of training to ramp lambda")
     add_distill(t, "the dense backbone")
     t.add_argument(

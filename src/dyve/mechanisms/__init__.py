@@ -7,7 +7,7 @@ from dyve.mechanisms.base import MECHANISMS, Mechanism
 from dyve.mechanisms.block_skip import BlockSkip, BlockSkipConfig
 from dyve.mechanisms.d2nn import D2NN, D2NNConfig
 from dyve.mechanisms.dyvedeep import DyVEDeep, DyVEDeepConfig
-from dyve.mechanisms.lcnet import AIGConfig, ConvNetAIG, LCNet, LCNetConfig
+from dyve.mechanisms.lcnet import AIGConfig, ConvNetAIG, LCNet, LCNetConfig, SkipNetStyle
 
 block_skip.register()
 d2nn.register()
@@ -30,4 +30,5 @@ __all__ = [
     "LCNet",
     "LCNetConfig",
     "Mechanism",
+    "SkipNetStyle",
 ]

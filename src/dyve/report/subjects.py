@@ -29,6 +29,7 @@ METHOD_NAMES = {
     "early_exit": "early exit",
     "lcnet": "LC-Net",
     "aig": "ConvNet-AIG",
+    "skipnet": "SkipNet-style",
     "d2nn": "D2NN",
     "block_skip": "block skip",
 }

@@ -109,11 +109,11 @@ def _lcnet(**kw: Any) -> Mechanism:
     return LCNet(init_bias=0.3, init_std=0.5, **kw)
 
 
-def _aig() -> Mechanism:
-    from dyve.mechanisms import ConvNetAIG
+def _aig(skipnet: bool = False) -> Mechanism:
+    from dyve.mechanisms import ConvNetAIG, SkipNetStyle
 
     torch.manual_seed(0)
-    return ConvNetAIG(open_bias=0.0)
+    return (SkipNetStyle if skipnet else ConvNetAIG)(open_bias=0.0)
 
 
 def _d2nn_graph(name: str) -> nn.Module:
@@ -186,6 +186,17 @@ CASES: list[ContractCase] = [
         mechanism="aig",
         make_backbone=_resnet20,
         make_mechanism=_aig,
+        make_inputs=partial(graded_inputs, 32),
+        knob="threshold",
+        permissive=(None, 0.3, 0.45, 0.5, 0.55, 0.7, 1.0),
+        active={"threshold": 0.5},
+    ),
+    ContractCase(
+        # AIG's gate trained as a policy: the same decisions at test
+        id="skipnet-resnet20",
+        mechanism="skipnet",
+        make_backbone=_resnet20,
+        make_mechanism=partial(_aig, skipnet=True),
         make_inputs=partial(graded_inputs, 32),
         knob="threshold",
         permissive=(None, 0.3, 0.45, 0.5, 0.55, 0.7, 1.0),

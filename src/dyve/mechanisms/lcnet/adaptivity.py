@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dyve.mechanisms.lcnet.train import SPREAD
+from dyve.mechanisms.lcnet.train import BASELINES, SPREAD
 
 #: a block run by fewer than this share of the images, or skipped by fewer, counts as
 #: decided the same for (nearly) every image
@@ -52,12 +52,12 @@ def _finding(rows: list[dict[str, Any]]) -> list[str]:
     lnet = [  # trained to skip blocks (the control without sparsity loss is not)
         r
         for r in rows
-        if r["cfg"]["method"] != "aig"
+        if r["cfg"]["method"] == "lcnet"
         and r["cfg"]["layer"]
         and r["cfg"]["lam_l"] > 0
         and r["m"]["ran_fraction"]
     ]
-    aig = [r for r in rows if r["cfg"]["method"] == "aig" and r["m"]["ran_fraction"]]
+    baselines = [r for r in rows if r["cfg"]["method"] in BASELINES and r["m"]["ran_fraction"]]
     out = []
     if lnet:
         varied = [f"`{r['run']}`" for r in lnet if _varied(r["m"]["ran_fraction"])]
@@ -73,11 +73,11 @@ def _finding(rows: list[dict[str, Any]]) -> list[str]:
                 "static choice of blocks."
             )
         )
-    for r in aig:
+    for r in baselines:
         ran = r["m"]["ran_fraction"]
         out.append(
-            f"- ConvNet-AIG (`{r['run']}`): {_varied(ran)} of its {len(ran)} blocks are run "
-            f"by between {SAME:.0%} and {1 - SAME:.0%} of the images."
+            f"- {BASELINES[r['cfg']['method']]} (`{r['run']}`): {_varied(ran)} of its "
+            f"{len(ran)} blocks are run by between {SAME:.0%} and {1 - SAME:.0%} of the images."
         )
     return out
 

@@ -1,4 +1,5 @@
-"""The per-block gates: LC-Net's predictors (L-Net, C-Net) and ConvNet-AIG's Gumbel gate.
+"""The per-block gates: LC-Net's predictors (L-Net, C-Net), ConvNet-AIG's Gumbel gate and
+the same gate as a sampled policy (SkipNet-style).
 
 Each gate reads its block's input, writes the scales of the current call into the block's
 :class:`~dyve.dynamic.taps.Slot` and returns the per-sample run decision to the unit
@@ -271,3 +272,29 @@ class AIGGate(nn.Module):
 
     def extra_repr(self) -> str:
         return f"threshold={self.threshold}"
+
+
+class PolicyGate(AIGGate):
+    """ConvNet-AIG's gate as a stochastic policy (SkipNet-style, trained by policy gradient).
+
+    In training each sample's decision is drawn from P(run), with no gradient through the
+    draw; the log-probability of the draw is kept for the policy-gradient loss
+    (:meth:`~dyve.mechanisms.lcnet.mechanism.SkipNetStyle.policy_loss`). In eval mode it
+    is AIG's gate: run where P(run) > threshold (so it is lowered and timed as AIG's).
+    """
+
+    def __init__(self, p: BlockPlan, slot: Slot, hidden: int = 16, open_bias: float = 3.0) -> None:
+        super().__init__(p, slot, hidden, open_bias)
+        #: log-probability of each sample's draw in the last training call
+        self.logp: torch.Tensor | None = None
+
+    def decide(self, x: torch.Tensor) -> torch.Tensor | None:
+        if not self.training or self.threshold is None:
+            return super().decide(x)
+        self.slot.clear()
+        z = self.fc2(F.relu(self.bn(self.fc1(x.mean((2, 3))))))
+        logp = F.log_softmax(z.float(), 1)
+        d = torch.bernoulli(logp[:, 1].detach().exp())
+        self.slot.s_l, self.last = d.to(z.dtype), d
+        self.logp = torch.where(d > 0, logp[:, 1], logp[:, 0])
+        return None

@@ -11,6 +11,13 @@ ConvNet-AIG (Veit & Belongie, 2018): per block a small gate with a Gumbel-softma
 straight-through estimator in training and a hard decision at test; trained with a
 target-rate loss (``target_loss``). Binary layer skipping only, no scaling.
 
+SkipNet-style (after Wang et al., 2018, whose gates learn by policy gradient): AIG's gate
+as a stochastic policy. In training each block runs for a sample with the probability the
+gate gives it; the gates learn by REINFORCE (``policy_loss``) from a per-sample reward,
+the negative cross-entropy minus ``alpha`` times the share of the blocks' MACs the sample
+ran, while the backbone learns from the task loss on the sampled network. At test the
+decision is AIG's, so both are lowered and timed alike. Knob: ``threshold``, as AIG's.
+
 Knobs: LC-Net's ``eps`` (None = off, i.e. the backbone; a trained net uses 0: skip exact
 zeros; larger values skip small scales too) and AIG's ``threshold`` (None = off; 0.5 = the
 trained decision).
@@ -28,7 +35,7 @@ from dyve.dynamic.taps import Slot
 from dyve.mechanisms.base import MECHANISMS
 from dyve.mechanisms.dyvedeep.runner import NativeRunner
 from dyve.mechanisms.lcnet.blocks import BlockGates, BlockPlan, Taps, set_all
-from dyve.mechanisms.lcnet.gates import AIGGate, GlobalPredictor, LCGate
+from dyve.mechanisms.lcnet.gates import AIGGate, GlobalPredictor, LCGate, PolicyGate
 
 if TYPE_CHECKING:
     from dyve.dynamic.net import DynamicNet
@@ -224,7 +231,35 @@ class ConvNetAIG(BlockGates, NativeRunner):
         return torch.stack([(r - target) ** 2 for r in rates]).mean()
 
 
+class SkipNetStyle(ConvNetAIG):
+    """AIG's gates as policies trained by policy gradient (see module docstring)."""
+
+    name = "skipnet"
+
+    def make_gate(self, p: BlockPlan, slot: Slot, net: DynamicNet, k: int) -> nn.Module:
+        gate = PolicyGate(p, slot, hidden=self.config.hidden, open_bias=self.config.open_bias)
+        gate.threshold = self.config.threshold
+        return gate
+
+    def executed_share(self) -> torch.Tensor:
+        """Per sample of the last training call: the share of the gated blocks' MACs its
+        draws ran."""
+        gates = [cast(PolicyGate, g) for g in self.gates]
+        macs = torch.tensor([float(g.plan.block.macs) for g in gates])
+        ran = torch.stack([cast(torch.Tensor, g.last).float().cpu() for g in gates], 1)
+        return (ran * macs).sum(1) / macs.sum()
+
+    def policy_loss(self, reward: torch.Tensor) -> torch.Tensor:
+        """REINFORCE over the last training call's draws, with the batch's mean reward as
+        the baseline: ``-mean_i (R_i - mean R) * sum_blocks log pi(draw_i)``. ``reward``:
+        per sample, no gradient."""
+        logp = torch.stack([cast(torch.Tensor, cast(PolicyGate, g).logp) for g in self.gates], 1)
+        adv = (reward - reward.mean()).to(logp.device)
+        return -(adv.detach() * logp.sum(1)).mean()
+
+
 def register() -> None:
-    """Register LC-Net and the ConvNet-AIG baseline."""
+    """Register LC-Net and the ConvNet-AIG and SkipNet-style baselines."""
     MECHANISMS.add(LCNet.name, LCNet)
     MECHANISMS.add(ConvNetAIG.name, ConvNetAIG)
+    MECHANISMS.add(SkipNetStyle.name, SkipNetStyle)

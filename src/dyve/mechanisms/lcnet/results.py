@@ -30,15 +30,18 @@ from dyve.mechanisms.lcnet.targets import (
     interval,
     targets,
 )
-from dyve.mechanisms.lcnet.train import GateTrainConfig
+from dyve.mechanisms.lcnet.train import BASELINES, GateTrainConfig
 
 CONTROL = "control (no sparsity loss)"
 
 
 def _label(cfg: dict[str, Any]) -> tuple[str, str]:
-    """(kind, setting) of a run: LC-Net, L-Net only, C-Net only or AIG, and its lambdas."""
+    """(kind, setting) of a run: LC-Net, L-Net only, C-Net only or a baseline, and its
+    lambdas (a baseline: its target rate or cost weight)."""
     if cfg["method"] == "aig":
-        return "ConvNet-AIG", f"target {cfg['target']}"
+        return BASELINES["aig"], f"target {cfg['target']}"
+    if cfg["method"] == "skipnet":
+        return BASELINES["skipnet"], f"alpha {cfg['alpha']}"
     if not (cfg["lam_l"] or cfg["lam_c"]):  # gates trained without the sparsity loss
         return CONTROL, "lam_L = lam_C = 0"
     kind = "LC-Net" if cfg["layer"] and cfg["channel"] else "L-Net" if cfg["layer"] else "C-Net"
@@ -110,7 +113,8 @@ def _plot(rows: list[dict[str, Any]], refs: list[dict[str, Any]], path: Path) ->
         DISTILLED: "o--",
         "L-Net": "s",
         "C-Net": "^",
-        "ConvNet-AIG": "D",
+        BASELINES["aig"]: "D",
+        BASELINES["skipnet"]: "v",
         CONTROL: "P",
     }
     for kind in dict.fromkeys(r["kind"] for r in rows):
@@ -151,7 +155,7 @@ def _plot(rows: list[dict[str, Any]], refs: list[dict[str, Any]], path: Path) ->
         "mean MACs per sample (millions, executed at batch 1; FLOPs = 2 x MACs)", fontsize=7
     )
     ax.set_ylabel(f"top-1 (%) on {m['split']}")
-    ax.set_title("LC-Net on ResNet-56, CIFAR-10: ablations and ConvNet-AIG", fontsize=9)
+    ax.set_title("LC-Net on ResNet-56, CIFAR-10: ablations and baselines", fontsize=9)
     ax.legend(fontsize=7)
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
 

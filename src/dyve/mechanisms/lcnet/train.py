@@ -1,4 +1,4 @@
-"""Training LC-Net (or the ConvNet-AIG baseline) from a pretrained backbone: ``dyve lcnet train``.
+"""Training LC-Net (or a baseline) from a pretrained backbone: ``dyve lcnet train``.
 
 The gates start open (LC-Net's predictors output 1, AIG's gates open with p ~ 0.95), so
 the network starts as the backbone; backbone and gates are fine-tuned together with the
@@ -6,6 +6,10 @@ shared loop (:mod:`dyve.train.loop`: cosine schedule, progress, atomic checkpoin
 resume, data-parallel under ``torchrun``). Loss: cross-entropy plus LC-Net's sparsity term
 ``lam_l * sum|s_L| + lam_c * sum ||s_C||_1`` (or AIG's target-rate loss), whose weight
 ramps linearly from 0 over the first ``ramp`` of training so blocks do not collapse early.
+The SkipNet-style baseline's gates learn by policy gradient instead
+(:meth:`~dyve.mechanisms.lcnet.mechanism.SkipNetStyle.policy_loss`): per sample the reward
+is minus its cross-entropy minus ``alpha`` times the share of the gated blocks' MACs its
+drawn decisions ran (that cost term ramps the same way).
 The gates train ``gate_lr_scale`` times faster than the backbone, without weight decay.
 With ``distill`` = a > 0 the cross-entropy is mixed with distillation
 (:mod:`dyve.train.distill`, dyve's option, not the paper's): by default the dense
@@ -44,6 +48,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dyve import data as dyve_data
@@ -57,12 +62,14 @@ from dyve.eval.measure import Measurement, measure
 from dyve.eval.paired import PairedLoss, save_predictions
 from dyve.eval.splits import choose_splits, heldout
 from dyve.mechanisms.lcnet.blocks import set_all
-from dyve.mechanisms.lcnet.mechanism import ConvNetAIG, LCNet, LCNetConfig
+from dyve.mechanisms.lcnet.mechanism import ConvNetAIG, LCNet, LCNetConfig, SkipNetStyle
 from dyve.models import create, model_info
 from dyve.train.distill import DISTILL_ADDED, DistillSettings, build_teacher, task_loss
 from dyve.train.loop import Schedule, check_counts, fit, start, write_config
 
-METHODS = ("lcnet", "aig")
+METHODS = ("lcnet", "aig", "skipnet")
+#: the baselines' display names (every method but LC-Net; its ablations are named by gates)
+BASELINES = {"aig": "ConvNet-AIG", "skipnet": "SkipNet-style"}
 #: keys added to the config after runs were made, with the value those runs had
 ADDED = {
     **DISTILL_ADDED,
@@ -72,6 +79,7 @@ ADDED = {
     "reopen": False,
     "min_reduction": None,
     "warmup_epochs": 0.0,
+    "alpha": 1.0,
 }
 
 
@@ -95,6 +103,8 @@ class GateTrainConfig(DistillSettings):
     #: AIG: target execution rate per block and the weight of its loss
     target: float = 0.6
     aig_weight: float = 2.0
+    #: SkipNet-style: weight of the share of the gated blocks' MACs run, in the reward
+    alpha: float = 1.0
     ramp: float = 0.5
     #: LC-Net: steer the lambdas to this MAC reduction (None: lambdas ramped as given)
     target_reduction: float | None = None
@@ -140,8 +150,8 @@ class GateTrainConfig(DistillSettings):
             raise DyveError(
                 f"--warmup-epochs must be >= 0 and below --epochs, got {self.warmup_epochs}"
             )
-        if min(self.lam_l, self.lam_c, self.aig_weight, self.gate_lr_scale) < 0:
-            raise DyveError("lam_l, lam_c, aig_weight and gate_lr_scale must be >= 0")
+        if min(self.lam_l, self.lam_c, self.aig_weight, self.alpha, self.gate_lr_scale) < 0:
+            raise DyveError("lam_l, lam_c, aig_weight, alpha and gate_lr_scale must be >= 0")
         if not 0 <= self.ramp <= 1 or not 0 < self.target <= 1:
             raise DyveError("ramp must be in [0, 1] and target in (0, 1]")
         super().__post_init__()
@@ -171,6 +181,8 @@ def build(cfg: GateTrainConfig, *, init: bool = True) -> DynamicNet:
         mech: LCNet | ConvNetAIG = LCNet(
             layer=cfg.layer, channel=cfg.channel, predictor=cfg.predictor, eps=0.0
         )
+    elif cfg.method == "skipnet":
+        mech = SkipNetStyle(threshold=0.5)
     else:
         mech = ConvNetAIG(threshold=0.5)
     net = equip(backbone, mech, backend="emulated")
@@ -252,6 +264,11 @@ def train_gates(
                 w = steer(reduction, goal(cfg.target_reduction, cfg.ramp, frac))
                 logs.update(reduction=reduction, lam_scale=w)
             reg = mech.regularizer(w * cfg.lam_l, w * cfg.lam_c, cfg.weighting)
+        elif isinstance(mech, SkipNetStyle):
+            share = mech.executed_share()
+            ce = F.cross_entropy(logits.detach().float(), y, reduction="none").cpu()
+            reg = mech.policy_loss(-ce - w * cfg.alpha * share)
+            logs.update(executed=float(share.mean()))
         else:
             reg = w * cfg.aig_weight * cast(ConvNetAIG, mech).target_loss(cfg.target)
         return task + reg, logits, {**logs, "reg": float(reg.detach()), **_open(mech)}
