@@ -222,6 +222,35 @@ def test_the_page_names_the_run_chosen_on_the_selection_split() -> None:
     assert "test-a" not in "\n".join(lc_targets.targets(same))
 
 
+def test_a_baseline_is_set_against_lcnet_runs_trained_as_it_was() -> None:
+    """Besides the best LC-Net run of no higher cost, the page names the best of those
+    trained no longer (epochs counted along --init chains) and distilled alike."""
+
+    def row(run: str, kind: str, macs: float, top1: float, epochs: int, **cfg: Any) -> Any:
+        c = {"epochs": epochs, "init": None, "distill": 0.0} | cfg
+        m = {"macs_per_sample": macs, "top1": top1, "baseline_top1": 91.0,
+             "cost_reduction": 125e6 / macs}  # fmt: skip
+        return {"run": run, "kind": kind, "m": m, "cfg": c, "bench": None}
+
+    lc = [
+        row("long", "LC-Net", 41e6, 90.0, 100, distill=0.5),
+        row("short_kd", "LC-Net", 60e6, 89.0, 3, distill=0.5),
+        row("short", "LC-Net", 60e6, 87.0, 3),
+        row("cont", "LC-Net", 50e6, 89.5, 2, init="runs/short"),  # 5 epochs in all
+        row("costly", "LC-Net", 200e6, 95.0, 3),
+    ]
+    base = row("sk", "SkipNet-style", 100e6, 88.0, 3)
+    text = "\n".join(lc_targets.targets([*lc, base]))
+    assert (
+        "- LC-Net's curve above SkipNet-style's (`sk`): best LC-Net run of no higher cost: "
+        "`long` 90.00 % vs 88.00 %: **LC-Net above**; of those trained as it was (3 epochs "
+        "or fewer, not distilled): `short` 87.00 % vs 88.00 %: **LC-Net below**."
+    ) in text
+    taught = base | {"run": "sk_kd", "cfg": base["cfg"] | {"distill": 0.5}}
+    text = "\n".join(lc_targets.targets([*lc, taught]))
+    assert "(3 epochs or fewer, distilled): `short_kd` 89.00 % vs 88.00 %: **LC-Net above**" in text
+
+
 def test_bad_settings_exit_2(tmp_path: Path) -> None:
     assert _cli("lcnet", "train", "--out", str(tmp_path / "x"), "--ramp", "2")[0] == 2
     assert _cli("lcnet", "train", "--out", str(tmp_path / "x"), "--lam-l", "-1")[0] == 2

@@ -83,7 +83,7 @@ def _control_steps(refs: list[dict[str, Any]]) -> dict[str, tuple[int, str | Non
     return steps
 
 
-def _run_steps(rows: list[dict[str, Any]]) -> dict[str, tuple[int, str | None]]:
+def run_steps(rows: list[dict[str, Any]]) -> dict[str, tuple[int, str | None]]:
     """The LC-Net runs' chain: a run's ``init`` is another run's directory."""
     return {
         r["run"]: (
@@ -139,7 +139,7 @@ def static_lines(
     control of the backbone itself, those of any cost (their loss against it); for the
     backbone with its shipped weights, its same-recipe controls."""
     base = rows[0]["m"]["baseline_macs_per_sample"]
-    runs = _run_steps(rows)
+    runs = run_steps(rows)
     controls = _control_steps(refs)
     model = rows[0]["cfg"]["model"]
     out, paired = [], []

@@ -11,6 +11,7 @@ from typing import Any
 
 from dyve.bench import eager_speedup
 from dyve.eval.paired import LEVEL, PairedLoss, signed_pp
+from dyve.mechanisms.lcnet.static import chain_epochs, run_steps
 from dyve.mechanisms.lcnet.train import BASELINES
 
 DISTILLED = "LC-Net + distillation"
@@ -124,14 +125,43 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
             + " Against the dense network in the same native runtime (the skipped work "
             "alone) see *Where the time goes*."
         )
-    for a in [r for r in rows if r["kind"] in BASELINES.values()]:
+    baselines = [r for r in rows if r["kind"] in BASELINES.values()]
+    steps = run_steps(rows) if baselines else {}
+    for a in baselines:
         cheaper = [r for r in lc if r["m"]["macs_per_sample"] <= a["m"]["macs_per_sample"]]
-        top = max((r["m"]["top1"] for r in cheaper), default=None)
-        verdict = (
-            "no LC-Net run as cheap"
-            if top is None
-            else f"best LC-Net run of no higher cost: {top:.2f} % vs {a['m']['top1']:.2f} %: "
-            + ("**LC-Net above**" if top >= a["m"]["top1"] else "**LC-Net below**")
+        # a fair match: no longer schedule and the same use of a teacher as the baseline's
+        epochs = chain_epochs(a["run"], steps)
+        matched = [
+            r
+            for r in cheaper
+            if _within(chain_epochs(r["run"], steps), epochs) and _taught(r) == _taught(a)
+        ]
+        how = "distilled" if _taught(a) else "not distilled"
+        out.append(
+            f"- LC-Net's curve above {a['kind']}'s (`{a['run']}`): "
+            + _above(cheaper, a, "best LC-Net run of no higher cost")
+            + "; "
+            + _above(matched, a, f"of those trained as it was ({epochs} epochs or fewer, {how})")
+            + "."
         )
-        out.append(f"- LC-Net's curve above {a['kind']}'s (`{a['run']}`): {verdict}.")
     return out
+
+
+def _within(epochs: int | None, limit: int | None) -> bool:
+    return epochs is not None and limit is not None and epochs <= limit
+
+
+def _taught(r: dict[str, Any]) -> bool:
+    """Whether a run was trained with distillation (runs before the option have no key)."""
+    return bool(r["cfg"].get("distill", 0.0) > 0)
+
+
+def _above(runs: list[dict[str, Any]], a: dict[str, Any], what: str) -> str:
+    """Whether the most accurate of ``runs`` (LC-Net runs of no higher cost than the
+    baseline run ``a``) is at least as accurate as ``a``."""
+    top = max(runs, key=lambda r: r["m"]["top1"], default=None)
+    if top is None:
+        return f"{what}: none"
+    t, b = top["m"]["top1"], a["m"]["top1"]
+    verdict = "**LC-Net above**" if t >= b else "**LC-Net below**"
+    return f"{what}: `{top['run']}` {t:.2f} % vs {b:.2f} %: {verdict}"
