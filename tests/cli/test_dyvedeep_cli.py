@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -181,15 +183,31 @@ def test_calibrate_for_time_records_the_search_and_the_machine(
     prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from dyve.mechanisms.dyvedeep.clock import ProgramClock
+    from dyve.mechanisms.dyvedeep.kernel import SiteKnobs
+    from dyve.mechanisms.dyvedeep.profile import TIME_IMAGES, SiteProfile
 
     def site_macs(self: ProgramClock, site: str) -> float:
         """A deterministic stand-in for the site's measured time (and, summed, the sites'
-        total): the MACs it ran per image, in thousands. On a loaded machine the real clock
-        can reject every step, and this test checks what the search records, not speed."""
+        total): the MACs it ran per image, in thousands. On a loaded machine the real clocks
+        can reject every step (CI beside four training runs did, session 39), and this
+        test checks what the search records, not speed."""
         _, stats, _ = self.prog.run(self.x)
         return float(stats[self.prog.site_names.index(site), :, 0].mean()) / 1e3
 
+    def knob_macs(self: SiteProfile, mech: Any, unit: Any, knobs: SiteKnobs) -> float:
+        """The same stand-in for a site's time alone (the search's first filter): the MACs
+        the site's kernel runs per image with ``knobs``, in thousands."""
+        knobs = replace(knobs, exact=False)
+        if knobs not in self.times:
+            fast = native.FastSite(mech.ops[self.name].plan(unit), mech.ops[self.name].geom)
+            cfg = mech.config
+            ran = fast.run(self.inputs[:TIME_IMAGES], knobs, relu=unit.relu,
+                           sdss_stride=cfg.sdss_stride, statistic=cfg.sfma_statistic)  # fmt: skip
+            self.times[knobs] = float(ran.macs.mean()) / 1e3
+        return self.times[knobs]
+
     monkeypatch.setattr(ProgramClock, "_site_us", site_macs)
+    monkeypatch.setattr(SiteProfile, "time_knobs", knob_macs)
     monkeypatch.setattr(
         ProgramClock, "total_us", lambda self: sum(site_macs(self, s) for s in self._at)
     )
