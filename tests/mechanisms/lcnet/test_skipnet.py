@@ -48,11 +48,8 @@ def test_the_policy_gradient_moves_the_gates_toward_the_reward(sign: float) -> N
     def p_run() -> float:  # mean P(run) over the gates, for a blank pooled input
         net.eval()
         with torch.no_grad():
-            blank = [g.fc1(torch.zeros(1, g.fc1.in_features)) for g in mech.gates]
-            probs = [
-                g.fc2(torch.relu(g.bn(z))).softmax(1)[0, 1]
-                for g, z in zip(mech.gates, blank, strict=True)
-            ]
+            blank = [torch.zeros(1, g.fc1.in_features, 1, 1) for g in mech.gates]
+            probs = [g.logits(z).softmax(1)[0, 1] for g, z in zip(mech.gates, blank, strict=True)]
         net.train()
         return float(torch.stack(probs).mean())
 

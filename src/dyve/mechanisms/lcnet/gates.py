@@ -253,11 +253,16 @@ class AIGGate(nn.Module):
         #: the last training call's hard gates (for the target-rate loss)
         self.last: torch.Tensor | None = None
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(skip, run) logits of each row of the block's input ``x``."""
+        out: torch.Tensor = self.fc2(F.relu(self.bn(self.fc1(x.mean((2, 3))))))
+        return out
+
     def decide(self, x: torch.Tensor) -> torch.Tensor | None:
         self.slot.clear()
         if self.threshold is None:
             return None
-        z = self.fc2(F.relu(self.bn(self.fc1(x.mean((2, 3))))))
+        z = self.logits(x)
         if self.training:
             g = F.gumbel_softmax(z, tau=1.0, hard=True)[:, 1]
             self.slot.s_l, self.last = g, g
@@ -292,7 +297,7 @@ class PolicyGate(AIGGate):
         if not self.training or self.threshold is None:
             return super().decide(x)
         self.slot.clear()
-        z = self.fc2(F.relu(self.bn(self.fc1(x.mean((2, 3))))))
+        z = self.logits(x)
         logp = F.log_softmax(z.float(), 1)
         d = torch.bernoulli(logp[:, 1].detach().exp())
         self.slot.s_l, self.last = d.to(z.dtype), d
